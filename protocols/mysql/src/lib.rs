@@ -1,0 +1,1 @@
+//! MySQL/MariaDB binlog replication client and event decoding.

@@ -1,0 +1,1 @@
+//! PostgreSQL physical streaming-replication client and minimal WAL reader.
