@@ -1,4 +1,6 @@
 //! `pitr`: point-in-time recovery sidecar. This crate is orchestration only;
 //! every byte format lives in the `protocols/` crates.
 
+pub mod archive;
 pub mod cli;
+pub mod storage;

@@ -1,0 +1,9 @@
+//! The repository side of archiving: object keys, the catalog (time index),
+//! roll-up index objects, compaction, source identity and gap records.
+
+pub mod catalog;
+pub mod compaction;
+pub mod gaps;
+pub mod identity;
+pub mod index;
+pub mod keys;
