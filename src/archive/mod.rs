@@ -7,3 +7,4 @@ pub mod gaps;
 pub mod identity;
 pub mod index;
 pub mod keys;
+pub mod pipeline;
