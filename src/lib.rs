@@ -3,4 +3,6 @@
 
 pub mod archive;
 pub mod cli;
+pub mod restore;
+pub mod source;
 pub mod storage;

@@ -8,3 +8,4 @@ pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod pipeline;
+pub mod sink;

@@ -1,1 +1,23 @@
 //! PostgreSQL physical streaming-replication client and minimal WAL reader.
+//!
+//! * [`conninfo`]: libpq-style connection strings, environment and `~/.pgpass`.
+//! * [`conn`]: protocol v3 connection (TCP/unix, TLS, trust/cleartext/MD5/SCRAM auth, simple queries).
+//! * [`replication`]: walsender commands and the `START_REPLICATION PHYSICAL` stream.
+//! * [`wal`]: sans-IO WAL decoder extracting commit times, xids, checkpoints and switches.
+//! * [`lsn`]: LSNs, timelines, WAL file names.
+//! * [`error`]: errors classified as transient, definite or "WAL removed".
+
+pub mod conn;
+pub mod conninfo;
+pub mod error;
+pub mod lsn;
+pub mod replication;
+mod tls;
+pub mod wal;
+
+pub use conn::{Connection, Row, StartupMode};
+pub use conninfo::{Config, Host, SslMode};
+pub use error::{ErrorKind, PgError, ServerMessage};
+pub use lsn::{Lsn, TimelineId};
+pub use replication::{ReplicationClient, ReplicationMessage, ReplicationStream, SlotInfo, SystemIdentity};
+pub use wal::{RecordKind, WalError, WalReader, WalRecord, XactEnd};

@@ -2,9 +2,39 @@
 //!
 //! A segment is an immutable object holding a contiguous stretch of one
 //! source's transaction log (PostgreSQL WAL, MySQL/MariaDB binlog events,
-//! MongoDB oplog entries), exactly as the server sent it, compressed.
-//! See `format` for the byte layout.
+//! MongoDB oplog entries), exactly as the server sent it, compressed in
+//! independently decodable frames, each with its own CRC-32C, plus a footer
+//! with the frame index and commit-time range, and a trailer with a
+//! whole-object checksum. See [`format`] for the byte layout.
+//!
+//! * Write: [`SegmentWriter`] (streaming) or [`encode`] (in memory).
+//! * Read everything: [`SegmentReader`] (streaming, `std::io::Read`) or
+//!   [`decode`] (in memory); both verify every checksum.
+//! * Range reads: [`parse_tail`] on the end of an object, then
+//!   [`decode_frame`] on one frame's bytes, [`parse_header`] on its start.
+//!
+//! The crate is synchronous (`std::io`); async callers wrap it.
 
+pub mod error;
+pub mod format;
+mod frame;
+mod meta;
 pub mod position;
+mod range;
+mod reader;
+mod writer;
 
+pub use error::{ByteRange, Part, SegmentError};
+pub use format::{
+    parse_header, DEFAULT_FRAME_SIZE, FORMAT_VERSION, HEADER_MAX_LEN, MAX_FRAMES, MAX_FRAME_LEN,
+    TRAILER_LEN,
+};
+pub use frame::decode_frame;
+pub use meta::{Codec, FrameInfo, SegmentFooter, SegmentHeader, SegmentMeta, SegmentTail};
 pub use position::{Engine, Epoch, LogPos, TimestampMicros};
+pub use range::{parse_tail, SUGGESTED_TAIL_LEN};
+pub use reader::{decode, SegmentReader};
+pub use writer::{encode, SegmentWriter, WriterOptions};
+
+/// Result alias of this crate.
+pub type Result<T, E = SegmentError> = std::result::Result<T, E>;

@@ -1,0 +1,334 @@
+//! Payload frames: the 32-byte frame header and the codec that turns raw
+//! log bytes into stored bytes and back (see [`crate::format`] for the
+//! layout). Used by the streaming writer and reader and by the range-read
+//! path ([`decode_frame`]).
+
+use zstd::bulk::{Compressor, Decompressor};
+
+use crate::error::{ByteRange, Part, Result, SegmentError};
+use crate::format::{
+    u32_at, u64_at, FRAME_HEADER_LEN, FRAME_MAGIC, MAX_COMPRESSED_FRAME_LEN, MAX_FRAME_LEN,
+};
+use crate::meta::{Codec, FrameInfo};
+
+/// A decoded, verified frame header (its object offset is known to the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    pub codec_id: u8,
+    pub compressed_len: u32,
+    pub uncompressed_len: u32,
+    pub raw_offset: u64,
+    pub crc: u32,
+}
+
+impl FrameHeader {
+    pub fn info(&self, index: u32, offset: u64) -> FrameInfo {
+        FrameInfo {
+            index,
+            offset,
+            compressed_len: self.compressed_len,
+            uncompressed_len: self.uncompressed_len,
+            raw_offset: self.raw_offset,
+            crc: self.crc,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut b = [0u8; FRAME_HEADER_LEN];
+        b[0..4].copy_from_slice(&FRAME_MAGIC);
+        b[4] = self.codec_id;
+        b[8..12].copy_from_slice(&self.compressed_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.uncompressed_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.raw_offset.to_le_bytes());
+        b[24..28].copy_from_slice(&self.crc.to_le_bytes());
+        let hcrc = crc32c::crc32c(&b[..28]);
+        b[28..32].copy_from_slice(&hcrc.to_le_bytes());
+        b
+    }
+
+    /// Parses and verifies the frame header of frame `index` at object
+    /// offset `base`: magic, header checksum, reserved bytes, codec and
+    /// length bounds.
+    pub fn parse(b: &[u8], base: u64, index: u32) -> Result<FrameHeader> {
+        let part = Part::Frame(index);
+        let at = |off: u64, len: u64| ByteRange::at(base + off, len);
+        if b.len() < FRAME_HEADER_LEN {
+            return Err(SegmentError::Truncated {
+                part,
+                range: at(0, FRAME_HEADER_LEN as u64),
+                available: base + b.len() as u64,
+            });
+        }
+        if b[..4] != FRAME_MAGIC {
+            return Err(SegmentError::BadMagic {
+                part,
+                range: at(0, 4),
+            });
+        }
+        let stored = u32_at(b, 28);
+        let computed = crc32c::crc32c(&b[..28]);
+        if stored != computed {
+            return Err(SegmentError::ChecksumMismatch {
+                part,
+                range: at(0, 28),
+                stored,
+                computed,
+            });
+        }
+        if b[5..8] != [0, 0, 0] {
+            return Err(SegmentError::invalid(part, at(5, 3), "reserved bytes are not zero"));
+        }
+        let h = FrameHeader {
+            codec_id: b[4],
+            compressed_len: u32_at(b, 8),
+            uncompressed_len: u32_at(b, 12),
+            raw_offset: u64_at(b, 16),
+            crc: u32_at(b, 24),
+        };
+        let codec = Codec::from_id(h.codec_id).ok_or_else(|| SegmentError::Unsupported {
+            part,
+            range: at(4, 1),
+            what: format!("codec id {}", h.codec_id),
+        })?;
+        if h.uncompressed_len == 0 || h.uncompressed_len as usize > MAX_FRAME_LEN {
+            return Err(SegmentError::invalid(
+                part,
+                at(12, 4),
+                format!("raw length {} out of bounds 1..={MAX_FRAME_LEN}", h.uncompressed_len),
+            ));
+        }
+        if h.compressed_len == 0 || h.compressed_len as usize > MAX_COMPRESSED_FRAME_LEN {
+            return Err(SegmentError::invalid(
+                part,
+                at(8, 4),
+                format!(
+                    "stored length {} out of bounds 1..={MAX_COMPRESSED_FRAME_LEN}",
+                    h.compressed_len
+                ),
+            ));
+        }
+        if codec == Codec::None && h.compressed_len != h.uncompressed_len {
+            return Err(SegmentError::invalid(
+                part,
+                at(8, 8),
+                "uncompressed frame with different stored and raw lengths",
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// Compresses frames with one reusable context.
+pub(crate) struct FrameEncoder {
+    codec: Codec,
+    compressor: Option<Compressor<'static>>,
+    out: Vec<u8>,
+}
+
+impl FrameEncoder {
+    pub fn new(codec: Codec) -> Result<FrameEncoder> {
+        let compressor = match codec {
+            Codec::None => None,
+            Codec::Zstd { level } => Some(Compressor::new(level).map_err(|e| {
+                SegmentError::InvalidInput(format!("zstd level {level} rejected: {e}"))
+            })?),
+        };
+        Ok(FrameEncoder {
+            codec,
+            compressor,
+            out: Vec::new(),
+        })
+    }
+
+    /// Returns the stored bytes for `raw` (borrowing `raw` itself for codec none).
+    pub fn encode<'a>(&'a mut self, raw: &'a [u8], offset: u64) -> Result<&'a [u8]> {
+        match (&mut self.compressor, self.codec) {
+            (Some(c), _) => {
+                self.out.clear();
+                self.out
+                    .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                c.compress_to_buffer(raw, &mut self.out)
+                    .map_err(|source| SegmentError::Io { offset, source })?;
+                Ok(&self.out)
+            }
+            (None, _) => Ok(raw),
+        }
+    }
+}
+
+/// Decodes stored bytes into raw bytes with one reusable context.
+#[derive(Default)]
+pub(crate) struct FrameDecoder {
+    decompressor: Option<Decompressor<'static>>,
+}
+
+impl FrameDecoder {
+    /// Decodes the verified stored bytes of frame `index` (header `h` at
+    /// object offset `base`) into `out`, replacing its contents. Fails unless
+    /// they decode to exactly `h.uncompressed_len` bytes.
+    pub fn decode(
+        &mut self,
+        h: &FrameHeader,
+        stored: &[u8],
+        base: u64,
+        index: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let part = Part::Frame(index);
+        let range = ByteRange::at(base + FRAME_HEADER_LEN as u64, stored.len() as u64);
+        let want = h.uncompressed_len as usize;
+        out.clear();
+        match Codec::from_id(h.codec_id) {
+            Some(Codec::None) => {
+                out.extend_from_slice(stored);
+            }
+            Some(Codec::Zstd { .. }) => {
+                let d = match &mut self.decompressor {
+                    Some(d) => d,
+                    slot => slot.insert(Decompressor::new().map_err(|e| SegmentError::Io {
+                        offset: base,
+                        source: e,
+                    })?),
+                };
+                out.reserve_exact(want);
+                d.decompress_to_buffer(stored, out)
+                    .map_err(|e| SegmentError::Decompress {
+                        part,
+                        range,
+                        reason: e.to_string(),
+                    })?;
+            }
+            None => {
+                return Err(SegmentError::Unsupported {
+                    part,
+                    range: ByteRange::at(base + 4, 1),
+                    what: format!("codec id {}", h.codec_id),
+                })
+            }
+        }
+        if out.len() != want {
+            return Err(SegmentError::Decompress {
+                part,
+                range,
+                reason: format!("decoded {} bytes, the frame header says {want}", out.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Range read of one frame: verifies `frame_bytes` (the object bytes
+/// `info.range()`, frame header included) against the frame index entry
+/// `info` and returns its raw log bytes.
+pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
+    let index = info.index;
+    let part = Part::Frame(index);
+    let expect_len = info.end() - info.offset;
+    if frame_bytes.len() as u64 != expect_len {
+        let range = ByteRange::new(info.offset, info.end());
+        return Err(if (frame_bytes.len() as u64) < expect_len {
+            SegmentError::Truncated {
+                part,
+                range,
+                available: info.offset + frame_bytes.len() as u64,
+            }
+        } else {
+            SegmentError::invalid(
+                part,
+                range,
+                format!("given {} bytes for a {expect_len}-byte frame", frame_bytes.len()),
+            )
+        });
+    }
+    let h = FrameHeader::parse(frame_bytes, info.offset, index)?;
+    if h.info(index, info.offset) != *info {
+        return Err(SegmentError::invalid(
+            part,
+            ByteRange::at(info.offset, FRAME_HEADER_LEN as u64),
+            "frame header differs from the footer's frame index entry",
+        ));
+    }
+    let stored = &frame_bytes[FRAME_HEADER_LEN..];
+    check_stored_crc(&h, stored, info.offset, index)?;
+    let mut out = Vec::new();
+    FrameDecoder::default().decode(&h, stored, info.offset, index, &mut out)?;
+    Ok(out)
+}
+
+/// Verifies the CRC-32C of a frame's stored bytes.
+pub(crate) fn check_stored_crc(h: &FrameHeader, stored: &[u8], base: u64, index: u32) -> Result<()> {
+    let computed = crc32c::crc32c(stored);
+    if computed != h.crc {
+        return Err(SegmentError::ChecksumMismatch {
+            part: Part::Frame(index),
+            range: ByteRange::at(base + FRAME_HEADER_LEN as u64, stored.len() as u64),
+            stored: h.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_roundtrip_and_checks() {
+        let h = FrameHeader {
+            codec_id: 1,
+            compressed_len: 10,
+            uncompressed_len: 20,
+            raw_offset: 300,
+            crc: 0x1234_5678,
+        };
+        let b = h.encode();
+        assert_eq!(&b[..4], b"PFRM");
+        assert_eq!(FrameHeader::parse(&b, 0, 0).unwrap(), h);
+        let mut bad = b;
+        bad[13] ^= 1;
+        let err = FrameHeader::parse(&bad, 1000, 4).unwrap_err();
+        match err {
+            SegmentError::ChecksumMismatch { part, range, .. } => {
+                assert_eq!(part, Part::Frame(4));
+                assert_eq!(range, ByteRange::new(1000, 1028));
+            }
+            other => panic!("unexpected {other}"),
+        }
+        let none = FrameHeader { codec_id: 0, ..h }.encode();
+        assert!(FrameHeader::parse(&none, 0, 0).is_err(), "none with c != u");
+    }
+
+    #[test]
+    fn zstd_frame_decodes_exactly() {
+        let raw: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let mut enc = FrameEncoder::new(Codec::Zstd { level: 1 }).unwrap();
+        let stored = enc.encode(&raw, 0).unwrap().to_vec();
+        let h = FrameHeader {
+            codec_id: 1,
+            compressed_len: stored.len() as u32,
+            uncompressed_len: raw.len() as u32,
+            raw_offset: 0,
+            crc: crc32c::crc32c(&stored),
+        };
+        let mut out = Vec::new();
+        FrameDecoder::default()
+            .decode(&h, &stored, 0, 0, &mut out)
+            .unwrap();
+        assert_eq!(out, raw);
+        let short = FrameHeader {
+            uncompressed_len: raw.len() as u32 - 1,
+            ..h
+        };
+        assert!(FrameDecoder::default()
+            .decode(&short, &stored, 0, 0, &mut out)
+            .is_err());
+        let long = FrameHeader {
+            uncompressed_len: raw.len() as u32 + 1,
+            ..h
+        };
+        assert!(FrameDecoder::default()
+            .decode(&long, &stored, 0, 0, &mut out)
+            .is_err());
+    }
+}

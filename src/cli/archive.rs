@@ -1,0 +1,86 @@
+//! `pitr archive <db-url> --repo <repo>`: continuous log streaming.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+
+use crate::cli::common::{parse_duration, shutdown_token};
+use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
+use crate::source::{url_kind, UrlKind};
+use crate::storage::Repo;
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Database to archive: postgres://user[:password]@host[:port]/db (or a
+    /// libpq key=value string; PG* variables and ~/.pgpass apply).
+    pub url: String,
+    /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
+    #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
+    pub repo: String,
+    /// Source name in the repository (default: derived from the server's
+    /// system identifier, e.g. pg-7312345678901234567).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Physical replication slot to use (created if missing; default pitr_<name>).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Store a segment at least this often while WAL flows: the recovery
+    /// point objective.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Uploads in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// zstd level of stored segments.
+    #[arg(long, default_value_t = 1)]
+    pub zstd_level: i32,
+}
+
+pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
+    match url_kind(&args.url) {
+        Some(UrlKind::Postgres) => {}
+        Some(UrlKind::MySql) => {
+            return Err(anyhow!(
+                "archiving MySQL/MariaDB is not available in this version of pitr"
+            ))
+        }
+        Some(UrlKind::MongoDb) => {
+            return Err(anyhow!("archiving MongoDB is not available in this version of pitr"))
+        }
+        None => {
+            return Err(anyhow!(
+                "cannot tell which database {:?} is: use a postgres:// URL",
+                redact(&args.url)
+            ))
+        }
+    }
+    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let opts = PgArchiveOptions {
+        url: args.url,
+        name: args.name,
+        slot: args.slot,
+        flush_interval: args.flush_interval,
+        zstd_level: args.zstd_level,
+        uploader: crate::archive::pipeline::UploaderOptions {
+            parallelism: args.parallel.max(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let cancel = shutdown_token();
+    archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
+    Ok(0)
+}
+
+/// Hides the password of a URL for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

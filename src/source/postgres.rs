@@ -1,0 +1,692 @@
+//! PostgreSQL log source: `pitr archive postgres://...`.
+//!
+//! Connects as a physical-replication standby, streams WAL and cuts it into
+//! segments that never cross a WAL-file boundary, so each 16 MiB WAL file is
+//! the concatenation of the segments covering it (that is what `wal-fetch`
+//! rebuilds, byte-identical to what PostgreSQL wrote).
+//!
+//! Positions: epoch = timeline id, position = LSN. The stream always starts
+//! at the beginning of a WAL file (like `pg_receivewal`) so the WAL reader
+//! sees record boundaries; bytes before the resume point are only indexed,
+//! never stored twice.
+//!
+//! Watermarks: *received* (what the socket gave us), *submitted* (sealed and
+//! queued for upload; where a reconnect resumes), *durable* (stored in the
+//! repository). Only *durable* is reported to the server as flushed, so the
+//! replication slot never advances past what the repository holds.
+//!
+//! Timeline switches: when the server ends a historic timeline it says where
+//! the next one starts; the current segment is sealed, the next timeline's
+//! `.history` file is stored, and streaming restarts at the beginning of the
+//! WAL file holding the switch point on the new timeline.
+//!
+//! Lost WAL: when the server no longer has the WAL we need (slot dropped or
+//! invalidated, segment recycled) a gap record is written for the missing
+//! stretch, a loud error is logged, and archiving continues from the oldest
+//! WAL the server still has.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use pitr_postgres::conninfo::Config;
+use pitr_postgres::error::{ErrorKind, PgError};
+use pitr_postgres::lsn::{Lsn, TimelineId};
+use pitr_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
+use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::catalog::Catalog;
+use crate::archive::gaps::{write_gap, GapRecord};
+use crate::archive::identity::{ensure_identity, SourceIdentity};
+use crate::archive::keys::{HistoryKey, SourceName};
+use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions, UploadStats};
+use crate::archive::sink::RepoSink;
+use crate::source::pg_index::{Commit, CommitIndexer};
+use crate::storage::Repo;
+
+/// Settings of one PostgreSQL archiver.
+#[derive(Debug, Clone)]
+pub struct PgArchiveOptions {
+    pub url: String,
+    pub name: Option<String>,
+    pub slot: Option<String>,
+    /// A segment is sealed at least this often while WAL flows (the RPO).
+    pub flush_interval: Duration,
+    /// A segment is sealed when it holds this many bytes.
+    pub max_segment_bytes: usize,
+    pub zstd_level: i32,
+    pub uploader: UploaderOptions,
+    /// Stop once this LSN is durable (tests and one-shot catch-up).
+    pub stop_at: Option<Lsn>,
+}
+
+impl Default for PgArchiveOptions {
+    fn default() -> Self {
+        PgArchiveOptions {
+            url: String::new(),
+            name: None,
+            slot: None,
+            flush_interval: Duration::from_secs(1),
+            max_segment_bytes: 16 << 20,
+            zstd_level: 1,
+            uploader: UploaderOptions::default(),
+            stop_at: None,
+        }
+    }
+}
+
+/// Live numbers of an archiver, read by `/metrics` and logs.
+#[derive(Debug, Default)]
+pub struct ArchiveProgress {
+    pub upload: Arc<UploadStats>,
+    pub received_lsn: AtomicU64,
+    pub durable_lsn: AtomicU64,
+    pub timeline: AtomicU64,
+    /// Last durable commit time, µs since the Unix epoch (0 = none yet).
+    pub last_commit_micros: AtomicI64,
+    pub gaps: AtomicU64,
+}
+
+/// Outcome of one streaming session.
+enum SessionEnd {
+    /// Cancelled: everything received is durable and confirmed.
+    Shutdown,
+    /// `stop_at` reached.
+    Done,
+    /// Timeline ended; continue on the next one.
+    NextTimeline { tli: TimelineId, start: Lsn },
+}
+
+/// The state that survives reconnects.
+struct Archiver {
+    opts: PgArchiveOptions,
+    cfg: Config,
+    repo: Repo,
+    source: Option<SourceName>,
+    slot: String,
+    uploader: Option<Uploader>,
+    progress: Arc<ArchiveProgress>,
+    /// Where the next segment starts (end of the last submitted one).
+    next: Option<(TimelineId, Lsn)>,
+    seg_size: u64,
+    /// Streaming has started at least once (later failures are retried).
+    connected_once: bool,
+}
+
+/// Runs `pitr archive` for PostgreSQL until cancelled (or `stop_at`).
+pub async fn archive(
+    opts: PgArchiveOptions,
+    repo: Repo,
+    cancel: CancellationToken,
+    progress: Arc<ArchiveProgress>,
+) -> anyhow::Result<()> {
+    let cfg = Config::parse(&opts.url).map_err(|e| anyhow!("{e}"))?;
+    let mut a = Archiver {
+        slot: String::new(),
+        cfg,
+        repo,
+        source: None,
+        uploader: None,
+        progress,
+        next: None,
+        seg_size: 16 << 20,
+        connected_once: false,
+        opts,
+    };
+    let result = a.run(&cancel).await;
+    // Whatever happened, store what was received before returning.
+    let finished = match a.uploader.take() {
+        Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
+        None => Ok(None),
+    };
+    if let Ok(Some(d)) = &finished {
+        a.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+    }
+    result?;
+    finished?;
+    Ok(())
+}
+
+impl Archiver {
+    async fn run(&mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(250);
+        let mut pending_switch: Option<(TimelineId, Lsn)> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match self.session(cancel, pending_switch.take()).await {
+                Ok(SessionEnd::Shutdown) | Ok(SessionEnd::Done) => return Ok(()),
+                Ok(SessionEnd::NextTimeline { tli, start }) => {
+                    backoff = Duration::from_millis(250);
+                    pending_switch = Some((tli, start));
+                }
+                Err(e) => {
+                    let transient = e
+                        .downcast_ref::<PgError>()
+                        .map(|p| p.is_transient())
+                        .unwrap_or(false);
+                    if !transient || !self.connected_once {
+                        // A first connection that fails is a configuration problem
+                        // the operator must see, not something to retry silently.
+                        return Err(e);
+                    }
+                    if self.uploader.as_ref().is_some_and(|u| u.is_stopped()) {
+                        // The uploader failed definitely; surface its error.
+                        return Err(e);
+                    }
+                    tracing::warn!("replication connection lost, reconnecting in {backoff:?}: {e:#}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// First connection: identity, source name, slot, uploader.
+    async fn prepare(&mut self, client: &mut ReplicationClient) -> anyhow::Result<()> {
+        let ident = client.identify_system().await?;
+        self.seg_size = client.wal_segment_size().await?;
+        if self.source.is_some() {
+            return Ok(());
+        }
+        let name = match &self.opts.name {
+            Some(n) => n.clone(),
+            None => format!("pg-{}", ident.systemid),
+        };
+        let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
+        let identity = SourceIdentity::new(&name, Engine::Postgres, &ident.systemid);
+        ensure_identity(&self.repo, &identity)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        self.slot = match &self.opts.slot {
+            Some(s) => s.clone(),
+            None => default_slot_name(&name),
+        };
+        let catalog = Catalog::load(&self.repo, &source)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let tail = catalog
+            .epochs()
+            .into_iter()
+            .rev()
+            .find_map(|e| catalog.tail(e).map(|p| (e, p)));
+        let initial = tail.map(|(e, p)| Durable {
+            epoch: e,
+            pos: p,
+            last_commit: catalog
+                .epoch(e)
+                .and_then(|ec| ec.segments().iter().rev().find_map(|s| s.key.tmax)),
+        });
+        if let Some((e, p)) = tail {
+            tracing::info!(
+                source = %name, timeline = e.0, "resuming after {} (the repository's tail)",
+                Lsn(p.lo)
+            );
+            self.next = Some((TimelineId(e.0 as u32), Lsn(p.lo)));
+            self.progress.durable_lsn.store(p.lo, Ordering::Relaxed);
+        }
+        let sink = Arc::new(RepoSink {
+            repo: self.repo.clone(),
+            source: source.clone(),
+            engine: Engine::Postgres,
+            system_id: ident.systemid.clone(),
+            zstd_level: self.opts.zstd_level,
+        });
+        self.uploader = Some(Uploader::start(
+            sink,
+            self.opts.uploader.clone(),
+            initial,
+            self.progress.upload.clone(),
+        ));
+        self.source = Some(source);
+        Ok(())
+    }
+
+    async fn session(
+        &mut self,
+        cancel: &CancellationToken,
+        switch: Option<(TimelineId, Lsn)>,
+    ) -> anyhow::Result<SessionEnd> {
+        let mut client = ReplicationClient::connect(&self.cfg).await?;
+        self.prepare(&mut client).await?;
+        let ident = client.identify_system().await?;
+        let slot_info = match client.read_replication_slot(&self.slot).await? {
+            Some(s) => Some(s),
+            None => {
+                tracing::info!(slot = %self.slot, "creating physical replication slot");
+                client.create_physical_slot(&self.slot).await?;
+                client.read_replication_slot(&self.slot).await?
+            }
+        };
+        if let Some((tli, start)) = switch {
+            self.next = Some((tli, start));
+        }
+        let (tli, resume) = match self.next {
+            Some(n) => n,
+            None => {
+                let restart = slot_info
+                    .as_ref()
+                    .and_then(|s| s.restart_lsn)
+                    .unwrap_or(ident.xlogpos);
+                let tli = slot_info
+                    .as_ref()
+                    .and_then(|s| s.restart_tli)
+                    .unwrap_or(ident.timeline);
+                (tli, restart.segment_start(self.seg_size))
+            }
+        };
+        if tli.0 > 1 {
+            self.store_history(&mut client, tli).await?;
+        }
+        let stream_from = resume.segment_start(self.seg_size);
+        let stream = match client
+            .start_physical(Some(&self.slot), stream_from, tli)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::WalRemoved => {
+                return self.record_gap(tli, resume, e).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.connected_once = true;
+        self.progress.timeline.store(u64::from(tli.0), Ordering::Relaxed);
+        tracing::info!(
+            timeline = tli.0, "streaming WAL from {} (archiving from {})",
+            stream_from, resume
+        );
+        self.stream(cancel, stream, tli, stream_from, resume).await
+    }
+
+    async fn store_history(
+        &mut self,
+        client: &mut ReplicationClient,
+        tli: TimelineId,
+    ) -> anyhow::Result<()> {
+        let Some(source) = self.source.clone() else {
+            return Ok(());
+        };
+        let (file, content) = client.timeline_history(tli).await?;
+        let key = HistoryKey::new(source, Epoch(u64::from(tli.0)), &file)
+            .map_err(|e| anyhow!("{e}"))?;
+        self.repo
+            .put_if_absent(&key.to_key(), content)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// The server no longer has WAL from `from`: record the gap up to the
+    /// oldest WAL it still has, then resume there.
+    async fn record_gap(
+        &mut self,
+        tli: TimelineId,
+        from: Lsn,
+        err: PgError,
+    ) -> anyhow::Result<SessionEnd> {
+        let mut client = ReplicationClient::connect(&self.cfg).await?;
+        // The slot may be gone too: drop and recreate it so it reserves what exists now.
+        let restart = match client.read_replication_slot(&self.slot).await? {
+            Some(s) if s.restart_lsn.is_some_and(|r| r.segment_start(self.seg_size) > from) => {
+                s.restart_lsn
+            }
+            other => {
+                if other.is_some() {
+                    client.drop_slot(&self.slot).await?;
+                }
+                client.create_physical_slot(&self.slot).await?;
+                client
+                    .read_replication_slot(&self.slot)
+                    .await?
+                    .and_then(|s| s.restart_lsn)
+            }
+        };
+        let restart = restart
+            .ok_or_else(|| anyhow!("slot {} has no restart position after re-creation", self.slot))?
+            .segment_start(self.seg_size);
+        if restart <= from {
+            return Err(anyhow!(
+                "the server reports WAL at {from} removed but still has it from {restart}: {err}"
+            ));
+        }
+        let Some(source) = self.source.clone() else {
+            return Err(err.into());
+        };
+        let gap = GapRecord {
+            epoch: Epoch(u64::from(tli.0)),
+            start: LogPos::from_lsn(from.0),
+            end: LogPos::from_lsn(restart.0),
+            reason: format!("WAL removed by the server before it was archived: {err}"),
+            detected_at: Utc::now(),
+        };
+        write_gap(&self.repo, &source, &gap)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        self.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            timeline = tli.0,
+            "GAP: WAL from {from} to {restart} was removed by the server before pitr archived it; \
+             point-in-time restore into that stretch is impossible. Take a new base backup \
+             (pitr backup) to restore past it. Continuing from {restart}."
+        );
+        self.next = Some((tli, restart));
+        Ok(SessionEnd::NextTimeline {
+            tli,
+            start: restart,
+        })
+    }
+
+    async fn stream(
+        &mut self,
+        cancel: &CancellationToken,
+        mut stream: ReplicationStream,
+        tli: TimelineId,
+        stream_from: Lsn,
+        resume: Lsn,
+    ) -> anyhow::Result<SessionEnd> {
+        let epoch = Epoch(u64::from(tli.0));
+        let mut indexer = CommitIndexer::new(stream_from, self.seg_size);
+        let mut buf = Builder::new(epoch, resume);
+        let mut received = stream_from;
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut durable_rx = match &self.uploader {
+            Some(u) => u.watch(),
+            None => return Err(anyhow!("uploader not started")),
+        };
+        let mut last_status = Instant::now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.seal(&mut buf, received).await?;
+                    return self.shutdown(stream, received).await;
+                }
+                changed = durable_rx.changed() => {
+                    if changed.is_ok() {
+                        let durable = self.durable_lsn(epoch);
+                        stream.send_status(received, durable, durable, false).await?;
+                        last_status = Instant::now();
+                        if self.opts.stop_at.is_some_and(|s| durable >= s) {
+                            self.seal(&mut buf, received).await?;
+                            return self.shutdown(stream, received).await.map(|_| SessionEnd::Done);
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    if buf.due(self.opts.flush_interval) {
+                        self.seal(&mut buf, received).await?;
+                    }
+                    if last_status.elapsed() >= Duration::from_secs(10) {
+                        let durable = self.durable_lsn(epoch);
+                        stream.send_status(received, durable, durable, false).await?;
+                        last_status = Instant::now();
+                    }
+                }
+                msg = stream.next() => {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Keep what we have: it is valid WAL up to `received`.
+                            self.seal(&mut buf, received).await?;
+                            return Err(e.into());
+                        }
+                    };
+                    match msg {
+                        Some(ReplicationMessage::XLogData { wal_start, data, .. }) => {
+                            if wal_start != received {
+                                self.seal(&mut buf, received).await?;
+                                return Err(PgError::protocol(
+                                    format!("WAL arrived at {wal_start}, expected {received}"),
+                                    "replication stream",
+                                ).into());
+                            }
+                            let commits = indexer.feed(&data);
+                            received = Lsn(received.0 + data.len() as u64);
+                            self.progress.received_lsn.store(received.0, Ordering::Relaxed);
+                            self.append(&mut buf, wal_start, data, &commits).await?;
+                        }
+                        Some(ReplicationMessage::Keepalive { reply_requested, .. }) => {
+                            if reply_requested {
+                                let durable = self.durable_lsn(epoch);
+                                stream.send_status(received, durable, durable, false).await?;
+                                last_status = Instant::now();
+                            }
+                        }
+                        Some(ReplicationMessage::EndOfTimeline { next_tli, next_tli_start }) => {
+                            self.seal(&mut buf, received).await?;
+                            tracing::info!(
+                                "timeline {} ended at {}; following timeline {}",
+                                tli.0, next_tli_start, next_tli.0
+                            );
+                            let start = next_tli_start.segment_start(self.seg_size);
+                            self.next = Some((next_tli, start));
+                            return Ok(SessionEnd::NextTimeline { tli: next_tli, start });
+                        }
+                        None => {
+                            self.seal(&mut buf, received).await?;
+                            return Err(PgError::new(
+                                ErrorKind::Transient,
+                                "the server ended the replication stream",
+                                "replication stream",
+                                "pitr reconnects",
+                            ).with_lsn(received).into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn durable_lsn(&self, epoch: Epoch) -> Lsn {
+        match self.uploader.as_ref().and_then(|u| u.durable()) {
+            Some(d) if d.epoch == epoch => {
+                self.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+                if let Some(t) = d.last_commit {
+                    self.progress.last_commit_micros.store(t.0, Ordering::Relaxed);
+                }
+                Lsn(d.pos.lo)
+            }
+            // Nothing durable on this timeline yet: report nothing flushed.
+            _ => Lsn(0),
+        }
+    }
+
+    /// Appends WAL at `at` (already indexed), cutting at WAL-file and size limits.
+    async fn append(
+        &mut self,
+        buf: &mut Builder,
+        at: Lsn,
+        mut data: Bytes,
+        commits: &[Commit],
+    ) -> anyhow::Result<()> {
+        let mut pos = at;
+        while !data.is_empty() {
+            // Skip what lies before the resume point (already archived).
+            if pos < buf.start {
+                let skip = ((buf.start.0 - pos.0) as usize).min(data.len());
+                let _ = data.split_to(skip);
+                pos = Lsn(pos.0 + skip as u64);
+                continue;
+            }
+            let file_end = pos.segment_start(self.seg_size).0 + self.seg_size;
+            let room_file = (file_end - pos.0) as usize;
+            let room_size = self.opts.max_segment_bytes.saturating_sub(buf.data.len()).max(1);
+            let take = data.len().min(room_file).min(room_size);
+            let chunk = data.split_to(take);
+            buf.push(&chunk);
+            let piece_end = Lsn(pos.0 + take as u64);
+            for c in commits.iter().filter(|c| c.end_lsn > pos && c.end_lsn <= piece_end) {
+                buf.note_commit(c.end_lsn, c.time);
+            }
+            pos = piece_end;
+            if pos.0 == file_end || buf.data.len() >= self.opts.max_segment_bytes {
+                self.seal(buf, pos).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the buffered bytes `[buf.start, end)` into a segment and queues it.
+    async fn seal(&mut self, buf: &mut Builder, end: Lsn) -> anyhow::Result<()> {
+        if buf.data.is_empty() {
+            if end > buf.start {
+                buf.reset(end);
+            }
+            return Ok(());
+        }
+        let seg = buf.take(end);
+        let Some(up) = &self.uploader else {
+            return Err(anyhow!("uploader not started"));
+        };
+        self.next = Some((TimelineId(seg.epoch.0 as u32), end));
+        up.submit(seg).await.map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// Waits until everything submitted is durable, confirms it to the
+    /// server and ends the stream cleanly.
+    async fn shutdown(
+        &mut self,
+        mut stream: ReplicationStream,
+        received: Lsn,
+    ) -> anyhow::Result<SessionEnd> {
+        let Some(up) = self.uploader.take() else {
+            return Ok(SessionEnd::Shutdown);
+        };
+        let durable = up.finish().await.map_err(|e| anyhow!("{e}"))?;
+        if let Some(d) = durable {
+            let lsn = Lsn(d.pos.lo);
+            self.progress.durable_lsn.store(lsn.0, Ordering::Relaxed);
+            stream
+                .send_status(received, lsn, lsn, false)
+                .await
+                .context("confirming the durable position to the server")?;
+            tracing::info!("stored and confirmed WAL up to {lsn}");
+        }
+        let _ = stream.send_copy_done().await;
+        Ok(SessionEnd::Shutdown)
+    }
+}
+
+/// Default slot name for a source: `pitr_<name>` restricted to what
+/// PostgreSQL accepts (lower-case letters, digits, underscore; ≤ 63 bytes).
+pub fn default_slot_name(source: &str) -> String {
+    let mut s: String = format!("pitr_{source}")
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+/// Bytes of the segment being built.
+struct Builder {
+    epoch: Epoch,
+    start: Lsn,
+    data: BytesMut,
+    first_commit: Option<TimestampMicros>,
+    last_commit: Option<TimestampMicros>,
+    records: u64,
+    opened: Option<Instant>,
+}
+
+impl Builder {
+    fn new(epoch: Epoch, start: Lsn) -> Builder {
+        Builder {
+            epoch,
+            start,
+            data: BytesMut::new(),
+            first_commit: None,
+            last_commit: None,
+            records: 0,
+            opened: None,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        if self.opened.is_none() {
+            self.opened = Some(Instant::now());
+        }
+        self.data.extend_from_slice(chunk);
+    }
+
+    /// Records a commit whose record ends at `end` (it belongs to the segment
+    /// holding its last byte).
+    fn note_commit(&mut self, end: Lsn, time: TimestampMicros) {
+        if end <= self.start {
+            return;
+        }
+        self.records += 1;
+        self.first_commit = Some(self.first_commit.map_or(time, |t| t.min(time)));
+        self.last_commit = Some(self.last_commit.map_or(time, |t| t.max(time)));
+    }
+
+    fn due(&self, interval: Duration) -> bool {
+        self.opened.is_some_and(|t| t.elapsed() >= interval)
+    }
+
+    fn reset(&mut self, start: Lsn) {
+        self.start = start;
+        self.data.clear();
+        self.first_commit = None;
+        self.last_commit = None;
+        self.records = 0;
+        self.opened = None;
+    }
+
+    fn take(&mut self, end: Lsn) -> SealedSegment {
+        let raw = self.data.split().freeze();
+        let seg = SealedSegment {
+            epoch: self.epoch,
+            start: LogPos::from_lsn(self.start.0),
+            end: LogPos::from_lsn(end.0),
+            first_commit: self.first_commit,
+            last_commit: self.last_commit,
+            records: self.records,
+            raw,
+        };
+        self.reset(end);
+        seg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_valid() {
+        assert_eq!(default_slot_name("pg-7290"), "pitr_pg_7290");
+        assert_eq!(default_slot_name("Main.DB"), "pitr_main_db");
+        assert!(default_slot_name(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn commits_are_attributed_to_the_segment_holding_their_end() {
+        let mut b = Builder::new(Epoch(1), Lsn(100));
+        b.note_commit(Lsn(90), TimestampMicros(5));
+        assert_eq!(b.records, 0);
+        b.push(b"abc");
+        b.note_commit(Lsn(102), TimestampMicros(9));
+        b.note_commit(Lsn(103), TimestampMicros(7));
+        let s = b.take(Lsn(103));
+        assert_eq!((s.first_commit, s.last_commit, s.records), (Some(TimestampMicros(7)), Some(TimestampMicros(9)), 2));
+        assert_eq!(s.start, LogPos::from_lsn(100));
+        assert_eq!(b.start, Lsn(103));
+    }
+}
