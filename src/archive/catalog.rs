@@ -26,9 +26,7 @@ use std::collections::BTreeMap;
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
 
 use crate::archive::index;
-use crate::archive::keys::{
-    self, BackupKey, GapKey, HistoryKey, SegmentKey, SourceName,
-};
+use crate::archive::keys::{self, BackupKey, GapKey, HistoryKey, SegmentKey, SourceName};
 use crate::storage::{Repo, StorageError};
 
 /// A segment key and the object's size in bytes.
@@ -54,7 +52,9 @@ pub enum CoverageError {
         start: LogPos,
         end: LogPos,
     },
-    #[error("epoch {epoch}: no segment covers positions {start}..{end}; the archive has a hole there")]
+    #[error(
+        "epoch {epoch}: no segment covers positions {start}..{end}; the archive has a hole there"
+    )]
     Missing {
         epoch: Epoch,
         start: LogPos,
@@ -198,7 +198,12 @@ impl EpochCatalog {
         }
     }
 
-    fn covering(&self, epoch: Epoch, from: LogPos, to: LogPos) -> Result<Vec<SegmentKey>, CoverageError> {
+    fn covering(
+        &self,
+        epoch: Epoch,
+        from: LogPos,
+        to: LogPos,
+    ) -> Result<Vec<SegmentKey>, CoverageError> {
         let mut out = Vec::new();
         if to <= from {
             return Ok(out);
@@ -306,15 +311,20 @@ impl Catalog {
         let mut unrecognized = Vec::new();
         let mut out = BTreeMap::new();
         for epoch in epochs {
-            let gaps = list_parsed(repo, &keys::gaps_prefix(source, epoch), &mut unrecognized, |k| {
-                GapKey::parse(k).ok()
-            })
+            let gaps = list_parsed(
+                repo,
+                &keys::gaps_prefix(source, epoch),
+                &mut unrecognized,
+                |k| GapKey::parse(k).ok(),
+            )
             .await?;
-            let history =
-                list_parsed(repo, &keys::history_prefix(source, epoch), &mut unrecognized, |k| {
-                    HistoryKey::parse(k).ok()
-                })
-                .await?;
+            let history = list_parsed(
+                repo,
+                &keys::history_prefix(source, epoch),
+                &mut unrecognized,
+                |k| HistoryKey::parse(k).ok(),
+            )
+            .await?;
             let mut segments = Vec::new();
             let mut after = None;
             if let Some(ikeys) = index_keys.get(&epoch) {
@@ -332,7 +342,9 @@ impl Catalog {
             for m in listed {
                 let k = m.location.to_string();
                 match SegmentKey::parse(&k) {
-                    Ok(key) if key.epoch == epoch => segments.push(SegmentEntry { key, size: m.size }),
+                    Ok(key) if key.epoch == epoch => {
+                        segments.push(SegmentEntry { key, size: m.size })
+                    }
                     _ => unrecognized.push(k),
                 }
             }
@@ -366,8 +378,8 @@ impl Catalog {
         history: Vec<HistoryKey>,
         backups: Vec<BackupKey>,
     ) -> Catalog {
-        let mut per: BTreeMap<Epoch, (Vec<SegmentEntry>, Vec<GapKey>, Vec<HistoryKey>)> =
-            BTreeMap::new();
+        type Parts = (Vec<SegmentEntry>, Vec<GapKey>, Vec<HistoryKey>);
+        let mut per: BTreeMap<Epoch, Parts> = BTreeMap::new();
         for s in segments {
             per.entry(s.key.epoch).or_default().0.push(s);
         }

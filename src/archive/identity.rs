@@ -149,12 +149,13 @@ pub async fn ensure_identity(
         Ok(PutOutcome::Created | PutOutcome::AlreadyIdentical) => Ok(identity.clone()),
         Err(StorageError::Divergent { .. }) => {
             // Another process created it between our read and our write.
-            let stored = read_identity(repo, &source)
-                .await?
-                .ok_or_else(|| IdentityError::Corrupt {
-                    key: key.clone(),
-                    reason: "it vanished while being checked".into(),
-                })?;
+            let stored =
+                read_identity(repo, &source)
+                    .await?
+                    .ok_or_else(|| IdentityError::Corrupt {
+                        key: key.clone(),
+                        reason: "it vanished while being checked".into(),
+                    })?;
             check_same(&stored, identity)?;
             Ok(stored)
         }

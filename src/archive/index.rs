@@ -128,8 +128,16 @@ impl IndexView {
     /// `all`: every index key of one epoch; `gaps`: that epoch's gap keys.
     pub fn new(mut all: Vec<IndexKey>, gaps: &[GapKey]) -> IndexView {
         all.sort_by(|a, b| {
-            (a.first, std::cmp::Reverse(a.last), std::cmp::Reverse(a.generation))
-                .cmp(&(b.first, std::cmp::Reverse(b.last), std::cmp::Reverse(b.generation)))
+            (
+                a.first,
+                std::cmp::Reverse(a.last),
+                std::cmp::Reverse(a.generation),
+            )
+                .cmp(&(
+                    b.first,
+                    std::cmp::Reverse(b.last),
+                    std::cmp::Reverse(b.generation),
+                ))
         });
         all.dedup();
         let valid: Vec<IndexKey> = all
@@ -240,8 +248,7 @@ fn corrupt(k: &IndexKey, reason: &str) -> IndexError {
 
 async fn read_body(repo: &Repo, k: &IndexKey) -> Result<IndexBody, IndexError> {
     let bytes = repo.get(&k.to_key()).await?;
-    let body: IndexBody =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(k, &e.to_string()))?;
+    let body: IndexBody = serde_json::from_slice(&bytes).map_err(|e| corrupt(k, &e.to_string()))?;
     if body.format != FORMAT
         || body.epoch != k.epoch
         || body.first != k.first
@@ -298,21 +305,32 @@ impl Default for Indexer {
 impl Indexer {
     /// Indexes every full run of `segments_per_index` unindexed segments and
     /// merges `fan_out` consecutive objects of one level into the next level.
-    pub async fn roll_up(&self, repo: &Repo, source: &SourceName) -> Result<RollUpReport, IndexError> {
+    pub async fn roll_up(
+        &self,
+        repo: &Repo,
+        source: &SourceName,
+    ) -> Result<RollUpReport, IndexError> {
         let per = self.segments_per_index.max(1);
         let fan = self.fan_out.max(2);
         let catalog = Catalog::load(repo, source).await?;
         let mut all_keys = list_index_keys(repo, source).await?;
         let mut report = RollUpReport::default();
         for epoch in catalog.epochs() {
-            let Some(ec) = catalog.epoch(epoch) else { continue };
+            let Some(ec) = catalog.epoch(epoch) else {
+                continue;
+            };
             let gaps = ec.gaps();
             let mut view = IndexView::new(all_keys.remove(&epoch).unwrap_or_default(), gaps);
-            let mut bodies = view.load_chain(repo, source).await.unwrap_or_default().bodies;
-            if bodies.len() != view.chain.len() {
-                // Unreadable chain: index from scratch; new generations supersede it.
-                view.chain.clear();
-            }
+            let mut bodies = match view.try_load_chain(repo, source).await {
+                Ok(loaded) => loaded.bodies,
+                Err(IndexError::Storage(e)) if e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    // Unreadable chain: index from scratch; new generations supersede it.
+                    tracing::warn!(source = %source, error = %e, "rebuilding the index");
+                    view.chain.clear();
+                    HashMap::new()
+                }
+            };
             // Level 0: consecutive unindexed segments after the chain.
             let chain = ec.segments();
             let mut i = match view.chain.last() {
@@ -356,7 +374,7 @@ impl Indexer {
                 }
             }
             // Higher levels.
-            while let Some(w) = view.chain.windows(fan).find(|w| {
+            'merge: while let Some(w) = view.chain.windows(fan).find(|w| {
                 w.iter().all(|k| k.level == w[0].level && k.level < u8::MAX)
                     && w.windows(2).all(|p| bridged(gaps, p[0].last, p[1].first))
             }) {
@@ -372,8 +390,21 @@ impl Indexer {
                 };
                 let mut segs = Vec::new();
                 for c in &children {
-                    let b = bodies.get(c).ok_or_else(|| corrupt(c, "body not loaded"))?;
-                    segs.extend(b.iter().cloned());
+                    if !bodies.contains_key(c) {
+                        match read_body(repo, c).await {
+                            Ok(b) => {
+                                bodies.insert(c.clone(), b.segments);
+                            }
+                            Err(IndexError::Storage(e)) if e.is_transient() => return Err(e.into()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "not merging index objects");
+                                break 'merge;
+                            }
+                        }
+                    }
+                    if let Some(b) = bodies.get(c) {
+                        segs.extend(b.iter().cloned());
+                    }
                 }
                 let segs = write_body(repo, &key, segs).await?;
                 bodies.insert(key.clone(), segs);
@@ -399,9 +430,16 @@ pub async fn replace_in_index(
 ) -> Result<Option<IndexKey>, IndexError> {
     let epoch = by.key.epoch;
     let (start, end) = (by.key.start, by.key.end);
-    let all = list_index_keys(repo, source).await?.remove(&epoch).unwrap_or_default();
+    let all = list_index_keys(repo, source)
+        .await?
+        .remove(&epoch)
+        .unwrap_or_default();
     let view = IndexView::new(all, gaps);
-    let touching: Vec<&IndexKey> = view.valid.iter().filter(|k| overlaps(k, start, end)).collect();
+    let touching: Vec<&IndexKey> = view
+        .valid
+        .iter()
+        .filter(|k| overlaps(k, start, end))
+        .collect();
     if touching.is_empty() {
         return Ok(None);
     }
@@ -439,6 +477,9 @@ pub async fn view(
     epoch: Epoch,
     gaps: &[GapKey],
 ) -> Result<IndexView, StorageError> {
-    let all = list_index_keys(repo, source).await?.remove(&epoch).unwrap_or_default();
+    let all = list_index_keys(repo, source)
+        .await?
+        .remove(&epoch)
+        .unwrap_or_default();
     Ok(IndexView::new(all, gaps))
 }

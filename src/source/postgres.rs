@@ -303,7 +303,17 @@ impl Archiver {
             timeline = tli.0, "streaming WAL from {} (archiving from {})",
             stream_from, resume
         );
-        self.stream(cancel, stream, tli, stream_from, resume).await
+        match self.stream(cancel, stream, tli, stream_from, resume).await {
+            Err(e) => match e.downcast::<PgError>() {
+                Ok(pg) if pg.kind() == ErrorKind::WalRemoved => {
+                    let (tli, from) = self.next.unwrap_or((tli, resume));
+                    self.record_gap(tli, from, pg).await
+                }
+                Ok(pg) => Err(pg.into()),
+                Err(other) => Err(other),
+            },
+            ok => ok,
+        }
     }
 
     async fn store_history(

@@ -1,47 +1,44 @@
 //! Binlog replication client: connects as a replica and yields every event
 //! with the exact bytes the server stored.
 //!
-//! Protocol (both flavours): log in (mysql_async handles the handshake and
-//! the `mysql_native_password` / `caching_sha2_password` exchanges), query the
-//! server identity, set session variables that announce what we understand:
+//! Protocol (both flavours, over [`crate::conn`]): log in, query the server
+//! identity, set session variables that announce what we understand:
 //!
-//! * `@source_binlog_checksum` / `@master_binlog_checksum`: we verify CRC32,
-//!   so the server keeps the checksums it wrote;
+//! * `@source_binlog_checksum` / `@master_binlog_checksum` = the server's
+//!   `@@binlog_checksum`: we verify CRC32, so the server keeps the checksums
+//!   it wrote (this is the checksum "handshake" of replicas);
 //! * `@source_heartbeat_period` / `@master_heartbeat_period` (ns): the server
 //!   sends a HEARTBEAT event when idle, which drives our read timeout;
 //! * MariaDB: `@mariadb_slave_capability=4` (send real GTID events) and, to
-//!   resume by GTID, `@slave_connect_state='d-s-n,...'`;
+//!   resume by GTID, `@slave_connect_state='d-s-n,...'` with an empty file
+//!   name at offset 4;
 //!
-//! then `COM_REGISTER_SLAVE` and `COM_BINLOG_DUMP` (file + offset) or, for a
-//! MySQL GTID start, `COM_BINLOG_DUMP_GTID` carrying the executed GTID set.
-//! The server answers with one event per packet.
+//! then `COM_REGISTER_SLAVE` and `COM_BINLOG_DUMP` (file + offset; MariaDB with
+//! `BINLOG_SEND_ANNOTATE_ROWS_EVENT` so ANNOTATE_ROWS events, which are part
+//! of its files, are not skipped) or, for a MySQL GTID start,
+//! `COM_BINLOG_DUMP_GTID` carrying the executed GTID set. The server answers
+//! with one packet per event: `0x00` + the event bytes as stored, `0xff` +
+//! error, or an EOF packet when it ends the stream.
 //!
-//! Event bytes: mysql_async hands us `Event` values that keep the header and
-//! body verbatim; `Event::write` re-serialises them and recomputes the CRC32.
-//! We compare that CRC against the checksum the server sent, so a returned
-//! [`RawEvent`] is byte-identical to what the server stored, and corrupted
-//! events are rejected. Events mysql_async synthesises by decompressing a
-//! MySQL TRANSACTION_PAYLOAD event are not part of the file and are dropped.
-//!
-//! Artificial events (the dump thread's fake ROTATE at the start, MariaDB's
-//! fake GTID_LIST, heartbeats, and the FORMAT_DESCRIPTION re-sent when
-//! resuming mid-file with `log_pos = 0`) are returned with `artificial = true`:
-//! they must not be written into a rebuilt binlog file.
+//! Every event's CRC32 is verified when checksums are on. Artificial events
+//! (the dump thread's fake ROTATE at the start, MariaDB's fake GTID_LIST,
+//! heartbeats, and the FORMAT_DESCRIPTION re-sent with `log_pos = 0` when
+//! resuming mid-file) are returned with `artificial = true`: they must not be
+//! written into a rebuilt binlog file.
 
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use mysql_async::binlog::events::{Event, TransactionPayloadEvent};
-use mysql_async::binlog::BinlogVersion;
-use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, GnoInterval, Opts, OptsBuilder, Sid};
 
+use crate::conn::{Conn, ConnParams};
 use crate::error::{ErrorKind, MysqlError, Result};
-use crate::event::{self, types, DecodeCtx, EventData, EventHeader, CHECKSUM_LEN, HEADER_LEN};
+use crate::event::{self, types, DecodeCtx, EventData, EventHeader};
 use crate::gtid::{MariaGtidPos, MysqlGtidSet, ServerUuid};
 use crate::pos::{BinlogFile, BinlogPos, Flavor, ServerId, FIRST_EVENT_OFFSET};
+
+/// MariaDB `COM_BINLOG_DUMP` flag: also send ANNOTATE_ROWS events.
+const BINLOG_SEND_ANNOTATE_ROWS_EVENT: u16 = 2;
 
 /// Where a replication stream starts (and, in errors, where it was).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,15 +145,15 @@ impl RawEvent {
 
 /// A live replication stream.
 pub struct BinlogClient {
-    stream: BinlogStream,
+    conn: Conn,
     identity: ServerIdentity,
     opts: ClientOptions,
     /// Position after the last event of the file being read.
     current: BinlogPos,
     /// Decoding context from the latest FORMAT_DESCRIPTION.
     ctx: DecodeCtx,
-    /// Decompressed inner events of a TRANSACTION_PAYLOAD still to drop.
-    skip_inner: usize,
+    /// The server ended the stream.
+    finished: bool,
 }
 
 impl fmt::Debug for BinlogClient {
@@ -182,72 +179,27 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-pub(crate) fn map_err(e: mysql_async::Error, position: Option<StartFrom>) -> MysqlError {
-    use mysql_async::{DriverError, Error};
-    let err = match e {
-        Error::Server(se) => return MysqlError::from_server(se.code, &se.message, position),
-        Error::Io(io) => MysqlError::new(
-            ErrorKind::Io,
-            format!("connection to the server failed ({io}); it will be retried"),
-        ),
-        Error::Driver(DriverError::ConnectionClosed) | Error::Driver(DriverError::PacketOutOfOrder) => {
-            MysqlError::new(
-                ErrorKind::ServerGone,
-                "the server closed the connection; it will be retried from the last durable position",
-            )
-        }
-        Error::Driver(d) => MysqlError::new(
-            ErrorKind::Protocol,
-            format!("unexpected reply from the server ({d}); check that the URL points at a MySQL or MariaDB server"),
-        ),
-        Error::Url(u) => MysqlError::new(
-            ErrorKind::InvalidInput,
-            format!("invalid MySQL URL ({u}); expected mysql://user:password@host:port"),
-        ),
-        Error::Other(o) => MysqlError::new(ErrorKind::Protocol, format!("{o}")),
-    };
-    match position {
-        Some(p) => err.with_position(p),
-        None => err,
-    }
+fn col(row: &[Option<String>], i: usize) -> String {
+    row.get(i).cloned().flatten().unwrap_or_default()
 }
 
-fn row_str(v: Option<String>) -> String {
-    v.unwrap_or_default()
-}
-
-/// Connects (no replication) and reads the server identity.
+/// Connects (no replication yet) and reads the server identity.
 async fn open(url: &str, opts: &ClientOptions) -> Result<(Conn, ServerIdentity)> {
-    let parsed = Opts::from_url(url).map_err(|e| map_err(e.into(), None))?;
-    let builder = OptsBuilder::from_opts(parsed).prefer_socket(false);
-    let conn = tokio::time::timeout(opts.connect_timeout, Conn::new(builder))
-        .await
-        .map_err(|_| {
-            MysqlError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "connecting to {} timed out after {:?}; it will be retried",
-                    redact_url(url),
-                    opts.connect_timeout
-                ),
-            )
-        })?
-        .map_err(|e| map_err(e, None))?;
-    let mut conn = conn;
+    let params = ConnParams::from_url(url)?;
+    let mut conn = Conn::connect(&params, opts.connect_timeout).await?;
     let identity = query_identity(&mut conn).await?;
     Ok((conn, identity))
 }
 
 async fn query_identity(conn: &mut Conn) -> Result<ServerIdentity> {
-    let row: Option<(Option<String>, Option<String>, Option<String>, Option<String>)> = conn
-        .query_first("SELECT VERSION(), @@server_id, @@binlog_checksum, @@log_bin")
-        .await
-        .map_err(|e| map_err(e, None))?;
-    let (version, server_id, checksum, log_bin) = row.unwrap_or_default();
-    let version = row_str(version);
+    let rows = conn
+        .query("SELECT VERSION(), @@server_id, @@binlog_checksum, @@log_bin")
+        .await?;
+    let row = rows.first().cloned().unwrap_or_default();
+    let version = col(&row, 0);
     let flavor = Flavor::from_version(&version);
-    let server_id = ServerId(row_str(server_id).parse().unwrap_or(0));
-    if row_str(log_bin) != "1" {
+    let server_id = ServerId(col(&row, 1).parse().unwrap_or(0));
+    if col(&row, 3) != "1" {
         return Err(MysqlError::new(
             ErrorKind::Misconfigured,
             "binary logging is off on the server; enable log_bin (with binlog_format=ROW) and restart it",
@@ -255,20 +207,20 @@ async fn query_identity(conn: &mut Conn) -> Result<ServerIdentity> {
     }
     let (server_uuid, gtid_mode, gtid_executed) = match flavor {
         Flavor::MySql => {
-            let row: Option<(Option<String>, Option<String>, Option<String>)> = conn
-                .query_first("SELECT @@server_uuid, @@gtid_mode, @@gtid_executed")
-                .await
-                .map_err(|e| map_err(e, None))?;
-            let (uuid, mode, executed) = row.unwrap_or_default();
-            let uuid = row_str(uuid).parse::<ServerUuid>().ok();
-            (uuid, mode, row_str(executed))
+            let rows = conn
+                .query("SELECT @@server_uuid, @@gtid_mode, @@gtid_executed")
+                .await?;
+            let row = rows.first().cloned().unwrap_or_default();
+            (
+                col(&row, 0).parse::<ServerUuid>().ok(),
+                row.get(1).cloned().flatten(),
+                col(&row, 2),
+            )
         }
         Flavor::MariaDb => {
-            let row: Option<Option<String>> = conn
-                .query_first("SELECT @@gtid_binlog_pos")
-                .await
-                .map_err(|e| map_err(e, None))?;
-            (None, None, row.flatten().unwrap_or_default())
+            let rows = conn.query("SELECT @@gtid_binlog_pos").await?;
+            let row = rows.first().cloned().unwrap_or_default();
+            (None, None, col(&row, 0))
         }
     };
     Ok(ServerIdentity {
@@ -277,7 +229,7 @@ async fn query_identity(conn: &mut Conn) -> Result<ServerIdentity> {
         server_id,
         server_uuid,
         gtid_mode,
-        binlog_checksum: row_str(checksum),
+        binlog_checksum: col(&row, 2),
         gtid_executed: gtid_executed.split_whitespace().collect(),
     })
 }
@@ -286,28 +238,26 @@ async fn query_identity(conn: &mut Conn) -> Result<ServerIdentity> {
 pub async fn server_identity(url: &str) -> Result<ServerIdentity> {
     let opts = ClientOptions::new(ServerId(0));
     let (conn, identity) = open(url, &opts).await?;
-    let _ = conn.disconnect().await;
+    conn.shutdown().await;
     Ok(identity)
 }
 
 /// `SHOW BINARY LOGS`: the files the server still has, oldest first, with sizes.
-pub async fn list_binlogs(conn: &mut Conn) -> Result<Vec<(BinlogFile, u64)>> {
-    let rows: Vec<mysql_async::Row> = conn
-        .query("SHOW BINARY LOGS")
-        .await
-        .map_err(|e| map_err(e, None))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let name: Option<String> = row.get(0);
-        let size: Option<String> = row.get(1);
-        if let Some(name) = name {
-            out.push((
-                BinlogFile(name),
-                size.and_then(|s| s.parse().ok()).unwrap_or(0),
-            ));
-        }
-    }
-    Ok(out)
+pub async fn list_binlogs(url: &str) -> Result<Vec<(BinlogFile, u64)>> {
+    let opts = ClientOptions::new(ServerId(0));
+    let (mut conn, _) = open(url, &opts).await?;
+    let files = show_binary_logs(&mut conn).await;
+    conn.shutdown().await;
+    files
+}
+
+async fn show_binary_logs(conn: &mut Conn) -> Result<Vec<(BinlogFile, u64)>> {
+    let rows = conn.query("SHOW BINARY LOGS").await?;
+    Ok(rows
+        .iter()
+        .filter(|r| r.first().cloned().flatten().is_some())
+        .map(|r| (BinlogFile(col(r, 0)), col(r, 1).parse().unwrap_or(0)))
+        .collect())
 }
 
 /// Rejects a file/offset start the server cannot serve, with a precise kind.
@@ -348,16 +298,21 @@ fn precheck_position(pos: &BinlogPos, files: &[(BinlogFile, u64)]) -> Result<()>
     }
 }
 
-fn mysql_sids(set: &MysqlGtidSet) -> Vec<Sid<'static>> {
-    set.iter()
-        .map(|(uuid, intervals)| {
-            let ivs = intervals
-                .iter()
-                .map(|&(a, b)| GnoInterval::new(a, b.saturating_add(1)))
-                .collect();
-            Sid::new(*uuid.as_bytes()).with_intervals(ivs)
-        })
-        .collect()
+/// The sid block of COM_BINLOG_DUMP_GTID: `n_sids u64 | { uuid [16] |
+/// n_intervals u64 | { start u64 | end u64 (exclusive) } }`.
+fn sid_block(set: &MysqlGtidSet) -> Vec<u8> {
+    let mut b = Vec::new();
+    let sids: Vec<_> = set.iter().collect();
+    b.extend_from_slice(&(sids.len() as u64).to_le_bytes());
+    for (uuid, intervals) in sids {
+        b.extend_from_slice(uuid.as_bytes());
+        b.extend_from_slice(&(intervals.len() as u64).to_le_bytes());
+        for &(a, z) in intervals {
+            b.extend_from_slice(&a.to_le_bytes());
+            b.extend_from_slice(&z.saturating_add(1).to_le_bytes());
+        }
+    }
+    b
 }
 
 fn sql_quote(s: &str) -> String {
@@ -370,19 +325,43 @@ impl BinlogClient {
         BinlogClient::connect_with(url, ClientOptions::new(server_id), start).await
     }
 
-    pub async fn connect_with(url: &str, opts: ClientOptions, start: StartFrom) -> Result<BinlogClient> {
-        let at = Some(start.clone());
-        let (mut conn, identity) = open(url, &opts).await.map_err(|e| match at.clone() {
-            Some(p) if e.position().is_none() => e.with_position(p),
-            _ => e,
-        })?;
-        let sql_err = |e| map_err(e, at.clone());
+    pub async fn connect_with(
+        url: &str,
+        opts: ClientOptions,
+        start: StartFrom,
+    ) -> Result<BinlogClient> {
+        let at = || start.clone();
+        let with_pos = |e: MysqlError| {
+            if e.position().is_none() {
+                e.with_position(start.clone())
+            } else {
+                e
+            }
+        };
+        let (mut conn, identity) = open(url, &opts).await.map_err(with_pos)?;
 
         // Best effort (needs REPLICATION CLIENT): precise errors for bad file positions.
         if let StartFrom::Position(pos) = &start {
-            if let Ok(files) = list_binlogs(&mut conn).await {
+            if let Ok(files) = show_binary_logs(&mut conn).await {
                 precheck_position(pos, &files)?;
             }
+        }
+        match (&start, identity.flavor) {
+            (StartFrom::MariaGtid(_), Flavor::MySql) => {
+                return Err(MysqlError::new(
+                    ErrorKind::InvalidInput,
+                    "a MariaDB GTID position was given but the server is MySQL; resume from a MySQL GTID set or a file position",
+                )
+                .with_position(at()))
+            }
+            (StartFrom::MysqlGtid(_), Flavor::MariaDb) => {
+                return Err(MysqlError::new(
+                    ErrorKind::InvalidInput,
+                    "a MySQL GTID set was given but the server is MariaDB; resume from a MariaDB GTID position or a file position",
+                )
+                .with_position(at()))
+            }
+            _ => {}
         }
 
         let checksum = if identity.binlog_checksum.eq_ignore_ascii_case("NONE") {
@@ -413,47 +392,46 @@ impl BinlogClient {
             }
         }
         for stmt in &setup {
-            conn.query_drop(stmt.as_str()).await.map_err(sql_err)?;
+            conn.query(stmt).await.map_err(with_pos)?;
         }
+        conn.register_replica(opts.server_id.0)
+            .await
+            .map_err(|e| with_pos(e.access_denied_means_privilege()))?;
 
+        let flags = match identity.flavor {
+            Flavor::MariaDb => BINLOG_SEND_ANNOTATE_ROWS_EVENT,
+            Flavor::MySql => 0,
+        };
         let mut current = BinlogPos::start_of(BinlogFile::default());
-        let filename: Vec<u8>;
-        let mut request = BinlogStreamRequest::new(opts.server_id.0);
         match &start {
-            StartFrom::Beginning => {}
-            StartFrom::Position(p) => {
-                filename = p.file.as_str().as_bytes().to_vec();
-                request = request.with_filename(&filename).with_pos(p.offset);
-                current = p.clone();
+            StartFrom::Beginning | StartFrom::MariaGtid(_) => {
+                conn.binlog_dump("", 4, flags, opts.server_id.0).await
             }
-            StartFrom::MariaGtid(_) => {
-                if identity.flavor != Flavor::MariaDb {
-                    return Err(MysqlError::new(
+            StartFrom::Position(p) => {
+                current = p.clone();
+                let offset = u32::try_from(p.offset).map_err(|_| {
+                    MysqlError::new(
                         ErrorKind::InvalidInput,
-                        "a MariaDB GTID position was given but the server is MySQL; resume from a MySQL GTID set or a file position",
+                        "binlog offsets beyond 4 GiB cannot be requested with COM_BINLOG_DUMP; resume by GTID",
                     )
-                    .with_position(start.clone()));
-                }
+                    .with_position(at())
+                })?;
+                conn.binlog_dump(p.file.as_str(), offset, flags, opts.server_id.0)
+                    .await
             }
             StartFrom::MysqlGtid(set) => {
-                if identity.flavor != Flavor::MySql {
-                    return Err(MysqlError::new(
-                        ErrorKind::InvalidInput,
-                        "a MySQL GTID set was given but the server is MariaDB; resume from a MariaDB GTID position or a file position",
-                    )
-                    .with_position(start.clone()));
-                }
-                request = request.with_gtid().with_gtid_set(mysql_sids(set));
+                conn.binlog_dump_gtid(opts.server_id.0, &sid_block(set))
+                    .await
             }
         }
-        let stream = conn.get_binlog_stream(request).await.map_err(sql_err)?;
+        .map_err(with_pos)?;
         Ok(BinlogClient {
-            stream,
+            conn,
             identity,
             opts,
             current,
             ctx: DecodeCtx::default(),
-            skip_inner: 0,
+            finished: false,
         })
     }
 
@@ -461,82 +439,86 @@ impl BinlogClient {
         &self.identity
     }
 
-    /// Position after the last file event received (file name is empty until
-    /// the server's first ROTATE names the file).
+    /// Position after the last file event received (the file name is empty
+    /// until the server's first ROTATE names the file).
     pub fn position(&self) -> &BinlogPos {
         &self.current
     }
 
-    fn here(&self) -> Option<StartFrom> {
-        Some(StartFrom::Position(self.current.clone()))
+    fn here(&self) -> StartFrom {
+        StartFrom::Position(self.current.clone())
     }
 
     /// The next event; `Ok(None)` when the server ended the stream normally.
     pub async fn next_event(&mut self) -> Result<Option<RawEvent>> {
-        loop {
-            let item = tokio::time::timeout(self.opts.read_timeout, self.stream.next())
-                .await
-                .map_err(|_| {
-                    MysqlError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "no event or heartbeat from the server for {:?}; reconnecting",
-                            self.opts.read_timeout
-                        ),
-                    )
-                    .with_position(StartFrom::Position(self.current.clone()))
-                })?;
-            let ev = match item {
-                None => return Ok(None),
-                Some(Err(e)) => return Err(map_err(e, self.here())),
-                Some(Ok(ev)) => ev,
-            };
-            if self.skip_inner > 0 {
-                self.skip_inner -= 1;
-                continue;
-            }
-            return self.process(ev).map(Some);
+        if self.finished {
+            return Ok(None);
         }
+        let packet = tokio::time::timeout(self.opts.read_timeout, self.conn.read_packet())
+            .await
+            .map_err(|_| {
+                MysqlError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no event or heartbeat from the server for {:?}; reconnect and resume",
+                        self.opts.read_timeout
+                    ),
+                )
+                .with_position(self.here())
+            })?
+            .map_err(|e| e.with_position(self.here()))?;
+        match packet.first() {
+            Some(0x00) => {}
+            Some(0xff) => return Err(crate::conn::err_packet(&packet).with_position(self.here())),
+            Some(0xfe) if packet.len() < 9 => {
+                self.finished = true;
+                return Ok(None);
+            }
+            _ => {
+                return Err(MysqlError::new(
+                    ErrorKind::Protocol,
+                    "unexpected packet in the binlog stream; check that the URL points at a MySQL or MariaDB server",
+                )
+                .with_position(self.here()))
+            }
+        }
+        let mut buf = packet;
+        buf.remove(0);
+        self.process(buf).map(Some)
     }
 
-    fn process(&mut self, ev: Event) -> Result<RawEvent> {
-        let mut buf = Vec::with_capacity(ev.header().event_size() as usize);
-        ev.write(BinlogVersion::Version4, &mut buf).map_err(|e| {
-            MysqlError::new(ErrorKind::Protocol, format!("cannot serialise event: {e}"))
-                .with_position(StartFrom::Position(self.current.clone()))
-        })?;
-        let header = EventHeader::parse(&buf)
-            .map_err(|e| e.into_mysql(self.here()))?;
+    fn process(&mut self, buf: Vec<u8>) -> Result<RawEvent> {
+        let header = EventHeader::parse(&buf).map_err(|e| e.into_mysql(Some(self.here())))?;
         if header.event_size as usize != buf.len() {
             return Err(MysqlError::new(
                 ErrorKind::Protocol,
                 format!(
-                    "event of type {} re-serialised to {} bytes instead of {}; report this with the position",
+                    "event of type {} has event_size {} but arrived with {} bytes",
                     header.type_code,
-                    buf.len(),
-                    header.event_size
+                    header.event_size,
+                    buf.len()
                 ),
             )
-            .with_position(StartFrom::Position(self.current.clone())));
+            .with_position(self.here()));
         }
         let t = header.type_code;
         let mut ctx = self.ctx;
 
         if t == types::FORMAT_DESCRIPTION {
-            let fde = event::decode_fde(&buf).map_err(|e| e.into_mysql(self.here()))?;
+            let fde = event::decode_fde(&buf).map_err(|e| e.into_mysql(Some(self.here())))?;
             if fde.checksum == Some(event::ChecksumAlg::Crc32) {
-                self.verify(&ev, &buf, header)?;
+                self.verify(&buf, header)?;
             }
             self.ctx = fde.context();
             ctx = self.ctx;
         } else if self.ctx.checksum {
-            self.verify(&ev, &buf, header)?;
+            self.verify(&buf, header)?;
         } else if t == types::ROTATE
             && self.ctx == DecodeCtx::default()
             && event::checksum_matches(&buf)
         {
             // The first artificial ROTATE precedes any FORMAT_DESCRIPTION but
-            // may already carry a checksum.
+            // carries a checksum when checksums were negotiated.
             ctx.checksum = true;
         }
 
@@ -547,19 +529,21 @@ impl BinlogClient {
 
         let mut next_file: Option<BinlogPos> = None;
         if t == types::ROTATE {
-            match event::decode(&buf, &ctx).map_err(|e| e.into_mysql(self.here()))? {
+            match event::decode(&buf, &ctx).map_err(|e| e.into_mysql(Some(self.here())))? {
                 (_, EventData::Rotate { position, next_file: f }) => {
-                    next_file = Some(BinlogPos { file: f, offset: position })
+                    next_file = Some(BinlogPos {
+                        file: f,
+                        offset: position,
+                    })
                 }
                 (_, other) => {
                     return Err(MysqlError::new(
                         ErrorKind::Protocol,
                         format!("ROTATE event decoded as {other:?}"),
-                    ))
+                    )
+                    .with_position(self.here()))
                 }
             }
-        } else if t == types::TRANSACTION_PAYLOAD {
-            self.skip_inner = count_payload_events(&ev);
         }
 
         let next_pos = if artificial {
@@ -586,55 +570,25 @@ impl BinlogClient {
         })
     }
 
-    /// Compares the CRC32 the server sent with the one of the bytes we hold.
-    fn verify(&self, ev: &Event, buf: &[u8], header: EventHeader) -> Result<()> {
-        let bad = |what: String| {
-            MysqlError::new(
-                ErrorKind::ChecksumMismatch,
-                format!(
-                    "binlog event of type {} failed its CRC32 check ({what}); the server's binlog may be corrupt, check it with mysqlbinlog/mariadb-binlog",
-                    header.type_code
-                ),
-            )
-            .with_position(StartFrom::Position(self.current.clone()))
-        };
-        let Some(sent) = ev.checksum() else {
-            return Err(bad("no checksum present".into()));
-        };
-        if buf.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(bad("event too short".into()));
+    fn verify(&self, buf: &[u8], header: EventHeader) -> Result<()> {
+        if event::checksum_matches(buf) {
+            return Ok(());
         }
-        let computed = event::compute_checksum(&buf[..buf.len() - CHECKSUM_LEN]);
-        let sent = u32::from_le_bytes(sent);
-        if computed != sent {
-            return Err(bad(format!("sent {sent:08x}, computed {computed:08x}")));
-        }
-        Ok(())
+        Err(MysqlError::new(
+            ErrorKind::ChecksumMismatch,
+            format!(
+                "binlog event of type {} ({} bytes) failed its CRC32 check; the server's binlog may be corrupt, inspect it with mysqlbinlog/mariadb-binlog at this position",
+                header.type_code,
+                buf.len()
+            ),
+        )
+        .with_position(self.here()))
     }
 
     /// Ends the stream and closes the connection.
     pub async fn close(self) {
-        let _ = self.stream.close().await;
+        self.conn.shutdown().await;
     }
-}
-
-/// Number of events mysql_async will synthesise from a TRANSACTION_PAYLOAD.
-fn count_payload_events(ev: &Event) -> usize {
-    let Ok(tpe) = ev.read_event::<TransactionPayloadEvent<'_>>() else {
-        return 0;
-    };
-    let data = tpe.danger_decompress();
-    let mut off = 0usize;
-    let mut n = 0usize;
-    while off + HEADER_LEN <= data.len() {
-        let size = event::le_u32(&data[off + 9..off + 13]) as usize;
-        if size < HEADER_LEN {
-            break;
-        }
-        off += size;
-        n += 1;
-    }
-    n
 }
 
 #[cfg(test)]
@@ -668,16 +622,19 @@ mod tests {
     }
 
     #[test]
-    fn gtid_set_to_sids_uses_exclusive_ends() {
+    fn gtid_set_to_sid_block_uses_exclusive_ends() {
         let set: MysqlGtidSet = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
             .parse()
             .unwrap();
-        let sids = mysql_sids(&set);
-        assert_eq!(sids.len(), 1);
-        assert_eq!(
-            sids[0].to_string(),
-            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
-        );
-        assert_eq!(sids[0].intervals()[0].end(), 6);
+        let b = sid_block(&set);
+        assert_eq!(b.len(), 8 + 16 + 8 + 2 * 16);
+        assert_eq!(&b[..8], &1u64.to_le_bytes());
+        assert_eq!(b[8], 0x3e);
+        assert_eq!(&b[24..32], &2u64.to_le_bytes());
+        assert_eq!(&b[32..40], &1u64.to_le_bytes());
+        assert_eq!(&b[40..48], &6u64.to_le_bytes());
+        assert_eq!(&b[48..56], &7u64.to_le_bytes());
+        assert_eq!(&b[56..64], &8u64.to_le_bytes());
+        assert_eq!(sid_block(&MysqlGtidSet::new()), 0u64.to_le_bytes());
     }
 }

@@ -104,6 +104,24 @@ impl MysqlError {
         &self.message
     }
 
+    /// A login that succeeded but a replication command refused with "access
+    /// denied" (servers answer COM_REGISTER_SLAVE that way) lacks a privilege.
+    pub fn access_denied_means_privilege(self) -> MysqlError {
+        if self.kind != ErrorKind::AccessDenied {
+            return self;
+        }
+        let mut e = MysqlError::new(
+            ErrorKind::MissingPrivilege,
+            format!(
+                "the server refused replication to this user ({}); grant it REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: also BINLOG MONITOR), e.g. GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'user'@'host'",
+                self.message.split("; ").next().unwrap_or_default()
+            ),
+        );
+        e.code = self.code;
+        e.position = self.position;
+        e
+    }
+
     /// Classifies a server error (code + message) seen while connecting or
     /// streaming at `position`.
     pub fn from_server(code: u16, server_msg: &str, position: Option<StartFrom>) -> MysqlError {
@@ -246,6 +264,12 @@ mod tests {
 
         let e = MysqlError::from_server(1236, "The replica is connecting using CHANGE REPLICATION SOURCE TO SOURCE_AUTO_POSITION = 1, but the source has purged binary logs containing GTIDs that the replica requires.", None);
         assert_eq!(e.kind(), ErrorKind::BinlogPurged);
+
+        let e = MysqlError::from_server(1045, "Access denied for user 'u'@'%'", None)
+            .access_denied_means_privilege();
+        assert_eq!(e.kind(), ErrorKind::MissingPrivilege);
+        assert_eq!(e.code(), Some(1045));
+        assert!(e.to_string().contains("GRANT REPLICATION SLAVE"));
 
         let e = MysqlError::from_server(1053, "Server shutdown in progress", None);
         assert!(e.is_transient());

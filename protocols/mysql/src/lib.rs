@@ -3,6 +3,8 @@
 //! * [`client`]: connect as a replica (`COM_BINLOG_DUMP` / `COM_BINLOG_DUMP_GTID`,
 //!   MariaDB `@slave_connect_state`) and receive each event with the exact
 //!   bytes the server stored, CRC32-verified, positions tracked across rotations.
+//! * [`conn`]: the minimal client/server protocol underneath (handshake,
+//!   authentication, queries, replication commands).
 //! * [`event`]: sans-IO decoders for the events indexing needs (FORMAT_DESCRIPTION,
 //!   ROTATE, GTIDs of both flavours, XID, QUERY, TABLE_MAP, rows, ...).
 //! * [`txn`]: sans-IO transaction-boundary tracker (safe segment cut points
@@ -12,6 +14,7 @@
 //! * [`error`]: transient vs definite errors, each with its position.
 
 pub mod client;
+pub mod conn;
 pub mod error;
 pub mod event;
 pub mod file;

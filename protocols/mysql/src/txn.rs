@@ -8,6 +8,7 @@
 //! GTID [QUERY BEGIN | XA START] ... (TABLE_MAP, ROWS, QUERY)* XID | QUERY COMMIT | QUERY XA PREPARE | XA_PREPARE
 //! GTID QUERY <ddl or other standalone statement>
 //! GTID QUERY "XA COMMIT ..." | "XA ROLLBACK ..."
+//! GTID TRANSACTION_PAYLOAD            (MySQL binlog_transaction_compression)
 //! ```
 //!
 //! MySQL without GTIDs writes ANONYMOUS_GTID instead of GTID; very old
@@ -97,6 +98,14 @@ impl TxnTracker {
                 Ok(None)
             }
             EventData::Xid(_) | EventData::XaPrepare { .. } => Ok(Some(self.end(ev, ts))),
+            // MySQL binlog_transaction_compression: the payload holds the whole
+            // transaction (BEGIN ... XID) after its GTID event.
+            EventData::TransactionPayload => {
+                if self.state == State::Idle {
+                    self.start_pos = ev.start_pos();
+                }
+                Ok(Some(self.end(ev, ts)))
+            }
             EventData::Query(q) => {
                 self.max_timestamp = self.max_timestamp.max(ts);
                 if q.is_group_end() {
@@ -294,6 +303,12 @@ mod tests {
         ];
         let ends = run(&mut t, evs);
         assert_eq!(ends.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 8, 10]);
+        // A compressed transaction: GTID then one TRANSACTION_PAYLOAD event.
+        let g = l.mysql_gtid(11, 1_000_000_400_000);
+        assert!(t.feed(&g).unwrap().is_none());
+        let b = t.feed(&l.ev(types::TRANSACTION_PAYLOAD, &[1, 2, 3])).unwrap().unwrap();
+        assert_eq!(b.commit_time, TimestampMicros(1_000_000_400_000));
+        assert_eq!(b.start_pos, g.start_pos());
         assert_eq!(ends[0].1.commit_time, TimestampMicros(1_000_000_123_456));
         let Some(Gtid::MySql(g)) = ends[2].1.gtid else {
             panic!()

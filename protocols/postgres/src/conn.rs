@@ -51,7 +51,11 @@ enum Transport {
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -61,7 +65,11 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -179,7 +187,11 @@ impl Connection {
             }
             Host::Unix(_) => {
                 let path = cfg.socket_path().unwrap_or_default();
-                Transport::Unix(UnixStream::connect(&path).await.map_err(|e| PgError::io(e, "could not connect", address))?)
+                Transport::Unix(
+                    UnixStream::connect(&path)
+                        .await
+                        .map_err(|e| PgError::io(e, "could not connect", address))?,
+                )
             }
         };
         let tls = matches!(io, Transport::Tls(_));
@@ -206,8 +218,12 @@ impl Connection {
         if let Some(app) = &cfg.application_name {
             params.push(("application_name", app.as_str()));
         }
-        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
-            .map_err(|e| PgError::config(format!("invalid startup parameter: {e}"), "remove NUL bytes from user/dbname"))?;
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(|e| {
+            PgError::config(
+                format!("invalid startup parameter: {e}"),
+                "remove NUL bytes from user/dbname",
+            )
+        })?;
         self.flush().await?;
 
         let pw_db = match mode {
@@ -221,7 +237,10 @@ impl Connection {
                 b'R' => {
                     let mut body = msg.body.clone();
                     if body.remaining() < 4 {
-                        return Err(PgError::protocol("short authentication request", &self.address));
+                        return Err(PgError::protocol(
+                            "short authentication request",
+                            &self.address,
+                        ));
                     }
                     let code = body.get_i32();
                     match code {
@@ -287,7 +306,12 @@ impl Connection {
                         }
                     }
                 }
-                b'E' => return Err(PgError::server(ServerMessage::parse(&msg.body), &self.address)),
+                b'E' => {
+                    return Err(PgError::server(
+                        ServerMessage::parse(&msg.body),
+                        &self.address,
+                    ))
+                }
                 b'S' => self.parameter_status(&msg.body),
                 b'N' => log_notice(&msg.body),
                 b'K' => {}
@@ -306,7 +330,10 @@ impl Connection {
         cfg.resolve_password(database).ok_or_else(|| {
             PgError::new(
                 ErrorKind::Definite,
-                format!("the server asks for a password for user \"{}\" but none is configured", cfg.user),
+                format!(
+                    "the server asks for a password for user \"{}\" but none is configured",
+                    cfg.user
+                ),
                 &self.address,
                 "put the password in the URL, PGPASSWORD or ~/.pgpass",
             )
@@ -316,8 +343,10 @@ impl Connection {
     fn parameter_status(&mut self, body: &[u8]) {
         let mut parts = body.split(|&b| b == 0);
         if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-            self.params
-                .insert(String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned());
+            self.params.insert(
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            );
         }
     }
 
@@ -366,10 +395,14 @@ impl Connection {
     pub async fn read_message(&mut self) -> Result<BackendMessage> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
-                let len = usize::try_from(len).ok().filter(|l| (4..=MAX_MESSAGE).contains(l)).ok_or_else(|| {
-                    PgError::protocol(format!("invalid message length {len}"), &self.address)
-                })?;
+                let len =
+                    i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|l| (4..=MAX_MESSAGE).contains(l))
+                    .ok_or_else(|| {
+                        PgError::protocol(format!("invalid message length {len}"), &self.address)
+                    })?;
                 if self.rbuf.len() > len {
                     let mut frame = self.rbuf.split_to(len + 1).freeze();
                     let tag = frame[0];
@@ -381,11 +414,10 @@ impl Connection {
             } else if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
                 self.rbuf.reserve(READ_CHUNK);
             }
-            let n = self
-                .io
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(|e| PgError::io(e, "lost the connection to the server", &self.address))?;
+            let n =
+                self.io.read_buf(&mut self.rbuf).await.map_err(|e| {
+                    PgError::io(e, "lost the connection to the server", &self.address)
+                })?;
             if n == 0 {
                 return Err(PgError::io(
                     std::io::ErrorKind::UnexpectedEof.into(),
@@ -400,8 +432,12 @@ impl Connection {
     /// its result sets. A server error is returned after the connection is
     /// back in sync (`ReadyForQuery`), so the connection stays usable.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>> {
-        frontend::query(sql, &mut self.wbuf)
-            .map_err(|e| PgError::config(format!("invalid query: {e}"), "remove NUL bytes from the query"))?;
+        frontend::query(sql, &mut self.wbuf).map_err(|e| {
+            PgError::config(
+                format!("invalid query: {e}"),
+                "remove NUL bytes from the query",
+            )
+        })?;
         self.flush().await?;
         self.collect_results(sql).await
     }
@@ -414,7 +450,10 @@ impl Connection {
         loop {
             let msg = self.read_message().await?;
             match msg.tag {
-                b'T' => columns = parse_row_description(&msg.body).ok_or_else(|| self.bad("RowDescription"))?,
+                b'T' => {
+                    columns = parse_row_description(&msg.body)
+                        .ok_or_else(|| self.bad("RowDescription"))?
+                }
                 b'D' => {
                     let values = parse_data_row(&msg.body).ok_or_else(|| self.bad("DataRow"))?;
                     rows.push(Row {
@@ -426,7 +465,8 @@ impl Connection {
                 b'E' => {
                     let m = ServerMessage::parse(&msg.body);
                     let fatal = m.severity == "FATAL" || m.severity == "PANIC";
-                    let e = PgError::server(m, format!("{} on {}", command_name(what), self.address));
+                    let e =
+                        PgError::server(m, format!("{} on {}", command_name(what), self.address));
                     if fatal {
                         return Err(e);
                     }
@@ -442,13 +482,20 @@ impl Connection {
                 }
                 b'W' | b'H' | b'G' => {
                     return Err(PgError::protocol(
-                        format!("{} unexpectedly started COPY mode; use the replication API for it", command_name(what)),
+                        format!(
+                            "{} unexpectedly started COPY mode; use the replication API for it",
+                            command_name(what)
+                        ),
                         &self.address,
                     ))
                 }
                 other => {
                     return Err(PgError::protocol(
-                        format!("unexpected message {:?} in reply to {}", other as char, command_name(what)),
+                        format!(
+                            "unexpected message {:?} in reply to {}",
+                            other as char,
+                            command_name(what)
+                        ),
                         &self.address,
                     ))
                 }
@@ -470,7 +517,12 @@ impl Connection {
 }
 
 /// Sends `SSLRequest` and, if the server agrees, performs the TLS handshake.
-async fn negotiate_tls(mut tcp: TcpStream, cfg: &Config, host: &str, address: &str) -> Result<Transport> {
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    cfg: &Config,
+    host: &str,
+    address: &str,
+) -> Result<Transport> {
     let mut req = BytesMut::with_capacity(8);
     frontend::ssl_request(&mut req);
     tcp.write_all(&req)
@@ -484,7 +536,10 @@ async fn negotiate_tls(mut tcp: TcpStream, cfg: &Config, host: &str, address: &s
         b'S' => {
             let config = crate::tls::client_config(cfg)?;
             let name = crate::tls::server_name(host)?;
-            match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+            match tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+            {
                 Ok(tls) => Ok(Transport::Tls(Box::new(tls))),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(PgError::new(
                     ErrorKind::Definite,
@@ -498,11 +553,17 @@ async fn negotiate_tls(mut tcp: TcpStream, cfg: &Config, host: &str, address: &s
         b'N' if cfg.sslmode == SslMode::Prefer => Ok(Transport::Tcp(tcp)),
         b'N' => Err(PgError::new(
             ErrorKind::Definite,
-            format!("the server does not support TLS but sslmode {:?} requires it", cfg.sslmode),
+            format!(
+                "the server does not support TLS but sslmode {:?} requires it",
+                cfg.sslmode
+            ),
             address,
             "enable ssl on the server or use sslmode=prefer / disable",
         )),
-        other => Err(PgError::protocol(format!("unexpected answer {other:#04x} to SSLRequest"), address)),
+        other => Err(PgError::protocol(
+            format!("unexpected answer {other:#04x} to SSLRequest"),
+            address,
+        )),
     }
 }
 

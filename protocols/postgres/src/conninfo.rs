@@ -141,15 +141,24 @@ impl Config {
     }
 
     /// Like [`Config::parse`] with an explicit environment lookup (for tests).
-    pub fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, PgError> {
+    pub fn parse_with_env(
+        s: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, PgError> {
         let s = s.trim();
         let mut raw = Raw::default();
-        if let Some(rest) = s.strip_prefix("postgresql://").or_else(|| s.strip_prefix("postgres://")) {
+        if let Some(rest) = s
+            .strip_prefix("postgresql://")
+            .or_else(|| s.strip_prefix("postgres://"))
+        {
             parse_url(rest, &mut raw)?;
         } else {
             parse_kv(s, &mut raw)?;
         }
-        let pick = |v: Option<String>, var: &str| v.filter(|x| !x.is_empty()).or_else(|| env(var).filter(|x| !x.is_empty()));
+        let pick = |v: Option<String>, var: &str| {
+            v.filter(|x| !x.is_empty())
+                .or_else(|| env(var).filter(|x| !x.is_empty()))
+        };
         let host = match pick(raw.host, "PGHOST") {
             // Multiple hosts: we use the first one.
             Some(h) => {
@@ -163,9 +172,17 @@ impl Config {
             None => Host::Unix(PathBuf::from("/var/run/postgresql")),
         };
         let port = match pick(raw.port, "PGPORT") {
-            Some(p) => p.split(',').next().unwrap_or("").parse::<u16>().map_err(|_| {
-                PgError::config(format!("invalid port {p:?}"), "the port must be a number between 1 and 65535")
-            })?,
+            Some(p) => p
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .parse::<u16>()
+                .map_err(|_| {
+                    PgError::config(
+                        format!("invalid port {p:?}"),
+                        "the port must be a number between 1 and 65535",
+                    )
+                })?,
             None => 5432,
         };
         let user = pick(raw.user, "PGUSER")
@@ -178,7 +195,10 @@ impl Config {
         let connect_timeout = match pick(raw.connect_timeout, "PGCONNECT_TIMEOUT") {
             Some(t) => {
                 let secs: u64 = t.parse().map_err(|_| {
-                    PgError::config(format!("invalid connect_timeout {t:?}"), "give connect_timeout in whole seconds")
+                    PgError::config(
+                        format!("invalid connect_timeout {t:?}"),
+                        "give connect_timeout in whole seconds",
+                    )
                 })?;
                 Duration::from_secs(if secs == 0 { 30 } else { secs.max(2) })
             }
@@ -206,7 +226,11 @@ impl Config {
         match &self.host {
             Host::Tcp(h) if h.contains(':') => format!("[{h}]:{}", self.port),
             Host::Tcp(h) => format!("{h}:{}", self.port),
-            Host::Unix(dir) => self.socket_path().unwrap_or_else(|| dir.clone()).display().to_string(),
+            Host::Unix(dir) => self
+                .socket_path()
+                .unwrap_or_else(|| dir.clone())
+                .display()
+                .to_string(),
         }
     }
 
@@ -236,7 +260,9 @@ impl Config {
         let content = std::fs::read_to_string(file).ok()?;
         let host = match &self.host {
             Host::Tcp(h) => h.clone(),
-            Host::Unix(d) if d == Path::new("/var/run/postgresql") || d == Path::new("/tmp") => "localhost".to_string(),
+            Host::Unix(d) if d == Path::new("/var/run/postgresql") || d == Path::new("/tmp") => {
+                "localhost".to_string()
+            }
             Host::Unix(d) => d.display().to_string(),
         };
         pgpass_lookup(&content, &host, self.port, database, &self.user)
@@ -244,7 +270,13 @@ impl Config {
 }
 
 /// Finds the password for (host, port, database, user) in `.pgpass` content.
-pub fn pgpass_lookup(content: &str, host: &str, port: u16, database: &str, user: &str) -> Option<String> {
+pub fn pgpass_lookup(
+    content: &str,
+    host: &str,
+    port: u16,
+    database: &str,
+    user: &str,
+) -> Option<String> {
     let port = port.to_string();
     for line in content.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -255,7 +287,11 @@ pub fn pgpass_lookup(content: &str, host: &str, port: u16, database: &str, user:
             continue;
         }
         let ok = |pat: &str, v: &str| pat == "*" || pat == v;
-        if ok(&fields[0], host) && ok(&fields[1], &port) && ok(&fields[2], database) && ok(&fields[3], user) {
+        if ok(&fields[0], host)
+            && ok(&fields[1], &port)
+            && ok(&fields[2], database)
+            && ok(&fields[3], user)
+        {
             return Some(fields[4..].join(":"));
         }
     }
@@ -289,7 +325,9 @@ fn percent_decode(s: &str) -> Result<String, PgError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(v) => {
                     out.push(v);
@@ -307,7 +345,12 @@ fn percent_decode(s: &str) -> Result<String, PgError> {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| PgError::config("the connection URL is not valid UTF-8 after decoding", "fix the URL"))
+    String::from_utf8(out).map_err(|_| {
+        PgError::config(
+            "the connection URL is not valid UTF-8 after decoding",
+            "fix the URL",
+        )
+    })
 }
 
 fn parse_url(rest: &str, raw: &mut Raw) -> Result<(), PgError> {
@@ -338,7 +381,10 @@ fn parse_url(rest: &str, raw: &mut Raw) -> Result<(), PgError> {
     if !hostport.is_empty() {
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let end = v6.find(']').ok_or_else(|| {
-                PgError::config("unterminated [ in the connection URL host", "write IPv6 hosts as [::1]:5432")
+                PgError::config(
+                    "unterminated [ in the connection URL host",
+                    "write IPv6 hosts as [::1]:5432",
+                )
             })?;
             let port = v6[end + 1..].strip_prefix(':');
             (&v6[..end], port)
@@ -467,7 +513,10 @@ mod tests {
 
         let c = Config::parse_with_env("postgres://%2Ftmp%2Fsock:5999/x", no_env).unwrap();
         assert_eq!(c.host, Host::Unix("/tmp/sock".into()));
-        assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/sock/.s.PGSQL.5999"));
+        assert_eq!(
+            c.socket_path().unwrap(),
+            PathBuf::from("/tmp/sock/.s.PGSQL.5999")
+        );
 
         let c = Config::parse_with_env("postgres:///db?host=/run/pg&port=7", no_env).unwrap();
         assert_eq!(c.host, Host::Unix("/run/pg".into()));
@@ -485,7 +534,11 @@ mod tests {
             "PGUSER" => Some("envuser".to_string()),
             _ => None,
         };
-        let c = Config::parse_with_env("host=db.example user = 'a b' password='it\\'s' sslmode=disable", env).unwrap();
+        let c = Config::parse_with_env(
+            "host=db.example user = 'a b' password='it\\'s' sslmode=disable",
+            env,
+        )
+        .unwrap();
         assert_eq!(c.host, Host::Tcp("db.example".into()));
         assert_eq!(c.port, 6543);
         assert_eq!(c.user, "a b");
@@ -502,9 +555,18 @@ mod tests {
     #[test]
     fn pgpass() {
         let content = "# comment\nother:*:*:*:nope\n127.0.0.1:5433:replication:rep:s3cr\\:et\n*:*:*:rep:fallback\n";
-        assert_eq!(pgpass_lookup(content, "127.0.0.1", 5433, "replication", "rep").as_deref(), Some("s3cr:et"));
-        assert_eq!(pgpass_lookup(content, "127.0.0.1", 5434, "replication", "rep").as_deref(), Some("fallback"));
-        assert_eq!(pgpass_lookup(content, "127.0.0.1", 5433, "replication", "bob"), None);
+        assert_eq!(
+            pgpass_lookup(content, "127.0.0.1", 5433, "replication", "rep").as_deref(),
+            Some("s3cr:et")
+        );
+        assert_eq!(
+            pgpass_lookup(content, "127.0.0.1", 5434, "replication", "rep").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            pgpass_lookup(content, "127.0.0.1", 5433, "replication", "bob"),
+            None
+        );
 
         let dir = std::env::temp_dir().join(format!("pitr-pgpass-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -514,9 +576,16 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut c = Config::parse_with_env("postgres://rep@127.0.0.1:5433", no_env).unwrap();
         c.passfile = Some(file.clone());
-        assert_eq!(c.resolve_password("replication").as_deref(), Some("s3cr:et"));
+        assert_eq!(
+            c.resolve_password("replication").as_deref(),
+            Some("s3cr:et")
+        );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(c.resolve_password("replication"), None, "world-readable file must be ignored");
+        assert_eq!(
+            c.resolve_password("replication"),
+            None,
+            "world-readable file must be ignored"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

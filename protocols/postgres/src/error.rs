@@ -77,9 +77,12 @@ impl fmt::Display for ServerMessage {
     }
 }
 
-/// An error of the PostgreSQL client.
+/// An error of the PostgreSQL client (boxed: errors are rare, results stay small).
 #[derive(Debug)]
-pub struct PgError {
+pub struct PgError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     kind: ErrorKind,
     summary: String,
     context: String,
@@ -91,8 +94,13 @@ pub struct PgError {
 
 impl PgError {
     /// A new error; `context` says where ("127.0.0.1:5433", "START_REPLICATION 0/3000000 on ...").
-    pub fn new(kind: ErrorKind, summary: impl Into<String>, context: impl Into<String>, advice: impl Into<String>) -> PgError {
-        PgError {
+    pub fn new(
+        kind: ErrorKind,
+        summary: impl Into<String>,
+        context: impl Into<String>,
+        advice: impl Into<String>,
+    ) -> PgError {
+        PgError(Box::new(Inner {
             kind,
             summary: summary.into(),
             context: context.into(),
@@ -100,7 +108,7 @@ impl PgError {
             lsn: None,
             server: None,
             source: None,
-        }
+        }))
     }
 
     /// A network/socket error; transient.
@@ -115,7 +123,7 @@ impl PgError {
             context,
             "check that the server is running and reachable at that address; the connection will be retried",
         );
-        e.source = Some(err);
+        e.0.source = Some(err);
         e
     }
 
@@ -138,48 +146,50 @@ impl PgError {
     pub fn server(msg: ServerMessage, context: impl Into<String>) -> PgError {
         let (kind, advice) = classify(&msg);
         let mut e = PgError::new(kind, msg.message.clone(), context, advice);
-        e.server = Some(msg);
+        e.0.server = Some(msg);
         e
     }
 
     /// Attaches the WAL position the error happened at.
     pub fn with_lsn(mut self, lsn: Lsn) -> PgError {
-        self.lsn = Some(lsn);
+        self.0.lsn = Some(lsn);
         self
     }
 
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        self.0.kind == ErrorKind::Transient
     }
 
     /// WAL position the error happened at, if known.
     pub fn lsn(&self) -> Option<Lsn> {
-        self.lsn
+        self.0.lsn
     }
 
     /// The server's own error fields, when the error came from the server.
     pub fn server_message(&self) -> Option<&ServerMessage> {
-        self.server.as_ref()
+        self.0.server.as_ref()
     }
 
     /// SQLSTATE of a server error.
     pub fn code(&self) -> Option<&str> {
-        self.server.as_ref().map(|s| s.code.as_str())
+        self.0.server.as_ref().map(|s| s.code.as_str())
     }
 
     /// Where the error happened.
     pub fn context(&self) -> &str {
-        &self.context
+        &self.0.context
     }
 }
 
 fn classify(msg: &ServerMessage) -> (ErrorKind, String) {
     let text = msg.message.to_ascii_lowercase();
-    if text.contains("has already been removed") || (text.contains("slot") && text.contains("invalidated")) {
+    if text.contains("has already been removed")
+        || (text.contains("slot") && text.contains("invalidated"))
+    {
         return (
             ErrorKind::WalRemoved,
             "the server no longer has this WAL, so the archive has a gap here; take a new base backup, and use a replication slot so the server keeps WAL until it is archived".into(),
@@ -220,15 +230,15 @@ fn classify(msg: &ServerMessage) -> (ErrorKind, String) {
 
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {}", self.summary, self.context)?;
-        if let Some(lsn) = self.lsn {
+        write!(f, "{} at {}", self.0.summary, self.0.context)?;
+        if let Some(lsn) = self.0.lsn {
             write!(f, " (WAL position {lsn})")?;
         }
-        if let Some(d) = self.server.as_ref().and_then(|s| s.detail.as_ref()) {
+        if let Some(d) = self.0.server.as_ref().and_then(|s| s.detail.as_ref()) {
             write!(f, " [{d}]")?;
         }
-        if !self.advice.is_empty() {
-            write!(f, ": {}", self.advice)?;
+        if !self.0.advice.is_empty() {
+            write!(f, ": {}", self.0.advice)?;
         }
         Ok(())
     }
@@ -236,7 +246,10 @@ impl fmt::Display for PgError {
 
 impl std::error::Error for PgError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.0
+            .source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -277,21 +290,40 @@ mod tests {
         let m = ServerMessage::parse(&body(&[
             (b'S', "ERROR"),
             (b'C', "58P01"),
-            (b'M', "requested WAL segment 000000010000000000000003 has already been removed"),
+            (
+                b'M',
+                "requested WAL segment 000000010000000000000003 has already been removed",
+            ),
         ]));
         let e = PgError::server(m, "START_REPLICATION").with_lsn(Lsn(0x300_0000));
         assert_eq!(e.kind(), ErrorKind::WalRemoved);
         assert!(e.to_string().contains("(WAL position 0/3000000)"), "{e}");
 
         for code in ["57P01", "57P03", "53300", "08006"] {
-            let m = ServerMessage { code: code.into(), message: "x".into(), ..Default::default() };
-            assert_eq!(PgError::server(m, "c").kind(), ErrorKind::Transient, "{code}");
+            let m = ServerMessage {
+                code: code.into(),
+                message: "x".into(),
+                ..Default::default()
+            };
+            assert_eq!(
+                PgError::server(m, "c").kind(),
+                ErrorKind::Transient,
+                "{code}"
+            );
         }
-        let m = ServerMessage { code: "42501".into(), message: "permission denied to start WAL sender".into(), ..Default::default() };
+        let m = ServerMessage {
+            code: "42501".into(),
+            message: "permission denied to start WAL sender".into(),
+            ..Default::default()
+        };
         let e = PgError::server(m, "c");
         assert_eq!(e.kind(), ErrorKind::Definite);
         assert!(e.to_string().contains("REPLICATION attribute"));
-        let e = PgError::io(io::Error::from(io::ErrorKind::ConnectionRefused), "could not connect", "127.0.0.1:1");
+        let e = PgError::io(
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+            "could not connect",
+            "127.0.0.1:1",
+        );
         assert!(e.is_transient());
     }
 }

@@ -1,5 +1,6 @@
 //! PostgreSQL physical streaming-replication client and minimal WAL reader.
 //!
+//! * [`backup`]: `BASE_BACKUP` (PostgreSQL 15+ COPY stream of tar archives + manifest).
 //! * [`conninfo`]: libpq-style connection strings, environment and `~/.pgpass`.
 //! * [`conn`]: protocol v3 connection (TCP/unix, TLS, trust/cleartext/MD5/SCRAM auth, simple queries).
 //! * [`replication`]: walsender commands and the `START_REPLICATION PHYSICAL` stream.
@@ -7,6 +8,7 @@
 //! * [`lsn`]: LSNs, timelines, WAL file names.
 //! * [`error`]: errors classified as transient, definite or "WAL removed".
 
+pub mod backup;
 pub mod conn;
 pub mod conninfo;
 pub mod error;
@@ -19,5 +21,7 @@ pub use conn::{Connection, Row, StartupMode};
 pub use conninfo::{Config, Host, SslMode};
 pub use error::{ErrorKind, PgError, ServerMessage};
 pub use lsn::{Lsn, TimelineId};
-pub use replication::{ReplicationClient, ReplicationMessage, ReplicationStream, SlotInfo, SystemIdentity};
+pub use replication::{
+    ReplicationClient, ReplicationMessage, ReplicationStream, SlotInfo, SystemIdentity,
+};
 pub use wal::{RecordKind, WalError, WalReader, WalRecord, XactEnd};

@@ -60,7 +60,7 @@ impl Lsn {
     }
 
     /// `self + n` (saturating).
-    pub fn add(self, n: u64) -> Lsn {
+    pub fn plus(self, n: u64) -> Lsn {
         Lsn(self.0.saturating_add(n))
     }
 
@@ -92,7 +92,8 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseLsnError(s.to_string());
         let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
-        let valid = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid =
+            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !valid(hi) || !valid(lo) {
             return Err(err());
         }
@@ -135,7 +136,10 @@ pub fn wal_file_name(tli: TimelineId, lsn: Lsn, seg_size: u64) -> String {
 /// Parses a WAL segment file name into (timeline, start LSN of the segment).
 /// Returns `None` for anything that is not 24 hex digits naming a valid segment.
 pub fn parse_wal_file_name(name: &str, seg_size: u64) -> Option<(TimelineId, Lsn)> {
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || !valid_segment_size(seg_size) {
+    if name.len() != 24
+        || !name.bytes().all(|b| b.is_ascii_hexdigit())
+        || !valid_segment_size(seg_size)
+    {
         return None;
     }
     let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
@@ -199,7 +203,11 @@ mod tests {
 
     #[test]
     fn lsn_round_trip() {
-        for (s, v) in [("0/0", 0u64), ("0/16B3748", 0x16B3748), ("1A/FF000028", 0x1A_FF00_0028)] {
+        for (s, v) in [
+            ("0/0", 0u64),
+            ("0/16B3748", 0x16B3748),
+            ("1A/FF000028", 0x1A_FF00_0028),
+        ] {
             let l: Lsn = s.parse().unwrap();
             assert_eq!(l, Lsn(v));
             assert_eq!(l.to_string(), s);
@@ -215,10 +223,19 @@ mod tests {
     #[test]
     fn wal_file_names() {
         let seg = DEFAULT_SEGMENT_SIZE;
-        assert_eq!(wal_file_name(TimelineId(1), Lsn(0x0300_0028), seg), "000000010000000000000003");
-        assert_eq!(wal_file_name(TimelineId(2), Lsn(0x1_FF00_0000), seg), "0000000200000001000000FF");
+        assert_eq!(
+            wal_file_name(TimelineId(1), Lsn(0x0300_0028), seg),
+            "000000010000000000000003"
+        );
+        assert_eq!(
+            wal_file_name(TimelineId(2), Lsn(0x1_FF00_0000), seg),
+            "0000000200000001000000FF"
+        );
         // 1 GiB segments: 4 per "log id".
-        assert_eq!(wal_file_name(TimelineId(1), Lsn(0x1_C000_0000), 1 << 30), "000000010000000100000003");
+        assert_eq!(
+            wal_file_name(TimelineId(1), Lsn(0x1_C000_0000), 1 << 30),
+            "000000010000000100000003"
+        );
         assert_eq!(
             parse_wal_file_name("0000000200000001000000FF", seg),
             Some((TimelineId(2), Lsn(0x1_FF00_0000)))
@@ -228,16 +245,23 @@ mod tests {
         assert_eq!(parse_wal_file_name("00000001000000010000000G", seg), None);
         for lsn in [0u64, 0x0300_0000, 0x7_1200_0000, 0xFFFF_FFFF_FF00_0000] {
             let name = wal_file_name(TimelineId(7), Lsn(lsn), seg);
-            assert_eq!(parse_wal_file_name(&name, seg), Some((TimelineId(7), Lsn(lsn))));
+            assert_eq!(
+                parse_wal_file_name(&name, seg),
+                Some((TimelineId(7), Lsn(lsn)))
+            );
         }
         assert_eq!(history_file_name(TimelineId(10)), "0000000A.history");
-        assert_eq!(parse_history_file_name("0000000A.history"), Some(TimelineId(10)));
+        assert_eq!(
+            parse_history_file_name("0000000A.history"),
+            Some(TimelineId(10))
+        );
         assert_eq!(parse_history_file_name("0000000A.hist"), None);
     }
 
     #[test]
     fn history_content() {
-        let h = "1\t0/3000160\tno recovery target specified\n\n2\t0/5000000\tat restore point \"x\"\n";
+        let h =
+            "1\t0/3000160\tno recovery target specified\n\n2\t0/5000000\tat restore point \"x\"\n";
         let e = parse_history(h).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].tli, TimelineId(1));

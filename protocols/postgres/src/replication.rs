@@ -26,7 +26,7 @@ use postgres_protocol::message::frontend;
 
 use crate::conn::{command_name, Connection, Row, StartupMode};
 use crate::conninfo::Config;
-use crate::error::{PgError, Result, ServerMessage};
+use crate::error::{ErrorKind, PgError, Result, ServerMessage};
 use crate::lsn::{valid_segment_size, Lsn, TimelineId};
 
 /// Result of `IDENTIFY_SYSTEM`.
@@ -107,7 +107,11 @@ impl ReplicationClient {
         let mut rows = self.conn.simple_query(cmd).await?;
         if rows.len() != 1 {
             return Err(PgError::protocol(
-                format!("{} returned {} rows, expected 1", command_name(cmd), rows.len()),
+                format!(
+                    "{} returned {} rows, expected 1",
+                    command_name(cmd),
+                    rows.len()
+                ),
                 self.conn.address(),
             ));
         }
@@ -119,14 +123,16 @@ impl ReplicationClient {
         let row = self.one_row("IDENTIFY_SYSTEM").await?;
         let addr = self.conn.address().to_string();
         let systemid = text(&row, 0, "IDENTIFY_SYSTEM", &addr)?.to_string();
-        let systemid_u64 = systemid
-            .parse()
-            .map_err(|_| PgError::protocol(format!("IDENTIFY_SYSTEM: invalid systemid {systemid:?}"), &addr))?;
+        let systemid_u64 = systemid.parse().map_err(|_| {
+            PgError::protocol(
+                format!("IDENTIFY_SYSTEM: invalid systemid {systemid:?}"),
+                &addr,
+            )
+        })?;
         let tli = text(&row, 1, "IDENTIFY_SYSTEM", &addr)?;
-        let timeline = tli
-            .parse()
-            .map(TimelineId)
-            .map_err(|_| PgError::protocol(format!("IDENTIFY_SYSTEM: invalid timeline {tli:?}"), &addr))?;
+        let timeline = tli.parse().map(TimelineId).map_err(|_| {
+            PgError::protocol(format!("IDENTIFY_SYSTEM: invalid timeline {tli:?}"), &addr)
+        })?;
         Ok(SystemIdentity {
             systemid,
             systemid_u64,
@@ -167,14 +173,19 @@ impl ReplicationClient {
     /// `CREATE_REPLICATION_SLOT name PHYSICAL RESERVE_WAL`; returns the slot's consistent point.
     pub async fn create_physical_slot(&mut self, name: &str) -> Result<Option<Lsn>> {
         let row = self
-            .one_row(&format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", quote_ident(name)))
+            .one_row(&format!(
+                "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
+                quote_ident(name)
+            ))
             .await?;
         Ok(row.text(1).and_then(|s| s.parse().ok()))
     }
 
     /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+); `None` if the slot does not exist.
     pub async fn read_replication_slot(&mut self, name: &str) -> Result<Option<SlotInfo>> {
-        let row = self.one_row(&format!("READ_REPLICATION_SLOT {}", quote_ident(name))).await?;
+        let row = self
+            .one_row(&format!("READ_REPLICATION_SLOT {}", quote_ident(name)))
+            .await?;
         let Some(slot_type) = row.text(0) else {
             return Ok(None);
         };
@@ -200,10 +211,16 @@ impl ReplicationClient {
         start: Lsn,
         tli: TimelineId,
     ) -> Result<ReplicationStream> {
-        let slot = slot.map(|s| format!("SLOT {} ", quote_ident(s))).unwrap_or_default();
-        let cmd = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}", tli.0);
-        frontend::query(&cmd, self.conn.write_buf())
-            .map_err(|e| PgError::config(format!("invalid slot name: {e}"), "use a plain slot name"))?;
+        let slot = slot
+            .map(|s| format!("SLOT {} ", quote_ident(s)))
+            .unwrap_or_default();
+        let cmd = format!(
+            "START_REPLICATION {slot}PHYSICAL {start} TIMELINE {}",
+            tli.0
+        );
+        frontend::query(&cmd, self.conn.write_buf()).map_err(|e| {
+            PgError::config(format!("invalid slot name: {e}"), "use a plain slot name")
+        })?;
         self.conn.flush().await?;
         let context = format!("START_REPLICATION on {}", self.conn.address());
         loop {
@@ -219,7 +236,8 @@ impl ReplicationClient {
                 }
                 b'N' => {}
                 b'E' => {
-                    let err = PgError::server(ServerMessage::parse(&msg.body), &context).with_lsn(start);
+                    let err =
+                        PgError::server(ServerMessage::parse(&msg.body), &context).with_lsn(start);
                     // Resynchronise so the caller could reuse the connection; ignore secondary errors.
                     let _ = self.conn.collect_results("START_REPLICATION").await;
                     return Err(err);
@@ -239,7 +257,10 @@ impl ReplicationClient {
                 }
                 other => {
                     return Err(PgError::protocol(
-                        format!("unexpected message {:?} after START_REPLICATION", other as char),
+                        format!(
+                            "unexpected message {:?} after START_REPLICATION",
+                            other as char
+                        ),
                         &context,
                     )
                     .with_lsn(start))
@@ -345,10 +366,25 @@ impl ReplicationStream {
                     self.state = StreamState::Pending(next);
                 }
                 b'E' => {
-                    return Err(PgError::server(ServerMessage::parse(&msg.body), &self.context).with_lsn(self.received))
+                    return Err(
+                        PgError::server(ServerMessage::parse(&msg.body), &self.context)
+                            .with_lsn(self.received),
+                    )
                 }
                 b'N' => {}
                 b'S' => {}
+                // A walsender that shuts down ends COPY with CommandComplete
+                // (no CopyDone) once everything sent was confirmed.
+                b'C' | b'Z' => {
+                    self.state = StreamState::Ended;
+                    return Err(PgError::new(
+                        ErrorKind::Transient,
+                        "the server ended the replication stream (it is shutting down or restarting)",
+                        &self.context,
+                        "reconnect once it is back",
+                    )
+                    .with_lsn(self.received));
+                }
                 other => {
                     return Err(PgError::protocol(
                         format!("unexpected message {:?} while streaming", other as char),
@@ -362,7 +398,8 @@ impl ReplicationStream {
 
     fn decode_copy_data(&mut self, mut body: Bytes) -> Result<Option<ReplicationMessage>> {
         let bad = |what: &str, this: &Self| {
-            PgError::protocol(format!("malformed {what} message"), &this.context).with_lsn(this.received)
+            PgError::protocol(format!("malformed {what} message"), &this.context)
+                .with_lsn(this.received)
         };
         if body.is_empty() {
             return Err(bad("CopyData", self));
@@ -377,12 +414,15 @@ impl ReplicationStream {
                 let server_time = TimestampMicros::from_pg(body.get_i64());
                 if wal_start != self.received && self.received.is_valid() {
                     return Err(PgError::protocol(
-                        format!("WAL data starts at {wal_start} but {} was expected", self.received),
+                        format!(
+                            "WAL data starts at {wal_start} but {} was expected",
+                            self.received
+                        ),
                         &self.context,
                     )
                     .with_lsn(self.received));
                 }
-                self.received = wal_start.add(body.len() as u64);
+                self.received = wal_start.plus(body.len() as u64);
                 Ok(Some(ReplicationMessage::XLogData {
                     wal_start,
                     wal_end,
@@ -406,7 +446,10 @@ impl ReplicationStream {
     }
 
     /// After COPY mode: reads the optional next-timeline result set up to `ReadyForQuery`.
-    async fn finish_after_copy(&mut self, first: Option<crate::conn::BackendMessage>) -> Result<Option<ReplicationMessage>> {
+    async fn finish_after_copy(
+        &mut self,
+        first: Option<crate::conn::BackendMessage>,
+    ) -> Result<Option<ReplicationMessage>> {
         let mut rows = Vec::new();
         let mut pending = first;
         loop {
@@ -417,7 +460,8 @@ impl ReplicationStream {
             match msg.tag {
                 b'D' => rows.push(msg.body),
                 b'E' => {
-                    let err = PgError::server(ServerMessage::parse(&msg.body), &self.context).with_lsn(self.received);
+                    let err = PgError::server(ServerMessage::parse(&msg.body), &self.context)
+                        .with_lsn(self.received);
                     let _ = self.conn.collect_results("START_REPLICATION").await;
                     return Err(err);
                 }
@@ -436,14 +480,23 @@ impl ReplicationStream {
                 next_tli: tli,
                 next_tli_start: lsn,
             })),
-            None => Err(PgError::protocol("malformed next-timeline result after streaming", &self.context)
-                .with_lsn(self.received)),
+            None => Err(PgError::protocol(
+                "malformed next-timeline result after streaming",
+                &self.context,
+            )
+            .with_lsn(self.received)),
         }
     }
 
     /// Sends a standby status update. `flushed` must only cover WAL that is
     /// durable in the archive: the server may recycle everything before it.
-    pub async fn send_status(&mut self, written: Lsn, flushed: Lsn, applied: Lsn, reply_requested: bool) -> Result<()> {
+    pub async fn send_status(
+        &mut self,
+        written: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+        reply_requested: bool,
+    ) -> Result<()> {
         let mut payload = bytes::BytesMut::with_capacity(34);
         payload.put_u8(b'r');
         payload.put_u64(written.0);
@@ -471,10 +524,10 @@ impl ReplicationStream {
     }
 
     /// The connection back in command mode, once the stream has ended.
-    pub fn into_client(self) -> std::result::Result<ReplicationClient, ReplicationStream> {
+    pub fn into_client(self) -> std::result::Result<ReplicationClient, Box<ReplicationStream>> {
         match self.state {
             StreamState::Ended => Ok(ReplicationClient { conn: self.conn }),
-            _ => Err(self),
+            _ => Err(Box::new(self)),
         }
     }
 }
@@ -524,7 +577,10 @@ mod tests {
         b.extend_from_slice(b"2");
         b.put_i32(9);
         b.extend_from_slice(b"0/3000160");
-        assert_eq!(parse_next_timeline(&b.freeze()), Some((TimelineId(2), Lsn(0x300_0160))));
+        assert_eq!(
+            parse_next_timeline(&b.freeze()),
+            Some((TimelineId(2), Lsn(0x300_0160)))
+        );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -17,7 +17,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
+};
 
 use crate::conninfo::{Config, SslMode};
 use crate::error::PgError;
@@ -64,11 +66,21 @@ fn roots(cfg: &Config) -> Result<RootCertStore, PgError> {
 pub(crate) fn client_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, PgError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match cfg.sslmode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoVerify(provider.clone())),
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+            Arc::new(NoVerify(provider.clone()))
+        }
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(cfg)?), provider.clone())
-                .build()
-                .map_err(|e| PgError::config(format!("cannot build the certificate verifier: {e}"), "check sslrootcert"))?;
+            let inner = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(cfg)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| {
+                PgError::config(
+                    format!("cannot build the certificate verifier: {e}"),
+                    "check sslrootcert",
+                )
+            })?;
             Arc::new(WebPki {
                 inner,
                 check_name: cfg.sslmode == SslMode::VerifyFull,
@@ -77,7 +89,12 @@ pub(crate) fn client_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, P
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| PgError::config(format!("TLS setup failed: {e}"), "this is a build problem of pitr"))?
+        .map_err(|e| {
+            PgError::config(
+                format!("TLS setup failed: {e}"),
+                "this is a build problem of pitr",
+            )
+        })?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
@@ -88,7 +105,10 @@ pub(crate) fn client_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, P
 /// Server name for SNI / verification.
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, PgError> {
     ServerName::try_from(host.to_string()).map_err(|_| {
-        PgError::config(format!("{host:?} is not a valid TLS server name"), "use a DNS name or an IP address as host")
+        PgError::config(
+            format!("{host:?} is not a valid TLS server name"),
+            "use a DNS name or an IP address as host",
+        )
     })
 }
 
@@ -114,7 +134,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -122,7 +147,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -145,13 +175,14 @@ impl ServerCertVerifier for WebPki {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(TlsError::InvalidCertificate(CertificateError::NotValidForName))
-            | Err(TlsError::InvalidCertificate(CertificateError::NotValidForNameContext { .. }))
-                if !self.check_name =>
-            {
-                Ok(ServerCertVerified::assertion())
-            }
+            | Err(TlsError::InvalidCertificate(CertificateError::NotValidForNameContext {
+                ..
+            })) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }

@@ -1,12 +1,18 @@
 //! Connection and authentication against real PostgreSQL servers.
 
+// Test code: panicking on unexpected errors is the point.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 use pitr_integration::{pg, require, PgServer, PgVersion};
 use pitr_postgres::{Config, Connection, ErrorKind, ReplicationClient, StartupMode};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn cfg(url: &str) -> Config {
@@ -22,7 +28,9 @@ fn auth_methods(v: PgVersion) {
             (server.url_as("replicator", "replpass"), "replicator"),
             (server.url_as("md5user", "md5pass"), "md5user"),
         ] {
-            let mut c = ReplicationClient::connect(&cfg(&url)).await.unwrap_or_else(|e| panic!("{user}: {e}"));
+            let mut c = ReplicationClient::connect(&cfg(&url))
+                .await
+                .unwrap_or_else(|e| panic!("{user}: {e}"));
             let id = c.identify_system().await.unwrap();
             assert_eq!(id.timeline.0, 1, "{user}");
             assert_eq!(c.connection().server_major_version(), Some(v.major()));
@@ -30,41 +38,63 @@ fn auth_methods(v: PgVersion) {
         }
 
         // Normal connection with SCRAM: the server confirms who we are.
-        let mut c = Connection::connect(&cfg(&server.url_as("replicator", "replpass")), StartupMode::Normal)
+        let mut c = Connection::connect(
+            &cfg(&server.url_as("replicator", "replpass")),
+            StartupMode::Normal,
+        )
+        .await
+        .unwrap();
+        let rows = c
+            .simple_query("SELECT current_user, 1 + 1, NULL::text")
             .await
             .unwrap();
-        let rows = c.simple_query("SELECT current_user, 1 + 1, NULL::text").await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].get("current_user"), Some("replicator"));
         assert_eq!(rows[0].text(1), Some("2"));
         assert_eq!(rows[0].text(2), None);
         // A failing statement leaves the connection usable.
-        let e = c.simple_query("SELECT * FROM no_such_table").await.unwrap_err();
+        let e = c
+            .simple_query("SELECT * FROM no_such_table")
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Some("42P01"));
-        assert_eq!(c.simple_query("SELECT 7").await.unwrap()[0].text(0), Some("7"));
+        assert_eq!(
+            c.simple_query("SELECT 7").await.unwrap()[0].text(0),
+            Some("7")
+        );
 
         // Wrong password: definite, and the message names the user, the address and the fix.
         for user in ["replicator", "md5user"] {
-            let e = ReplicationClient::connect(&cfg(&server.url_as(user, "wrong"))).await.unwrap_err();
+            let e = ReplicationClient::connect(&cfg(&server.url_as(user, "wrong")))
+                .await
+                .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
             assert_eq!(e.code(), Some("28P01"), "{e}");
             let msg = e.to_string();
             assert!(
-                msg.starts_with(&format!("password authentication failed for user \"{user}\" at 127.0.0.1:{}", server.port())),
+                msg.starts_with(&format!(
+                    "password authentication failed for user \"{user}\" at 127.0.0.1:{}",
+                    server.port()
+                )),
                 "{msg}"
             );
             assert!(msg.contains("PGPASSWORD"), "{msg}");
         }
         // No password at all for a SCRAM user.
-        let e = ReplicationClient::connect(&cfg(&format!("postgres://replicator@127.0.0.1:{}/?passfile=/nonexistent", server.port())))
-            .await
-            .unwrap_err();
+        let e = ReplicationClient::connect(&cfg(&format!(
+            "postgres://replicator@127.0.0.1:{}/?passfile=/nonexistent",
+            server.port()
+        )))
+        .await
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Definite);
         assert!(e.to_string().contains("none is configured"), "{e}");
 
         // A role without REPLICATION may log in normally but not as a walsender.
         let plain = cfg(&server.url_as("plainuser", "plainpass"));
-        Connection::connect(&plain, StartupMode::Normal).await.unwrap();
+        Connection::connect(&plain, StartupMode::Normal)
+            .await
+            .unwrap();
         let e = ReplicationClient::connect(&plain).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
         assert!(e.to_string().contains("REPLICATION attribute"), "{e}");
@@ -90,9 +120,11 @@ fn unreachable_port_is_transient() {
         l.local_addr().unwrap().port()
     };
     rt().block_on(async {
-        let e = ReplicationClient::connect(&cfg(&format!("postgres://u@127.0.0.1:{port}/?connect_timeout=3")))
-            .await
-            .unwrap_err();
+        let e = ReplicationClient::connect(&cfg(&format!(
+            "postgres://u@127.0.0.1:{port}/?connect_timeout=3"
+        )))
+        .await
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
         let msg = e.to_string();
         assert!(msg.starts_with("could not connect: "), "{msg}");
@@ -104,21 +136,81 @@ fn unreachable_port_is_transient() {
 /// Creates a CA and a server certificate for 127.0.0.1 in the data dir and enables TLS.
 fn enable_tls(server: &PgServer) -> Option<std::path::PathBuf> {
     let dir = server.data_dir();
-    let run = |args: &[&str]| Command::new("openssl").current_dir(dir).args(args).output().map(|o| o.status.success()).unwrap_or(false);
-    let ok = run(&["req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=pitr-test-ca", "-keyout", "ca.key", "-out", "ca.crt"])
-        && run(&["req", "-new", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"])
-        && std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").is_ok()
-        && run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt"]);
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let ok = run(&[
+        "req",
+        "-new",
+        "-x509",
+        "-days",
+        "2",
+        "-nodes",
+        "-subj",
+        "/CN=pitr-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]) && run(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]) && std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .is_ok()
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ]);
     if !ok {
         return None;
     }
     // The server runs as the data dir's owner and insists on a private key file.
-    let owner = Command::new("stat").args(["-c", "%u:%g"]).arg(dir).output().unwrap();
+    let owner = Command::new("stat")
+        .args(["-c", "%u:%g"])
+        .arg(dir)
+        .output()
+        .unwrap();
     let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
     for f in ["server.key", "server.crt"] {
-        Command::new("chown").arg(&owner).arg(dir.join(f)).status().unwrap();
+        Command::new("chown")
+            .arg(&owner)
+            .arg(dir.join(f))
+            .status()
+            .unwrap();
     }
-    Command::new("chmod").arg("600").arg(dir.join("server.key")).status().unwrap();
+    Command::new("chmod")
+        .arg("600")
+        .arg(dir.join("server.key"))
+        .status()
+        .unwrap();
     server.psql("ALTER SYSTEM SET ssl = on").unwrap();
     server.psql("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -136,9 +228,13 @@ fn tls_modes_pg15() {
     let port = server.port();
     rt().block_on(async {
         // Without TLS on the server: prefer falls back, require refuses.
-        let c = ReplicationClient::connect(&cfg(&format!("{}?sslmode=prefer", server.url()))).await.unwrap();
+        let c = ReplicationClient::connect(&cfg(&format!("{}?sslmode=prefer", server.url())))
+            .await
+            .unwrap();
         assert!(!c.connection().is_tls());
-        let e = ReplicationClient::connect(&cfg(&format!("{}?sslmode=require", server.url()))).await.unwrap_err();
+        let e = ReplicationClient::connect(&cfg(&format!("{}?sslmode=require", server.url())))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Definite);
         assert!(e.to_string().contains("does not support TLS"), "{e}");
     });
@@ -148,20 +244,45 @@ fn tls_modes_pg15() {
     };
     rt().block_on(async {
         let check = |url: String| async move {
-            let mut c = Connection::connect(&cfg(&url), StartupMode::Normal).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+            let mut c = Connection::connect(&cfg(&url), StartupMode::Normal)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
             assert!(c.is_tls());
-            let rows = c.simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await.unwrap();
-            assert_eq!(rows[0].text(0), Some("t"), "server must see an encrypted session");
+            let rows = c
+                .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .await
+                .unwrap();
+            assert_eq!(
+                rows[0].text(0),
+                Some("t"),
+                "server must see an encrypted session"
+            );
         };
-        check(format!("{}?sslmode=require", server.url_as("replicator", "replpass"))).await;
-        check(format!("{}?sslmode=verify-full&sslrootcert={}", server.url(), ca.display())).await;
-        let r = ReplicationClient::connect(&cfg(&format!("{}?sslmode=verify-full&sslrootcert={}", server.url_as("replicator", "replpass"), ca.display())))
-            .await
-            .unwrap();
+        check(format!(
+            "{}?sslmode=require",
+            server.url_as("replicator", "replpass")
+        ))
+        .await;
+        check(format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            server.url(),
+            ca.display()
+        ))
+        .await;
+        let r = ReplicationClient::connect(&cfg(&format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            server.url_as("replicator", "replpass"),
+            ca.display()
+        )))
+        .await
+        .unwrap();
         assert!(r.connection().is_tls());
         // The certificate names 127.0.0.1, not localhost: verify-full refuses, verify-ca accepts.
         let e = Connection::connect(
-            &cfg(&format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}", ca.display())),
+            &cfg(&format!(
+                "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+                ca.display()
+            )),
             StartupMode::Normal,
         )
         .await
@@ -169,15 +290,24 @@ fn tls_modes_pg15() {
         assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
         assert!(e.to_string().contains("TLS handshake failed"), "{e}");
         Connection::connect(
-            &cfg(&format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-ca&sslrootcert={}", ca.display())),
+            &cfg(&format!(
+                "postgres://postgres@localhost:{port}/postgres?sslmode=verify-ca&sslrootcert={}",
+                ca.display()
+            )),
             StartupMode::Normal,
         )
         .await
         .unwrap();
-        // With the web PKI roots only, the private CA is not trusted.
-        let e = Connection::connect(&cfg(&format!("{}?sslmode=verify-ca&sslrootcert=/nonexistent.crt", server.url())), StartupMode::Normal)
-            .await
-            .unwrap_err();
+        // An unreadable sslrootcert is a definite configuration error.
+        let e = Connection::connect(
+            &cfg(&format!(
+                "{}?sslmode=verify-ca&sslrootcert=/nonexistent.crt",
+                server.url()
+            )),
+            StartupMode::Normal,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
     });
 }

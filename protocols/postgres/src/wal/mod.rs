@@ -68,7 +68,11 @@ enum State {
     /// Alignment padding after a record.
     Padding(u64),
     /// Collecting the 24-byte record header.
-    Header { buf: [u8; HEADER_LEN], have: usize, start: Lsn },
+    Header {
+        buf: [u8; HEADER_LEN],
+        have: usize,
+        start: Lsn,
+    },
     /// Inside a record's payload.
     Body {
         hdr: RecordHeader,
@@ -112,7 +116,10 @@ impl WalReader {
     /// A reader for WAL starting at `start`, which must be a page boundary.
     pub fn new(start: Lsn, seg_size: u64) -> Result<WalReader, WalError> {
         if start.0 % WAL_PAGE_SIZE != 0 {
-            return Err(err(start, "the WAL reader must start at a page boundary (a multiple of 8192)"));
+            return Err(err(
+                start,
+                "the WAL reader must start at a page boundary (a multiple of 8192)",
+            ));
         }
         if !valid_segment_size(seg_size) {
             return Err(err(start, format!("invalid WAL segment size {seg_size}")));
@@ -172,7 +179,7 @@ impl WalReader {
     }
 
     fn advance(&mut self, n: usize) {
-        self.pos = self.pos.add(n as u64);
+        self.pos = self.pos.plus(n as u64);
     }
 
     fn feed_inner(&mut self, mut data: &[u8], out: &mut Vec<WalRecord>) -> Result<(), WalError> {
@@ -250,7 +257,9 @@ impl WalReader {
                         self.on_record_header(out)?;
                     }
                 }
-                State::Body { left, collect, crc, .. } => {
+                State::Body {
+                    left, collect, crc, ..
+                } => {
                     let n = (*left as usize).min(avail);
                     let chunk = &data[..n];
                     *crc = crc32c::crc32c_append(*crc, chunk);
@@ -285,25 +294,40 @@ impl WalReader {
         if page::version_of_magic(h.magic).is_none() {
             return Err(err(
                 page_start,
-                format!("unknown WAL page magic {:#06x} (unsupported PostgreSQL version, or not WAL)", h.magic),
+                format!(
+                    "unknown WAL page magic {:#06x} (unsupported PostgreSQL version, or not WAL)",
+                    h.magic
+                ),
             ));
         }
         if let Some(m) = self.magic.filter(|&m| m != h.magic) {
-            return Err(err(page_start, format!("page magic changed from {m:#06x} to {:#06x}", h.magic)));
+            return Err(err(
+                page_start,
+                format!("page magic changed from {m:#06x} to {:#06x}", h.magic),
+            ));
         }
         self.magic = Some(h.magic);
         if h.pageaddr != page_start {
             return Err(err(
                 page_start,
-                format!("page header says the page is at {} (stale or misplaced WAL)", h.pageaddr),
+                format!(
+                    "page header says the page is at {} (stale or misplaced WAL)",
+                    h.pageaddr
+                ),
             ));
         }
         if h.info & !page::XLP_ALL_FLAGS != 0 {
-            return Err(err(page_start, format!("invalid page flags {:#06x}", h.info)));
+            return Err(err(
+                page_start,
+                format!("invalid page flags {:#06x}", h.info),
+            ));
         }
         if page_start.segment_offset(self.seg_size) == 0 {
             let Some((sysid, seg, blck)) = h.long else {
-                return Err(err(page_start, "the first page of a segment lacks the long header"));
+                return Err(err(
+                    page_start,
+                    "the first page of a segment lacks the long header",
+                ));
             };
             if u64::from(seg) != self.seg_size || u64::from(blck) != WAL_PAGE_SIZE {
                 return Err(err(
@@ -312,12 +336,18 @@ impl WalReader {
                 ));
             }
             if let Some(s) = self.sysid.filter(|&s| s != sysid) {
-                return Err(err(page_start, format!("WAL of system {sysid} follows WAL of system {s}")));
+                return Err(err(
+                    page_start,
+                    format!("WAL of system {sysid} follows WAL of system {s}"),
+                ));
             }
             self.sysid = Some(sysid);
         }
         if h.tli.0 < self.tli.0 {
-            return Err(err(page_start, format!("timeline went back from {} to {}", self.tli, h.tli)));
+            return Err(err(
+                page_start,
+                format!("timeline went back from {} to {}", self.tli, h.tli),
+            ));
         }
         self.tli = h.tli;
         let first = std::mem::replace(&mut self.first_page, false);
@@ -330,7 +360,10 @@ impl WalReader {
             State::SkipContinuation(left) => Some(*left),
             _ => None,
         };
-        let mid_record = matches!(self.state, State::Header { .. } | State::Body { .. } | State::SkipContinuation(_));
+        let mid_record = matches!(
+            self.state,
+            State::Header { .. } | State::Body { .. } | State::SkipContinuation(_)
+        );
         match (mid_record, h.is_contrecord()) {
             (true, true) => {
                 if let Some(rem) = expected_rem.filter(|&r| r != h.rem_len) {
@@ -346,7 +379,10 @@ impl WalReader {
                 self.prev_record = None;
             }
             (true, false) => {
-                return Err(err(page_start, "record continues onto a page that does not continue it"));
+                return Err(err(
+                    page_start,
+                    "record continues onto a page that does not continue it",
+                ));
             }
             (false, true) if first => {
                 self.state = State::SkipContinuation(h.rem_len);
@@ -354,7 +390,12 @@ impl WalReader {
                     self.state = self.padding_state();
                 }
             }
-            (false, true) => return Err(err(page_start, "unexpected continuation data at the start of the page")),
+            (false, true) => {
+                return Err(err(
+                    page_start,
+                    "unexpected continuation data at the start of the page",
+                ))
+            }
             (false, false) => {}
         }
         Ok(())
@@ -369,10 +410,17 @@ impl WalReader {
             return Err(err(start, format!("invalid record length {}", hdr.tot_len)));
         }
         if let Some(prev) = self.prev_record.filter(|p| p.0 != hdr.prev) {
-            return Err(err(start, format!("record links back to {} but the previous record is at {prev}", Lsn(hdr.prev))));
+            return Err(err(
+                start,
+                format!(
+                    "record links back to {} but the previous record is at {prev}",
+                    Lsn(hdr.prev)
+                ),
+            ));
         }
         let left = hdr.tot_len - HEADER_LEN as u32;
-        let collect = xact::wants_payload(hdr.rmid).then(|| Vec::with_capacity((left as usize).min(1 << 20)));
+        let collect =
+            xact::wants_payload(hdr.rmid).then(|| Vec::with_capacity((left as usize).min(1 << 20)));
         self.state = State::Body {
             hdr,
             hdr_bytes: buf,
@@ -401,20 +449,30 @@ impl WalReader {
         };
         let crc = crc32c::crc32c_append(crc, &hdr_bytes[..20]);
         if crc != hdr.crc {
-            return Err(err(start, format!("record CRC mismatch (computed {crc:#010x}, stored {:#010x})", hdr.crc)));
+            return Err(err(
+                start,
+                format!(
+                    "record CRC mismatch (computed {crc:#010x}, stored {:#010x})",
+                    hdr.crc
+                ),
+            ));
         }
         let magic = self.magic.unwrap_or(0);
         let kind = match collect {
             Some(payload) => {
                 let main = record::main_data(&payload, magic).map_err(|r| err(start, r))?;
-                xact::decode(hdr.rmid, hdr.info, hdr.xid, main, magic)
-                    .map_err(|r| err(start, format!("record rmid {} info {:#04x}: {r}", hdr.rmid, hdr.info)))?
+                xact::decode(hdr.rmid, hdr.info, hdr.xid, main, magic).map_err(|r| {
+                    err(
+                        start,
+                        format!("record rmid {} info {:#04x}: {r}", hdr.rmid, hdr.info),
+                    )
+                })?
             }
             None => RecordKind::Other,
         };
         let switch = kind == RecordKind::Switch;
         let end_lsn = if switch && self.pos.segment_offset(self.seg_size) != 0 {
-            self.pos.segment_start(self.seg_size).add(self.seg_size)
+            self.pos.segment_start(self.seg_size).plus(self.seg_size)
         } else {
             self.pos.max_align()
         };

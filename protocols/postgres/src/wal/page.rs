@@ -38,7 +38,10 @@ pub const KNOWN_MAGICS: &[(u16, u32)] = &[
 
 /// Major PostgreSQL version writing WAL with this page magic.
 pub fn version_of_magic(magic: u16) -> Option<u32> {
-    KNOWN_MAGICS.iter().find(|(m, _)| *m == magic).map(|(_, v)| *v)
+    KNOWN_MAGICS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, v)| *v)
 }
 
 /// A decoded page header.
@@ -98,7 +101,8 @@ pub fn parse(b: &[u8]) -> PageHeader {
         tli: TimelineId(u32_at(4)),
         pageaddr: Lsn(u64_at(8)),
         rem_len: u32_at(16),
-        long: (info & XLP_LONG_HEADER != 0 && b.len() >= LONG_HEADER_LEN).then(|| (u64_at(24), u32_at(32), u32_at(36))),
+        long: (info & XLP_LONG_HEADER != 0 && b.len() >= LONG_HEADER_LEN)
+            .then(|| (u64_at(24), u32_at(32), u32_at(36))),
     }
 }
 

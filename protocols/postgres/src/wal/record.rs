@@ -188,7 +188,9 @@ mod tests {
         v.extend_from_slice(b"xyz");
         assert_eq!(main_data(&v, 0xD118).unwrap(), b"xyz");
         // No main data at all.
-        let v = vec![0, 0x20, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 0xCC];
+        let v = vec![
+            0, 0x20, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 0xCC,
+        ];
         assert_eq!(main_data(&v, 0xD110).unwrap(), b"");
         // Truncated.
         assert!(main_data(&build_payload(Some(b"abc"), b"m")[..10], 0xD110).is_err());

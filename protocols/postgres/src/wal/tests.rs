@@ -83,7 +83,12 @@ impl Synth {
     }
 
     fn commit(&mut self, xid: u32, time: i64) -> u64 {
-        self.record(1, 0x00, xid, &record::build_payload(None, &time.to_le_bytes()))
+        self.record(
+            1,
+            0x00,
+            xid,
+            &record::build_payload(None, &time.to_le_bytes()),
+        )
     }
 
     fn filler(&mut self, len: usize) -> u64 {
@@ -138,18 +143,31 @@ fn records_across_pages_and_segments_any_chunking() {
         xid += 1;
         let lsn = s.commit(xid, 1_000_000 * i as i64);
         all_lsns.push(lsn);
-        expected.push((Lsn(lsn), xid, TimestampMicros::from_pg(1_000_000 * i as i64)));
+        expected.push((
+            Lsn(lsn),
+            xid,
+            TimestampMicros::from_pg(1_000_000 * i as i64),
+        ));
     }
-    assert!(s.buf.len() as u64 > 2 * SEG, "test must cross segment boundaries");
+    assert!(
+        s.buf.len() as u64 > 2 * SEG,
+        "test must cross segment boundaries"
+    );
     // Make sure some record header really straddles a page boundary.
-    let straddles = all_lsns.iter().any(|l| l % WAL_PAGE_SIZE > WAL_PAGE_SIZE - HEADER_LEN as u64);
+    let straddles = all_lsns
+        .iter()
+        .any(|l| l % WAL_PAGE_SIZE > WAL_PAGE_SIZE - HEADER_LEN as u64);
     assert!(straddles);
     for chunk in [1usize, 7, 8192, 100_000, usize::MAX] {
         if chunk == 1 {
             // Byte-at-a-time over the first 300 KiB only (speed).
             let cut = 300 * 1024;
             let recs = decode_chunked(0, &s.buf[..cut], 1).unwrap();
-            let want: Vec<_> = expected.iter().filter(|(l, ..)| l.0 + 40 <= cut as u64).cloned().collect();
+            let want: Vec<_> = expected
+                .iter()
+                .filter(|(l, ..)| l.0 + 40 <= cut as u64)
+                .cloned()
+                .collect();
             assert_eq!(commits(&recs)[..want.len() - 1], want[..want.len() - 1]);
             continue;
         }
@@ -158,7 +176,10 @@ fn records_across_pages_and_segments_any_chunking() {
         let lsns: Vec<u64> = recs.iter().map(|r| r.lsn.0).collect();
         assert_eq!(lsns, all_lsns);
         for w in recs.windows(2) {
-            assert!(w[0].end_lsn <= w[1].lsn, "end_lsn must not overlap the next record");
+            assert!(
+                w[0].end_lsn <= w[1].lsn,
+                "end_lsn must not overlap the next record"
+            );
             assert!(w[1].lsn.0 - w[0].end_lsn.0 <= page::LONG_HEADER_LEN as u64);
         }
     }
@@ -175,7 +196,10 @@ fn switch_skips_rest_of_segment() {
     let sw_rec = recs.iter().find(|r| r.kind == RecordKind::Switch).unwrap();
     assert_eq!(sw_rec.lsn, Lsn(sw));
     assert_eq!(sw_rec.end_lsn, Lsn(SEG));
-    assert_eq!(commits(&recs).iter().map(|c| c.1).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        commits(&recs).iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 }
 
 #[test]
@@ -187,7 +211,10 @@ fn start_mid_record_skips_the_partial_record() {
     // Start at page 2, which begins with continuation data.
     let from = 2 * WAL_PAGE_SIZE as usize;
     let recs = decode_chunked(from as u64, &s.buf[from..], 5000).unwrap();
-    assert_eq!(commits(&recs), vec![(Lsn(c), 2, TimestampMicros::from_pg(20))]);
+    assert_eq!(
+        commits(&recs),
+        vec![(Lsn(c), 2, TimestampMicros::from_pg(20))]
+    );
     assert!(WalReader::new(Lsn(100), SEG).is_err());
 }
 
@@ -215,7 +242,10 @@ fn corruption_is_detected_with_position() {
     // Unknown magic.
     let mut bad = s.buf.clone();
     bad[0] = 0x00;
-    assert!(decode_chunked(0, &bad, 10_000).unwrap_err().reason.contains("magic"));
+    assert!(decode_chunked(0, &bad, 10_000)
+        .unwrap_err()
+        .reason
+        .contains("magic"));
     // A failed reader stays failed.
     let mut r = WalReader::new(Lsn(0), SEG).unwrap();
     let mut out = Vec::new();

@@ -82,10 +82,13 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let s = self
-            .b
-            .get(self.p..self.p + n)
-            .ok_or_else(|| format!("main data too short ({} bytes, needed {})", self.b.len(), self.p + n))?;
+        let s = self.b.get(self.p..self.p + n).ok_or_else(|| {
+            format!(
+                "main data too short ({} bytes, needed {})",
+                self.b.len(),
+                self.p + n
+            )
+        })?;
         self.p += n;
         Ok(s)
     }
@@ -121,7 +124,13 @@ const XINFO_HAS_TWOPHASE: u32 = 1 << 4;
 const XINFO_HAS_GID: u32 = 1 << 7;
 const XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
 
-fn xact_end(record_xid: u32, info: u8, data: &[u8], commit: bool, magic: u16) -> Result<XactEnd, String> {
+fn xact_end(
+    record_xid: u32,
+    info: u8,
+    data: &[u8],
+    commit: bool,
+    magic: u16,
+) -> Result<XactEnd, String> {
     let mut c = Cursor { b: data, p: 0 };
     let time = TimestampMicros::from_pg(c.i64()?);
     let xinfo = if info & 0x80 != 0 { c.u32()? } else { 0 };
@@ -140,7 +149,11 @@ fn xact_end(record_xid: u32, info: u8, data: &[u8], commit: bool, magic: u16) ->
         c.count(12)?;
     }
     if xinfo & XINFO_HAS_DROPPED_STATS != 0 {
-        let item = if page::version_of_magic(magic).is_some_and(|v| v >= 18) { 16 } else { 12 };
+        let item = if page::version_of_magic(magic).is_some_and(|v| v >= 18) {
+            16
+        } else {
+            12
+        };
         c.count(item)?;
     }
     if commit && xinfo & XINFO_HAS_INVALS != 0 {
@@ -164,7 +177,13 @@ fn xact_end(record_xid: u32, info: u8, data: &[u8], commit: bool, magic: u16) ->
 }
 
 /// Decodes the main data of a record of resource manager `rmid`.
-pub fn decode(rmid: u8, info: u8, record_xid: u32, data: &[u8], magic: u16) -> Result<RecordKind, String> {
+pub fn decode(
+    rmid: u8,
+    info: u8,
+    record_xid: u32,
+    data: &[u8],
+    magic: u16,
+) -> Result<RecordKind, String> {
     match rmid {
         RM_XACT_ID => match info & 0x70 {
             op @ (0x00 | 0x30) => {
@@ -219,7 +238,11 @@ pub fn decode(rmid: u8, info: u8, record_xid: u32, data: &[u8], magic: u16) -> R
                 let time = TimestampMicros::from_pg(c.i64()?);
                 let tli = TimelineId(c.u32()?);
                 let prev_tli = TimelineId(c.u32()?);
-                Ok(RecordKind::EndOfRecovery { time, tli, prev_tli })
+                Ok(RecordKind::EndOfRecovery {
+                    time,
+                    tli,
+                    prev_tli,
+                })
             }
             _ => Ok(RecordKind::Other),
         },
@@ -235,7 +258,15 @@ mod tests {
     fn commit_with_parts() {
         let mut d = Vec::new();
         d.extend_from_slice(&1_000_000i64.to_le_bytes());
-        d.extend_from_slice(&(XINFO_HAS_DBINFO | XINFO_HAS_SUBXACTS | XINFO_HAS_DROPPED_STATS | XINFO_HAS_INVALS | XINFO_HAS_TWOPHASE | XINFO_HAS_GID).to_le_bytes());
+        d.extend_from_slice(
+            &(XINFO_HAS_DBINFO
+                | XINFO_HAS_SUBXACTS
+                | XINFO_HAS_DROPPED_STATS
+                | XINFO_HAS_INVALS
+                | XINFO_HAS_TWOPHASE
+                | XINFO_HAS_GID)
+                .to_le_bytes(),
+        );
         d.extend_from_slice(&[0; 8]);
         d.extend_from_slice(&2u32.to_le_bytes());
         d.extend_from_slice(&11u32.to_le_bytes());
@@ -247,7 +278,9 @@ mod tests {
         d.extend_from_slice(&777u32.to_le_bytes());
         d.extend_from_slice(b"g1\0");
         let k = decode(RM_XACT_ID, 0x30 | 0x80, 0, &d, 0xD110).unwrap();
-        let RecordKind::Commit(e) = k else { panic!("{k:?}") };
+        let RecordKind::Commit(e) = k else {
+            panic!("{k:?}")
+        };
         assert_eq!(e.xid, 777);
         assert!(e.prepared);
         assert_eq!(e.subxacts, vec![11, 12]);
@@ -255,12 +288,21 @@ mod tests {
         assert_eq!(e.time, TimestampMicros::from_pg(1_000_000));
         // Same bytes read with PG18 stats item size are misparsed: the layout matters.
         let k18 = decode(RM_XACT_ID, 0x30 | 0x80, 0, &d, 0xD118);
-        assert!(!matches!(k18, Ok(RecordKind::Commit(XactEnd { xid: 777, .. }))));
+        assert!(!matches!(
+            k18,
+            Ok(RecordKind::Commit(XactEnd { xid: 777, .. }))
+        ));
 
         let plain = 5_000i64.to_le_bytes();
         assert_eq!(
             decode(RM_XACT_ID, 0x20, 99, &plain, 0xD110).unwrap(),
-            RecordKind::Abort(XactEnd { xid: 99, time: TimestampMicros::from_pg(5000), prepared: false, subxacts: vec![], gid: None })
+            RecordKind::Abort(XactEnd {
+                xid: 99,
+                time: TimestampMicros::from_pg(5000),
+                prepared: false,
+                subxacts: vec![],
+                gid: None
+            })
         );
         assert!(decode(RM_XACT_ID, 0x00, 1, &[1, 2], 0xD110).is_err());
     }
@@ -273,7 +315,10 @@ mod tests {
         rp.extend_from_slice(&name);
         assert_eq!(
             decode(RM_XLOG_ID, 0x70, 0, &rp, 0xD110).unwrap(),
-            RecordKind::RestorePoint { time: TimestampMicros::from_pg(42), name: "point".into() }
+            RecordKind::RestorePoint {
+                time: TimestampMicros::from_pg(42),
+                name: "point".into()
+            }
         );
         let mut cp = vec![0u8; 88];
         cp[0..8].copy_from_slice(&0x300_0028u64.to_le_bytes());
@@ -290,7 +335,10 @@ mod tests {
                 time: TimestampMicros::from_unix_secs(1_700_000_000)
             }
         );
-        assert_eq!(decode(RM_XLOG_ID, 0x40, 0, &[], 0xD110).unwrap(), RecordKind::Switch);
+        assert_eq!(
+            decode(RM_XLOG_ID, 0x40, 0, &[], 0xD110).unwrap(),
+            RecordKind::Switch
+        );
         assert_eq!(decode(10, 0x00, 0, &[], 0xD110).unwrap(), RecordKind::Other);
     }
 }

@@ -1,0 +1,200 @@
+//! The repository conformance suite against local disk, memory, and a store
+//! that silently ignores conditional puts (the fallback protocol), plus
+//! request counting and URL handling.
+
+#![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+use pitr::storage::{conformance, PutOutcome, Repo, StorageError};
+
+#[tokio::test]
+async fn memory_backend_conforms() {
+    let repo = Repo::open("memory://").await.unwrap();
+    conformance::run_all(&repo, "suite").await;
+    assert!(repo.conditional_puts().await.unwrap());
+}
+
+#[tokio::test]
+async fn local_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("not/yet/there");
+    let repo = Repo::open(nested.to_str().unwrap()).await.unwrap();
+    conformance::run_all(&repo, "suite").await;
+    assert!(repo.conditional_puts().await.unwrap());
+    // The objects are plain files under the directory.
+    assert!(nested.join("suite/get/data.bin").is_file());
+    // file:// URLs open the same repository.
+    let url = format!("file://{}", nested.display());
+    let again = Repo::open(&url).await.unwrap();
+    assert_eq!(
+        again.get("suite/pia/obj.seg").await.unwrap(),
+        Bytes::from_static(b"first version")
+    );
+}
+
+#[tokio::test]
+async fn local_repo_in_unwritable_place_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Repo::open(file.join("sub").to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::LocalDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("writable"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_urls_are_rejected() {
+    for url in ["ftp://x/y", "s3://", "file://"] {
+        let err = Repo::open(url).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidUrl { .. }),
+            "{url}: {err:?}"
+        );
+    }
+    let err = Repo::open_with(
+        "s3://bucket/p",
+        &[("AWS_NO_SUCH_SETTING".into(), "secret-value".into())],
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("AWS_NO_SUCH_SETTING"), "{msg}");
+    assert!(
+        !msg.contains("secret-value"),
+        "a setting's value leaked: {msg}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_keys_are_rejected() {
+    let repo = Repo::open("memory://").await.unwrap();
+    for key in ["", "/abs", "dir/", "a//b"] {
+        let err = repo.put_if_absent(key, Bytes::new()).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidKey { .. }),
+            "{key:?}: {err:?}"
+        );
+    }
+}
+
+/// A store that behaves like servers that ignore `If-None-Match`: every
+/// conditional create silently overwrites.
+#[derive(Debug)]
+struct IgnoresConditions(Arc<dyn ObjectStore>);
+
+impl fmt::Display for IgnoresConditions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IgnoresConditions({})", self.0)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for IgnoresConditions {
+    async fn put_opts(&self, l: &Path, p: PutPayload, mut o: PutOptions) -> Result<PutResult> {
+        o.mode = PutMode::Overwrite;
+        self.0.put_opts(l, p, o).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        l: &Path,
+        o: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(l, o).await
+    }
+    async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
+        self.0.get_opts(l, o).await
+    }
+    fn delete_stream(
+        &self,
+        l: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.0.delete_stream(l)
+    }
+    fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.0.list(p)
+    }
+    async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
+        self.0.list_with_delimiter(p).await
+    }
+    async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
+        self.0.copy_opts(f, t, o).await
+    }
+}
+
+#[tokio::test]
+async fn ignored_conditional_puts_are_detected_and_never_overwrite() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let repo = Repo::from_store(Arc::new(IgnoresConditions(Arc::clone(&inner))), "ignoring");
+    assert!(
+        !repo.conditional_puts().await.unwrap(),
+        "probe must detect ignored conditions"
+    );
+    conformance::run_all(&repo, "suite").await;
+    // No scratch objects are left behind (probe and fallback uploads).
+    let leftovers = repo.list(".pitr-scratch").await.unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn fallback_costs_more_requests_but_never_overwrites() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let repo = Repo::from_store(Arc::new(IgnoresConditions(Arc::clone(&inner))), "ignoring");
+    repo.put_if_absent("k", Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    let before = repo.requests();
+    let err = repo
+        .put_if_absent("k", Bytes::from_static(b"two"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Divergent { .. }));
+    let cost = repo.requests().since(&before);
+    assert_eq!(cost.put, 0, "a divergent write must not PUT at all: {cost}");
+    assert_eq!(cost.head, 1, "{cost}");
+    assert_eq!(cost.get, 1, "{cost}");
+    assert_eq!(repo.get("k").await.unwrap(), Bytes::from_static(b"one"));
+}
+
+#[tokio::test]
+async fn requests_are_counted_per_list_page() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let repo = Repo::from_store(Arc::clone(&store), "mem");
+    for i in 0..2500u32 {
+        store
+            .put_opts(
+                &Path::from(format!("p/{i:05}")),
+                PutPayload::from_static(b"x"),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let before = repo.requests();
+    assert_eq!(repo.list("p").await.unwrap().len(), 2500);
+    assert_eq!(repo.requests().since(&before).list, 3);
+    let before = repo.requests();
+    assert!(repo.list("q").await.unwrap().is_empty());
+    assert_eq!(repo.requests().since(&before).list, 1);
+    let before = repo.requests();
+    let outcome = repo
+        .put_if_absent("p/00001", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::AlreadyIdentical);
+    let c = repo.requests().since(&before);
+    // First use probes conditional puts: 2 probe puts + 1 delete, then put + get.
+    assert_eq!((c.put, c.get, c.delete), (3, 1, 1), "{c}");
+}
