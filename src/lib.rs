@@ -2,6 +2,7 @@
 //! every byte format lives in the `protocols/` crates.
 
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod restore;
 pub mod source;

@@ -104,8 +104,8 @@ pub async fn read_manifest(repo: &Repo, key: &BackupKey) -> anyhow::Result<Optio
     let k = key.to_key();
     match repo.get(&k).await {
         Ok(b) => {
-            let m: BackupManifest =
-                serde_json::from_slice(&b).with_context(|| format!("backup manifest {k} is not valid"))?;
+            let m: BackupManifest = serde_json::from_slice(&b)
+                .with_context(|| format!("backup manifest {k} is not valid"))?;
             if m.format_version > MANIFEST_FORMAT_VERSION {
                 return Err(anyhow!(
                     "backup manifest {k} has format version {} (this pitr reads up to {MANIFEST_FORMAT_VERSION}); upgrade pitr",

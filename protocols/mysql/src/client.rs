@@ -120,7 +120,10 @@ pub struct RawEvent {
 
 impl RawEvent {
     pub fn is_heartbeat(&self) -> bool {
-        matches!(self.header.type_code, types::HEARTBEAT | types::HEARTBEAT_V2)
+        matches!(
+            self.header.type_code,
+            types::HEARTBEAT | types::HEARTBEAT_V2
+        )
     }
 
     /// Position of the first byte of this event in its file (`None` for artificial events).
@@ -530,7 +533,13 @@ impl BinlogClient {
         let mut next_file: Option<BinlogPos> = None;
         if t == types::ROTATE {
             match event::decode(&buf, &ctx).map_err(|e| e.into_mysql(Some(self.here())))? {
-                (_, EventData::Rotate { position, next_file: f }) => {
+                (
+                    _,
+                    EventData::Rotate {
+                        position,
+                        next_file: f,
+                    },
+                ) => {
                     next_file = Some(BinlogPos {
                         file: f,
                         offset: position,

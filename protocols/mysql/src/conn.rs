@@ -227,7 +227,12 @@ fn lenenc_int(v: u64, out: &mut Vec<u8>) {
 fn read_lenenc(r: &mut &[u8]) -> Option<u64> {
     let (&first, rest) = r.split_first()?;
     let (n, rest) = match first {
-        0..=250 => return { *r = rest; Some(u64::from(first)) },
+        0..=250 => {
+            return {
+                *r = rest;
+                Some(u64::from(first))
+            }
+        }
         0xfc => (2, rest),
         0xfd => (3, rest),
         0xfe => (8, rest),
@@ -343,7 +348,10 @@ impl Conn {
             ));
         }
         let mut plugin = hs.auth_plugin.clone();
-        if !matches!(plugin.as_str(), "mysql_native_password" | "caching_sha2_password") {
+        if !matches!(
+            plugin.as_str(),
+            "mysql_native_password" | "caching_sha2_password"
+        ) {
             plugin = "mysql_native_password".into();
         }
         let mut nonce = hs.nonce.clone();
@@ -485,9 +493,9 @@ impl Conn {
             _ => {}
         }
         let mut r = first.as_slice();
-        let ncols = read_lenenc(&mut r).ok_or_else(|| {
-            MysqlError::new(ErrorKind::Protocol, "malformed result set header")
-        })? as usize;
+        let ncols = read_lenenc(&mut r)
+            .ok_or_else(|| MysqlError::new(ErrorKind::Protocol, "malformed result set header"))?
+            as usize;
         // Column definitions, then EOF.
         for _ in 0..ncols {
             self.read_packet().await?;
@@ -547,7 +555,13 @@ impl Conn {
     }
 
     /// `COM_BINLOG_DUMP`: `pos u32 | flags u16 | server_id u32 | filename`.
-    pub async fn binlog_dump(&mut self, file: &str, pos: u32, flags: u16, server_id: u32) -> Result<()> {
+    pub async fn binlog_dump(
+        &mut self,
+        file: &str,
+        pos: u32,
+        flags: u16,
+        server_id: u32,
+    ) -> Result<()> {
         let mut b = Vec::with_capacity(10 + file.len());
         b.extend_from_slice(&pos.to_le_bytes());
         b.extend_from_slice(&flags.to_le_bytes());
@@ -589,7 +603,10 @@ mod tests {
         assert_eq!(p.host, "127.0.0.1");
         assert_eq!(p.db.as_deref(), Some("shop"));
         let p = ConnParams::from_url("mysql://u@h").unwrap();
-        assert_eq!((p.port, p.password.as_str(), p.db.as_deref()), (3306, "", None));
+        assert_eq!(
+            (p.port, p.password.as_str(), p.db.as_deref()),
+            (3306, "", None)
+        );
         let e = ConnParams::from_url("postgres://u:secret@h").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(format!("{p:?}").find("password").is_none());
@@ -621,7 +638,16 @@ mod tests {
 
     #[test]
     fn lenenc_roundtrip() {
-        for v in [0u64, 250, 251, 65535, 65536, 0xff_ffff, 0x100_0000, u64::MAX] {
+        for v in [
+            0u64,
+            250,
+            251,
+            65535,
+            65536,
+            0xff_ffff,
+            0x100_0000,
+            u64::MAX,
+        ] {
             let mut b = Vec::new();
             lenenc_int(v, &mut b);
             let mut r = b.as_slice();

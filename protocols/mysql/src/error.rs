@@ -273,7 +273,11 @@ mod tests {
 
         let e = MysqlError::from_server(1053, "Server shutdown in progress", None);
         assert!(e.is_transient());
-        let e = MysqlError::from_server(1236, "Client requested master to start replication from position > file size", None);
+        let e = MysqlError::from_server(
+            1236,
+            "Client requested master to start replication from position > file size",
+            None,
+        );
         assert_eq!(e.kind(), ErrorKind::UnknownPosition);
         let e = MysqlError::from_server(1064, "syntax", None);
         assert_eq!(e.kind(), ErrorKind::Server);

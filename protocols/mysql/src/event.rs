@@ -424,9 +424,7 @@ pub fn decode(event: &[u8], ctx: &DecodeCtx) -> Result<(EventHeader, EventData),
                 table_id: r.uint(ctx.table_id_len)?,
             }
         }
-        types::GTID | types::ANONYMOUS_GTID => {
-            EventData::MysqlGtid(decode_mysql_gtid(t, body)?)
-        }
+        types::GTID | types::ANONYMOUS_GTID => EventData::MysqlGtid(decode_mysql_gtid(t, body)?),
         types::PREVIOUS_GTIDS => match decode_previous_gtids(t, body)? {
             Some(set) => EventData::PreviousGtids(set),
             None => EventData::Other(t),
@@ -707,7 +705,10 @@ impl<'a> Reader<'a> {
             252 => self.uint(2),
             253 => self.uint(3),
             254 => self.uint(8),
-            x => Err(DecodeError::new(self.t, format!("bad packed integer prefix {x}"))),
+            x => Err(DecodeError::new(
+                self.t,
+                format!("bad packed integer prefix {x}"),
+            )),
         }
     }
     fn string(&mut self, n: usize) -> Result<String, DecodeError> {

@@ -4,7 +4,14 @@
 use super::*;
 
 /// Builds an event with a correct header (and CRC32 when `crc`).
-pub(crate) fn build(t: u8, server_id: u32, log_pos: u32, flags: u16, body: &[u8], crc: bool) -> Vec<u8> {
+pub(crate) fn build(
+    t: u8,
+    server_id: u32,
+    log_pos: u32,
+    flags: u16,
+    body: &[u8],
+    crc: bool,
+) -> Vec<u8> {
     let size = HEADER_LEN + body.len() + if crc { CHECKSUM_LEN } else { 0 };
     let mut v = Vec::with_capacity(size);
     v.extend_from_slice(&1_700_000_000u32.to_le_bytes());
@@ -46,7 +53,14 @@ const CRC_CTX: DecodeCtx = DecodeCtx {
 
 #[test]
 fn header_roundtrip_and_errors() {
-    let e = build(types::XID, 7, 1234, LOG_EVENT_ARTIFICIAL_F, &42u64.to_le_bytes(), false);
+    let e = build(
+        types::XID,
+        7,
+        1234,
+        LOG_EVENT_ARTIFICIAL_F,
+        &42u64.to_le_bytes(),
+        false,
+    );
     let h = EventHeader::parse(&e).unwrap();
     assert_eq!(h.type_code, types::XID);
     assert_eq!(h.server_id, 7);
@@ -69,7 +83,14 @@ fn checksum_detects_corruption_and_ignores_fde_in_use_flag() {
 
     // The FDE of an open file has the in-use flag set; its CRC is the one of
     // the closed file, so setting the flag must not break verification.
-    let mut fde = build(types::FORMAT_DESCRIPTION, 1, 0, 0, &fde_body("10.11.6-MariaDB-log", 1), true);
+    let mut fde = build(
+        types::FORMAT_DESCRIPTION,
+        1,
+        0,
+        0,
+        &fde_body("10.11.6-MariaDB-log", 1),
+        true,
+    );
     assert!(checksum_matches(&fde));
     fde[17] |= LOG_EVENT_BINLOG_IN_USE_F as u8;
     assert!(checksum_matches(&fde));
@@ -83,7 +104,14 @@ fn checksum_detects_corruption_and_ignores_fde_in_use_flag() {
 
 #[test]
 fn format_description() {
-    let e = build(types::FORMAT_DESCRIPTION, 1, 256, 1, &fde_body("9.4.0", 1), true);
+    let e = build(
+        types::FORMAT_DESCRIPTION,
+        1,
+        256,
+        1,
+        &fde_body("9.4.0", 1),
+        true,
+    );
     let (h, d) = decode(&e, &DecodeCtx::default()).unwrap();
     assert_eq!(h.flags, 1);
     let EventData::FormatDescription(f) = d else {
@@ -98,7 +126,14 @@ fn format_description() {
     assert!(f.context().checksum);
     assert_eq!(f.context().table_id_len, 6);
 
-    let e = build(types::FORMAT_DESCRIPTION, 1, 256, 0, &fde_body("10.11.6-MariaDB", 0), true);
+    let e = build(
+        types::FORMAT_DESCRIPTION,
+        1,
+        256,
+        0,
+        &fde_body("10.11.6-MariaDB", 0),
+        true,
+    );
     let (_, EventData::FormatDescription(f)) = decode(&e, &CRC_CTX).unwrap() else {
         panic!()
     };
@@ -181,14 +216,31 @@ fn query_events() {
         assert_eq!(q.query, text);
         assert_eq!(q.is_group_end(), end, "{text}");
     }
-    let e = build(types::QUERY, 1, 500, 0, &query_body("abc", "x")[..12], false);
+    let e = build(
+        types::QUERY,
+        1,
+        500,
+        0,
+        &query_body("abc", "x")[..12],
+        false,
+    );
     assert!(decode(&e, &DecodeCtx::default()).is_err());
 }
 
 #[test]
 fn xid_table_map_rows() {
-    let e = build(types::XID, 1, 9, 0, &0x0102_0304_0506u64.to_le_bytes(), true);
-    assert_eq!(decode(&e, &CRC_CTX).unwrap().1, EventData::Xid(0x0102_0304_0506));
+    let e = build(
+        types::XID,
+        1,
+        9,
+        0,
+        &0x0102_0304_0506u64.to_le_bytes(),
+        true,
+    );
+    assert_eq!(
+        decode(&e, &CRC_CTX).unwrap().1,
+        EventData::Xid(0x0102_0304_0506)
+    );
 
     let mut b = vec![0x2a, 0, 0, 0, 0, 0, 1, 0];
     b.push(4);
@@ -259,14 +311,28 @@ fn mysql_gtid_with_commit_timestamps() {
     assert_eq!(g.original_commit_micros, Some(ts));
     assert_eq!(g.transaction_length, Some(300));
 
-    let e = build(types::GTID, 1, 9, 0, &mysql_gtid_body(43, ts, Some(ts - 5)), true);
+    let e = build(
+        types::GTID,
+        1,
+        9,
+        0,
+        &mysql_gtid_body(43, ts, Some(ts - 5)),
+        true,
+    );
     let (_, EventData::MysqlGtid(g)) = decode(&e, &CRC_CTX).unwrap() else {
         panic!()
     };
     assert_eq!(g.immediate_commit_micros, Some(ts));
     assert_eq!(g.original_commit_micros, Some(ts - 5));
 
-    let e = build(types::ANONYMOUS_GTID, 1, 9, 0, &mysql_gtid_body(0, ts, None), true);
+    let e = build(
+        types::ANONYMOUS_GTID,
+        1,
+        9,
+        0,
+        &mysql_gtid_body(0, ts, None),
+        true,
+    );
     let (_, EventData::MysqlGtid(g)) = decode(&e, &CRC_CTX).unwrap() else {
         panic!()
     };
@@ -274,7 +340,14 @@ fn mysql_gtid_with_commit_timestamps() {
     assert_eq!(g.immediate_commit_micros, Some(ts));
 
     // 5.6-style event: no logical clock, no timestamps.
-    let e = build(types::GTID, 1, 9, 0, &mysql_gtid_body(7, ts, None)[..25], false);
+    let e = build(
+        types::GTID,
+        1,
+        9,
+        0,
+        &mysql_gtid_body(7, ts, None)[..25],
+        false,
+    );
     let (_, EventData::MysqlGtid(g)) = decode(&e, &DecodeCtx::default()).unwrap() else {
         panic!()
     };
@@ -320,7 +393,14 @@ fn maria_events() {
         decode(&e, &CRC_CTX).unwrap().1,
         EventData::MariaBinlogCheckpoint(BinlogFile::new("bin.000001"))
     );
-    let e = build(types::MARIA_ANNOTATE_ROWS, 1, 9, 0, b"insert into t values (1)", true);
+    let e = build(
+        types::MARIA_ANNOTATE_ROWS,
+        1,
+        9,
+        0,
+        b"insert into t values (1)",
+        true,
+    );
     assert_eq!(
         decode(&e, &CRC_CTX).unwrap().1,
         EventData::MariaAnnotateRows("insert into t values (1)".into())
@@ -356,8 +436,18 @@ fn unknown_types_pass_through() {
     }
     let e = build(types::STOP, 1, 9, 0, &[], true);
     assert_eq!(decode(&e, &CRC_CTX).unwrap().1, EventData::Stop);
-    let e = build(types::HEARTBEAT, 1, 9, LOG_EVENT_ARTIFICIAL_F, b"bin.000001", true);
-    assert_eq!(decode(&e, &CRC_CTX).unwrap().1, EventData::Heartbeat { v2: false });
+    let e = build(
+        types::HEARTBEAT,
+        1,
+        9,
+        LOG_EVENT_ARTIFICIAL_F,
+        b"bin.000001",
+        true,
+    );
+    assert_eq!(
+        decode(&e, &CRC_CTX).unwrap().1,
+        EventData::Heartbeat { v2: false }
+    );
     // Size mismatch between header and buffer is an error, not a panic.
     let mut e = build(types::XID, 1, 9, 0, &1u64.to_le_bytes(), true);
     e.push(0);

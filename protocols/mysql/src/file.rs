@@ -165,15 +165,45 @@ mod tests {
     fn rebuild_two_files_and_clear_in_use() {
         let mut off = 4;
         let mut evs = vec![];
-        let mut fake = raw("b.000001", &mut 4, types::ROTATE, 0x20, b"\x04\0\0\0\0\0\0\0b.000001");
+        let mut fake = raw(
+            "b.000001",
+            &mut 4,
+            types::ROTATE,
+            0x20,
+            b"\x04\0\0\0\0\0\0\0b.000001",
+        );
         fake.artificial = true;
         evs.push(fake);
-        let fde = raw("b.000001", &mut off, types::FORMAT_DESCRIPTION, 1, &fde_body("10.11.6-MariaDB", 1));
+        let fde = raw(
+            "b.000001",
+            &mut off,
+            types::FORMAT_DESCRIPTION,
+            1,
+            &fde_body("10.11.6-MariaDB", 1),
+        );
         evs.push(fde);
-        evs.push(raw("b.000001", &mut off, types::XID, 0, &1u64.to_le_bytes()));
-        evs.push(raw("b.000001", &mut off, types::ROTATE, 0, b"\x04\0\0\0\0\0\0\0b.000002"));
+        evs.push(raw(
+            "b.000001",
+            &mut off,
+            types::XID,
+            0,
+            &1u64.to_le_bytes(),
+        ));
+        evs.push(raw(
+            "b.000001",
+            &mut off,
+            types::ROTATE,
+            0,
+            b"\x04\0\0\0\0\0\0\0b.000002",
+        ));
         let mut off2 = 4;
-        evs.push(raw("b.000002", &mut off2, types::FORMAT_DESCRIPTION, 1, &fde_body("10.11.6-MariaDB", 1)));
+        evs.push(raw(
+            "b.000002",
+            &mut off2,
+            types::FORMAT_DESCRIPTION,
+            1,
+            &fde_body("10.11.6-MariaDB", 1),
+        ));
 
         let files = rebuild_files(&evs).unwrap();
         assert_eq!(files.len(), 2);
@@ -184,7 +214,10 @@ mod tests {
         assert_eq!(bytes[4 + 17] & 1, 0, "in-use flag cleared");
         let fde_len = evs[1].bytes.len();
         assert!(checksum_matches(&bytes[4..4 + fde_len]));
-        assert_eq!(&bytes[4 + fde_len..], &[&evs[2].bytes[..], &evs[3].bytes[..]].concat()[..]);
+        assert_eq!(
+            &bytes[4 + fde_len..],
+            &[&evs[2].bytes[..], &evs[3].bytes[..]].concat()[..]
+        );
         assert_eq!(files[1].1.len() as u64, off2);
     }
 

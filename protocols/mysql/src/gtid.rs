@@ -301,7 +301,11 @@ impl FromStr for MysqlGtidSet {
                     None => (iv, iv),
                 };
                 let bad = || {
-                    if iv.bytes().next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_') {
+                    if iv
+                        .bytes()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+                    {
                         format!("GTID set {s:?} uses tagged GTIDs, which are not supported")
                     } else {
                         format!("invalid GTID set {s:?}: bad interval {iv:?}")
@@ -387,9 +391,7 @@ mod tests {
 
     #[test]
     fn mysql_set_parse_format_normalises() {
-        let s: MysqlGtidSet = format!("{U2}:3,{U1}:7-9:1-5:6,\n{U2}:1-2")
-            .parse()
-            .unwrap();
+        let s: MysqlGtidSet = format!("{U2}:3,{U1}:7-9:1-5:6,\n{U2}:1-2").parse().unwrap();
         assert_eq!(s.to_string(), format!("{U1}:1-9,{U2}:1-3"));
         let s2: MysqlGtidSet = format!("{U1}:1-5:7-9").parse().unwrap();
         assert_eq!(s2.to_string(), format!("{U1}:1-5:7-9"));

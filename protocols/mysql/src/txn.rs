@@ -240,7 +240,10 @@ mod tests {
 
     #[test]
     fn maria_groups() {
-        let mut l = Log { offset: 4, ts: 1000 };
+        let mut l = Log {
+            offset: 4,
+            ts: 1000,
+        };
         let mut t = TxnTracker::new();
         let evs = vec![
             l.maria_gtid(1, maria_flags::FL_STANDALONE | maria_flags::FL_DDL),
@@ -286,7 +289,10 @@ mod tests {
 
     #[test]
     fn mysql_commit_timestamp_wins() {
-        let mut l = Log { offset: 4, ts: 1000 };
+        let mut l = Log {
+            offset: 4,
+            ts: 1000,
+        };
         let mut t = TxnTracker::new();
         let evs = vec![
             l.mysql_gtid(8, 1_000_000_123_456),
@@ -306,7 +312,10 @@ mod tests {
         // A compressed transaction: GTID then one TRANSACTION_PAYLOAD event.
         let g = l.mysql_gtid(11, 1_000_000_400_000);
         assert!(t.feed(&g).unwrap().is_none());
-        let b = t.feed(&l.ev(types::TRANSACTION_PAYLOAD, &[1, 2, 3])).unwrap().unwrap();
+        let b = t
+            .feed(&l.ev(types::TRANSACTION_PAYLOAD, &[1, 2, 3]))
+            .unwrap()
+            .unwrap();
         assert_eq!(b.commit_time, TimestampMicros(1_000_000_400_000));
         assert_eq!(b.start_pos, g.start_pos());
         assert_eq!(ends[0].1.commit_time, TimestampMicros(1_000_000_123_456));

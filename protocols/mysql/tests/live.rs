@@ -62,14 +62,25 @@ fn run_txn(server: &MySqlServer, sql: &str) -> String {
     match server.flavor() {
         HFlavor::MariaDb => server.sql(&format!("{sql}; SELECT @@last_gtid")).unwrap(),
         HFlavor::MySql => {
-            let before: MysqlGtidSet = server.sql("SELECT @@global.gtid_executed").unwrap().parse().unwrap();
+            let before: MysqlGtidSet = server
+                .sql("SELECT @@global.gtid_executed")
+                .unwrap()
+                .parse()
+                .unwrap();
             server.sql(sql).unwrap();
-            let after: MysqlGtidSet = server.sql("SELECT @@global.gtid_executed").unwrap().parse().unwrap();
+            let after: MysqlGtidSet = server
+                .sql("SELECT @@global.gtid_executed")
+                .unwrap()
+                .parse()
+                .unwrap();
             // Exactly one new GTID: the uuid whose interval grew by one.
             let mut diff = None;
             for (uuid, ivs) in after.iter() {
                 for &(_, end) in ivs {
-                    let g = pitr_mysql::MysqlGtid { sid: *uuid, gno: end };
+                    let g = pitr_mysql::MysqlGtid {
+                        sid: *uuid,
+                        gno: end,
+                    };
                     if !before.contains(&g) {
                         diff = Some(g.to_string());
                     }
@@ -132,7 +143,10 @@ fn stream_rebuild_compare(flavor: HFlavor) {
         let before = now_micros();
         let gtid = run_txn(
             &server,
-            &format!("INSERT INTO shop.orders VALUES ({i}, 'row {i}'), ({}, 'x')", i + 100),
+            &format!(
+                "INSERT INTO shop.orders VALUES ({i}, 'row {i}'), ({}, 'x')",
+                i + 100
+            ),
         );
         let after = now_micros();
         inserts.push((gtid, before, after));
@@ -192,12 +206,17 @@ fn stream_rebuild_compare(flavor: HFlavor) {
     // Every event decodes; artificial ones are marked.
     let mut artificial_rotates = 0;
     for e in &events {
-        let d = e.decode().unwrap_or_else(|err| panic!("{err} at {}", e.next_pos));
+        let d = e
+            .decode()
+            .unwrap_or_else(|err| panic!("{err} at {}", e.next_pos));
         if matches!(d, EventData::Rotate { .. }) && e.artificial {
             artificial_rotates += 1;
         }
         if let EventData::Other(t) = d {
-            assert!(![2u8, 4, 15, 16, 33, 162].contains(&t), "known type {t} undecoded");
+            assert!(
+                ![2u8, 4, 15, 16, 33, 162].contains(&t),
+                "known type {t} undecoded"
+            );
         }
     }
     assert!(artificial_rotates >= 1);
@@ -206,8 +225,14 @@ fn stream_rebuild_compare(flavor: HFlavor) {
     let files = rebuild_files(&events).unwrap();
     let server_files = binlogs(&server);
     assert_eq!(
-        files.iter().map(|(f, _)| f.as_str().to_string()).collect::<Vec<_>>(),
-        server_files.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>()
+        files
+            .iter()
+            .map(|(f, _)| f.as_str().to_string())
+            .collect::<Vec<_>>(),
+        server_files
+            .iter()
+            .map(|(f, _)| f.clone())
+            .collect::<Vec<_>>()
     );
     assert!(files.len() >= 4, "three FLUSHes: {} files", files.len());
     let last = files.len() - 1;
@@ -233,7 +258,12 @@ fn stream_rebuild_compare(flavor: HFlavor) {
         let p = dir.join(name.as_str());
         std::fs::write(&p, bytes).unwrap();
         let out = std::process::Command::new(&tool).arg(&p).output().unwrap();
-        assert!(out.status.success(), "{}: {}", name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         tool_output.push_str(&String::from_utf8_lossy(&out.stdout));
     }
     for (gtid, _, _) in &inserts {
@@ -247,7 +277,11 @@ fn stream_rebuild_compare(flavor: HFlavor) {
     // Transaction boundaries: exactly the server's GTIDs, commit times inside the windows.
     let b = boundaries(&events);
     let seen: Vec<String> = b.iter().map(|b| b.gtid.unwrap().to_string()).collect();
-    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), seen.len(), "duplicates");
+    assert_eq!(
+        seen.iter().collect::<BTreeSet<_>>().len(),
+        seen.len(),
+        "duplicates"
+    );
     match flavor {
         HFlavor::MariaDb => {
             let last: String = server.sql("SELECT @@global.gtid_binlog_pos").unwrap();
@@ -262,17 +296,26 @@ fn stream_rebuild_compare(flavor: HFlavor) {
             assert_eq!(seen.last().unwrap(), &last);
         }
         HFlavor::MySql => {
-            let executed: MysqlGtidSet = server.sql("SELECT @@global.gtid_executed").unwrap().parse().unwrap();
+            let executed: MysqlGtidSet = server
+                .sql("SELECT @@global.gtid_executed")
+                .unwrap()
+                .parse()
+                .unwrap();
             let mut ours = MysqlGtidSet::new();
             for x in &b {
-                let Some(Gtid::MySql(g)) = x.gtid else { panic!() };
+                let Some(Gtid::MySql(g)) = x.gtid else {
+                    panic!()
+                };
                 ours.add(g);
             }
             assert_eq!(ours, executed);
         }
     }
     for (gtid, before, after) in &inserts {
-        let x = b.iter().find(|x| x.gtid.unwrap().to_string() == *gtid).unwrap();
+        let x = b
+            .iter()
+            .find(|x| x.gtid.unwrap().to_string() == *gtid)
+            .unwrap();
         let (lo, hi) = match flavor {
             // MariaDB records whole seconds.
             HFlavor::MariaDb => (before / 1_000_000 * 1_000_000, *after),
@@ -320,11 +363,17 @@ fn resume(flavor: HFlavor) {
     let server = MySqlServer::start(flavor).unwrap();
     setup_schema(&server);
     for i in 0..3 {
-        run_txn(&server, &format!("INSERT INTO shop.orders VALUES ({i}, 'a')"));
+        run_txn(
+            &server,
+            &format!("INSERT INTO shop.orders VALUES ({i}, 'a')"),
+        );
     }
     server.sql("FLUSH BINARY LOGS").unwrap();
     for i in 3..6 {
-        run_txn(&server, &format!("INSERT INTO shop.orders VALUES ({i}, 'b')"));
+        run_txn(
+            &server,
+            &format!("INSERT INTO shop.orders VALUES ({i}, 'b')"),
+        );
     }
     let end = end_of_log(&server);
     let all = gtids_from(&server, StartFrom::Beginning, &end);
@@ -333,9 +382,10 @@ fn resume(flavor: HFlavor) {
     // Stop after transaction k (in the first file) and after k2 (in the second).
     for k in [3usize, all.len() - 2] {
         let (start_gtid, start_pos) = rt().block_on(async {
-            let mut c = BinlogClient::connect_with(&server.url(), opts(&server), StartFrom::Beginning)
-                .await
-                .unwrap();
+            let mut c =
+                BinlogClient::connect_with(&server.url(), opts(&server), StartFrom::Beginning)
+                    .await
+                    .unwrap();
             let mut t = TxnTracker::new();
             let mut maria = MariaGtidPos::new();
             let mut mysql = MysqlGtidSet::new();
@@ -385,7 +435,11 @@ fn errors(flavor: HFlavor) {
 
     let url = server.url_as("pitr", "Wr0ngSecret");
     let e = rt
-        .block_on(BinlogClient::connect_with(&url, opts(&server), StartFrom::Beginning))
+        .block_on(BinlogClient::connect_with(
+            &url,
+            opts(&server),
+            StartFrom::Beginning,
+        ))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AccessDenied, "{e}");
     assert!(!e.is_transient());
@@ -394,7 +448,11 @@ fn errors(flavor: HFlavor) {
 
     let url = server.url_as("noreplic", "noreplpass");
     let e = rt
-        .block_on(BinlogClient::connect_with(&url, opts(&server), StartFrom::Beginning))
+        .block_on(BinlogClient::connect_with(
+            &url,
+            opts(&server),
+            StartFrom::Beginning,
+        ))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::MissingPrivilege, "{e}");
     assert!(e.to_string().contains("REPLICATION SLAVE"), "{e}");
@@ -406,24 +464,33 @@ fn errors(flavor: HFlavor) {
     run_txn(&server, "INSERT INTO shop.orders VALUES (2, 'a')");
     server.sql("FLUSH BINARY LOGS").unwrap();
     let keep = binlogs(&server).last().unwrap().0.clone();
-    server.sql(&format!("PURGE BINARY LOGS TO '{keep}'")).unwrap();
+    server
+        .sql(&format!("PURGE BINARY LOGS TO '{keep}'"))
+        .unwrap();
     assert_eq!(binlogs(&server).len(), 1);
 
     let at = StartFrom::Position(BinlogPos::new(first.clone(), 4));
     let e = rt
-        .block_on(BinlogClient::connect_with(&server.url(), opts(&server), at.clone()))
+        .block_on(BinlogClient::connect_with(
+            &server.url(),
+            opts(&server),
+            at.clone(),
+        ))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BinlogPurged, "{e}");
     assert_eq!(e.position(), Some(&at));
     assert!(e.to_string().contains(&first), "{e}");
 
     let gtid_start = match flavor {
-        HFlavor::MariaDb => StartFrom::MariaGtid(format!("0-{}-1", server.server_id()).parse().unwrap()),
+        HFlavor::MariaDb => {
+            StartFrom::MariaGtid(format!("0-{}-1", server.server_id()).parse().unwrap())
+        }
         HFlavor::MySql => StartFrom::MysqlGtid(MysqlGtidSet::new()),
     };
     let e = rt
         .block_on(async {
-            let mut c = BinlogClient::connect_with(&server.url(), opts(&server), gtid_start).await?;
+            let mut c =
+                BinlogClient::connect_with(&server.url(), opts(&server), gtid_start).await?;
             // The server reports the purge on the first read.
             loop {
                 if c.next_event().await?.is_none() {

@@ -1,0 +1,377 @@
+//! Takes a PostgreSQL base backup into the repository.
+//!
+//! Layout: `<source>/backups/<start lsn hex32>_<id>/` holds, per tar
+//! archive the server sends (`base.tar`, `<oid>.tar`) and for its
+//! `backup_manifest`, one zstd stream cut into parts of at most
+//! `part_size` compressed bytes (`base.tar.zst.000`, `.001`, ...), each
+//! written create-if-absent as soon as it is full, so memory stays bounded
+//! by one part. `manifest.json` is written last.
+//!
+//! A backup is only usable with the WAL from its start to its stop LSN. The
+//! backup succeeds once the catalog covers that range: a running
+//! `pitr archive` normally provides it; when coverage does not grow within
+//! `wal_wait`, this process archives the missing WAL itself (an archiver with
+//! `stop_at` = stop LSN).
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use chrono::Utc;
+use pitr_postgres::backup::{BackupEvent, BaseBackupOptions, BaseBackupStream};
+use pitr_postgres::conninfo::Config;
+use pitr_postgres::lsn::Lsn;
+use pitr_postgres::replication::ReplicationClient;
+use pitr_segment::{Engine, Epoch};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::catalog::Catalog;
+use crate::archive::identity::{ensure_identity, SourceIdentity};
+use crate::archive::keys::{BackupKey, SourceName};
+use crate::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
+use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
+use crate::storage::Repo;
+
+/// Settings of one backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub url: String,
+    pub name: Option<String>,
+    pub label: Option<String>,
+    /// Largest stored part (compressed bytes).
+    pub part_size: usize,
+    pub zstd_level: i32,
+    /// How long to wait for a running archiver to store the backup's WAL
+    /// before archiving it ourselves.
+    pub wal_wait: Duration,
+    /// Immediate checkpoint (else spread).
+    pub fast_checkpoint: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            url: String::new(),
+            name: None,
+            label: None,
+            part_size: 64 << 20,
+            zstd_level: 3,
+            wal_wait: Duration::from_secs(10),
+            fast_checkpoint: true,
+        }
+    }
+}
+
+/// Progress callback data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Uncompressed bytes received.
+    pub received: u64,
+    /// Estimated total (sum of the tablespace sizes), 0 if unknown.
+    pub total: u64,
+    /// Compressed bytes stored.
+    pub stored: u64,
+}
+
+/// Result of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub key: BackupKey,
+    pub manifest: BackupManifest,
+    /// True when this process archived the backup's WAL itself.
+    pub archived_wal_itself: bool,
+}
+
+/// One archive being compressed and stored.
+struct ArchiveWriter {
+    info: ArchiveInfo,
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    raw_sha: Sha256,
+}
+
+impl ArchiveWriter {
+    fn new(name: &str, tablespace_path: &str, level: i32) -> anyhow::Result<ArchiveWriter> {
+        let oid = name.strip_suffix(".tar").and_then(|s| s.parse().ok());
+        Ok(ArchiveWriter {
+            info: ArchiveInfo {
+                name: name.to_string(),
+                tablespace_oid: oid,
+                tablespace_path: tablespace_path.to_string(),
+                size: 0,
+                sha256: String::new(),
+                parts: Vec::new(),
+            },
+            encoder: zstd::stream::write::Encoder::new(Vec::new(), level)?,
+            raw_sha: Sha256::new(),
+        })
+    }
+}
+
+struct Store<'a> {
+    repo: &'a Repo,
+    key: &'a BackupKey,
+    part_size: usize,
+    stored: u64,
+}
+
+impl Store<'_> {
+    async fn put_part(&mut self, info: &mut ArchiveInfo, data: Vec<u8>) -> anyhow::Result<()> {
+        let name = format!("{}.zst.{:03}", info.name, info.parts.len());
+        let key = self
+            .key
+            .part_key(&name)
+            .map_err(|e| anyhow!("archive name {:?} from the server: {e}", info.name))?;
+        let sha = hex::encode(Sha256::digest(&data));
+        let size = data.len() as u64;
+        self.repo
+            .put_if_absent(&key, Bytes::from(data))
+            .await
+            .map_err(|e| anyhow!("storing backup part: {e}"))?;
+        self.stored += size;
+        info.parts.push(PartInfo {
+            key: name,
+            size,
+            sha256: sha,
+        });
+        Ok(())
+    }
+
+    async fn write(&mut self, w: &mut ArchiveWriter, data: &[u8]) -> anyhow::Result<()> {
+        w.raw_sha.update(data);
+        w.info.size += data.len() as u64;
+        w.encoder.write_all(data)?;
+        if w.encoder.get_ref().len() >= self.part_size {
+            let full = std::mem::take(w.encoder.get_mut());
+            self.put_part(&mut w.info, full).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, w: ArchiveWriter) -> anyhow::Result<ArchiveInfo> {
+        let ArchiveWriter {
+            mut info,
+            encoder,
+            raw_sha,
+        } = w;
+        let rest = encoder.finish()?;
+        self.put_part(&mut info, rest).await?;
+        info.sha256 = hex::encode(raw_sha.finalize());
+        Ok(info)
+    }
+}
+
+/// Takes a base backup of `opts.url` into `repo`.
+pub async fn take_backup(
+    opts: &BackupOptions,
+    repo: &Repo,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<BackupReport> {
+    let cfg = Config::parse(&opts.url).map_err(|e| anyhow!("{e}"))?;
+    let mut client = ReplicationClient::connect(&cfg).await?;
+    let ident = client.identify_system().await?;
+    let server_version = client
+        .connection()
+        .parameter("server_version")
+        .unwrap_or("unknown")
+        .to_string();
+    let _ = client.close().await;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => format!("pg-{}", ident.systemid),
+    };
+    let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
+    ensure_identity(
+        repo,
+        &SourceIdentity::new(&name, Engine::Postgres, &ident.systemid),
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+
+    let start_time = Utc::now();
+    let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
+    let label = opts.label.clone().unwrap_or_else(|| format!("pitr {id}"));
+    let bb_opts = BaseBackupOptions {
+        label: label.clone(),
+        fast_checkpoint: opts.fast_checkpoint,
+        ..Default::default()
+    };
+    let mut stream = BaseBackupStream::start_backup(&cfg, &bb_opts).await?;
+    let start = stream.start().clone();
+    let key =
+        BackupKey::new(source.clone(), start.lsn.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(
+        "base backup started at {} on timeline {} into {}",
+        start.lsn,
+        start.timeline.0,
+        key.dir()
+    );
+    let total: u64 = start.tablespaces.iter().filter_map(|t| t.size).sum();
+    let mut store = Store {
+        repo,
+        key: &key,
+        part_size: opts.part_size.max(1),
+        stored: 0,
+    };
+    let mut archives = Vec::new();
+    let mut manifest_archive = None;
+    let mut current: Option<ArchiveWriter> = None;
+    let mut in_manifest = false;
+    let mut received = 0u64;
+    let mut done_before = 0u64;
+    while let Some(ev) = stream.next().await? {
+        match ev {
+            BackupEvent::Archive {
+                name,
+                tablespace_path,
+            } => {
+                if let Some(w) = current.take() {
+                    done_before += w.info.size;
+                    archives.push(store.finish(w).await?);
+                }
+                current = Some(ArchiveWriter::new(
+                    &name,
+                    &tablespace_path,
+                    opts.zstd_level,
+                )?);
+            }
+            BackupEvent::Manifest => {
+                if let Some(w) = current.take() {
+                    done_before += w.info.size;
+                    archives.push(store.finish(w).await?);
+                }
+                in_manifest = true;
+                current = Some(ArchiveWriter::new("backup_manifest", "", opts.zstd_level)?);
+            }
+            BackupEvent::Data(d) => {
+                let w = current.as_mut().ok_or_else(|| {
+                    anyhow!("the server sent backup data before naming an archive")
+                })?;
+                store.write(w, &d).await?;
+                received = done_before + w.info.size;
+                on_progress(Progress {
+                    received,
+                    total,
+                    stored: store.stored,
+                });
+            }
+            BackupEvent::Progress(_) => {}
+        }
+    }
+    if let Some(w) = current.take() {
+        let info = store.finish(w).await?;
+        if in_manifest {
+            manifest_archive = Some(info);
+        } else {
+            archives.push(info);
+        }
+    }
+    let end = stream.finish().await?;
+    let stop_time = Utc::now();
+    tracing::info!(
+        "base backup data stored ({received} bytes, {} stored); stop position {}",
+        store.stored,
+        end.lsn
+    );
+    if archives.is_empty() {
+        return Err(anyhow!("the server sent no archive in the base backup"));
+    }
+
+    let archived_wal_itself = ensure_wal(opts, repo, &source, start.lsn, end).await?;
+
+    let manifest = BackupManifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        id,
+        label,
+        engine: "postgres".into(),
+        system_id: ident.systemid.clone(),
+        server_version,
+        timeline: end.timeline.0,
+        start_lsn: start.lsn,
+        stop_lsn: end.lsn,
+        start_time,
+        stop_time,
+        archives,
+        backup_manifest: manifest_archive,
+    };
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    repo.put_if_absent(&key.to_key(), Bytes::from(json))
+        .await
+        .map_err(|e| anyhow!("storing {}: {e}", key.to_key()))?;
+    Ok(BackupReport {
+        key,
+        manifest,
+        archived_wal_itself,
+    })
+}
+
+/// True when `[start, end)` of the timeline is covered by archived segments.
+async fn covered(
+    repo: &Repo,
+    source: &SourceName,
+    epoch: Epoch,
+    start: Lsn,
+    end: Lsn,
+) -> anyhow::Result<(bool, Option<u64>)> {
+    let catalog = Catalog::load(repo, source)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let ok = catalog
+        .segments_covering(epoch, start.to_log_pos(), end.to_log_pos())
+        .is_ok();
+    Ok((ok, catalog.tail(epoch).map(|p| p.lo)))
+}
+
+/// Waits for (or archives) the WAL `[start, end.lsn)`; true = archived by us.
+async fn ensure_wal(
+    opts: &BackupOptions,
+    repo: &Repo,
+    source: &SourceName,
+    start: Lsn,
+    end: pitr_postgres::backup::BackupEnd,
+) -> anyhow::Result<bool> {
+    let epoch = Epoch(u64::from(end.timeline.0));
+    let (mut ok, mut tail) = covered(repo, source, epoch, start, end.lsn).await?;
+    let mut last_growth = Instant::now();
+    while !ok && last_growth.elapsed() < opts.wal_wait {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (now_ok, now_tail) = covered(repo, source, epoch, start, end.lsn).await?;
+        if now_tail > tail {
+            last_growth = Instant::now();
+        }
+        (ok, tail) = (now_ok, now_tail);
+    }
+    if ok {
+        return Ok(false);
+    }
+    tracing::info!(
+        "no archiver stored WAL up to {} within {:?}: archiving it now",
+        end.lsn,
+        opts.wal_wait
+    );
+    let aopts = PgArchiveOptions {
+        url: opts.url.clone(),
+        name: Some(source.as_str().to_string()),
+        stop_at: Some(end.lsn),
+        ..Default::default()
+    };
+    archive(
+        aopts,
+        repo.clone(),
+        CancellationToken::new(),
+        Arc::new(ArchiveProgress::default()),
+    )
+    .await
+    .context("archiving the WAL of the backup")?;
+    let (ok, _) = covered(repo, source, epoch, start, end.lsn).await?;
+    if !ok {
+        return Err(anyhow!(
+            "the WAL from {start} to {} (timeline {}) is still not in the repository; the backup is unusable without it (is there a recorded gap?)",
+            end.lsn,
+            end.timeline.0
+        ));
+    }
+    Ok(true)
+}
