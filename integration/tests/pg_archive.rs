@@ -1,4 +1,5 @@
 //! `pitr archive` / `pitr wal-fetch` for PostgreSQL against real servers.
+#![allow(clippy::unwrap_used)]
 //!
 //! Oracles: `pg_receivewal` streaming the same server side by side (every
 //! completed WAL file must be byte-identical), the server's own `pg_wal`
@@ -52,7 +53,10 @@ impl Archiver {
         signal(self.child.id(), libc::SIGTERM);
         let status = wait_child(&mut self.child, Duration::from_secs(30));
         let log = self.log();
-        assert!(status.success(), "pitr archive exited with {status:?} after SIGTERM:\n{log}");
+        assert!(
+            status.success(),
+            "pitr archive exited with {status:?} after SIGTERM:\n{log}"
+        );
         log
     }
 
@@ -74,7 +78,11 @@ impl Drop for Archiver {
 
 fn rand_suffix() -> String {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 #[allow(unsafe_code)]
@@ -148,7 +156,13 @@ fn start_receivewal(pg: &PgServer, dir: &Path) -> Child {
 
 /// Every completed file of pg_receivewal must come back byte-identical from
 /// `pitr wal-fetch`, and pg_waldump must read it. Returns how many were compared.
-fn compare_with_receivewal(pg: &PgServer, repo: &Path, name: &str, rw_dir: &Path, scratch: &Path) -> usize {
+fn compare_with_receivewal(
+    pg: &PgServer,
+    repo: &Path,
+    name: &str,
+    rw_dir: &Path,
+    scratch: &Path,
+) -> usize {
     let files = complete_wal_files(rw_dir);
     let mut compared = 0;
     for f in &files {
@@ -177,7 +191,9 @@ fn compare_with_receivewal(pg: &PgServer, repo: &Path, name: &str, rw_dir: &Path
         // as "invalid record length" at the very end; accept only that).
         let err = String::from_utf8_lossy(&dump.stderr);
         assert!(
-            dump.status.success() || err.contains("invalid record length") || err.contains("contrecord"),
+            dump.status.success()
+                || err.contains("invalid record length")
+                || err.contains("contrecord"),
             "pg_waldump rejected {f}: {err}"
         );
         compared += 1;
@@ -208,7 +224,11 @@ fn segments(repo: &Path, name: &str, epoch: u64) -> Vec<(u128, u128)> {
 fn assert_contiguous(segs: &[(u128, u128)]) {
     assert!(!segs.is_empty(), "no segments stored");
     for w in segs.windows(2) {
-        assert_eq!(w[0].1, w[1].0, "segments overlap or leave a hole: {:?} then {:?}", w[0], w[1]);
+        assert_eq!(
+            w[0].1, w[1].0,
+            "segments overlap or leave a hole: {:?} then {:?}",
+            w[0], w[1]
+        );
     }
 }
 
@@ -216,36 +236,51 @@ fn byte_identical_with_pg_receivewal(v: PgVersion) {
     require!(pg::available(v));
     let pg = PgServer::start(v).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let (repo, rw_dir, scratch) = (tmp.path().join("repo"), tmp.path().join("rw"), tmp.path().join("scratch"));
+    let (repo, rw_dir, scratch) = (
+        tmp.path().join("repo"),
+        tmp.path().join("rw"),
+        tmp.path().join("scratch"),
+    );
     fs::create_dir_all(&rw_dir).unwrap();
     fs::create_dir_all(&scratch).unwrap();
     let mut rw = start_receivewal(&pg, &rw_dir);
     let archiver = Archiver::start(&pg.url(), &repo, "main", tmp.path());
     // Let both connect before WAL flows.
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
-        pg.psql("SELECT count(*) FROM pg_replication_slots").unwrap() == "1"
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap()
+            == "1"
     });
     workload(&pg, 4);
-    wait_for("pg_receivewal to complete 3 files", Duration::from_secs(60), || {
-        complete_wal_files(&rw_dir).len() >= 3
-    });
+    wait_for(
+        "pg_receivewal to complete 3 files",
+        Duration::from_secs(60),
+        || complete_wal_files(&rw_dir).len() >= 3,
+    );
     let log = {
         // pitr's durable position must reach the server's current switch point.
         let target = pg.psql("SELECT pg_current_wal_lsn()").unwrap();
-        wait_for("pitr to confirm the WAL as flushed", Duration::from_secs(30), || {
-            pg.psql(&format!(
+        wait_for(
+            "pitr to confirm the WAL as flushed",
+            Duration::from_secs(30),
+            || {
+                pg.psql(&format!(
                 "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}' OR restart_lsn >= '{target}'), false) \
                  FROM pg_replication_slots WHERE slot_name LIKE 'pitr%'"
             ))
             .unwrap()
                 == "t"
-        });
+            },
+        );
         archiver.terminate()
     };
     let _ = rw.kill();
     let _ = rw.wait();
     let compared = compare_with_receivewal(&pg, &repo, "main", &rw_dir, &scratch);
-    assert!(compared >= 3, "only {compared} WAL files compared; pitr log:\n{log}");
+    assert!(
+        compared >= 3,
+        "only {compared} WAL files compared; pitr log:\n{log}"
+    );
     assert_contiguous(&segments(&repo, "main", 1));
 }
 
@@ -264,15 +299,22 @@ fn sigkill_and_restart_lose_nothing_and_store_nothing_twice() {
     require!(pg::available(PgVersion::V15));
     let pg = PgServer::start(PgVersion::V15).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let (repo, rw_dir, scratch) = (tmp.path().join("repo"), tmp.path().join("rw"), tmp.path().join("scratch"));
+    let (repo, rw_dir, scratch) = (
+        tmp.path().join("repo"),
+        tmp.path().join("rw"),
+        tmp.path().join("scratch"),
+    );
     fs::create_dir_all(&rw_dir).unwrap();
     fs::create_dir_all(&scratch).unwrap();
     let mut rw = start_receivewal(&pg, &rw_dir);
     let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
-        pg.psql("SELECT count(*) FROM pg_replication_slots").unwrap() == "1"
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap()
+            == "1"
     });
-    pg.psql("CREATE TABLE ledger (id bigserial primary key, amount int, note text)").unwrap();
+    pg.psql("CREATE TABLE ledger (id bigserial primary key, amount int, note text)")
+        .unwrap();
     // Kill it in the middle of a stream of writes.
     pg.psql("INSERT INTO ledger (amount, note) SELECT g, repeat('y', 300) FROM generate_series(1, 20000) g")
         .unwrap();
@@ -286,17 +328,23 @@ fn sigkill_and_restart_lose_nothing_and_store_nothing_twice() {
     std::thread::sleep(Duration::from_millis(700));
     pg.restart().unwrap();
     workload(&pg, 3);
-    wait_for("pg_receivewal to complete 4 files", Duration::from_secs(60), || {
-        complete_wal_files(&rw_dir).len() >= 4
-    });
+    wait_for(
+        "pg_receivewal to complete 4 files",
+        Duration::from_secs(60),
+        || complete_wal_files(&rw_dir).len() >= 4,
+    );
     let target = pg.psql("SELECT pg_current_wal_lsn()").unwrap();
-    wait_for("pitr to confirm the WAL as flushed", Duration::from_secs(60), || {
-        pg.psql(&format!(
+    wait_for(
+        "pitr to confirm the WAL as flushed",
+        Duration::from_secs(60),
+        || {
+            pg.psql(&format!(
             "SELECT coalesce(bool_or(restart_lsn >= '{target}'), false) FROM pg_replication_slots WHERE slot_name LIKE 'pitr%'"
         ))
         .unwrap()
             == "t"
-    });
+        },
+    );
     let log = b.terminate();
     let _ = rw.kill();
     let _ = rw.wait();
@@ -315,26 +363,45 @@ fn promoted_standby_new_timeline_and_history_are_archived() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let a = Archiver::start(&standby.url(), &repo, "main", tmp.path());
-    wait_for("pitr to create its slot on the standby", Duration::from_secs(20), || {
-        standby.psql("SELECT count(*) FROM pg_replication_slots").unwrap() == "1"
-    });
-    primary.psql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal();").unwrap();
+    wait_for(
+        "pitr to create its slot on the standby",
+        Duration::from_secs(20),
+        || {
+            standby
+                .psql("SELECT count(*) FROM pg_replication_slots")
+                .unwrap()
+                == "1"
+        },
+    );
+    primary
+        .psql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal();")
+        .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     standby.promote().unwrap();
-    standby.psql("INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
-    let file2 = standby.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").unwrap();
+    standby
+        .psql("INSERT INTO t SELECT generate_series(1, 1000)")
+        .unwrap();
+    let file2 = standby
+        .psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .unwrap();
     standby.psql("SELECT pg_switch_wal()").unwrap();
     standby.psql("INSERT INTO t VALUES (1)").unwrap();
     assert!(file2.starts_with("00000002"), "{file2}");
     let scratch = tmp.path().join(&file2);
-    wait_for("the timeline-2 WAL file to be archived", Duration::from_secs(60), || {
-        wal_fetch(&repo, "main", &file2, &scratch).status.success()
-    });
+    wait_for(
+        "the timeline-2 WAL file to be archived",
+        Duration::from_secs(60),
+        || wal_fetch(&repo, "main", &file2, &scratch).status.success(),
+    );
     let log = a.terminate();
     // The history file is archived and equals the server's.
     let hist = tmp.path().join("00000002.history");
     let out = wal_fetch(&repo, "main", "00000002.history", &hist);
-    assert!(out.status.success(), "history not archived: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "history not archived: {}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         fs::read(&hist).unwrap(),
         fs::read(standby.data_dir().join("pg_wal/00000002.history")).unwrap()
@@ -364,26 +431,38 @@ fn slot_dropped_behind_pitrs_back_records_a_gap() {
     let repo = tmp.path().join("repo");
     let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
-        pg.psql("SELECT count(*) FROM pg_replication_slots").unwrap() == "1"
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap()
+            == "1"
     });
-    pg.psql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
+    pg.psql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+        .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     a.terminate();
-    let slot = pg.psql("SELECT slot_name FROM pg_replication_slots").unwrap();
-    pg.psql(&format!("SELECT pg_drop_replication_slot('{slot}')")).unwrap();
+    let slot = pg
+        .psql("SELECT slot_name FROM pg_replication_slots")
+        .unwrap();
+    pg.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        .unwrap();
     for _ in 0..8 {
-        pg.psql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal();").unwrap();
+        pg.psql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal();")
+            .unwrap();
     }
     pg.psql("CHECKPOINT").unwrap();
     pg.psql("CHECKPOINT").unwrap();
     let b = Archiver::start(&pg.url(), &repo, "main", tmp.path());
     let gaps = repo.join("main").join(format!("{:016x}", 1)).join("gaps");
     wait_for("a gap record", Duration::from_secs(30), || {
-        fs::read_dir(&gaps).map(|mut d| d.next().is_some()).unwrap_or(false)
+        fs::read_dir(&gaps)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
     });
     pg.psql("INSERT INTO t VALUES (1)").unwrap();
     let log = b.terminate();
-    assert!(log.contains("GAP"), "the gap was not reported loudly:\n{log}");
+    assert!(
+        log.contains("GAP"),
+        "the gap was not reported loudly:\n{log}"
+    );
 }
 
 fn archive_error(url: &str) -> (Option<i32>, String) {
@@ -398,12 +477,20 @@ fn archive_error(url: &str) -> (Option<i32>, String) {
     let status = wait_child(&mut child, Duration::from_secs(30));
     let mut err = String::new();
     use std::io::Read as _;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     // Nothing may be left behind in the repository.
     let leftovers = fs::read_dir(tmp.path().join("repo"))
         .map(|d| d.count())
         .unwrap_or(0);
-    assert_eq!(leftovers, 0, "a failed archive left objects in the repository");
+    assert_eq!(
+        leftovers, 0,
+        "a failed archive left objects in the repository"
+    );
     (status.code(), err)
 }
 
@@ -415,7 +502,10 @@ fn bad_credentials_privileges_and_hosts_fail_with_one_clear_sentence() {
     let (code, err) = archive_error(&pg.url_as("replicator", "wrong"));
     assert_ne!(code, Some(0));
     assert!(err.contains("password authentication failed"), "{err}");
-    assert!(!err.contains("wrong"), "the password leaked into the message: {err}");
+    assert!(
+        !err.contains("wrong"),
+        "the password leaked into the message: {err}"
+    );
 
     let (code, err) = archive_error(&pg.url_as("plainuser", "plainpass"));
     assert_ne!(code, Some(0));
@@ -425,7 +515,9 @@ fn bad_credentials_privileges_and_hosts_fail_with_one_clear_sentence() {
     let (code, err) = archive_error(&format!("postgres://postgres@127.0.0.1:{port}/postgres"));
     assert_ne!(code, Some(0));
     assert!(err.contains(&port.to_string()), "{err}");
-    for e in [&err] {
-        assert!(e.lines().filter(|l| l.starts_with("error")).count() == 1, "{e}");
-    }
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
 }

@@ -60,7 +60,15 @@ impl SegmentSink for RepoSink {
             let (end, first, last, records) =
                 (seg.end, seg.first_commit, seg.last_commit, seg.records);
             let object = tokio::task::spawn_blocking(move || {
-                encode(header, &raw, end, first, last, records, WriterOptions::default())
+                encode(
+                    header,
+                    &raw,
+                    end,
+                    first,
+                    last,
+                    records,
+                    WriterOptions::default(),
+                )
             })
             .await
             .map_err(|e| SinkError::definite(format!("encoding segment {key} failed: {e}")))?

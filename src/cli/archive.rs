@@ -47,7 +47,9 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
             ))
         }
         Some(UrlKind::MongoDb) => {
-            return Err(anyhow!("archiving MongoDB is not available in this version of pitr"))
+            return Err(anyhow!(
+                "archiving MongoDB is not available in this version of pitr"
+            ))
         }
         None => {
             return Err(anyhow!(

@@ -74,7 +74,9 @@ pub async fn fetch_wal_file(
     } else {
         let seg = opts.wal_segment_size;
         let (tli, start) = parse_wal_file_name(file_name, seg).ok_or_else(|| {
-            anyhow!("{file_name:?} is not a WAL file name (expected 24 hex digits or TTTTTTTT.history)")
+            anyhow!(
+                "{file_name:?} is not a WAL file name (expected 24 hex digits or TTTTTTTT.history)"
+            )
         })?;
         match rebuild(repo, source, Epoch(u64::from(tli.0)), start, seg, opts).await? {
             Some(b) => b,
@@ -85,8 +87,7 @@ pub async fn fetch_wal_file(
             }
         }
     };
-    write_atomically(dest, &bytes)
-        .with_context(|| format!("writing {}", dest.display()))?;
+    write_atomically(dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
     Ok(FetchOutcome::Written {
         bytes: bytes.len() as u64,
     })

@@ -43,7 +43,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::gaps::{write_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
-use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions, UploadStats};
+use crate::archive::pipeline::{Durable, SealedSegment, UploadStats, Uploader, UploaderOptions};
 use crate::archive::sink::RepoSink;
 use crate::source::pg_index::{Commit, CommitIndexer};
 use crate::storage::Repo;
@@ -179,7 +179,9 @@ impl Archiver {
                         // The uploader failed definitely; surface its error.
                         return Err(e);
                     }
-                    tracing::warn!("replication connection lost, reconnecting in {backoff:?}: {e:#}");
+                    tracing::warn!(
+                        "replication connection lost, reconnecting in {backoff:?}: {e:#}"
+                    );
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
@@ -298,10 +300,14 @@ impl Archiver {
             Err(e) => return Err(e.into()),
         };
         self.connected_once = true;
-        self.progress.timeline.store(u64::from(tli.0), Ordering::Relaxed);
+        self.progress
+            .timeline
+            .store(u64::from(tli.0), Ordering::Relaxed);
         tracing::info!(
-            timeline = tli.0, "streaming WAL from {} (archiving from {})",
-            stream_from, resume
+            timeline = tli.0,
+            "streaming WAL from {} (archiving from {})",
+            stream_from,
+            resume
         );
         match self.stream(cancel, stream, tli, stream_from, resume).await {
             Err(e) => match e.downcast::<PgError>() {
@@ -325,8 +331,8 @@ impl Archiver {
             return Ok(());
         };
         let (file, content) = client.timeline_history(tli).await?;
-        let key = HistoryKey::new(source, Epoch(u64::from(tli.0)), &file)
-            .map_err(|e| anyhow!("{e}"))?;
+        let key =
+            HistoryKey::new(source, Epoch(u64::from(tli.0)), &file).map_err(|e| anyhow!("{e}"))?;
         self.repo
             .put_if_absent(&key.to_key(), content)
             .await
@@ -345,7 +351,10 @@ impl Archiver {
         let mut client = ReplicationClient::connect(&self.cfg).await?;
         // The slot may be gone too: drop and recreate it so it reserves what exists now.
         let restart = match client.read_replication_slot(&self.slot).await? {
-            Some(s) if s.restart_lsn.is_some_and(|r| r.segment_start(self.seg_size) > from) => {
+            Some(s)
+                if s.restart_lsn
+                    .is_some_and(|r| r.segment_start(self.seg_size) > from) =>
+            {
                 s.restart_lsn
             }
             other => {
@@ -360,7 +369,12 @@ impl Archiver {
             }
         };
         let restart = restart
-            .ok_or_else(|| anyhow!("slot {} has no restart position after re-creation", self.slot))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "slot {} has no restart position after re-creation",
+                    self.slot
+                )
+            })?
             .segment_start(self.seg_size);
         if restart <= from {
             return Err(anyhow!(
@@ -500,7 +514,9 @@ impl Archiver {
             Some(d) if d.epoch == epoch => {
                 self.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
                 if let Some(t) = d.last_commit {
-                    self.progress.last_commit_micros.store(t.0, Ordering::Relaxed);
+                    self.progress
+                        .last_commit_micros
+                        .store(t.0, Ordering::Relaxed);
                 }
                 Lsn(d.pos.lo)
             }
@@ -528,12 +544,19 @@ impl Archiver {
             }
             let file_end = pos.segment_start(self.seg_size).0 + self.seg_size;
             let room_file = (file_end - pos.0) as usize;
-            let room_size = self.opts.max_segment_bytes.saturating_sub(buf.data.len()).max(1);
+            let room_size = self
+                .opts
+                .max_segment_bytes
+                .saturating_sub(buf.data.len())
+                .max(1);
             let take = data.len().min(room_file).min(room_size);
             let chunk = data.split_to(take);
             buf.push(&chunk);
             let piece_end = Lsn(pos.0 + take as u64);
-            for c in commits.iter().filter(|c| c.end_lsn > pos && c.end_lsn <= piece_end) {
+            for c in commits
+                .iter()
+                .filter(|c| c.end_lsn > pos && c.end_lsn <= piece_end)
+            {
                 buf.note_commit(c.end_lsn, c.time);
             }
             pos = piece_end;
@@ -695,7 +718,10 @@ mod tests {
         b.note_commit(Lsn(102), TimestampMicros(9));
         b.note_commit(Lsn(103), TimestampMicros(7));
         let s = b.take(Lsn(103));
-        assert_eq!((s.first_commit, s.last_commit, s.records), (Some(TimestampMicros(7)), Some(TimestampMicros(9)), 2));
+        assert_eq!(
+            (s.first_commit, s.last_commit, s.records),
+            (Some(TimestampMicros(7)), Some(TimestampMicros(9)), 2)
+        );
         assert_eq!(s.start, LogPos::from_lsn(100));
         assert_eq!(b.start, Lsn(103));
     }

@@ -26,6 +26,8 @@ use tokio::net::TcpStream;
 use crate::error::{ErrorKind, MysqlError, Result};
 
 const MAX_PAYLOAD: usize = 0xff_ffff;
+/// Largest logical packet accepted (the servers' max_allowed_packet limit).
+const MAX_PACKET: usize = 1 << 30;
 
 // Capability flags.
 const CLIENT_LONG_PASSWORD: u32 = 0x1;
@@ -446,6 +448,12 @@ impl Conn {
             let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
             self.seq = head[3].wrapping_add(1);
             let start = payload.len();
+            if start + len > MAX_PACKET {
+                return Err(MysqlError::new(
+                    ErrorKind::Protocol,
+                    "the server sent a packet larger than 1 GiB; check that the URL points at a MySQL or MariaDB server",
+                ));
+            }
             payload.resize(start + len, 0);
             self.stream
                 .read_exact(&mut payload[start..])

@@ -3,6 +3,9 @@
 //! GTID and file-position resume, rotations, commit times, and error kinds.
 //! A flavour that is not installed is skipped (recorded by `require!`).
 
+// Test helpers outside #[test] fns: panicking on failure is the point.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -176,7 +176,8 @@ fn check_crc(part: Part, covered: &[u8], stored: u32, base: u64) -> Result<()> {
     if computed != stored {
         return Err(SegmentError::ChecksumMismatch {
             part,
-            range: range(base, 0, covered.len()),
+            // the checked bytes and the stored checksum right after them
+            range: range(base, 0, covered.len() + 4),
             stored,
             computed,
         });

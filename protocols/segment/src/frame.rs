@@ -70,7 +70,7 @@ impl FrameHeader {
         if stored != computed {
             return Err(SegmentError::ChecksumMismatch {
                 part,
-                range: at(0, 28),
+                range: at(0, FRAME_HEADER_LEN as u64),
                 stored,
                 computed,
             });
@@ -291,7 +291,7 @@ mod tests {
         match err {
             SegmentError::ChecksumMismatch { part, range, .. } => {
                 assert_eq!(part, Part::Frame(4));
-                assert_eq!(range, ByteRange::new(1000, 1028));
+                assert_eq!(range, ByteRange::new(1000, 1032));
             }
             other => panic!("unexpected {other}"),
         }

@@ -48,7 +48,7 @@ proptest! {
         frame_size in prop_oneof![1usize..64, 64usize..20_000],
         write_chunks in proptest::collection::vec(1usize..9000, 1..8),
         read_max in 1usize..70_000,
-        interrupt_every in 0usize..7,
+        interrupt_every in prop_oneof![Just(0usize), 2usize..7],
         first in proptest::option::of(any::<i64>()),
         last in proptest::option::of(any::<i64>()),
         record_count in any::<u64>(),
