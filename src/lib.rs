@@ -4,6 +4,8 @@
 pub mod archive;
 pub mod backup;
 pub mod cli;
+pub mod config;
+pub mod monitor;
 pub mod restore;
 pub mod source;
 pub mod storage;

@@ -5,7 +5,12 @@
 //! or configuration errors; 3 any other error.
 
 pub mod archive;
+pub mod backup;
 pub mod common;
+pub mod run;
+pub mod restore;
+pub mod status;
+pub mod verify;
 pub mod wal_fetch;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +36,19 @@ pub enum Command {
     /// Write one archived PostgreSQL WAL file (or .history file) to a path;
     /// made for `restore_command`. Exit status 1 when it is not archived.
     WalFetch(wal_fetch::WalFetchArgs),
+    /// Recoverable window, base backups, gaps and lag of each source.
+    /// Exit status 1 when a gap splits the window or the lag is too high.
+    Status(status::StatusArgs),
+    /// Re-read and check every object of the repository (checksums,
+    /// continuity, backup parts). Exit status 1 on any problem.
+    Verify(verify::VerifyArgs),
+    /// Run the sidecar from a config file: every source's archiver,
+    /// scheduled base backups, /metrics and /healthz.
+    Run(run::RunArgs),
+    /// Take a PostgreSQL base backup into the repository.
+    Backup(backup::BackupArgs),
+    /// Restore a PostgreSQL cluster to a point in time.
+    Restore(restore::RestoreArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -39,5 +57,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Archive(a) => archive::run(a).await,
         Command::WalFetch(a) => wal_fetch::run(a).await,
+        Command::Backup(a) => backup::run(a).await,
+        Command::Restore(a) => restore::run(a).await,
+        Command::Status(a) => status::run(a).await,
+        Command::Verify(a) => verify::run(a).await,
+        Command::Run(a) => run::run(a).await,
     }
 }

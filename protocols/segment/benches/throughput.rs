@@ -13,8 +13,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use pitr_segment::{
-    decode, Codec, Engine, LogPos, SegmentReader, SegmentWriter, WriterOptions,
-    DEFAULT_FRAME_SIZE,
+    decode, Codec, Engine, LogPos, SegmentReader, SegmentWriter, WriterOptions, DEFAULT_FRAME_SIZE,
 };
 
 fn best<T>(iters: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
@@ -52,7 +51,10 @@ fn main() {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(64);
-            (common::wal_like(mb << 20, 42), format!("generated WAL-like, {mb} MiB"))
+            (
+                common::wal_like(mb << 20, 42),
+                format!("generated WAL-like, {mb} MiB"),
+            )
         }
     };
     let n = input.len();
@@ -151,12 +153,42 @@ fn main() {
             len.map_or(String::from("-"), |l| format!("{:.2}", ratio(l)))
         );
     };
-    row("compress: zstd::bulk L1, 1 MiB blocks", t_bulk_c, t_bulk_c, Some(bulk_len));
-    row("compress: zstd::stream L1", t_stream_c, t_bulk_c, Some(stream_out.len()));
-    row("compress: SegmentWriter", t_seg_w, t_bulk_c, Some(seg.len()));
-    row("decompress: zstd::bulk, 1 MiB blocks", t_bulk_d, t_bulk_d, None);
+    row(
+        "compress: zstd::bulk L1, 1 MiB blocks",
+        t_bulk_c,
+        t_bulk_c,
+        Some(bulk_len),
+    );
+    row(
+        "compress: zstd::stream L1",
+        t_stream_c,
+        t_bulk_c,
+        Some(stream_out.len()),
+    );
+    row(
+        "compress: SegmentWriter",
+        t_seg_w,
+        t_bulk_c,
+        Some(seg.len()),
+    );
+    row(
+        "decompress: zstd::bulk, 1 MiB blocks",
+        t_bulk_d,
+        t_bulk_d,
+        None,
+    );
     row("decompress: zstd::stream", t_stream_d, t_bulk_d, None);
-    row("decompress: SegmentReader (io::Read, 64 KiB buf)", t_seg_r, t_bulk_d, None);
-    row("decompress: SegmentReader::next_chunk", t_seg_chunks, t_bulk_d, None);
+    row(
+        "decompress: SegmentReader (io::Read, 64 KiB buf)",
+        t_seg_r,
+        t_bulk_d,
+        None,
+    );
+    row(
+        "decompress: SegmentReader::next_chunk",
+        t_seg_chunks,
+        t_bulk_d,
+        None,
+    );
     row("decompress: decode() into Vec", t_decode, t_bulk_d, None);
 }

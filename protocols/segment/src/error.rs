@@ -106,7 +106,9 @@ pub enum SegmentError {
         what: String,
     },
     /// A CRC-32C over `range` does not match the stored value.
-    #[error("{part}: checksum mismatch over {range}: stored {stored:08x}, computed {computed:08x}")]
+    #[error(
+        "{part}: checksum mismatch over {range}: stored {stored:08x}, computed {computed:08x}"
+    )]
     ChecksumMismatch {
         part: Part,
         range: ByteRange,
@@ -254,7 +256,10 @@ mod tests {
         assert_eq!(c.part(), Some(Part::Frame(2)));
         assert_eq!(c.range(), Some(ByteRange::new(10, 20)));
         let msg = c.to_string();
-        assert!(msg.contains("frame 2") && msg.contains("bytes 10..20"), "{msg}");
+        assert!(
+            msg.contains("frame 2") && msg.contains("bytes 10..20"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -448,8 +448,13 @@ pub(crate) fn parse_footer(b: &[u8], base: u64) -> Result<SegmentFooter> {
 /// the possible header sizes, ending at `footer_offset`) and in the payload
 /// (raw offsets from 0), with lengths within bounds.
 fn check_frame_index(frames: &[FrameInfo], footer_offset: u64) -> Result<()> {
-    let entry_range =
-        |i: usize| range(footer_offset, FOOTER_FIXED_LEN + i * FRAME_ENTRY_LEN, FRAME_ENTRY_LEN);
+    let entry_range = |i: usize| {
+        range(
+            footer_offset,
+            FOOTER_FIXED_LEN + i * FRAME_ENTRY_LEN,
+            FRAME_ENTRY_LEN,
+        )
+    };
     let header_ok = |off: u64| (HEADER_MIN_LEN as u64..=HEADER_MAX_LEN as u64).contains(&off);
     let mut next_offset = None;
     let mut next_raw = 0u64;
@@ -457,7 +462,10 @@ fn check_frame_index(frames: &[FrameInfo], footer_offset: u64) -> Result<()> {
         let bad = |reason: String| Err(SegmentError::invalid(Part::Footer, entry_range(i), reason));
         match next_offset {
             None if !header_ok(f.offset) => {
-                return bad(format!("first frame at offset {} cannot follow a header", f.offset))
+                return bad(format!(
+                    "first frame at offset {} cannot follow a header",
+                    f.offset
+                ))
             }
             Some(n) if f.offset != n => {
                 return bad(format!("frame {i} at offset {} but expected {n}", f.offset))
@@ -465,10 +473,16 @@ fn check_frame_index(frames: &[FrameInfo], footer_offset: u64) -> Result<()> {
             _ => {}
         }
         if f.uncompressed_len == 0 || f.uncompressed_len as usize > MAX_FRAME_LEN {
-            return bad(format!("frame {i} raw length {} out of bounds", f.uncompressed_len));
+            return bad(format!(
+                "frame {i} raw length {} out of bounds",
+                f.uncompressed_len
+            ));
         }
         if f.compressed_len == 0 || f.compressed_len as usize > MAX_COMPRESSED_FRAME_LEN {
-            return bad(format!("frame {i} stored length {} out of bounds", f.compressed_len));
+            return bad(format!(
+                "frame {i} stored length {} out of bounds",
+                f.compressed_len
+            ));
         }
         if f.raw_offset != next_raw {
             return bad(format!(
@@ -505,7 +519,11 @@ pub(crate) struct Trailer {
     pub object_crc: u32,
 }
 
-pub(crate) fn encode_trailer(footer_offset: u64, footer_len: u32, object_crc: u32) -> [u8; TRAILER_LEN] {
+pub(crate) fn encode_trailer(
+    footer_offset: u64,
+    footer_len: u32,
+    object_crc: u32,
+) -> [u8; TRAILER_LEN] {
     let mut out = [0u8; TRAILER_LEN];
     out[0..8].copy_from_slice(&footer_offset.to_le_bytes());
     out[8..12].copy_from_slice(&footer_len.to_le_bytes());
@@ -553,7 +571,10 @@ pub(crate) fn parse_trailer(b: &[u8], base: u64) -> Result<Trailer> {
         return Err(SegmentError::invalid(
             Part::Trailer,
             range(base, 8, 4),
-            format!("footer length {} is not a possible footer length", t.footer_len),
+            format!(
+                "footer length {} is not a possible footer length",
+                t.footer_len
+            ),
         ));
     }
     if t.footer_offset < HEADER_MIN_LEN as u64
@@ -613,15 +634,30 @@ mod tests {
     fn header_rejects_bad_input() {
         let mut h = header();
         h.source_id = "x".repeat(256);
-        assert!(matches!(encode_header(&h), Err(SegmentError::InvalidInput(_))));
+        assert!(matches!(
+            encode_header(&h),
+            Err(SegmentError::InvalidInput(_))
+        ));
         h.source_id = "x".repeat(255);
         assert_eq!(encode_header(&h).unwrap().len(), HEADER_MAX_LEN);
         h.key_id = 9;
-        assert!(matches!(encode_header(&h), Err(SegmentError::InvalidInput(_))));
+        assert!(matches!(
+            encode_header(&h),
+            Err(SegmentError::InvalidInput(_))
+        ));
 
         let b = encode_header(&header()).unwrap();
         let err = parse_header(&b[..b.len() - 1]).unwrap_err();
-        assert!(matches!(err, SegmentError::Truncated { part: Part::Header, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SegmentError::Truncated {
+                    part: Part::Header,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let mut v2 = b.clone();
         v2[8] = 2;
         assert!(matches!(

@@ -76,7 +76,11 @@ impl FrameHeader {
             });
         }
         if b[5..8] != [0, 0, 0] {
-            return Err(SegmentError::invalid(part, at(5, 3), "reserved bytes are not zero"));
+            return Err(SegmentError::invalid(
+                part,
+                at(5, 3),
+                "reserved bytes are not zero",
+            ));
         }
         let h = FrameHeader {
             codec_id: b[4],
@@ -94,7 +98,10 @@ impl FrameHeader {
             return Err(SegmentError::invalid(
                 part,
                 at(12, 4),
-                format!("raw length {} out of bounds 1..={MAX_FRAME_LEN}", h.uncompressed_len),
+                format!(
+                    "raw length {} out of bounds 1..={MAX_FRAME_LEN}",
+                    h.uncompressed_len
+                ),
             ));
         }
         if h.compressed_len == 0 || h.compressed_len as usize > MAX_COMPRESSED_FRAME_LEN {
@@ -120,7 +127,6 @@ impl FrameHeader {
 
 /// Compresses frames with one reusable context.
 pub(crate) struct FrameEncoder {
-    codec: Codec,
     compressor: Option<Compressor<'static>>,
     out: Vec<u8>,
 }
@@ -129,12 +135,17 @@ impl FrameEncoder {
     pub fn new(codec: Codec) -> Result<FrameEncoder> {
         let compressor = match codec {
             Codec::None => None,
+            Codec::Zstd { level } if !zstd::compression_level_range().contains(&level) => {
+                return Err(SegmentError::InvalidInput(format!(
+                    "zstd level {level} outside {:?}",
+                    zstd::compression_level_range()
+                )))
+            }
             Codec::Zstd { level } => Some(Compressor::new(level).map_err(|e| {
                 SegmentError::InvalidInput(format!("zstd level {level} rejected: {e}"))
             })?),
         };
         Ok(FrameEncoder {
-            codec,
             compressor,
             out: Vec::new(),
         })
@@ -142,16 +153,15 @@ impl FrameEncoder {
 
     /// Returns the stored bytes for `raw` (borrowing `raw` itself for codec none).
     pub fn encode<'a>(&'a mut self, raw: &'a [u8], offset: u64) -> Result<&'a [u8]> {
-        match (&mut self.compressor, self.codec) {
-            (Some(c), _) => {
+        match &mut self.compressor {
+            Some(c) => {
                 self.out.clear();
-                self.out
-                    .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
                 c.compress_to_buffer(raw, &mut self.out)
                     .map_err(|source| SegmentError::Io { offset, source })?;
                 Ok(&self.out)
             }
-            (None, _) => Ok(raw),
+            None => Ok(raw),
         }
     }
 }
@@ -223,7 +233,7 @@ impl FrameDecoder {
 pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
     let index = info.index;
     let part = Part::Frame(index);
-    let expect_len = info.end() - info.offset;
+    let expect_len = FRAME_HEADER_LEN as u64 + u64::from(info.compressed_len);
     if frame_bytes.len() as u64 != expect_len {
         let range = ByteRange::new(info.offset, info.end());
         return Err(if (frame_bytes.len() as u64) < expect_len {
@@ -236,7 +246,10 @@ pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
             SegmentError::invalid(
                 part,
                 range,
-                format!("given {} bytes for a {expect_len}-byte frame", frame_bytes.len()),
+                format!(
+                    "given {} bytes for a {expect_len}-byte frame",
+                    frame_bytes.len()
+                ),
             )
         });
     }
@@ -256,7 +269,12 @@ pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
 }
 
 /// Verifies the CRC-32C of a frame's stored bytes.
-pub(crate) fn check_stored_crc(h: &FrameHeader, stored: &[u8], base: u64, index: u32) -> Result<()> {
+pub(crate) fn check_stored_crc(
+    h: &FrameHeader,
+    stored: &[u8],
+    base: u64,
+    index: u32,
+) -> Result<()> {
     let computed = crc32c::crc32c(stored);
     if computed != h.crc {
         return Err(SegmentError::ChecksumMismatch {

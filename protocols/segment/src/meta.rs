@@ -110,12 +110,13 @@ impl FrameInfo {
 
     /// Object offset just past this frame.
     pub fn end(&self) -> u64 {
-        self.offset + FRAME_HEADER_LEN as u64 + u64::from(self.compressed_len)
+        self.offset
+            .saturating_add(FRAME_HEADER_LEN as u64 + u64::from(self.compressed_len))
     }
 
     /// Range of payload (raw log) bytes this frame holds.
     pub fn raw_range(&self) -> Range<u64> {
-        self.raw_offset..self.raw_offset + u64::from(self.uncompressed_len)
+        self.raw_offset..self.raw_offset.saturating_add(u64::from(self.uncompressed_len))
     }
 }
 
@@ -147,7 +148,7 @@ impl SegmentFooter {
     pub fn frame_for_raw_offset(&self, raw_offset: u64) -> Option<usize> {
         let idx = self
             .frames
-            .partition_point(|f| f.raw_offset + u64::from(f.uncompressed_len) <= raw_offset);
+            .partition_point(|f| f.raw_range().end <= raw_offset);
         (idx < self.frames.len() && self.frames[idx].raw_offset <= raw_offset).then_some(idx)
     }
 }

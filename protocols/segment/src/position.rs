@@ -194,7 +194,12 @@ mod tests {
 
     #[test]
     fn engine_codes_roundtrip() {
-        for e in [Engine::Postgres, Engine::MySql, Engine::MariaDb, Engine::MongoDb] {
+        for e in [
+            Engine::Postgres,
+            Engine::MySql,
+            Engine::MariaDb,
+            Engine::MongoDb,
+        ] {
             assert_eq!(Engine::from_code(e.code()), Some(e));
             assert_eq!(e.name().parse::<Engine>(), Ok(e));
         }

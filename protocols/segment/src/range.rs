@@ -48,10 +48,7 @@ pub fn parse_tail(tail: &[u8], object_len: u64) -> Result<SegmentTail> {
     }
     let footer_bytes = &tail[tail.len() - needed..tail.len() - TRAILER_LEN];
     let footer = parse_footer(footer_bytes, t.footer_offset)?;
-    let header_len = footer
-        .frames
-        .first()
-        .map_or(t.footer_offset, |f| f.offset);
+    let header_len = footer.frames.first().map_or(t.footer_offset, |f| f.offset);
     Ok(SegmentTail {
         footer,
         version: t.version,

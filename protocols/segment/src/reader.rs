@@ -139,7 +139,11 @@ impl<R: Read> SegmentReader<R> {
             self.buf_pos = self.buf.len();
         }
         self.meta.as_ref().ok_or_else(|| {
-            SegmentError::invalid(Part::Object, ByteRange::at(self.pos, 0), "no metadata after end")
+            SegmentError::invalid(
+                Part::Object,
+                ByteRange::at(self.pos, 0),
+                "no metadata after end",
+            )
         })
     }
 
@@ -287,7 +291,10 @@ impl<R: Read> SegmentReader<R> {
         if footer.frames != self.frames {
             return Err(SegmentError::invalid(
                 Part::Footer,
-                ByteRange::at(start + FOOTER_FIXED_LEN as u64, (len - FOOTER_FIXED_LEN - 4) as u64),
+                ByteRange::at(
+                    start + FOOTER_FIXED_LEN as u64,
+                    (len - FOOTER_FIXED_LEN - 4) as u64,
+                ),
                 "frame index differs from the frames in the object",
             ));
         }
@@ -310,7 +317,10 @@ impl<R: Read> SegmentReader<R> {
             return Err(SegmentError::invalid(
                 Part::Trailer,
                 ByteRange::at(trailer_at, 8),
-                format!("footer offset {} but the footer is at {start}", t.footer_offset),
+                format!(
+                    "footer offset {} but the footer is at {start}",
+                    t.footer_offset
+                ),
             ));
         }
         if t.object_crc != object_crc {
@@ -332,7 +342,12 @@ impl<R: Read> SegmentReader<R> {
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(SegmentError::Io { offset: end, source }),
+                Err(source) => {
+                    return Err(SegmentError::Io {
+                        offset: end,
+                        source,
+                    })
+                }
             }
         }
         self.meta = Some(SegmentMeta {

@@ -55,7 +55,10 @@ fn assert_flip_detected(obj: &[u8], meta: &SegmentMeta, offset: usize, bit: u8) 
     let stored_crc_field = trailer_start + 16..trailer_start + 20;
     if offset >= meta.footer_offset() as usize {
         if !stored_crc_field.contains(&offset) {
-            assert!(tail.is_err(), "flip at {offset} in footer/trailer missed by parse_tail");
+            assert!(
+                tail.is_err(),
+                "flip at {offset} in footer/trailer missed by parse_tail"
+            );
         }
         return;
     }
@@ -110,7 +113,9 @@ fn every_truncation_is_detected_as_truncated() {
         let (obj, _) = object(codec, &wal_like(len, 5), frame);
         for cut in 0..obj.len() {
             match decode(&obj[..cut]) {
-                Err(SegmentError::Truncated { available, range, .. }) => {
+                Err(SegmentError::Truncated {
+                    available, range, ..
+                }) => {
                     assert_eq!(available, cut as u64, "cut {cut}");
                     assert!(range.end > cut as u64, "cut {cut}: needed range {range}");
                 }
@@ -147,7 +152,12 @@ fn errors_name_the_part_and_range() {
     let at = f1.offset as usize + 32 + 3; // inside frame 1's stored bytes
     bad[at] ^= 0x40;
     match decode(&bad).unwrap_err() {
-        SegmentError::ChecksumMismatch { part, range, stored, computed } => {
+        SegmentError::ChecksumMismatch {
+            part,
+            range,
+            stored,
+            computed,
+        } => {
             assert_eq!(part, Part::Frame(1));
             assert_eq!(range.start, f1.offset + 32);
             assert_eq!(range.end, f1.end());
@@ -160,7 +170,10 @@ fn errors_name_the_part_and_range() {
     bad[0] = b'X';
     assert!(matches!(
         decode(&bad).unwrap_err(),
-        SegmentError::BadMagic { part: Part::Header, .. }
+        SegmentError::BadMagic {
+            part: Part::Header,
+            ..
+        }
     ));
     let mut bad = obj.clone();
     bad[8] = 9; // version 9

@@ -26,7 +26,10 @@ fn header_strategy() -> impl Strategy<Value = SegmentHeader> {
         any::<u64>(),
         any::<u64>(),
         0u64..u64::MAX / 2,
-        prop_oneof![Just(Codec::None), (-5i32..6).prop_map(|level| Codec::Zstd { level })],
+        prop_oneof![
+            Just(Codec::None),
+            (-5i32..6).prop_map(|level| Codec::Zstd { level })
+        ],
     )
         .prop_map(|(e, source_id, epoch, hi, lo, codec)| SegmentHeader {
             engine: Engine::from_code(e).unwrap(),
@@ -158,7 +161,16 @@ fn compression_actually_happens() {
     let payload = wal_like(1 << 20, 3);
     let h = header(Engine::MySql, Codec::default(), "uuid");
     let end = LogPos::new(3, 0x1000 + payload.len() as u64);
-    let z = encode(h.clone(), &payload, end, None, None, 0, WriterOptions::default()).unwrap();
+    let z = encode(
+        h.clone(),
+        &payload,
+        end,
+        None,
+        None,
+        0,
+        WriterOptions::default(),
+    )
+    .unwrap();
     let n = encode(
         SegmentHeader {
             codec: Codec::None,
@@ -183,23 +195,53 @@ fn writer_rejects_what_the_format_cannot_hold() {
     let h = header(Engine::Postgres, Codec::default(), "x");
     let bad = |h: SegmentHeader, opts: WriterOptions| SegmentWriter::new(Vec::new(), h, opts).err();
     assert!(matches!(
-        bad(h.clone(), WriterOptions { frame_size: 0, zstd_level: None }),
+        bad(
+            h.clone(),
+            WriterOptions {
+                frame_size: 0,
+                zstd_level: None
+            }
+        ),
         Some(SegmentError::InvalidInput(_))
     ));
     assert!(matches!(
-        bad(h.clone(), WriterOptions { frame_size: (64 << 20) + 1, zstd_level: None }),
+        bad(
+            h.clone(),
+            WriterOptions {
+                frame_size: (64 << 20) + 1,
+                zstd_level: None
+            }
+        ),
         Some(SegmentError::InvalidInput(_))
     ));
     assert!(matches!(
-        bad(SegmentHeader { source_id: "é".repeat(128), ..h.clone() }, WriterOptions::default()),
+        bad(
+            SegmentHeader {
+                source_id: "é".repeat(128),
+                ..h.clone()
+            },
+            WriterOptions::default()
+        ),
         Some(SegmentError::InvalidInput(_))
     ));
     assert!(matches!(
-        bad(SegmentHeader { key_id: 1, ..h.clone() }, WriterOptions::default()),
+        bad(
+            SegmentHeader {
+                key_id: 1,
+                ..h.clone()
+            },
+            WriterOptions::default()
+        ),
         Some(SegmentError::InvalidInput(_))
     ));
     assert!(matches!(
-        bad(h.clone(), WriterOptions { frame_size: 10, zstd_level: Some(1000) }),
+        bad(
+            h.clone(),
+            WriterOptions {
+                frame_size: 10,
+                zstd_level: Some(1000)
+            }
+        ),
         Some(SegmentError::InvalidInput(_))
     ));
     let w = SegmentWriter::new(Vec::new(), h.clone(), WriterOptions::default()).unwrap();
@@ -219,7 +261,12 @@ fn end_frame_cuts_early_and_io_errors_carry_offsets() {
     w.end_frame().unwrap(); // no empty frame
     w.write_all(b"defg").unwrap();
     let (obj, meta) = w.finish(LogPos::new(3, 0x1007), None, None, 2).unwrap();
-    let lens: Vec<u32> = meta.footer.frames.iter().map(|f| f.uncompressed_len).collect();
+    let lens: Vec<u32> = meta
+        .footer
+        .frames
+        .iter()
+        .map(|f| f.uncompressed_len)
+        .collect();
     assert_eq!(lens, vec![3, 4]);
     assert_eq!(decode(&obj).unwrap().1, b"abcdefg");
 
@@ -227,7 +274,10 @@ fn end_frame_cuts_early_and_io_errors_carry_offsets() {
     impl std::io::Write for Failing {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             if self.0 < b.len() {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow disk"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "slow disk",
+                ));
             }
             self.0 -= b.len();
             Ok(b.len())
@@ -236,7 +286,15 @@ fn end_frame_cuts_early_and_io_errors_carry_offsets() {
             Ok(())
         }
     }
-    let mut w = SegmentWriter::new(Failing(100), h, WriterOptions { frame_size: 8, zstd_level: None }).unwrap();
+    let mut w = SegmentWriter::new(
+        Failing(100),
+        h,
+        WriterOptions {
+            frame_size: 8,
+            zstd_level: None,
+        },
+    )
+    .unwrap();
     let err = w.write_all(&[7u8; 200]).unwrap_err();
     assert!(err.is_transient(), "{err}");
     match err {
@@ -244,5 +302,8 @@ fn end_frame_cuts_early_and_io_errors_carry_offsets() {
         other => panic!("unexpected {other}"),
     }
     // poisoned afterwards
-    assert!(matches!(w.write_all(b"x"), Err(SegmentError::InvalidInput(_))));
+    assert!(matches!(
+        w.write_all(b"x"),
+        Err(SegmentError::InvalidInput(_))
+    ));
 }

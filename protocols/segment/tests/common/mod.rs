@@ -58,7 +58,9 @@ pub fn wal_like(len: usize, seed: u64) -> Vec<u8> {
                     out.extend_from_slice(&(64u32 + (xid & 63)).to_le_bytes());
                     out.extend_from_slice(&xid.to_le_bytes());
                     out.extend_from_slice(b"INSERT INTO accounts VALUES (");
-                    out.extend_from_slice(format!("{}, 'user{}', 100.00)", xid, xid % 97).as_bytes());
+                    out.extend_from_slice(
+                        format!("{}, 'user{}', 100.00)", xid, xid % 97).as_bytes(),
+                    );
                 }
                 6 | 7 => {
                     let n = 8 + rng.below(40) as usize;

@@ -1,0 +1,234 @@
+//! The processes under test: `pg_receivewal` and `pitr archive` children, and what
+//! `/proc` says about them.
+//!
+//! CPU time is `utime + stime` (fields 14 and 15 of `/proc/PID/stat`, in clock ticks of
+//! `getconf CLK_TCK`); peak memory is `VmHWM` of `/proc/PID/status` (the resident-set
+//! high-water mark over the process's whole life). Machine load comes from `/proc/stat`
+//! (aggregate `cpu` line) and `/proc/loadavg`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// What kind of archiver a child is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `pg_receivewal --synchronous` into a local directory.
+    ReceiveWal,
+    /// `pitr archive` into a local-directory repository.
+    PitrLocal,
+    /// `pitr archive` into an S3 server (label: moto, s3s-fs).
+    PitrS3(String),
+}
+
+impl Kind {
+    pub fn label(&self) -> String {
+        match self {
+            Kind::ReceiveWal => "pg_receivewal → local dir".into(),
+            Kind::PitrLocal => "pitr → local dir".into(),
+            Kind::PitrS3(s) => format!("pitr → S3 ({s})"),
+        }
+    }
+
+    pub fn is_pitr(&self) -> bool {
+        !matches!(self, Kind::ReceiveWal)
+    }
+}
+
+/// A running archiver.
+pub struct Archiver {
+    pub kind: Kind,
+    /// Its replication slot: how its row in `pg_stat_replication` is found.
+    pub slot: String,
+    /// Local directory it writes to (None for S3).
+    pub dir: Option<PathBuf>,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Archiver {
+    /// Spawns `cmd` with stdout/stderr into `log`.
+    pub fn spawn(
+        kind: Kind,
+        slot: &str,
+        dir: Option<PathBuf>,
+        log: PathBuf,
+        cmd: &mut Command,
+    ) -> Result<Archiver> {
+        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("cloning a log file handle")?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        Ok(Archiver {
+            kind,
+            slot: slot.to_string(),
+            dir,
+            log,
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails (with the end of its log) when the process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("waiting for a child")? {
+            bail!(
+                "{} exited early with {status}; log {}:\n{}",
+                self.kind.label(),
+                self.log.display(),
+                log_tail(&self.log, 20)
+            );
+        }
+        Ok(())
+    }
+
+    /// CPU seconds used so far.
+    pub fn cpu_seconds(&self, clk_tck: f64) -> Result<f64> {
+        cpu_seconds(self.pid(), clk_tck)
+    }
+
+    /// Peak resident set (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .with_context(|| format!("no VmHWM in {path}"))
+    }
+
+    /// SIGTERM (graceful: pitr flushes and uploads what it received), then waits up to
+    /// `timeout` before killing it. Returns whether it exited with status 0.
+    pub fn terminate(mut self, timeout: Duration) -> Result<bool> {
+        send_signal(self.pid(), "TERM")?;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().context("waiting for a child")? {
+                // pg_receivewal exits 0 on SIGTERM too (it treats it as a stop request).
+                return Ok(s.success());
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn send_signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed");
+    }
+    Ok(())
+}
+
+/// `utime + stime` of a process, in seconds.
+pub fn cpu_seconds(pid: u32, clk_tck: f64) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may contain spaces: count fields after its closing ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("malformed {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let tick = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(|t| t as f64 / clk_tck)
+            .with_context(|| format!("malformed {path}"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on every Linux seen).
+pub fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// Aggregate CPU counters of the machine: (busy, total) ticks.
+pub fn machine_cpu() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total.saturating_sub(idle), total))
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Total size of the regular files under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

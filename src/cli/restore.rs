@@ -1,0 +1,160 @@
+//! `pitr restore --repo R [--name N] (--to TIME | --to-lsn X/Y | --to-name
+//! NAME | --latest) --target-dir DIR [--dry-run] [--recover]`: plans, then
+//! unpacks a base backup and configures PostgreSQL recovery to the target.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::Args;
+
+use crate::archive::catalog::Catalog;
+use crate::backup::manifest::list_backups;
+use crate::cli::wal_fetch::resolve_source;
+use crate::restore::pg;
+use crate::restore::plan::{plan, Target};
+use crate::restore::time::{parse_time, utc_text};
+use crate::storage::Repo;
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "to_lsn", "to_name", "latest"])))]
+pub struct RestoreArgs {
+    /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
+    #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
+    pub repo: String,
+    /// Source name; may be left out when the repository holds one source.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Target time `YYYY-MM-DD HH:MM:SS[.ffffff][Z|+HH:MM]` (local time
+    /// without an offset): every transaction committed at or before it, none after.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Target WAL position X/Y.
+    #[arg(long)]
+    pub to_lsn: Option<String>,
+    /// Target restore point (pg_create_restore_point).
+    #[arg(long)]
+    pub to_name: Option<String>,
+    /// Everything archived.
+    #[arg(long)]
+    pub latest: bool,
+    /// Directory to restore into (must be empty or missing).
+    #[arg(long)]
+    pub target_dir: Option<PathBuf>,
+    /// recovery_target_timeline.
+    #[arg(long, default_value = "latest")]
+    pub timeline: String,
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run the recovery now with local PostgreSQL binaries, then stop the server.
+    #[arg(long)]
+    pub recover: bool,
+    /// Directory of the PostgreSQL binaries for --recover.
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// When running as root: the user that owns the restored directory and runs PostgreSQL.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// JSON output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
+    let target = if let Some(t) = &args.to {
+        let t = parse_time(t)?;
+        eprintln!("restoring to {}", utc_text(t));
+        Target::Time(t)
+    } else if let Some(l) = &args.to_lsn {
+        Target::Lsn(
+            l.parse()
+                .map_err(|_| anyhow!("invalid --to-lsn {l:?}: expected X/Y"))?,
+        )
+    } else if let Some(n) = &args.to_name {
+        Target::Name(n.clone())
+    } else {
+        Target::Latest
+    };
+    if args.timeline != "latest"
+        && args.timeline != "current"
+        && args.timeline.parse::<u32>().is_err()
+    {
+        return Err(anyhow!(
+            "invalid --timeline {:?}: latest, current or a number",
+            args.timeline
+        ));
+    }
+    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let source = resolve_source(&repo, args.name.as_deref()).await?;
+    let catalog = Catalog::load(&repo, &source)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let backups = list_backups(&repo, &source, catalog.backups()).await?;
+    let p = plan(&catalog, &backups, &target)?;
+    if args.dry_run {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            println!(
+                "restore {} to {}: base backup {} ({} .. {}, timeline {}), WAL {} .. {} in {} segments",
+                p.source, p.target, p.backup_dir, p.backup_start_lsn, p.backup_stop_lsn, p.timeline,
+                p.wal_from, p.wal_to, p.segments.len()
+            );
+        }
+        return Ok(0);
+    }
+    let dir = args
+        .target_dir
+        .clone()
+        .ok_or_else(|| anyhow!("--target-dir is required (or use --dry-run)"))?;
+    let dir = std::path::absolute(&dir)?;
+    let (key, manifest) = backups
+        .iter()
+        .find(|(k, _)| k.dir() == p.backup_dir)
+        .ok_or_else(|| anyhow!("planned backup vanished"))?;
+    pg::verify_chain(&repo, &p, 4).await?;
+    pg::prepare_dir(&dir)?;
+    pg::unpack_backup(&repo, key, manifest, &dir).await?;
+    let exe = std::env::current_exe().context("locating the pitr binary")?;
+    let repo_url = if args.repo.contains("://") {
+        args.repo.clone()
+    } else {
+        std::path::absolute(&args.repo)?
+            .to_string_lossy()
+            .into_owned()
+    };
+    let settings = pg::recovery_settings(&exe, &repo_url, &p, &target, &args.timeline);
+    pg::configure_recovery(&dir, &settings)?;
+    let owner = pg::fix_ownership(&dir, args.owner.as_deref())?;
+    let mut out = serde_json::json!({ "plan": p, "target_dir": dir });
+    eprintln!(
+        "restored base backup {} into {}",
+        p.backup_dir,
+        dir.display()
+    );
+    if args.recover {
+        let bin = pg::find_bin_dir(args.pg_bin.as_deref())?;
+        let dir2 = dir.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            pg::run_recovery(&dir2, &bin, owner.as_deref(), Duration::from_secs(3600))
+        })
+        .await??;
+        eprintln!(
+            "recovery finished: redo done at {}, last replayed commit at {}",
+            r.redo_done_at.as_deref().unwrap_or("?"),
+            r.last_commit_time.as_deref().unwrap_or("(none)")
+        );
+        out["recovery"] = serde_json::to_value(&r)?;
+    } else {
+        eprintln!(
+            "start PostgreSQL on {} to replay the WAL to {}",
+            dir.display(),
+            p.target
+        );
+    }
+    if args.json {
+        println!("{out}");
+    }
+    Ok(0)
+}

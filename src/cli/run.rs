@@ -1,0 +1,231 @@
+//! `pitr run --config pitr.toml`: the sidecar daemon.
+//!
+//! Validates the whole configuration first (exit 2 with every problem
+//! listed), then runs every source's archiver concurrently, each under a
+//! supervisor that restarts it with exponential backoff (1 s doubling to
+//! 60 s, reset after a minute of healthy streaming), takes scheduled base
+//! backups when a source has `backup_interval`, and serves `/metrics` and
+//! `/healthz` when `[metrics] listen` is set. On SIGTERM/SIGINT every
+//! archiver stores what it received and the process exits 0.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::catalog::Catalog;
+use crate::archive::keys::SourceName;
+use crate::backup::manifest::list_backups;
+use crate::backup::take::{take_backup, BackupOptions};
+use crate::cli::common::shutdown_token;
+use crate::config::{Config, SourceConfig};
+use crate::monitor::metrics::{serve, Metrics, SourceMetrics};
+use crate::source::postgres::{archive, PgArchiveOptions};
+use crate::storage::Repo;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, default_value = "pitr.toml")]
+    pub config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration:\n{e}");
+            return Ok(2);
+        }
+    };
+    if args.check {
+        println!(
+            "configuration OK: {} source(s), repository {}",
+            cfg.sources.len(),
+            cfg.repo
+        );
+        return Ok(0);
+    }
+    let repo = match Repo::open(&cfg.repo).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    };
+    let cancel = shutdown_token();
+    let mut sources = Vec::new();
+    for s in &cfg.sources {
+        let name = SourceName::new(&s.name)?;
+        sources.push(Arc::new(SourceMetrics::new(name)));
+    }
+    let metrics = Arc::new(Metrics::new(
+        repo.clone(),
+        sources.clone(),
+        Duration::from_secs(10),
+    ));
+    let server_cancel = CancellationToken::new();
+    let server = match cfg.metrics_listen {
+        Some(addr) => {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr} for /metrics: {e}");
+                    return Ok(2);
+                }
+            };
+            tracing::info!("serving /metrics and /healthz on http://{addr}");
+            Some(tokio::spawn(serve(
+                listener,
+                metrics.clone(),
+                server_cancel.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    let mut tasks = Vec::new();
+    for (s, m) in cfg.sources.iter().zip(&sources) {
+        tasks.push(tokio::spawn(supervise(
+            s.clone(),
+            repo.clone(),
+            m.clone(),
+            cancel.clone(),
+        )));
+        if let Some(every) = s.backup_interval {
+            tasks.push(tokio::spawn(schedule_backups(
+                s.clone(),
+                every,
+                repo.clone(),
+                m.clone(),
+                cancel.clone(),
+            )));
+        }
+    }
+    let mut code = 0;
+    for t in tasks {
+        if let Err(e) = t.await {
+            tracing::error!("a source task failed: {e}");
+            code = 3;
+        }
+    }
+    server_cancel.cancel();
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    tracing::info!("all archivers stopped");
+    Ok(code)
+}
+
+/// Runs one source's archiver until cancelled, restarting it on failure.
+async fn supervise(s: SourceConfig, repo: Repo, m: Arc<SourceMetrics>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    while !cancel.is_cancelled() {
+        let opts = PgArchiveOptions {
+            url: s.url.expose().to_string(),
+            name: Some(s.name.clone()),
+            slot: s.slot.clone(),
+            flush_interval: s.flush_interval,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        m.up.store(true, Ordering::Relaxed);
+        let r = archive(opts, repo.clone(), cancel.clone(), m.progress.clone()).await;
+        m.up.store(false, Ordering::Relaxed);
+        if cancel.is_cancelled() {
+            if let Err(e) = r {
+                tracing::error!(source = %s.name, "archiver stopped with an error during shutdown: {e:#}");
+            }
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        match r {
+            Ok(()) => {
+                tracing::warn!(source = %s.name, "archiver returned; restarting in {backoff:?}")
+            }
+            Err(e) => {
+                tracing::error!(source = %s.name, url = %s.url, "archiver failed, restarting in {backoff:?}: {e:#}")
+            }
+        }
+        m.restarts.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Time until the next base backup of `s` is due (zero when overdue).
+async fn backup_due(repo: &Repo, name: &SourceName, every: Duration) -> anyhow::Result<Duration> {
+    let catalog = Catalog::load(repo, name).await?;
+    let backups = list_backups(repo, name, catalog.backups()).await?;
+    let newest = backups.iter().map(|(_, m)| m.stop_time).max();
+    Ok(match newest {
+        None => Duration::ZERO,
+        Some(t) => {
+            let age = (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO);
+            every.saturating_sub(age)
+        }
+    })
+}
+
+/// Takes a base backup of `s` whenever the newest one is `every` old.
+async fn schedule_backups(
+    s: SourceConfig,
+    every: Duration,
+    repo: Repo,
+    m: Arc<SourceMetrics>,
+    cancel: CancellationToken,
+) {
+    let retry = every.min(Duration::from_secs(300));
+    loop {
+        let wait = match backup_due(&repo, &m.name, every).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(source = %s.name, "cannot tell when the last base backup was taken: {e:#}");
+                retry
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if !wait.is_zero() {
+            continue; // re-check: a backup may have been taken meanwhile
+        }
+        let opts = BackupOptions {
+            url: s.url.expose().to_string(),
+            name: Some(s.name.clone()),
+            label: Some(format!("pitr run scheduled backup of {}", s.name)),
+            ..Default::default()
+        };
+        tracing::info!(source = %s.name, "taking a scheduled base backup");
+        let r = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = take_backup(&opts, &repo, &|_| {}) => r,
+        };
+        match r {
+            Ok(rep) => {
+                m.backups_taken.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(source = %s.name, backup = %rep.key.dir(), "base backup stored");
+            }
+            Err(e) => {
+                m.backup_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(source = %s.name, "scheduled base backup failed, retrying in {retry:?}: {e:#}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Repository status: what each archived source can be restored to, and how
+//! healthy its archive is. Shared by `pitr status` and `/metrics`.
+//!
+//! Everything here is derived from the repository alone (object keys, gap
+//! records, backup manifests), never from local state:
+//!
+//! * **Recoverable window**: a restore needs a base backup plus the log from
+//!   the backup's start onward. For the oldest backup whose log is complete up
+//!   to its stop position, the window starts at the backup's stop time; it
+//!   ends at the newest commit reachable from a backup through contiguous
+//!   segments (a hole or a gap record ends it). Across epochs (timelines) the
+//!   chain continues into the next epoch when that epoch's first segment
+//!   starts at or before the point reached. With no base backup, nothing is
+//!   restorable: the window is `None` and only the log coverage is shown.
+//! * **Lag**: now minus the newest archived commit time (the largest `tmax`
+//!   of any segment key). An idle database commits nothing, so its lag grows
+//!   although nothing is missing: the time the newest segment was stored is
+//!   reported next to it to tell "idle" from "archiver stopped".
+//! * **Gaps**: recorded gap objects (with their reason) and holes between
+//!   segments that no gap record explains.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pitr_segment::{Epoch, LogPos, TimestampMicros};
+use serde::Serialize;
+
+use crate::archive::catalog::{Catalog, EpochCatalog};
+use crate::archive::gaps::read_gap;
+use crate::archive::identity::read_identity;
+use crate::archive::keys::SourceName;
+use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::storage::{Repo, StorageError};
+
+/// A time range, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// A lost or missing stretch of log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapStatus {
+    pub epoch: String,
+    pub start: String,
+    pub end: String,
+    pub reason: String,
+    /// `true` for a recorded gap object, `false` for a hole nothing explains.
+    pub recorded: bool,
+    /// The gap lies after the start of the oldest base backup, so it splits
+    /// the restorable history.
+    pub inside_window: bool,
+}
+
+/// The newest base backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub stored_bytes: u64,
+}
+
+/// Status of one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub engine: String,
+    pub system_id: String,
+    /// Restorable time range (`None`: nothing restorable, e.g. no base backup).
+    pub window: Option<Window>,
+    /// Earliest and latest commit time held in the log, restorable or not.
+    pub log_coverage: Option<Window>,
+    pub base_backups: usize,
+    pub newest_backup: Option<BackupSummary>,
+    pub gaps: Vec<GapStatus>,
+    pub segments: usize,
+    pub bytes: u64,
+    pub epochs: usize,
+    /// Newest archived commit time.
+    pub last_commit: Option<DateTime<Utc>>,
+    /// When the newest segment was stored (storage time; informational only).
+    pub last_segment_stored_at: Option<DateTime<Utc>>,
+    /// Now minus `last_commit`, in seconds (`None` when nothing committed).
+    pub lag_seconds: Option<f64>,
+    /// Why the window is empty, when it is.
+    pub note: Option<String>,
+}
+
+/// The `--json` document of `pitr status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoStatus {
+    pub sources: Vec<SourceStatus>,
+}
+
+impl SourceStatus {
+    /// Reasons this source fails the check of `pitr status` (exit 1): a gap
+    /// inside the recoverable window, or a lag above `max_lag`.
+    pub fn problems(&self, max_lag: Option<Duration>) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in self.gaps.iter().filter(|g| g.inside_window) {
+            out.push(format!(
+                "{}: epoch {} positions {}..{} are lost ({}); restores cannot cross them",
+                self.name, g.epoch, g.start, g.end, g.reason
+            ));
+        }
+        if let Some(max) = max_lag {
+            match self.lag_seconds {
+                Some(l) if l > max.as_secs_f64() => out.push(format!(
+                    "{}: archive lag {} exceeds {}",
+                    self.name,
+                    human_secs(l),
+                    humantime::format_duration(max)
+                )),
+                Some(_) => {}
+                None => out.push(format!(
+                    "{}: no commit archived yet, so the lag is unknown",
+                    self.name
+                )),
+            }
+        }
+        out
+    }
+}
+
+/// Formats seconds as `1h 2m 3s` (whole seconds).
+pub fn human_secs(s: f64) -> String {
+    let secs = if s.is_finite() && s > 0.0 {
+        s as u64
+    } else {
+        0
+    };
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Converts an archive time to a `DateTime` (out-of-range times clamp to the epoch).
+pub fn to_datetime(t: TimestampMicros) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.0).unwrap_or_default()
+}
+
+/// Names of the sources in the repository: top-level directories holding a
+/// `source.json`.
+pub async fn list_sources(repo: &Repo) -> Result<Vec<SourceName>, StorageError> {
+    let mut out = Vec::new();
+    for dir in repo.list_dirs("").await? {
+        let name = dir.trim_end_matches('/');
+        let Ok(source) = SourceName::new(name) else {
+            continue;
+        };
+        if repo
+            .exists(&crate::archive::keys::identity_key(&source))
+            .await?
+        {
+            out.push(source);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Computes the status of every source (or only `only`).
+pub async fn repo_status(repo: &Repo, only: Option<&str>) -> anyhow::Result<RepoStatus> {
+    let mut sources = list_sources(repo).await?;
+    if let Some(name) = only {
+        sources.retain(|s| s.as_str() == name);
+        if sources.is_empty() {
+            anyhow::bail!("the repository {repo} has no source named {name:?}");
+        }
+    }
+    let mut out = Vec::with_capacity(sources.len());
+    for s in &sources {
+        out.push(source_status(repo, s, Utc::now()).await?);
+    }
+    Ok(RepoStatus { sources: out })
+}
+
+/// Computes the status of one source as of `now`.
+pub async fn source_status(
+    repo: &Repo,
+    source: &SourceName,
+    now: DateTime<Utc>,
+) -> anyhow::Result<SourceStatus> {
+    let identity = read_identity(repo, source)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{source}/source.json is missing"))?;
+    let catalog = Catalog::load(repo, source).await?;
+    let backups = list_backups(repo, source, catalog.backups()).await?;
+    let stats = catalog.stats();
+
+    let mut gaps = Vec::new();
+    for e in catalog.epochs() {
+        let Some(ec) = catalog.epoch(e) else { continue };
+        for g in ec.gaps() {
+            let reason = match read_gap(repo, g).await {
+                Ok(r) => r.reason,
+                Err(err) => format!("gap record unreadable: {err}"),
+            };
+            gaps.push((e, g.start, g.end, reason, true));
+        }
+        for (start, end) in holes(ec) {
+            gaps.push((
+                e,
+                start,
+                end,
+                "segments missing and no gap record explains it".to_string(),
+                false,
+            ));
+        }
+    }
+    let first_backup = backups
+        .first()
+        .map(|(k, m)| (Epoch(u64::from(m.timeline)), k.start));
+    let gaps = gaps
+        .into_iter()
+        .map(|(e, start, end, reason, recorded)| GapStatus {
+            epoch: e.to_hex(),
+            start: start.to_hex(),
+            end: end.to_hex(),
+            reason,
+            recorded,
+            inside_window: first_backup.is_some_and(|(be, bs)| e > be || (e == be && end > bs)),
+        })
+        .collect();
+
+    let (mut tmin, mut tmax): (Option<i64>, Option<i64>) = (None, None);
+    let mut newest: Option<(Epoch, &crate::archive::catalog::SegmentEntry)> = None;
+    for e in catalog.epochs() {
+        let Some(ec) = catalog.epoch(e) else { continue };
+        for s in ec.segments() {
+            if let Some(t) = s.key.tmin {
+                tmin = Some(tmin.map_or(t.0, |m| m.min(t.0)));
+            }
+            if let Some(t) = s.key.tmax {
+                tmax = Some(tmax.map_or(t.0, |m| m.max(t.0)));
+            }
+        }
+        if let Some(last) = ec.segments().last() {
+            newest = Some((e, last));
+        }
+    }
+    let log_coverage = match (tmin, tmax) {
+        (Some(a), Some(b)) => Some(Window {
+            start: to_datetime(TimestampMicros(a)),
+            end: to_datetime(TimestampMicros(b)),
+        }),
+        _ => None,
+    };
+    let last_commit = tmax.map(|t| to_datetime(TimestampMicros(t)));
+    let last_segment_stored_at = match newest {
+        Some((_, s)) => repo
+            .head(&s.key.to_key())
+            .await
+            .ok()
+            .map(|m| m.last_modified),
+        None => None,
+    };
+    let lag_seconds = last_commit.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+
+    let (window, note) = recoverable_window(&catalog, &backups);
+    Ok(SourceStatus {
+        name: source.to_string(),
+        engine: identity.engine.name().to_string(),
+        system_id: identity.system_id,
+        window,
+        log_coverage,
+        base_backups: backups.len(),
+        newest_backup: backups.last().map(|(k, m)| BackupSummary {
+            id: k.id.clone(),
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+            stored_bytes: m.stored_bytes(),
+        }),
+        gaps,
+        segments: stats.segments,
+        bytes: stats.bytes,
+        epochs: stats.epochs,
+        last_commit,
+        last_segment_stored_at,
+        lag_seconds,
+        note,
+    })
+}
+
+/// Holes between the chain's contiguous runs that no gap record covers.
+fn holes(ec: &EpochCatalog) -> Vec<(LogPos, LogPos)> {
+    let runs = ec.runs();
+    let mut out = Vec::new();
+    for w in runs.windows(2) {
+        let (mut from, to) = (w[0].1, w[1].0);
+        // Gap records may cover the hole partly or wholly.
+        for g in ec.gaps() {
+            if g.start <= from && g.end > from {
+                from = g.end;
+            }
+        }
+        if from < to {
+            out.push((from, to));
+        }
+    }
+    out
+}
+
+/// How far the log reaches from `(epoch, pos)` without a hole: the end
+/// position and epoch reached and the newest commit time on the way.
+fn reach(catalog: &Catalog, epoch: Epoch, pos: LogPos) -> Option<(Epoch, LogPos, Option<i64>)> {
+    let ec = catalog.epoch(epoch)?;
+    let chain = ec.segments();
+    let mut i = chain.partition_point(|s| s.key.end <= pos);
+    let first = chain.get(i)?;
+    if first.key.start > pos {
+        return None;
+    }
+    let (mut ep, mut end, mut tmax) = (epoch, first.key.end, first.key.tmax.map(|t| t.0));
+    loop {
+        let chain = catalog.epoch(ep).map(|c| c.segments()).unwrap_or_default();
+        i += 1;
+        while let Some(s) = chain.get(i).filter(|s| s.key.start == end) {
+            end = s.key.end;
+            tmax = max_opt(tmax, s.key.tmax.map(|t| t.0));
+            i += 1;
+        }
+        // Continue on the next epoch when it starts at or before this point.
+        let next = catalog.epochs().into_iter().find(|e| *e > ep);
+        let Some(next) = next else { break };
+        let Some(nfirst) = catalog.epoch(next).and_then(|c| c.segments().first()) else {
+            break;
+        };
+        if nfirst.key.start > end {
+            break;
+        }
+        ep = next;
+        end = nfirst.key.end;
+        tmax = max_opt(tmax, nfirst.key.tmax.map(|t| t.0));
+        i = 0;
+    }
+    Some((ep, end, tmax))
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The recoverable window from the backups and the log (see module docs).
+pub fn recoverable_window(
+    catalog: &Catalog,
+    backups: &[(crate::archive::keys::BackupKey, BackupManifest)],
+) -> (Option<Window>, Option<String>) {
+    if backups.is_empty() {
+        return (
+            None,
+            Some("no base backup: nothing is restorable until one is taken (pitr backup)".into()),
+        );
+    }
+    let mut start: Option<DateTime<Utc>> = None;
+    let mut end: Option<DateTime<Utc>> = None;
+    for (key, m) in backups {
+        let epoch = Epoch(u64::from(m.timeline));
+        let stop = LogPos::from_lsn(m.stop_lsn.0);
+        let Some((rep, rend, rt)) = reach(catalog, epoch, key.start) else {
+            continue;
+        };
+        if rep == epoch && rend < stop {
+            continue; // the backup's own WAL is not archived (yet)
+        }
+        let reach_end = rt
+            .map(|t| to_datetime(TimestampMicros(t)))
+            .unwrap_or(m.stop_time)
+            .max(m.stop_time);
+        start = Some(start.map_or(m.stop_time, |s| s.min(m.stop_time)));
+        end = Some(end.map_or(reach_end, |e| e.max(reach_end)));
+    }
+    match (start, end) {
+        (Some(start), Some(end)) => (Some(Window { start, end }), None),
+        _ => (
+            None,
+            Some(format!(
+                "{} base backup(s), but none has its WAL archived up to its stop position",
+                backups.len()
+            )),
+        ),
+    }
+}
