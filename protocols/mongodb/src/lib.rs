@@ -46,8 +46,14 @@ impl std::str::FromStr for OplogTs {
         let (a, b) = s
             .split_once([',', ':'])
             .ok_or_else(|| format!("oplog timestamp {s:?} is not of the form SECONDS,INCREMENT"))?;
-        let secs = a.trim().parse().map_err(|_| format!("bad seconds in oplog timestamp {s:?}"))?;
-        let inc = b.trim().parse().map_err(|_| format!("bad increment in oplog timestamp {s:?}"))?;
+        let secs = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad seconds in oplog timestamp {s:?}"))?;
+        let inc = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad increment in oplog timestamp {s:?}"))?;
         Ok(OplogTs { secs, inc })
     }
 }
