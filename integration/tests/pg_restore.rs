@@ -236,7 +236,9 @@ fn suite(v: PgVersion, time_targets: usize) {
             .psql(&format!("INSERT INTO ledger VALUES ({i}, {i})"))
             .unwrap();
         if i == 20 {
-            lsn_target = Some(server.psql("SELECT pg_current_wal_lsn()").unwrap());
+            // The insert position: with synchronous_commit = off the write
+            // position may still be before row 20's commit record.
+            lsn_target = Some(server.psql("SELECT pg_current_wal_insert_lsn()").unwrap());
         }
         if i == 27 {
             server
@@ -245,10 +247,16 @@ fn suite(v: PgVersion, time_targets: usize) {
         }
         std::thread::sleep(Duration::from_millis(15));
     }
-    server
-        .psql("UPDATE ledger SET amount = -amount WHERE id = 2")
-        .unwrap();
-    let switch = server.psql("SELECT pg_switch_wal()").unwrap();
+    server.psql("SELECT pg_switch_wal()").unwrap();
+    // Rows 41..=45 stay in the newest, incomplete WAL file: restores reach
+    // them through the zero-padded partial file (`wal-fetch --partial`).
+    for i in 41..=45 {
+        server
+            .psql(&format!("INSERT INTO ledger VALUES ({i}, {i})"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    let switch = server.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
     let switch_lsn: pitr_postgres::Lsn = switch.parse().unwrap();
     // Wait until the archive holds everything up to the switch.
     let start = Instant::now();
@@ -257,6 +265,8 @@ fn suite(v: PgVersion, time_targets: usize) {
             "restore",
             "--repo",
             repo.to_str().unwrap(),
+            "--name",
+            "src",
             "--latest",
             "--dry-run",
             "--json",
@@ -303,15 +313,16 @@ fn suite(v: PgVersion, time_targets: usize) {
         eprintln!("restore to {target_txt}: {} rows, ok", got.len());
     }
 
-    // LSN target: everything committed before the position, nothing after.
-    let got = ctx.restore(&["--to-lsn", lsn_target.as_deref().unwrap()]);
-    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+    // LSN target: everything up to and including row 20's commit record.
+    let lsn = lsn_target.expect("LSN recorded after row 20");
+    let got = ctx.restore(&["--to-lsn", &lsn]);
+    assert_eq!(got, (1..=20).collect::<Vec<_>>(), "restore to LSN {lsn}");
     // Named restore point.
     let got = ctx.restore(&["--to-name", "rp27"]);
     assert_eq!(got, (1..=27).collect::<Vec<_>>());
-    // Latest: every row, and the last update too.
+    // Latest: every row.
     let got = ctx.restore(&["--latest"]);
-    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    assert_eq!(got, (1..=45).collect::<Vec<_>>());
 
     // Outside the window: refused with the window in UTC, nothing written.
     let dir = ctx.work.join("refused");
@@ -320,6 +331,8 @@ fn suite(v: PgVersion, time_targets: usize) {
             "restore",
             "--repo",
             repo.to_str().unwrap(),
+            "--name",
+            "src",
             "--to",
             &target,
             "--target-dir",
@@ -350,6 +363,8 @@ fn suite(v: PgVersion, time_targets: usize) {
         "restore",
         "--repo",
         repo.to_str().unwrap(),
+        "--name",
+        "src",
         "--latest",
         "--target-dir",
         dir.to_str().unwrap(),

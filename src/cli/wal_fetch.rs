@@ -29,6 +29,11 @@ pub struct WalFetchArgs {
     /// Segments downloaded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Serve the newest, incomplete WAL file zero-padded (used by the
+    /// restore_command `pitr restore` writes, so recovery reaches the last
+    /// archived commit).
+    #[arg(long)]
+    pub partial: bool,
 }
 
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
@@ -37,6 +42,7 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
     let opts = FetchOptions {
         wal_segment_size: args.wal_segment_size,
         parallel: args.parallel,
+        partial: args.partial,
     };
     match fetch_wal_file(&repo, &source, &args.wal_file, &args.dest, &opts).await? {
         FetchOutcome::Written { bytes } => {
@@ -59,7 +65,7 @@ pub async fn resolve_source(repo: &Repo, name: Option<&str>) -> anyhow::Result<S
     let mut names: Vec<String> = dirs
         .into_iter()
         .map(|d| d.trim_end_matches('/').to_string())
-        .filter(|d| SourceName::new(d).is_ok())
+        .filter(|d| !d.starts_with('.') && SourceName::new(d).is_ok())
         .collect();
     names.sort();
     match names.len() {

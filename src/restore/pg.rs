@@ -228,7 +228,7 @@ pub fn recovery_settings(
     timeline: &str,
 ) -> String {
     let cmd = format!(
-        "{} wal-fetch --repo {} --name {} %f %p",
+        "{} wal-fetch --partial --repo {} --name {} %f %p",
         shell_quote(&pitr_exe.to_string_lossy()),
         shell_quote(repo_url),
         shell_quote(&plan.source)
@@ -534,7 +534,7 @@ mod tests {
             &Target::Name("a'b".into()),
             "latest",
         );
-        assert!(s.contains("restore_command = '/usr/bin/pitr wal-fetch --repo ''/srv/it''\\''''s repo'' --name pg-1 %f %p'"), "{s}");
+        assert!(s.contains("restore_command = '/usr/bin/pitr wal-fetch --partial --repo ''/srv/it''\\''''s repo'' --name pg-1 %f %p'"), "{s}");
         assert!(
             s.contains("recovery_target_name = 'a''b'\nrecovery_target_inclusive = on\n"),
             "{s}"

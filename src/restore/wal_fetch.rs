@@ -36,6 +36,12 @@ pub struct FetchOptions {
     pub wal_segment_size: u64,
     /// Segments downloaded concurrently.
     pub parallel: usize,
+    /// When the requested file is the newest, still incomplete WAL file of
+    /// the archive, return what is archived of it padded with zeros to the
+    /// full size (PostgreSQL reads zeros as the end of WAL). Only for the
+    /// `restore_command` of a restore: it lets recovery reach the last
+    /// archived commit instead of the end of the last complete file.
+    pub partial: bool,
 }
 
 impl Default for FetchOptions {
@@ -43,6 +49,7 @@ impl Default for FetchOptions {
         FetchOptions {
             wal_segment_size: 16 << 20,
             parallel: 4,
+            partial: false,
         }
     }
 }
@@ -107,11 +114,30 @@ async fn rebuild(
         .map_err(|e| anyhow!("{e}"))?;
     let from = LogPos::from_lsn(start.0);
     let to = LogPos::from_lsn(start.0 + size);
-    let keys: Vec<SegmentKey> = match catalog.segments_covering(epoch, from, to) {
-        Ok(k) => k,
+    let (keys, to): (Vec<SegmentKey>, LogPos) = match catalog.segments_covering(epoch, from, to) {
+        Ok(k) => (k, to),
         Err(e) => {
-            tracing::debug!("WAL {start} of timeline {epoch} not covered: {e}");
-            return Ok(None);
+            // The newest, still growing WAL file: serve its archived prefix.
+            let tail = catalog.tail(epoch);
+            match tail {
+                Some(t) if opts.partial && t > from && t < to => {
+                    match catalog.segments_covering(epoch, from, t) {
+                        Ok(k) => {
+                            tracing::info!(
+                                "WAL {start} of timeline {epoch} is archived up to {}; \
+                                 serving it zero-padded (end of the archive)",
+                                Lsn(t.lo)
+                            );
+                            (k, t)
+                        }
+                        Err(_) => return Ok(None),
+                    }
+                }
+                _ => {
+                    tracing::debug!("WAL {start} of timeline {epoch} not covered: {e}");
+                    return Ok(None);
+                }
+            }
         }
     };
     let parts: Vec<Vec<u8>> = stream::iter(keys.into_iter().map(|k| async move {
@@ -137,7 +163,10 @@ async fn rebuild(
     .buffered(opts.parallel.max(1))
     .try_collect()
     .await?;
-    let out: Vec<u8> = parts.concat();
+    let mut out: Vec<u8> = parts.concat();
+    if out.len() as u64 == to.lo - from.lo && (out.len() as u64) < size {
+        out.resize(size as usize, 0);
+    }
     if out.len() as u64 != size {
         return Err(anyhow!(
             "rebuilt WAL at {start} of timeline {epoch} has {} bytes, expected {size}; run `pitr verify`",

@@ -101,6 +101,12 @@ fn main() {
         assert_eq!(total, n);
     });
 
+    // raw zstd into one fresh Vec: the baseline for decode()
+    let (t_decode_all, _) = best(iters, || {
+        let out = zstd::stream::decode_all(&stream_out[..]).expect("decode_all");
+        assert_eq!(out.len(), n);
+    });
+
     // segment writer, fed 64 KiB at a time like a network stream
     let header = common::header(Engine::Postgres, Codec::Zstd { level: 1 }, "bench");
     let end = LogPos::new(header.start.hi, header.start.lo + n as u64);
@@ -190,5 +196,16 @@ fn main() {
         t_bulk_d,
         None,
     );
-    row("decompress: decode() into Vec", t_decode, t_bulk_d, None);
+    row(
+        "decompress: zstd::stream::decode_all into Vec",
+        t_decode_all,
+        t_bulk_d,
+        None,
+    );
+    row(
+        "decompress: segment decode() into Vec",
+        t_decode,
+        t_bulk_d,
+        None,
+    );
 }

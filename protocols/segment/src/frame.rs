@@ -193,13 +193,7 @@ impl FrameDecoder {
                 out.extend_from_slice(stored);
             }
             Some(Codec::Zstd { .. }) => {
-                let d = match &mut self.decompressor {
-                    Some(d) => d,
-                    slot => slot.insert(Decompressor::new().map_err(|e| SegmentError::Io {
-                        offset: base,
-                        source: e,
-                    })?),
-                };
+                let d = self.decompressor(base)?;
                 out.reserve_exact(want);
                 d.decompress_to_buffer(stored, out)
                     .map_err(|e| SegmentError::Decompress {
@@ -224,6 +218,67 @@ impl FrameDecoder {
             });
         }
         Ok(())
+    }
+}
+
+impl FrameDecoder {
+    /// As [`FrameDecoder::decode`], but into `out`, which must be exactly
+    /// `h.uncompressed_len` bytes long.
+    pub fn decode_into(
+        &mut self,
+        h: &FrameHeader,
+        stored: &[u8],
+        base: u64,
+        index: u32,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let part = Part::Frame(index);
+        let range = ByteRange::at(base + FRAME_HEADER_LEN as u64, stored.len() as u64);
+        let n = match Codec::from_id(h.codec_id) {
+            Some(Codec::None) if stored.len() == out.len() => {
+                out.copy_from_slice(stored);
+                out.len()
+            }
+            Some(Codec::None) => stored.len(),
+            Some(Codec::Zstd { .. }) => self
+                .decompressor(base)?
+                .decompress_to_buffer(stored, out)
+                .map_err(|e| SegmentError::Decompress {
+                    part,
+                    range,
+                    reason: e.to_string(),
+                })?,
+            None => {
+                return Err(SegmentError::Unsupported {
+                    part,
+                    range: ByteRange::at(base + 4, 1),
+                    what: format!("codec id {}", h.codec_id),
+                })
+            }
+        };
+        if n != h.uncompressed_len as usize || n != out.len() {
+            return Err(SegmentError::Decompress {
+                part,
+                range,
+                reason: format!(
+                    "decoded {n} bytes, the frame header says {}",
+                    h.uncompressed_len
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn decompressor(&mut self, base: u64) -> Result<&mut Decompressor<'static>> {
+        match &mut self.decompressor {
+            Some(d) => Ok(d),
+            slot => Ok(
+                slot.insert(Decompressor::new().map_err(|e| SegmentError::Io {
+                    offset: base,
+                    source: e,
+                })?),
+            ),
+        }
     }
 }
 
@@ -262,24 +317,24 @@ pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
         ));
     }
     let stored = &frame_bytes[FRAME_HEADER_LEN..];
-    check_stored_crc(&h, stored, info.offset, index)?;
+    check_stored_crc(&h, crc32c::crc32c(stored), stored.len(), info.offset, index)?;
     let mut out = Vec::new();
     FrameDecoder::default().decode(&h, stored, info.offset, index, &mut out)?;
     Ok(out)
 }
 
-/// Verifies the CRC-32C of a frame's stored bytes.
+/// Verifies the CRC-32C of a frame's stored bytes (`computed` over `len` bytes).
 pub(crate) fn check_stored_crc(
     h: &FrameHeader,
-    stored: &[u8],
+    computed: u32,
+    len: usize,
     base: u64,
     index: u32,
 ) -> Result<()> {
-    let computed = crc32c::crc32c(stored);
     if computed != h.crc {
         return Err(SegmentError::ChecksumMismatch {
             part: Part::Frame(index),
-            range: ByteRange::at(base + FRAME_HEADER_LEN as u64, stored.len() as u64),
+            range: ByteRange::at(base + FRAME_HEADER_LEN as u64, len as u64),
             stored: h.crc,
             computed,
         });

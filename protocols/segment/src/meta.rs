@@ -116,7 +116,10 @@ impl FrameInfo {
 
     /// Range of payload (raw log) bytes this frame holds.
     pub fn raw_range(&self) -> Range<u64> {
-        self.raw_offset..self.raw_offset.saturating_add(u64::from(self.uncompressed_len))
+        self.raw_offset
+            ..self
+                .raw_offset
+                .saturating_add(u64::from(self.uncompressed_len))
     }
 }
 

@@ -164,24 +164,53 @@ impl<R: Read> SegmentReader<R> {
                     ))
                 }
             }
-            if let Err(e) = self.next_block() {
-                self.state = State::Failed(e.to_string());
-                self.buf.clear();
-                self.buf_pos = 0;
+            if let Err(e) = self.next_block(None) {
+                self.fail(&e);
                 return Err(e);
             }
         }
     }
 
-    /// Reads the next frame into `buf`, or the footer and trailer.
-    fn next_block(&mut self) -> Result<()> {
+    fn fail(&mut self, e: &SegmentError) {
+        self.state = State::Failed(e.to_string());
+        self.buf.clear();
+        self.buf_pos = 0;
+    }
+
+    /// Appends the rest of the payload to `out`, decoding frames straight
+    /// into it, and returns the verified metadata. On error, `out` holds the
+    /// verified frames before the bad part.
+    pub fn read_all_into(&mut self, out: &mut Vec<u8>) -> Result<&SegmentMeta> {
+        if self.buf_pos < self.buf.len() {
+            out.extend_from_slice(&self.buf[self.buf_pos..]);
+            self.buf_pos = self.buf.len();
+        }
+        loop {
+            match &self.state {
+                State::Frames => {}
+                State::Done => break,
+                State::Failed(_) => {
+                    self.fill()?;
+                }
+            }
+            if let Err(e) = self.next_block(Some(out)) {
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+        self.verify_to_end()
+    }
+
+    /// Reads the next frame into `buf` (or appends it to `append_to`), or
+    /// the footer and trailer.
+    fn next_block(&mut self, append_to: Option<&mut Vec<u8>>) -> Result<()> {
         let start = self.pos;
         let index = self.frames.len() as u32;
         let mut fh = [0u8; FRAME_HEADER_LEN];
         self.read_tracked(&mut fh[..4], Part::Frame(index), true)?;
         if fh[..4] == FRAME_MAGIC {
             self.read_tracked(&mut fh[4..], Part::Frame(index), true)?;
-            self.read_frame(&fh, start, index)
+            self.read_frame(&fh, start, index, append_to)
         } else if fh[..4] == FOOTER_MAGIC {
             self.read_footer(&fh[..4], start)
         } else {
@@ -192,7 +221,13 @@ impl<R: Read> SegmentReader<R> {
         }
     }
 
-    fn read_frame(&mut self, fh: &[u8], start: u64, index: u32) -> Result<()> {
+    fn read_frame(
+        &mut self,
+        fh: &[u8],
+        start: u64,
+        index: u32,
+        append_to: Option<&mut Vec<u8>>,
+    ) -> Result<()> {
         let part = Part::Frame(index);
         let h = FrameHeader::parse(fh, start, index)?;
         if self.frames.len() >= MAX_FRAMES {
@@ -226,10 +261,28 @@ impl<R: Read> SegmentReader<R> {
         let clen = h.compressed_len as usize;
         self.read_stored(clen, part)?;
         let stored = &self.stored[..clen];
-        check_stored_crc(&h, stored, start, index)?;
-        self.decoder
-            .decode(&h, stored, start, index, &mut self.buf)?;
-        self.buf_pos = 0;
+        let crc = crc32c::crc32c(stored);
+        check_stored_crc(&h, crc, clen, start, index)?;
+        // extend the object checksum from the frame checksum, no second pass
+        self.crc = crc32c::crc32c_combine(self.crc, crc, clen);
+        match append_to {
+            None => {
+                self.decoder
+                    .decode(&h, stored, start, index, &mut self.buf)?;
+                self.buf_pos = 0;
+            }
+            Some(out) => {
+                let at = out.len();
+                out.resize(at + h.uncompressed_len as usize, 0);
+                let r = self
+                    .decoder
+                    .decode_into(&h, stored, start, index, &mut out[at..]);
+                if r.is_err() {
+                    out.truncate(at);
+                }
+                r?;
+            }
+        }
         self.frames.push(h.info(index, start));
         self.raw_total += u64::from(h.uncompressed_len);
         Ok(())
@@ -264,7 +317,7 @@ impl<R: Read> SegmentReader<R> {
                 }
             }
         }
-        self.crc = crc32c::crc32c_append(self.crc, &self.stored[..len]);
+        // the caller extends the object checksum from the frame checksum
         self.pos += len as u64;
         Ok(())
     }
@@ -425,10 +478,13 @@ impl<R: Read> BufRead for SegmentReader<R> {
 /// Decodes and verifies a whole segment held in memory.
 pub fn decode(object: &[u8]) -> Result<(SegmentMeta, Vec<u8>)> {
     let mut r = SegmentReader::new(object)?;
-    let mut payload = Vec::new();
-    while let Some(chunk) = r.next_chunk()? {
-        payload.extend_from_slice(chunk);
-    }
+    // Size hint from the footer, if it parses; bounded so that a lying
+    // footer cannot make us reserve much more than the object suggests.
+    let hint = crate::parse_tail(object, object.len() as u64)
+        .map_or(0, |t| t.footer.payload_len())
+        .min(object.len() as u64 * 16 + (1 << 20));
+    let mut payload = Vec::with_capacity(hint as usize);
+    r.read_all_into(&mut payload)?;
     match r.meta {
         Some(meta) => Ok((meta, payload)),
         None => Err(SegmentError::invalid(

@@ -242,12 +242,19 @@ impl<W: Write> SegmentWriter<W> {
             crc: crc32c::crc32c(stored),
         };
         let hb = h.encode();
-        let r = write_tracked(&mut self.w, &mut self.pos, &mut self.crc, &hb)
-            .and_then(|()| write_tracked(&mut self.w, &mut self.pos, &mut self.crc, stored));
+        let r = write_tracked(&mut self.w, &mut self.pos, &mut self.crc, &hb).and_then(|()| {
+            let offset = self.pos;
+            self.w
+                .write_all(stored)
+                .map_err(|source| SegmentError::Io { offset, source })
+        });
         if let Err(e) = r {
             self.failed = true;
             return Err(e);
         }
+        // extend the object checksum from the frame checksum, no second pass
+        self.crc = crc32c::crc32c_combine(self.crc, h.crc, stored.len());
+        self.pos += stored.len() as u64;
         debug_assert_eq!(self.pos, offset + (FRAME_HEADER_LEN + stored.len()) as u64);
         self.frames.push(h.info(self.frames.len() as u32, offset));
         self.raw_total += raw.len() as u64;

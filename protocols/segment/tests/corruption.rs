@@ -1,5 +1,6 @@
 //! Corruption detection: every single flipped bit, every truncation, and
 //! trailing data are reported as errors that name a part and byte range.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 

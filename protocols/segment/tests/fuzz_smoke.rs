@@ -3,6 +3,7 @@
 //! the inputs get their checksums recomputed after mutation so that the
 //! structural checks behind the checksums are exercised too. (The
 //! coverage-guided version of this is the `decode` target in `fuzz/`.)
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! The files were produced once by the ignored generator below:
 //! `cargo test -p pitr-segment --test golden -- --ignored generate_golden_files`
 //! (it refuses to overwrite existing files).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Range reads: parse_tail on the end of an object, decode_frame on single
 //! frames, parse_header on the start — each equals the corresponding slice
 //! of a full decode.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 

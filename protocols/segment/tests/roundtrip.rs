@@ -1,5 +1,6 @@
 //! Round trips through the streaming writer/reader and encode/decode, with
 //! arbitrary payloads, frame sizes, write/read chunkings and headers.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 

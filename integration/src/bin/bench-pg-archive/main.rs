@@ -24,7 +24,8 @@
 //!
 //! The result is printed as markdown and written into the "PostgreSQL WAL archiving"
 //! section of BENCHMARKS.md (other sections are left alone). This is a program, not a
-//! test: nothing here asserts on timings.
+//! test: nothing here asserts on timings. Env `PITR_BENCH_SAMPLES=DIR` also writes every raw
+//! sample as CSV into DIR.
 
 mod procs;
 mod report;
@@ -41,7 +42,8 @@ use procs::{Archiver, Kind};
 use report::{ArchiverResult, Machine, RunResult, Settings};
 use sampler::{replication_rows, Psql, Sampler};
 
-const USAGE: &str = "usage: bench-pg-archive [--seconds N] [--scale N] [--clients N] [--threads N] \
+const USAGE: &str =
+    "usage: bench-pg-archive [--seconds N] [--scale N] [--clients N] [--threads N] \
 [--flush-interval 1s] [--mode separate|together] [--s3 moto,s3s-fs] [--no-write] [--out FILE]";
 
 fn main() {
@@ -68,7 +70,10 @@ fn parse_args() -> Result<Settings> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        let mut val = || {
+            args.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--seconds" => s.seconds = val()?.parse().context("--seconds")?,
             "--scale" => s.scale = val()?.parse().context("--scale")?,
@@ -181,7 +186,14 @@ fn s3_name(i: S3Impl) -> &'static str {
 
 fn pgbench(pg: &PgServer, args: &[&str]) -> Result<String> {
     let out = Command::new(pg.bin("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(args)
         .arg("postgres")
         .output()
@@ -214,9 +226,13 @@ fn start_archiver(
             let out = dir.join("receivewal");
             std::fs::create_dir_all(&out)?;
             let mut cmd = Command::new(pg.bin("pg_receivewal"));
-            cmd.args(["-d", &pg.url(), "-D"])
-                .arg(&out)
-                .args(["--slot", &slot, "--synchronous", "--no-password", "-n"]);
+            cmd.args(["-d", &pg.url(), "-D"]).arg(&out).args([
+                "--slot",
+                &slot,
+                "--synchronous",
+                "--no-password",
+                "-n",
+            ]);
             Archiver::spawn(
                 Kind::ReceiveWal,
                 &slot,
@@ -306,10 +322,9 @@ fn bench_run(
             a.ensure_running()?;
         }
         let rows = replication_rows(&mut psql, 0.0)?;
-        let ready = archivers.iter().all(|a| {
-            rows.iter()
-                .any(|r| r.slot == a.slot && r.flush >= ready_at)
-        });
+        let ready = archivers
+            .iter()
+            .all(|a| rows.iter().any(|r| r.slot == a.slot && r.flush >= ready_at));
         if ready {
             break;
         }
@@ -390,14 +405,35 @@ fn bench_run(
         .map(|a| a.peak_rss())
         .collect::<Result<_>>()?;
     let samples = sampler.finish()?;
+    if let Some(dir) = std::env::var_os("PITR_BENCH_SAMPLES") {
+        // Raw samples for a closer look: t,slot,current,write,flush,write_lag,flush_lag.
+        let path = PathBuf::from(dir).join(format!("samples-run{run}.csv"));
+        let mut csv = String::from("t,slot,current,write,flush,write_lag,flush_lag\n");
+        for s in &samples {
+            csv.push_str(&format!(
+                "{:.3},{},{},{},{},{},{}\n",
+                s.t - load_start,
+                s.slot,
+                s.current,
+                s.write,
+                s.flush,
+                s.write_lag.map(|v| v.to_string()).unwrap_or_default(),
+                s.flush_lag.map(|v| v.to_string()).unwrap_or_default()
+            ));
+        }
+        std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
 
     let load_secs = load_end - load_start;
     let wal_bytes = lsn1.saturating_sub(lsn0);
     let mut results = Vec::new();
     for (i, a) in archivers.iter().enumerate() {
-        let mine: Vec<_> = samples
+        let all_mine: Vec<_> = samples.iter().filter(|s| s.slot == a.slot).collect();
+        let rpo = sampler::measured_rpo(&all_mine, load_start, load_end);
+        let mine: Vec<_> = all_mine
             .iter()
-            .filter(|s| s.slot == a.slot && s.t >= load_start && s.t <= load_end)
+            .copied()
+            .filter(|s| s.t >= load_start && s.t <= load_end)
             .collect();
         let flush_end = end_rows
             .iter()
@@ -420,6 +456,7 @@ fn bench_run(
             // NULL lag = nothing unconfirmed: counts as 0.
             write_lag: mine.iter().map(|s| s.write_lag.unwrap_or(0.0)).collect(),
             flush_lag: mine.iter().map(|s| s.flush_lag.unwrap_or(0.0)).collect(),
+            rpo,
             cpu_secs: cpu1[i] - cpu0[i],
             peak_rss: rss[i],
             stored_bytes: a.dir.as_deref().map(procs::dir_size),

@@ -109,14 +109,15 @@ impl Archiver {
             .with_context(|| format!("no VmHWM in {path}"))
     }
 
-    /// SIGTERM (graceful: pitr flushes and uploads what it received), then waits up to
-    /// `timeout` before killing it. Returns whether it exited with status 0.
+    /// Asks it to stop (pitr: SIGTERM, it stores what it received first; pg_receivewal:
+    /// SIGINT, its documented stop signal), then waits up to `timeout` before killing it.
+    /// Returns whether it exited with status 0.
     pub fn terminate(mut self, timeout: Duration) -> Result<bool> {
-        send_signal(self.pid(), "TERM")?;
+        let sig = if self.kind.is_pitr() { "TERM" } else { "INT" };
+        send_signal(self.pid(), sig)?;
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().context("waiting for a child")? {
-                // pg_receivewal exits 0 on SIGTERM too (it treats it as a stop request).
                 return Ok(s.success());
             }
             if start.elapsed() > timeout {

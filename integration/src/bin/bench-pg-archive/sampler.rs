@@ -44,7 +44,14 @@ impl Psql {
     pub fn connect(pg: &PgServer) -> Result<Psql> {
         let mut child = Command::new(pg.bin("psql"))
             .args(["-X", "-A", "-t", "-q", "-F", "|", "-h", "127.0.0.1"])
-            .args(["-p", &pg.port().to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .env_remove("PGPASSWORD")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -207,4 +214,71 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     v.sort_by(|a, b| a.total_cmp(b));
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     v.get(rank.clamp(1, v.len()) - 1).copied()
+}
+
+/// Measured RPO of one archiver, at sampling resolution: for every sample taken during
+/// `[from, to]`, the time until the archiver's `flush_lsn` first reached the WAL position
+/// the server had at that sample. Unlike the server's `flush_lag` (which is computed only
+/// for the positions the archiver reports, i.e. the newest byte of each stored segment),
+/// this also covers WAL written early in a segment. Samples whose WAL was never confirmed
+/// are left out (the caller reports the archiver as not caught up).
+pub fn measured_rpo(samples: &[&Sample], from: f64, to: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for (i, s) in samples.iter().enumerate() {
+        if s.t < from || s.t > to {
+            continue;
+        }
+        j = j.max(i);
+        while j < samples.len() && samples[j].flush < s.current {
+            j += 1;
+        }
+        match samples.get(j) {
+            Some(d) => out.push(d.t - s.t),
+            None => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(t: f64, current: u64, flush: u64) -> Sample {
+        Sample {
+            t,
+            slot: "x".into(),
+            current,
+            write: flush,
+            flush,
+            write_lag: None,
+            flush_lag: None,
+        }
+    }
+
+    #[test]
+    fn rpo_is_time_until_the_position_is_confirmed() {
+        // WAL at 100 (t=0) is confirmed at t=0.3, WAL at 200 (t=0.1) at t=0.5; the last
+        // sample's WAL (300) is never confirmed and is left out.
+        let v = [
+            s(0.0, 100, 0),
+            s(0.1, 200, 50),
+            s(0.3, 250, 100),
+            s(0.5, 300, 250),
+        ];
+        let refs: Vec<&Sample> = v.iter().collect();
+        let rpo = measured_rpo(&refs, 0.0, 1.0);
+        let rounded: Vec<i64> = rpo.iter().map(|x| (x * 10.0).round() as i64).collect();
+        assert_eq!(rounded, vec![3, 4, 2]);
+        assert_eq!(measured_rpo(&refs, 0.2, 0.4).len(), 1);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50.0));
+        assert_eq!(percentile(&v, 99.0), Some(99.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
 }

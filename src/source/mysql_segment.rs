@@ -1,0 +1,340 @@
+//! Segment building and repository metadata of the MySQL/MariaDB archiver.
+//!
+//! [`SegmentBuilder`] accumulates the exact bytes of consecutive binlog
+//! events of ONE binlog file. Position layout (shared with backup/restore):
+//! `LogPos{hi: binlog file sequence number, lo: byte offset in that file}`;
+//! a segment holds the events `[start, end)` of one file, the binlog magic
+//! is never stored, and the first segment of a file starts at offset 4 with
+//! the file's FORMAT_DESCRIPTION event.
+//!
+//! The builder tracks the last *safe* cut point: the end of the last event
+//! after which no transaction (event group) is open. Only the bytes up to it
+//! are ever sealed, so a segment never splits a transaction; the bytes of an
+//! open transaction stay in the builder (and are dropped, to be re-read, when
+//! the connection fails). Commit times of the transactions ending in a
+//! segment give its first/last commit time and its record count.
+//!
+//! The object `<source>/mysql.json` (`{"binlog_basename", "flavor"}`) stores
+//! the binlog base name once, so file names can be rebuilt from positions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use bytes::{Bytes, BytesMut};
+use pitr_segment::{Epoch, LogPos, TimestampMicros};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::keys::{source_prefix, SourceName};
+use crate::archive::pipeline::SealedSegment;
+use crate::storage::{PutOutcome, Repo, StorageError};
+
+/// Offset of the first event of every binlog file (after the magic).
+pub const FIRST_EVENT_OFFSET: u64 = 4;
+
+/// Epoch of every MySQL/MariaDB segment (reserved for lineage changes).
+pub const MYSQL_EPOCH: Epoch = Epoch(1);
+
+/// Commit-time statistics of the transactions ending in a stretch of log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Commits {
+    first: Option<TimestampMicros>,
+    last: Option<TimestampMicros>,
+    count: u64,
+}
+
+impl Commits {
+    fn note(&mut self, t: TimestampMicros) {
+        self.count += 1;
+        self.first = Some(self.first.map_or(t, |f| f.min(t)));
+        self.last = Some(self.last.map_or(t, |l| l.max(t)));
+    }
+
+    fn merge(&mut self, o: Commits) {
+        self.count += o.count;
+        self.first = match (self.first, o.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = match (self.last, o.last) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Bytes of the segment being built; see the module docs.
+#[derive(Debug)]
+pub struct SegmentBuilder {
+    /// Sequence number of the binlog file.
+    seq: u64,
+    /// Offset of the first buffered byte in that file.
+    start: u64,
+    data: BytesMut,
+    /// `data[..safe_len]` ends at a transaction boundary.
+    safe_len: usize,
+    safe: Commits,
+    /// Transactions that ended after the safe point (always empty in
+    /// practice: a transaction end is itself a safe point).
+    pending: Commits,
+    /// When the oldest unsealed safe byte arrived.
+    opened: Option<Instant>,
+}
+
+impl SegmentBuilder {
+    /// An empty builder whose next event must start at `(seq, offset)`.
+    pub fn new(seq: u64, offset: u64) -> SegmentBuilder {
+        SegmentBuilder {
+            seq,
+            start: offset,
+            data: BytesMut::new(),
+            safe_len: 0,
+            safe: Commits::default(),
+            pending: Commits::default(),
+            opened: None,
+        }
+    }
+
+    /// `(file sequence, offset)` where the next event must start.
+    pub fn expected(&self) -> (u64, u64) {
+        (self.seq, self.start + self.data.len() as u64)
+    }
+
+    /// End of the sealable part: where a reconnect resumes.
+    pub fn safe_end(&self) -> LogPos {
+        LogPos::new(self.seq, self.start + self.safe_len as u64)
+    }
+
+    pub fn safe_bytes(&self) -> usize {
+        self.safe_len
+    }
+
+    /// True while bytes of an unfinished transaction are buffered.
+    pub fn has_unsafe(&self) -> bool {
+        self.data.len() > self.safe_len
+    }
+
+    /// Appends one event. `commit`: the commit time when it ends a
+    /// transaction; `safe`: no transaction is open after it.
+    pub fn push(&mut self, event: &[u8], commit: Option<TimestampMicros>, safe: bool) {
+        self.data.extend_from_slice(event);
+        if let Some(t) = commit {
+            self.pending.note(t);
+        }
+        if safe {
+            self.safe_len = self.data.len();
+            let p = std::mem::take(&mut self.pending);
+            self.safe.merge(p);
+            if self.opened.is_none() {
+                self.opened = Some(Instant::now());
+            }
+        }
+    }
+
+    /// True when the sealable part is older than `interval`.
+    pub fn due(&self, interval: Duration) -> bool {
+        self.safe_len > 0 && self.opened.is_some_and(|t| t.elapsed() >= interval)
+    }
+
+    /// Seals `[start, safe end)`; `None` when nothing is sealable. Bytes of
+    /// an open transaction stay buffered.
+    pub fn take_safe(&mut self) -> Option<SealedSegment> {
+        if self.safe_len == 0 {
+            return None;
+        }
+        let raw: Bytes = self.data.split_to(self.safe_len).freeze();
+        let start = LogPos::new(self.seq, self.start);
+        self.start += self.safe_len as u64;
+        self.safe_len = 0;
+        let c = std::mem::take(&mut self.safe);
+        self.opened = None;
+        Some(SealedSegment {
+            epoch: MYSQL_EPOCH,
+            start,
+            end: LogPos::new(self.seq, self.start),
+            first_commit: c.first,
+            last_commit: c.last,
+            records: c.count,
+            raw,
+        })
+    }
+
+    /// Drops the bytes of an unfinished transaction.
+    pub fn discard_unsafe(&mut self) {
+        self.data.truncate(self.safe_len);
+        self.pending = Commits::default();
+    }
+
+    /// Moves an empty builder to `(seq, offset)` (the next file).
+    pub fn move_to(&mut self, seq: u64, offset: u64) -> anyhow::Result<()> {
+        if !self.data.is_empty() {
+            return Err(anyhow!(
+                "internal error: moving to binlog file {seq} with {} unsealed bytes of file {}",
+                self.data.len(),
+                self.seq
+            ));
+        }
+        self.seq = seq;
+        self.start = offset;
+        Ok(())
+    }
+}
+
+/// Contents of `<source>/mysql.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MysqlMeta {
+    /// `binlog` of `binlog.000003`.
+    pub binlog_basename: String,
+    /// `mysql` or `mariadb`.
+    pub flavor: String,
+}
+
+impl MysqlMeta {
+    /// The file name of sequence `seq` (six-digit zero padding, as servers write).
+    pub fn file_name(&self, seq: u64) -> String {
+        format!("{}.{seq:06}", self.binlog_basename)
+    }
+}
+
+/// Key of the source's `mysql.json`.
+pub fn meta_key(source: &SourceName) -> String {
+    format!("{}mysql.json", source_prefix(source))
+}
+
+/// Reads `mysql.json`; `None` when absent.
+pub async fn read_meta(repo: &Repo, source: &SourceName) -> anyhow::Result<Option<MysqlMeta>> {
+    let key = meta_key(source);
+    match repo.get(&key).await {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| anyhow!("{key} is corrupt ({e}); the repository is damaged")),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// Stores `meta` create-if-absent; a different base name already stored is
+/// an error (the file names of the archive would become ambiguous).
+pub async fn ensure_meta(repo: &Repo, source: &SourceName, meta: &MysqlMeta) -> anyhow::Result<()> {
+    let key = meta_key(source);
+    let body = serde_json::to_vec_pretty(meta).map_err(|e| anyhow!("{e}"))?;
+    match repo.put_if_absent(&key, Bytes::from(body)).await {
+        Ok(PutOutcome::Created | PutOutcome::AlreadyIdentical) => Ok(()),
+        Err(StorageError::Divergent { .. }) => match read_meta(repo, source).await? {
+            Some(stored) if stored == *meta => Ok(()),
+            Some(stored) => Err(anyhow!(
+                "source {source} was archived with binlog base name {:?} ({}), but the server now writes {:?} ({}); archive it under a new --name",
+                stored.binlog_basename,
+                stored.flavor,
+                meta.binlog_basename,
+                meta.flavor
+            )),
+            None => Err(anyhow!("{key} vanished while being written; retry")),
+        },
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// Type code of the last event of `payload` (events back to back, each
+/// with its `event_size` at bytes 9..13); `None` when the sizes do not
+/// tile the payload exactly.
+pub fn last_event_type(payload: &[u8]) -> Option<u8> {
+    let mut at = 0usize;
+    let mut last = None;
+    while at < payload.len() {
+        let head = payload.get(at..at + 13)?;
+        let size = u32::from_le_bytes([head[9], head[10], head[11], head[12]]) as usize;
+        if size < 19 {
+            return None;
+        }
+        last = Some(head[4]);
+        at = at.checked_add(size)?;
+    }
+    (at == payload.len()).then_some(last).flatten()
+}
+
+/// The default replica server id for a source: a stable hash of its name
+/// in `0x7000_0000..=0x7fff_ffff`, a range real servers rarely use.
+pub fn default_server_id(source: &str) -> u32 {
+    // FNV-1a, 64 bit.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    0x7000_0000 | (h as u32 & 0x0fff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(t: u8, size: usize) -> Vec<u8> {
+        let mut e = vec![0u8; size];
+        e[4] = t;
+        e[9..13].copy_from_slice(&(size as u32).to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn cuts_only_at_safe_points_and_keeps_open_transactions() {
+        let mut b = SegmentBuilder::new(3, 4);
+        b.push(&ev(15, 100), None, true);
+        b.push(&ev(33, 50), None, false);
+        b.push(&ev(30, 70), None, false);
+        assert_eq!(b.safe_end(), LogPos::new(3, 104));
+        b.push(&ev(16, 31), Some(TimestampMicros(20)), true);
+        b.push(&ev(33, 50), None, false);
+        assert!(b.has_unsafe());
+        let s = b.take_safe().unwrap();
+        assert_eq!((s.start, s.end), (LogPos::new(3, 4), LogPos::new(3, 255)));
+        assert_eq!(s.raw.len(), 251);
+        assert_eq!(
+            (s.first_commit, s.last_commit, s.records),
+            (Some(TimestampMicros(20)), Some(TimestampMicros(20)), 1)
+        );
+        assert_eq!(b.expected(), (3, 305));
+        assert!(b.take_safe().is_none());
+        b.discard_unsafe();
+        assert_eq!(b.expected(), (3, 255));
+        assert!(b.move_to(4, 4).is_ok());
+        b.push(&ev(15, 10), None, true);
+        assert!(b.move_to(5, 4).is_err());
+    }
+
+    #[test]
+    fn commit_range_spans_several_transactions() {
+        let mut b = SegmentBuilder::new(1, 4);
+        for t in [30, 10, 20] {
+            b.push(&ev(16, 31), Some(TimestampMicros(t)), true);
+        }
+        let s = b.take_safe().unwrap();
+        assert_eq!(
+            (s.first_commit, s.last_commit, s.records),
+            (Some(TimestampMicros(10)), Some(TimestampMicros(30)), 3)
+        );
+        assert!(!b.due(Duration::ZERO));
+    }
+
+    #[test]
+    fn last_event_type_walks_the_events() {
+        let mut p = ev(15, 40);
+        p.extend(ev(16, 31));
+        p.extend(ev(4, 44));
+        assert_eq!(last_event_type(&p), Some(4));
+        assert_eq!(last_event_type(&p[..p.len() - 1]), None);
+        assert_eq!(last_event_type(&[]), None);
+    }
+
+    #[test]
+    fn server_ids_are_stable_and_in_range() {
+        let a = default_server_id("mysql-abc");
+        assert_eq!(a, default_server_id("mysql-abc"));
+        assert_ne!(a, default_server_id("mysql-abd"));
+        assert!((0x7000_0000..=0x7fff_ffff).contains(&a));
+        let m = MysqlMeta {
+            binlog_basename: "binlog".into(),
+            flavor: "mysql".into(),
+        };
+        assert_eq!(m.file_name(7), "binlog.000007");
+    }
+}
