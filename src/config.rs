@@ -7,7 +7,7 @@
 //! [metrics]
 //! listen = "127.0.0.1:9187"           # /metrics and /healthz; omit to disable
 //!
-//! [retention]                         # optional (used by `pitr prune`)
+//! [retention]                         # optional: applied after each scheduled backup
 //! keep_backups = 7
 //! recovery_window = "14d"
 //!

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod monitor;
 pub mod restore;
+pub mod retention;
 pub mod source;
 pub mod storage;

@@ -13,6 +13,7 @@
 
 pub mod mysql;
 pub mod pg;
+pub mod restore_util;
 pub mod s3;
 mod signal;
 pub mod util;

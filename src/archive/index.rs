@@ -483,3 +483,111 @@ pub async fn view(
         .unwrap_or_default();
     Ok(IndexView::new(all, gaps))
 }
+
+/// Index changes that drop everything before a cut position from one epoch
+/// (retention). Plan with [`plan_cut`], then [`IndexCut::write_replacements`],
+/// then delete [`IndexCut::deletions`], and only then the segments.
+///
+/// The outermost valid object straddling the cut (valid objects nest) is
+/// replaced by one listing only its segments ending after the cut, starting at the first of them, with a
+/// generation above every generation of the epoch (so it supersedes the old
+/// object and everything the old one superseded). Objects starting before
+/// the cut are deleted, and so is any object the deletions would make valid
+/// again (its listing is stale). A crash at any step leaves a valid chain
+/// that lists only segments after the cut, which the segment deletion never
+/// touches.
+#[derive(Debug, Clone, Default)]
+pub struct IndexCut {
+    pub replacements: Vec<IndexKey>,
+    pub deletions: Vec<IndexKey>,
+    bodies: HashMap<IndexKey, Vec<(String, u64)>>,
+}
+
+impl IndexCut {
+    /// Writes the replacement objects (create-if-absent, idempotent).
+    pub async fn write_replacements(&self, repo: &Repo) -> Result<(), IndexError> {
+        for k in &self.replacements {
+            let segs = self.bodies.get(k).cloned().unwrap_or_default();
+            write_body(repo, k, segs).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Plans the index changes for dropping segments ending at or before `cut`
+/// from `epoch` (see [`IndexCut`]).
+pub async fn plan_cut(
+    repo: &Repo,
+    source: &SourceName,
+    epoch: Epoch,
+    gaps: &[GapKey],
+    cut: LogPos,
+) -> Result<IndexCut, IndexError> {
+    let all = list_index_keys(repo, source)
+        .await?
+        .remove(&epoch)
+        .unwrap_or_default();
+    let before = IndexView::new(all.clone(), gaps);
+    let top = all.iter().map(|k| k.generation).max().unwrap_or(0);
+    let mut out = IndexCut::default();
+    let mut untouched = Vec::new();
+    let straddling: Vec<&IndexKey> = before
+        .valid
+        .iter()
+        .filter(|k| k.first < cut && cut < k.last)
+        .collect();
+    // Only the outermost straddler is replaced (valid objects nest); the
+    // nested ones start before the cut and are deleted.
+    let outermost = straddling.iter().filter(|k| {
+        !straddling
+            .iter()
+            .any(|o| o != *k && o.first <= k.first && k.last <= o.last)
+    });
+    for &k in outermost {
+        let body = read_body(repo, k).await?;
+        let mut kept = Vec::new();
+        let mut first = None;
+        for (name, size) in body.segments {
+            let seg = SegmentKey::parse_file_name(source.clone(), epoch, &name)
+                .ok_or_else(|| corrupt(k, "bad segment name"))?;
+            if seg.end > cut {
+                first.get_or_insert(seg.start);
+                kept.push((name, size));
+            }
+        }
+        let Some(first) = first else { continue };
+        if first == k.first {
+            untouched.push(k.clone()); // its first segment straddles the cut
+            continue;
+        }
+        let key = IndexKey {
+            first,
+            generation: top.saturating_add(1),
+            ..k.clone()
+        };
+        if !out.replacements.contains(&key) {
+            out.bodies.insert(key.clone(), kept);
+            out.replacements.push(key);
+        }
+    }
+    let doomed = |k: &IndexKey| k.first < cut && !untouched.contains(k);
+    let mut remaining: Vec<IndexKey> = all.iter().filter(|k| !doomed(k)).cloned().collect();
+    out.deletions = all.iter().filter(|k| doomed(k)).cloned().collect();
+    // Objects that were invalid must stay invalid: their listings are stale.
+    loop {
+        let mut next = remaining.clone();
+        next.extend(out.replacements.iter().cloned());
+        let view = IndexView::new(next, gaps);
+        let revived: Vec<IndexKey> = remaining
+            .iter()
+            .filter(|k| view.valid.contains(k) && !before.valid.contains(k))
+            .cloned()
+            .collect();
+        if revived.is_empty() {
+            break;
+        }
+        remaining.retain(|k| !revived.contains(k));
+        out.deletions.extend(revived);
+    }
+    Ok(out)
+}

@@ -7,4 +7,5 @@
 //!   stop position is archived.
 
 pub mod manifest;
+pub mod mysql;
 pub mod take;

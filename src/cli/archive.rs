@@ -36,16 +36,16 @@ pub struct ArchiveArgs {
     /// zstd level of stored segments.
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
+    /// MySQL/MariaDB: server id to register with as a replica (default: a
+    /// stable value derived from the source name, in 0x70000000..0x7fffffff).
+    #[arg(long)]
+    pub server_id: Option<u32>,
 }
 
 pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
     match url_kind(&args.url) {
         Some(UrlKind::Postgres) => {}
-        Some(UrlKind::MySql) => {
-            return Err(anyhow!(
-                "archiving MySQL/MariaDB is not available in this version of pitr"
-            ))
-        }
+        Some(UrlKind::MySql) => return run_mysql(args).await,
         Some(UrlKind::MongoDb) => {
             return Err(anyhow!(
                 "archiving MongoDB is not available in this version of pitr"
@@ -63,6 +63,26 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
         url: args.url,
         name: args.name,
         slot: args.slot,
+        flush_interval: args.flush_interval,
+        zstd_level: args.zstd_level,
+        uploader: crate::archive::pipeline::UploaderOptions {
+            parallelism: args.parallel.max(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let cancel = shutdown_token();
+    archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
+    Ok(0)
+}
+
+async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
+    use crate::source::mysql::{archive, MysqlArchiveOptions};
+    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let opts = MysqlArchiveOptions {
+        url: args.url,
+        name: args.name,
+        server_id: args.server_id,
         flush_interval: args.flush_interval,
         zstd_level: args.zstd_level,
         uploader: crate::archive::pipeline::UploaderOptions {

@@ -34,6 +34,17 @@ pub struct BackupArgs {
 }
 
 pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
+    if url_kind(&args.url) == Some(UrlKind::MySql) {
+        return crate::backup::mysql::run_cli(
+            &args.url,
+            &args.repo,
+            args.name.clone(),
+            args.label.clone(),
+            args.part_size_mib.max(1) << 20,
+            args.json,
+        )
+        .await;
+    }
     if url_kind(&args.url) != Some(UrlKind::Postgres) {
         return Err(anyhow!(
             "base backups are available for PostgreSQL only; {:?} is not a postgres:// URL",

@@ -6,7 +6,9 @@
 
 pub mod archive;
 pub mod backup;
+pub mod binlog_fetch;
 pub mod common;
+pub mod prune;
 pub mod run;
 pub mod restore;
 pub mod status;
@@ -36,6 +38,9 @@ pub enum Command {
     /// Write one archived PostgreSQL WAL file (or .history file) to a path;
     /// made for `restore_command`. Exit status 1 when it is not archived.
     WalFetch(wal_fetch::WalFetchArgs),
+    /// Write one archived MySQL/MariaDB binlog file to a path (or --list
+    /// them). Exit status 1 when it is not archived.
+    BinlogFetch(binlog_fetch::BinlogFetchArgs),
     /// Recoverable window, base backups, gaps and lag of each source.
     /// Exit status 1 when a gap splits the window or the lag is too high.
     Status(status::StatusArgs),
@@ -49,6 +54,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Restore a PostgreSQL cluster to a point in time.
     Restore(restore::RestoreArgs),
+    /// Delete old base backups and the log only they needed.
+    Prune(prune::PruneArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -57,10 +64,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Archive(a) => archive::run(a).await,
         Command::WalFetch(a) => wal_fetch::run(a).await,
+        Command::BinlogFetch(a) => binlog_fetch::run(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Verify(a) => verify::run(a).await,
         Command::Run(a) => run::run(a).await,
+        Command::Prune(a) => prune::run(a).await,
     }
 }

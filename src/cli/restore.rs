@@ -12,12 +12,12 @@ use crate::archive::catalog::Catalog;
 use crate::backup::manifest::list_backups;
 use crate::cli::wal_fetch::resolve_source;
 use crate::restore::pg;
-use crate::restore::plan::{plan, Target};
+use crate::restore::plan::{plan, plan_on, timeline_path, Target};
 use crate::restore::time::{parse_time, utc_text};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "to_lsn", "to_name", "latest"])))]
+#[command(group(clap::ArgGroup::new("restore_target").required(true).args(["to", "to_lsn", "to_name", "latest", "to_gtid", "to_position"])))]
 pub struct RestoreArgs {
     /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
@@ -59,9 +59,41 @@ pub struct RestoreArgs {
     /// JSON output on stdout.
     #[arg(long)]
     pub json: bool,
+    /// MySQL/MariaDB: server to restore into, mysql://user:password@host:port.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// MySQL/MariaDB: stop after these GTIDs (MariaDB d-s-n,...; MySQL uuid:1-n,...).
+    #[arg(long)]
+    pub to_gtid: Option<String>,
+    /// MySQL/MariaDB: every transaction ending at or before FILE:POS.
+    #[arg(long)]
+    pub to_position: Option<String>,
+    /// MySQL/MariaDB: drop the backup's databases on the target first.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
+    let mysql_target = args
+        .target
+        .as_deref()
+        .is_some_and(|t| crate::source::url_kind(t) == Some(crate::source::UrlKind::MySql));
+    if mysql_target || args.to_gtid.is_some() || args.to_position.is_some() {
+        return crate::restore::mysql::run_mysql(crate::restore::mysql::MysqlRestoreArgs {
+            repo: args.repo,
+            name: args.name,
+            to: args.to,
+            to_gtid: args.to_gtid,
+            to_position: args.to_position,
+            latest: args.latest,
+            target: args.target,
+            dry_run: args.dry_run,
+            replace: args.replace,
+            json: args.json,
+            parallel: 4,
+        })
+        .await;
+    }
     let target = if let Some(t) = &args.to {
         let t = parse_time(t)?;
         eprintln!("restoring to {}", utc_text(t));
@@ -91,7 +123,18 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let backups = list_backups(&repo, &source, catalog.backups()).await?;
-    let p = plan(&catalog, &backups, &target)?;
+    let p = match target_timeline(&catalog, &args.timeline) {
+        Some(tli) => {
+            let history = load_history(&repo, &catalog, tli).await?;
+            plan_on(
+                &catalog,
+                &backups,
+                &target,
+                &timeline_path(tli, history.as_deref()),
+            )?
+        }
+        None => plan(&catalog, &backups, &target)?,
+    };
     if args.dry_run {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&p)?);
@@ -157,4 +200,44 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         println!("{out}");
     }
     Ok(0)
+}
+
+/// The timeline to restore onto: `latest` = the newest archived timeline,
+/// a number = that one, `current` = the newest backup's (`None`).
+fn target_timeline(catalog: &Catalog, arg: &str) -> Option<u32> {
+    match arg {
+        "current" => None,
+        "latest" => catalog.epochs().into_iter().max().map(|e| e.0 as u32),
+        n => n.parse().ok(),
+    }
+}
+
+/// The parsed history file of `tli` (timeline 1 has none).
+async fn load_history(
+    repo: &Repo,
+    catalog: &Catalog,
+    tli: u32,
+) -> anyhow::Result<Option<Vec<pitr_postgres::lsn::HistoryEntry>>> {
+    if tli <= 1 {
+        return Ok(None);
+    }
+    let name = format!("{tli:08X}.history");
+    let key = crate::archive::keys::HistoryKey::new(
+        catalog.source().clone(),
+        pitr_segment::Epoch(u64::from(tli)),
+        &name,
+    )
+    .map_err(|e| anyhow!("{e}"))?
+    .to_key();
+    if !repo.exists(&key).await.map_err(|e| anyhow!("{e}"))? {
+        return Err(anyhow!(
+            "the repository has WAL of timeline {tli} but not its history file {name}; \
+             restore onto another timeline with --timeline N"
+        ));
+    }
+    let bytes = repo.get(&key).await.map_err(|e| anyhow!("{e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    pitr_postgres::lsn::parse_history(&text)
+        .map(Some)
+        .ok_or_else(|| anyhow!("the archived history file {key} is malformed; run `pitr verify`"))
 }

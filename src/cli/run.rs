@@ -5,8 +5,11 @@
 //! supervisor that restarts it with exponential backoff (1 s doubling to
 //! 60 s, reset after a minute of healthy streaming), takes scheduled base
 //! backups when a source has `backup_interval`, and serves `/metrics` and
-//! `/healthz` when `[metrics] listen` is set. On SIGTERM/SIGINT every
-//! archiver stores what it received and the process exits 0.
+//! `/healthz` when `[metrics] listen` is set. After each scheduled backup
+//! the `[retention]` policy (if any) is applied to that source (see
+//! `retention`; the log is cut at the server's WAL-file size). On
+//! SIGTERM/SIGINT every archiver stores what it received and the process
+//! exits 0.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -21,8 +24,9 @@ use crate::archive::keys::SourceName;
 use crate::backup::manifest::list_backups;
 use crate::backup::take::{take_backup, BackupOptions};
 use crate::cli::common::shutdown_token;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, Retention, SourceConfig};
 use crate::monitor::metrics::{serve, Metrics, SourceMetrics};
+use crate::retention::{prune, Policy, PruneOptions, DEFAULT_LOG_ALIGNMENT};
 use crate::source::postgres::{archive, PgArchiveOptions};
 use crate::storage::Repo;
 
@@ -102,6 +106,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             tasks.push(tokio::spawn(schedule_backups(
                 s.clone(),
                 every,
+                cfg.retention.clone(),
                 repo.clone(),
                 m.clone(),
                 cancel.clone(),
@@ -182,6 +187,7 @@ async fn backup_due(repo: &Repo, name: &SourceName, every: Duration) -> anyhow::
 async fn schedule_backups(
     s: SourceConfig,
     every: Duration,
+    retention: Retention,
     repo: Repo,
     m: Arc<SourceMetrics>,
     cancel: CancellationToken,
@@ -217,6 +223,7 @@ async fn schedule_backups(
             Ok(rep) => {
                 m.backups_taken.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %s.name, backup = %rep.key.dir(), "base backup stored");
+                apply_retention(&s, &retention, &repo, &m.name).await;
             }
             Err(e) => {
                 m.backup_failures.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +233,61 @@ async fn schedule_backups(
                     _ = tokio::time::sleep(retry) => {}
                 }
             }
+        }
+    }
+}
+
+/// The server's WAL file size (the default when it cannot be asked).
+async fn wal_segment_size(url: &str) -> u64 {
+    let ask = async {
+        let cfg =
+            pitr_postgres::conninfo::Config::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut client = pitr_postgres::replication::ReplicationClient::connect(&cfg).await?;
+        let size = client.wal_segment_size().await?;
+        let _ = client.close().await;
+        anyhow::Ok(size)
+    };
+    match ask.await {
+        Ok(size) if size.is_power_of_two() => size,
+        Ok(size) => {
+            tracing::warn!(
+                "the server reports a WAL file size of {size}; assuming {DEFAULT_LOG_ALIGNMENT}"
+            );
+            DEFAULT_LOG_ALIGNMENT
+        }
+        Err(e) => {
+            tracing::warn!("cannot ask the server for its WAL file size ({e:#}); assuming {DEFAULT_LOG_ALIGNMENT}");
+            DEFAULT_LOG_ALIGNMENT
+        }
+    }
+}
+
+/// Applies the `[retention]` policy to one source after a backup.
+async fn apply_retention(s: &SourceConfig, retention: &Retention, repo: &Repo, name: &SourceName) {
+    let policy = Policy {
+        keep_backups: retention.keep_backups,
+        recovery_window: retention.recovery_window,
+    };
+    if !policy.is_set() {
+        return;
+    }
+    let opts = PruneOptions {
+        policy,
+        log_alignment: wal_segment_size(s.url.expose()).await,
+        ..PruneOptions::default()
+    };
+    match prune(repo, name, &opts).await {
+        Ok(r) => tracing::info!(
+            source = %s.name,
+            "retention: kept {} backup(s), deleted {} backup(s) and {} object(s) ({} bytes of log){}",
+            r.kept_backups.len(),
+            r.deleted_backups.len(),
+            r.deleted_keys.len(),
+            r.deleted_segment_bytes,
+            r.note.map(|n| format!("; {n}")).unwrap_or_default()
+        ),
+        Err(e) => {
+            tracing::error!(source = %s.name, "retention failed (the repository stays consistent; retried after the next backup): {e:#}")
         }
     }
 }

@@ -1,13 +1,21 @@
 //! `pitr wal-fetch --repo R [--name N] WALFILE DEST`: PostgreSQL's
 //! `restore_command`. Exit 0 = written, 1 = not (yet) archived, other = error.
+//!
+//! With `--prefetch K` (default 8; 0 = off) the next K WAL files are
+//! rebuilt ahead into a spool (`--spool`, default `.pitr-prefetch` next to
+//! DEST, i.e. `$PGDATA/pg_wal/.pitr-prefetch`) by a detached
+//! `wal-fetch --prefetch-worker` process; see `restore::prefetch`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
 
 use crate::archive::keys::SourceName;
-use crate::restore::wal_fetch::{fetch_wal_file, FetchOptions, FetchOutcome};
+use crate::restore::prefetch::{self, Spool};
+use crate::restore::wal_fetch::{FetchOptions, FetchOutcome};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
@@ -34,6 +42,17 @@ pub struct WalFetchArgs {
     /// archived commit).
     #[arg(long)]
     pub partial: bool,
+    /// WAL files fetched ahead into the spool by a background worker (0 = off).
+    #[arg(long, default_value_t = prefetch::DEFAULT_DEPTH)]
+    pub prefetch: usize,
+    /// Spool directory for prefetched files (default: `.pitr-prefetch` in
+    /// the directory of DEST, i.e. `$PGDATA/pg_wal/.pitr-prefetch`).
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+    /// Run as the background prefetch worker of the spool (started by
+    /// wal-fetch itself; WALFILE and DEST are ignored).
+    #[arg(long, hide = true)]
+    pub prefetch_worker: bool,
 }
 
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
@@ -44,9 +63,41 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
         parallel: args.parallel,
         partial: args.partial,
     };
-    match fetch_wal_file(&repo, &source, &args.wal_file, &args.dest, &opts).await? {
-        FetchOutcome::Written { bytes } => {
-            tracing::debug!("wrote {} ({bytes} bytes)", args.dest.display());
+    let root = match &args.spool {
+        Some(s) => s.clone(),
+        None => Spool::default_root(&args.dest),
+    };
+    let spool = Spool::new(
+        &std::path::absolute(&root)?,
+        &args.repo,
+        &source,
+        args.wal_segment_size,
+        args.prefetch,
+    );
+    if args.prefetch_worker {
+        let stats =
+            prefetch::run_worker(&repo, &source, &spool, &opts, Duration::from_secs(2)).await?;
+        tracing::debug!("prefetch worker done: {stats:?}");
+        return Ok(0);
+    }
+    let spawn = |spool: &Spool| spawn_worker(&args, source.as_str(), spool);
+    let (outcome, from) = prefetch::fetch_with_prefetch(
+        &repo,
+        &source,
+        &args.wal_file,
+        &args.dest,
+        &opts,
+        &spool,
+        &spawn,
+    )
+    .await?;
+    match outcome {
+        FetchOutcome::Written { bytes, partial } => {
+            tracing::debug!(
+                "wrote {} ({bytes} bytes, from {from:?}{})",
+                args.dest.display(),
+                if partial { ", zero-padded" } else { "" }
+            );
             Ok(0)
         }
         FetchOutcome::NotArchived(why) => {
@@ -54,6 +105,41 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Starts `pitr wal-fetch --prefetch-worker` detached: own process group,
+/// no terminal, stderr into the spool's log; it is not waited for.
+fn spawn_worker(args: &WalFetchArgs, source: &str, spool: &Spool) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.dir().join(prefetch::WORKER_LOG))?;
+    let root: &Path = spool.root();
+    Command::new(exe)
+        .arg("wal-fetch")
+        .arg("--prefetch-worker")
+        .arg("--repo")
+        .arg(&args.repo)
+        .arg("--name")
+        .arg(source)
+        .arg("--spool")
+        .arg(root)
+        .arg("--prefetch")
+        .arg(spool.depth().to_string())
+        .arg("--wal-segment-size")
+        .arg(args.wal_segment_size.to_string())
+        .arg("--parallel")
+        .arg(args.parallel.to_string())
+        .arg(&args.wal_file)
+        .arg(&args.dest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    Ok(())
 }
 
 /// The `--name` given, or the only source in the repository.

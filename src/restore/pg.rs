@@ -251,6 +251,14 @@ pub fn recovery_settings(
 
 /// Writes `recovery.signal` and appends `settings` to `postgresql.auto.conf`.
 pub fn configure_recovery(dir: &Path, settings: &str) -> anyhow::Result<()> {
+    // A backup taken from a standby carries its standby.signal: left in
+    // place, PostgreSQL would stay a standby (following primary_conninfo)
+    // instead of stopping at the target and promoting.
+    let standby = dir.join("standby.signal");
+    if standby.exists() {
+        std::fs::remove_file(&standby)?;
+        tracing::info!("removed standby.signal of the source standby from the restored directory");
+    }
     std::fs::write(dir.join("recovery.signal"), b"")?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)

@@ -11,8 +11,12 @@
 //!   backup and all WAL up to the tail.
 //! * Latest: the newest backup and all WAL up to the tail.
 //!
-//! Only the backup's timeline is planned (the chain must be continuous on
-//! it); a hole or recorded gap in the chain is refused, naming it.
+//! Timelines: the plan follows the path to the target timeline given by its
+//! history file (`--timeline latest` = the newest archived timeline). A
+//! backup on an ancestor timeline is usable when it was consistent before
+//! that timeline's switch point; the WAL file holding a switch point is
+//! taken from the newer timeline, as PostgreSQL does. The chain must be
+//! continuous on every step; a hole or recorded gap is refused, naming it.
 
 use chrono::{DateTime, Utc};
 use pitr_postgres::lsn::Lsn;
@@ -91,90 +95,195 @@ fn pos(l: Lsn) -> LogPos {
     LogPos::from_lsn(l.0)
 }
 
+/// One timeline of the path to the target timeline: `tli` holds the WAL
+/// below `end` (its switch point; `Lsn(u64::MAX)` for the target timeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineStep {
+    pub tli: u32,
+    pub end: Lsn,
+}
+
+/// The path from the first timeline to `target_tli`, from the target
+/// timeline's history file (`None` for timeline 1, which has none).
+pub fn timeline_path(
+    target_tli: u32,
+    history: Option<&[pitr_postgres::lsn::HistoryEntry]>,
+) -> Vec<TimelineStep> {
+    let mut path: Vec<TimelineStep> = history
+        .unwrap_or_default()
+        .iter()
+        .map(|h| TimelineStep {
+            tli: h.tli.0,
+            end: h.switch_lsn,
+        })
+        .collect();
+    path.push(TimelineStep {
+        tli: target_tli,
+        end: Lsn(u64::MAX),
+    });
+    path
+}
+
 /// Plans a restore of `catalog`'s source to `target` from `backups`
-/// (complete backups, any order).
+/// (complete backups, any order), on the newest backup's timeline only.
 pub fn plan(
     catalog: &Catalog,
     backups: &[(BackupKey, BackupManifest)],
     target: &Target,
 ) -> Result<Plan, PlanError> {
+    let newest = backups
+        .iter()
+        .max_by_key(|(k, m)| (m.stop_lsn, m.stop_time, k.id.clone()))
+        .map(|b| b.1.timeline)
+        .unwrap_or(1);
+    plan_on(catalog, backups, target, &timeline_path(newest, None))
+}
+
+/// Plans a restore along `path` (see [`timeline_path`]): the backup may lie
+/// on any timeline of the path before that timeline's switch point; the WAL
+/// chain follows the path, taking the WAL file holding each switch point
+/// from the newer timeline, as PostgreSQL does.
+pub fn plan_on(
+    catalog: &Catalog,
+    backups: &[(BackupKey, BackupManifest)],
+    target: &Target,
+    path: &[TimelineStep],
+) -> Result<Plan, PlanError> {
     let source = catalog.source().to_string();
-    let mut sorted: Vec<&(BackupKey, BackupManifest)> = backups.iter().collect();
-    sorted.sort_by_key(|(k, m)| (m.stop_lsn, m.stop_time, k.id.clone()));
-    let Some(oldest) = sorted.iter().min_by_key(|(_, m)| m.stop_time) else {
+    if path.is_empty() {
+        return Err(PlanError::NoBackup { name: source });
+    }
+    let step_of = |tli: u32| path.iter().position(|s| s.tli == tli);
+    // Backups usable on this path: on a path timeline, consistent before its switch.
+    let mut usable: Vec<(&(BackupKey, BackupManifest), usize)> = backups
+        .iter()
+        .filter_map(|b| {
+            let i = step_of(b.1.timeline)?;
+            (b.1.stop_lsn < path[i].end).then_some((b, i))
+        })
+        .collect();
+    usable.sort_by_key(|((k, m), _)| (m.stop_lsn, m.stop_time, k.id.clone()));
+    let Some(oldest) = usable.iter().min_by_key(|((_, m), _)| m.stop_time).copied() else {
         return Err(PlanError::NoBackup { name: source });
     };
     let tdesc = target.describe();
-    // Newest commit archived on the timeline of the newest backup.
-    let last_commit = |epoch: Epoch| {
-        catalog
-            .epoch(epoch)
-            .and_then(|e| e.segments().iter().filter_map(|s| s.key.tmax).max())
+    // Start of the part of step `i` that PostgreSQL reads from its timeline.
+    let seg_size = 16u64 << 20;
+    let step_start = |i: usize| -> Lsn {
+        if i == 0 {
+            Lsn(0)
+        } else {
+            path[i - 1].end.segment_start(seg_size)
+        }
+    };
+    let step_stop = |i: usize| -> Lsn {
+        if i + 1 == path.len() {
+            Lsn(u64::MAX)
+        } else {
+            path[i].end.segment_start(seg_size)
+        }
+    };
+    // Newest commit archived along the path.
+    let last_commit = (0..path.len()).rev().find_map(|i| {
+        let e = catalog.epoch(Epoch(u64::from(path[i].tli)))?;
+        e.segments()
+            .iter()
+            .filter(|s| s.key.start.lo < step_stop(i).0)
+            .filter_map(|s| s.key.tmax)
+            .max()
             .map(from_micros)
-    };
-    let newest = sorted.last().map(|b| b.1.timeline).unwrap_or(1);
-    let win_lo = Some(oldest.1.stop_time);
-    let win_hi = last_commit(Epoch(u64::from(newest)));
-    let outside = |w_hi: Option<DateTime<Utc>>| PlanError::OutsideWindow {
+    });
+    let win_lo = Some(oldest.0 .1.stop_time);
+    let win_hi = last_commit;
+    let outside = || PlanError::OutsideWindow {
         target: tdesc.clone(),
-        window: window_text(win_lo, w_hi),
+        window: window_text(win_lo, win_hi),
     };
-    let (chosen, to): (&(BackupKey, BackupManifest), Option<Lsn>) = match target {
-        Target::Time(t) => {
-            let b = sorted
-                .iter()
-                .rev()
-                .filter(|(_, m)| m.stop_time <= *t)
-                .max_by_key(|(_, m)| (m.stop_time, m.stop_lsn))
-                .ok_or_else(|| outside(win_hi))?;
-            let epoch = Epoch(u64::from(b.1.timeline));
-            let after = catalog
-                .first_commit_after(epoch, to_micros(*t))
-                .ok_or_else(|| outside(last_commit(epoch)))?;
-            (b, Some(Lsn(after.end.lo).max(b.1.stop_lsn)))
-        }
-        Target::Lsn(l) => {
-            let b = sorted
-                .iter()
-                .rev()
-                .find(|(_, m)| m.stop_lsn <= *l)
-                .ok_or_else(|| PlanError::OutsideWindow {
-                    target: tdesc.clone(),
-                    window: format!(
-                        "(the oldest backup is consistent from LSN {})",
-                        sorted[0].1.stop_lsn
-                    ),
-                })?;
-            (b, Some(Lsn(l.0 + 1)))
-        }
-        Target::Name(_) => (*oldest, None),
-        Target::Latest => (sorted[sorted.len() - 1], None),
-    };
-    let (key, m) = chosen;
-    let epoch = Epoch(u64::from(m.timeline));
-    let to = match to {
-        Some(l) => l,
-        None => catalog
-            .tail(epoch)
+    let tail_of = |i: usize| {
+        catalog
+            .tail(Epoch(u64::from(path[i].tli)))
             .map(|p| Lsn(p.lo))
-            .unwrap_or(m.stop_lsn)
-            .max(m.stop_lsn),
     };
-    if let Target::Lsn(l) = target {
-        let tail = catalog.tail(epoch).map(|p| Lsn(p.lo)).unwrap_or(Lsn(0));
-        if *l >= tail {
-            return Err(PlanError::OutsideWindow {
-                target: tdesc,
-                window: format!("[{}, {tail}) of timeline {}", m.stop_lsn, m.timeline),
-            });
+    // (backup, backup's step, last step, end of WAL needed on the last step)
+    let (chosen, b_step, to_step, to): (&(BackupKey, BackupManifest), usize, usize, Lsn) =
+        match target {
+            Target::Time(t) => {
+                let (b, bi) = usable
+                    .iter()
+                    .rev()
+                    .filter(|((_, m), _)| m.stop_time <= *t)
+                    .max_by_key(|((_, m), _)| (m.stop_time, m.stop_lsn))
+                    .copied()
+                    .ok_or_else(outside)?;
+                // The first commit after T along the path from the backup on.
+                let found = (bi..path.len()).find_map(|i| {
+                    let s =
+                        catalog.first_commit_after(Epoch(u64::from(path[i].tli)), to_micros(*t))?;
+                    (s.start.lo < step_stop(i).0 && s.end.lo > step_start(i).0)
+                        .then_some((i, Lsn(s.end.lo)))
+                });
+                let (i, end) = found.ok_or_else(outside)?;
+                let end = if i == bi { end.max(b.1.stop_lsn) } else { end };
+                (b, bi, i, end)
+            }
+            Target::Lsn(l) => {
+                let (b, bi) = usable
+                    .iter()
+                    .rev()
+                    .find(|((_, m), _)| m.stop_lsn <= *l)
+                    .copied()
+                    .ok_or_else(|| PlanError::OutsideWindow {
+                        target: tdesc.clone(),
+                        window: format!(
+                            "(the oldest backup is consistent from LSN {})",
+                            usable[0].0 .1.stop_lsn
+                        ),
+                    })?;
+                let i = (bi..path.len())
+                    .find(|&i| *l < path[i].end)
+                    .unwrap_or(path.len() - 1);
+                let tail = tail_of(i).unwrap_or(Lsn(0));
+                if *l >= tail && i + 1 == path.len() {
+                    return Err(PlanError::OutsideWindow {
+                        target: tdesc,
+                        window: format!("[{}, {tail}) of timeline {}", b.1.stop_lsn, path[i].tli),
+                    });
+                }
+                (b, bi, i, Lsn(l.0 + 1))
+            }
+            Target::Name(_) => {
+                let i = path.len() - 1;
+                let to = tail_of(i).unwrap_or(oldest.0 .1.stop_lsn);
+                (oldest.0, oldest.1, i, to.max(oldest.0 .1.stop_lsn))
+            }
+            Target::Latest => {
+                let (b, bi) = usable[usable.len() - 1];
+                let i = path.len() - 1;
+                let to = tail_of(i).unwrap_or(b.1.stop_lsn);
+                (b, bi, i, if i == bi { to.max(b.1.stop_lsn) } else { to })
+            }
+        };
+    let (key, m) = chosen;
+    let mut segments = Vec::new();
+    for i in b_step..=to_step {
+        let from = if i == b_step {
+            m.start_lsn
+        } else {
+            step_start(i)
+        };
+        let until = if i == to_step { to } else { step_stop(i) };
+        if from >= until {
+            continue;
         }
+        let epoch = Epoch(u64::from(path[i].tli));
+        let chain = catalog
+            .segments_covering(epoch, pos(from), pos(until))
+            .map_err(|cause| PlanError::Chain {
+                target: tdesc.clone(),
+                cause,
+            })?;
+        segments.extend(chain.iter().map(|s| s.to_key()));
     }
-    let segments = catalog
-        .segments_covering(epoch, pos(m.start_lsn), pos(to))
-        .map_err(|cause| PlanError::Chain {
-            target: tdesc.clone(),
-            cause,
-        })?;
     Ok(Plan {
         source,
         target: tdesc,
@@ -183,10 +292,10 @@ pub fn plan(
         backup_start_lsn: m.start_lsn.to_string(),
         backup_stop_lsn: m.stop_lsn.to_string(),
         backup_stop_time: m.stop_time,
-        timeline: m.timeline,
+        timeline: path[to_step].tli,
         wal_from: m.start_lsn.to_string(),
         wal_to: to.to_string(),
-        segments: segments.iter().map(|s| s.to_key()).collect(),
+        segments,
         window_start: win_lo,
         window_end: win_hi,
     })

@@ -24,8 +24,18 @@ use crate::storage::{Repo, StorageError};
 /// What `wal-fetch` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FetchOutcome {
-    /// The file was written.
-    Written { bytes: u64 },
+    /// The file was written; `partial` when it is the newest, incomplete
+    /// WAL file of the archive served zero-padded (see [`FetchOptions::partial`]).
+    Written { bytes: u64, partial: bool },
+    /// The repository does not (yet) hold the whole file.
+    NotArchived(String),
+}
+
+/// The bytes of one WAL or history file, rebuilt from the repository.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rebuilt {
+    /// The whole file (`partial`: zero-padded end of the archive).
+    File { data: Vec<u8>, partial: bool },
     /// The repository does not (yet) hold the whole file.
     NotArchived(String),
 }
@@ -62,65 +72,87 @@ pub async fn fetch_wal_file(
     dest: &Path,
     opts: &FetchOptions,
 ) -> anyhow::Result<FetchOutcome> {
-    let bytes = if let Some(tli_hex) = file_name.strip_suffix(".history") {
+    let catalog = if file_name.ends_with(".history") {
+        None
+    } else {
+        Some(
+            Catalog::load(repo, source)
+                .await
+                .map_err(|e| anyhow!("{e}"))?,
+        )
+    };
+    match rebuild_file(repo, source, catalog.as_ref(), file_name, opts).await? {
+        Rebuilt::File { data, partial } => {
+            write_atomically(dest, &data).with_context(|| format!("writing {}", dest.display()))?;
+            Ok(FetchOutcome::Written {
+                bytes: data.len() as u64,
+                partial,
+            })
+        }
+        Rebuilt::NotArchived(why) => Ok(FetchOutcome::NotArchived(why)),
+    }
+}
+
+/// Rebuilds `file_name` (a WAL file name or `TTTTTTTT.history`) in memory.
+/// WAL files need `catalog` (loaded by the caller, so a long-lived caller
+/// can reuse it across files); history files do not.
+pub async fn rebuild_file(
+    repo: &Repo,
+    source: &SourceName,
+    catalog: Option<&Catalog>,
+    file_name: &str,
+    opts: &FetchOptions,
+) -> anyhow::Result<Rebuilt> {
+    if let Some(tli_hex) = file_name.strip_suffix(".history") {
         let tli = u32::from_str_radix(tli_hex, 16)
             .ok()
             .filter(|_| tli_hex.len() == 8)
             .ok_or_else(|| anyhow!("{file_name:?} is not a timeline history file name"))?;
         let key = HistoryKey::new(source.clone(), Epoch(u64::from(tli)), file_name)
             .map_err(|e| anyhow!("{e}"))?;
-        match repo.get(&key.to_key()).await {
-            Ok(b) => b.to_vec(),
-            Err(StorageError::NotFound { .. }) => {
-                return Ok(FetchOutcome::NotArchived(format!(
-                    "{file_name} is not in the repository"
-                )))
-            }
-            Err(e) => return Err(anyhow!("{e}")),
-        }
-    } else {
-        let seg = opts.wal_segment_size;
-        let (tli, start) = parse_wal_file_name(file_name, seg).ok_or_else(|| {
-            anyhow!(
-                "{file_name:?} is not a WAL file name (expected 24 hex digits or TTTTTTTT.history)"
-            )
-        })?;
-        match rebuild(repo, source, Epoch(u64::from(tli.0)), start, seg, opts).await? {
-            Some(b) => b,
-            None => {
-                return Ok(FetchOutcome::NotArchived(format!(
-                    "{file_name} is not (yet) completely archived"
-                )))
-            }
-        }
-    };
-    write_atomically(dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
-    Ok(FetchOutcome::Written {
-        bytes: bytes.len() as u64,
-    })
+        return match repo.get(&key.to_key()).await {
+            Ok(b) => Ok(Rebuilt::File {
+                data: b.to_vec(),
+                partial: false,
+            }),
+            Err(StorageError::NotFound { .. }) => Ok(Rebuilt::NotArchived(format!(
+                "{file_name} is not in the repository"
+            ))),
+            Err(e) => Err(anyhow!("{e}")),
+        };
+    }
+    let seg = opts.wal_segment_size;
+    let (tli, start) = parse_wal_file_name(file_name, seg).ok_or_else(|| {
+        anyhow!("{file_name:?} is not a WAL file name (expected 24 hex digits or TTTTTTTT.history)")
+    })?;
+    let catalog = catalog.ok_or_else(|| anyhow!("rebuilding {file_name} needs the catalog"))?;
+    match rebuild(repo, catalog, Epoch(u64::from(tli.0)), start, seg, opts).await? {
+        Some((data, partial)) => Ok(Rebuilt::File { data, partial }),
+        None => Ok(Rebuilt::NotArchived(format!(
+            "{file_name} is not (yet) completely archived"
+        ))),
+    }
 }
 
-/// The bytes `[start, start + size)` of `epoch`, or `None` if not all archived.
+/// The bytes `[start, start + size)` of `epoch` and whether they are the
+/// zero-padded end of the archive, or `None` if not all archived.
 async fn rebuild(
     repo: &Repo,
-    source: &SourceName,
+    catalog: &Catalog,
     epoch: Epoch,
     start: Lsn,
     size: u64,
     opts: &FetchOptions,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+) -> anyhow::Result<Option<(Vec<u8>, bool)>> {
     let from = LogPos::from_lsn(start.0);
-    let to = LogPos::from_lsn(start.0 + size);
-    let (keys, to): (Vec<SegmentKey>, LogPos) = match catalog.segments_covering(epoch, from, to) {
-        Ok(k) => (k, to),
+    let full = LogPos::from_lsn(start.0 + size);
+    let (keys, to): (Vec<SegmentKey>, LogPos) = match catalog.segments_covering(epoch, from, full) {
+        Ok(k) => (k, full),
         Err(e) => {
             // The newest, still growing WAL file: serve its archived prefix.
             let tail = catalog.tail(epoch);
             match tail {
-                Some(t) if opts.partial && t > from && t < to => {
+                Some(t) if opts.partial && t > from && t < full => {
                     match catalog.segments_covering(epoch, from, t) {
                         Ok(k) => {
                             tracing::info!(
@@ -167,13 +199,14 @@ async fn rebuild(
     if out.len() as u64 == to.lo - from.lo && (out.len() as u64) < size {
         out.resize(size as usize, 0);
     }
+    let partial = to != full;
     if out.len() as u64 != size {
         return Err(anyhow!(
             "rebuilt WAL at {start} of timeline {epoch} has {} bytes, expected {size}; run `pitr verify`",
             out.len()
         ));
     }
-    Ok(Some(out))
+    Ok(Some((out, partial)))
 }
 
 /// Writes `bytes` to `dest` via a temporary file in the same directory.

@@ -9,6 +9,8 @@
 //!   ROTATE, GTIDs of both flavours, XID, QUERY, TABLE_MAP, rows, ...).
 //! * [`txn`]: sans-IO transaction-boundary tracker (safe segment cut points
 //!   and commit times).
+//! * [`replay`] / [`status_vars`]: binlog events as SQL statements that apply
+//!   them on another server (`BINLOG '...'` + QUERY events with their session context).
 //! * [`file`]: rebuild binlog files from stored events for the native tools.
 //! * [`pos`] / [`gtid`]: positions, server ids, GTIDs and GTID sets.
 //! * [`error`]: transient vs definite errors, each with its position.
@@ -20,6 +22,8 @@ pub mod event;
 pub mod file;
 pub mod gtid;
 pub mod pos;
+pub mod replay;
+pub mod status_vars;
 pub mod txn;
 
 pub use client::{

@@ -96,7 +96,8 @@ impl<'a> Cur<'a> {
             .map(|b| u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16)
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn u64(&mut self) -> Option<u64> {
         self.take(8).map(|b| {
@@ -202,9 +203,14 @@ pub fn decode_full_query(event: &[u8], ctx: &DecodeCtx) -> Result<FullQuery, Dec
     let status_len = usize::from(r.u16().ok_or_else(|| bad("truncated post-header"))?);
     let extra = usize::from(ctx.query_post_header.max(13)) - 13;
     r.take(extra).ok_or_else(|| bad("truncated post-header"))?;
-    let block = r.take(status_len).ok_or_else(|| bad("truncated status variables"))?;
-    let db = r.take(db_len).ok_or_else(|| bad("truncated database name"))?;
-    r.take(1).ok_or_else(|| bad("missing NUL after the database name"))?;
+    let block = r
+        .take(status_len)
+        .ok_or_else(|| bad("truncated status variables"))?;
+    let db = r
+        .take(db_len)
+        .ok_or_else(|| bad("truncated database name"))?;
+    r.take(1)
+        .ok_or_else(|| bad("missing NUL after the database name"))?;
     Ok(FullQuery {
         timestamp,
         thread_id,

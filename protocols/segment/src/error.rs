@@ -228,6 +228,7 @@ impl SegmentError {
     }
 }
 
+/// Result alias of this crate.
 pub type Result<T, E = SegmentError> = std::result::Result<T, E>;
 
 #[cfg(test)]

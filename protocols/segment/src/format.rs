@@ -156,7 +156,7 @@ fn put_pos(out: &mut Vec<u8>, p: LogPos) {
 }
 
 fn range(base: u64, off: usize, len: usize) -> ByteRange {
-    ByteRange::at(base + off as u64, len as u64)
+    ByteRange::at(base.saturating_add(off as u64), len as u64)
 }
 
 /// Rejects non-zero reserved bytes.
@@ -368,7 +368,7 @@ pub(crate) fn parse_footer(b: &[u8], base: u64) -> Result<SegmentFooter> {
         return Err(SegmentError::Truncated {
             part: Part::Footer,
             range: range(base, 0, FOOTER_FIXED_LEN + 4),
-            available: base + b.len() as u64,
+            available: base.saturating_add(b.len() as u64),
         });
     }
     let len = footer_len_from_fixed(b, base)?;
@@ -541,7 +541,7 @@ pub(crate) fn parse_trailer(b: &[u8], base: u64) -> Result<Trailer> {
         return Err(SegmentError::Truncated {
             part: Part::Trailer,
             range: range(base, 0, TRAILER_LEN),
-            available: base + b.len() as u64,
+            available: base.saturating_add(b.len() as u64),
         });
     }
     if b[20..28] != TRAILER_MAGIC {

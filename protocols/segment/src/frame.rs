@@ -51,12 +51,12 @@ impl FrameHeader {
     /// length bounds.
     pub fn parse(b: &[u8], base: u64, index: u32) -> Result<FrameHeader> {
         let part = Part::Frame(index);
-        let at = |off: u64, len: u64| ByteRange::at(base + off, len);
+        let at = |off: u64, len: u64| ByteRange::at(base.saturating_add(off), len);
         if b.len() < FRAME_HEADER_LEN {
             return Err(SegmentError::Truncated {
                 part,
                 range: at(0, FRAME_HEADER_LEN as u64),
-                available: base + b.len() as u64,
+                available: base.saturating_add(b.len() as u64),
             });
         }
         if b[..4] != FRAME_MAGIC {
@@ -185,7 +185,10 @@ impl FrameDecoder {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let part = Part::Frame(index);
-        let range = ByteRange::at(base + FRAME_HEADER_LEN as u64, stored.len() as u64);
+        let range = ByteRange::at(
+            base.saturating_add(FRAME_HEADER_LEN as u64),
+            stored.len() as u64,
+        );
         let want = h.uncompressed_len as usize;
         out.clear();
         match Codec::from_id(h.codec_id) {
@@ -205,7 +208,7 @@ impl FrameDecoder {
             None => {
                 return Err(SegmentError::Unsupported {
                     part,
-                    range: ByteRange::at(base + 4, 1),
+                    range: ByteRange::at(base.saturating_add(4), 1),
                     what: format!("codec id {}", h.codec_id),
                 })
             }
@@ -233,7 +236,10 @@ impl FrameDecoder {
         out: &mut [u8],
     ) -> Result<()> {
         let part = Part::Frame(index);
-        let range = ByteRange::at(base + FRAME_HEADER_LEN as u64, stored.len() as u64);
+        let range = ByteRange::at(
+            base.saturating_add(FRAME_HEADER_LEN as u64),
+            stored.len() as u64,
+        );
         let n = match Codec::from_id(h.codec_id) {
             Some(Codec::None) if stored.len() == out.len() => {
                 out.copy_from_slice(stored);
@@ -251,7 +257,7 @@ impl FrameDecoder {
             None => {
                 return Err(SegmentError::Unsupported {
                     part,
-                    range: ByteRange::at(base + 4, 1),
+                    range: ByteRange::at(base.saturating_add(4), 1),
                     what: format!("codec id {}", h.codec_id),
                 })
             }
@@ -295,7 +301,7 @@ pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
             SegmentError::Truncated {
                 part,
                 range,
-                available: info.offset + frame_bytes.len() as u64,
+                available: info.offset.saturating_add(frame_bytes.len() as u64),
             }
         } else {
             SegmentError::invalid(
@@ -334,7 +340,7 @@ pub(crate) fn check_stored_crc(
     if computed != h.crc {
         return Err(SegmentError::ChecksumMismatch {
             part: Part::Frame(index),
-            range: ByteRange::at(base + FRAME_HEADER_LEN as u64, len as u64),
+            range: ByteRange::at(base.saturating_add(FRAME_HEADER_LEN as u64), len as u64),
             stored: h.crc,
             computed,
         });

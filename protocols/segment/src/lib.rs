@@ -24,7 +24,7 @@ mod range;
 mod reader;
 mod writer;
 
-pub use error::{ByteRange, Part, SegmentError};
+pub use error::{ByteRange, Part, Result, SegmentError};
 pub use format::{
     parse_header, DEFAULT_FRAME_SIZE, FORMAT_VERSION, HEADER_MAX_LEN, MAX_FRAMES, MAX_FRAME_LEN,
     TRAILER_LEN,
@@ -35,6 +35,3 @@ pub use position::{Engine, Epoch, LogPos, TimestampMicros};
 pub use range::{parse_tail, SUGGESTED_TAIL_LEN};
 pub use reader::{decode, SegmentReader};
 pub use writer::{encode, SegmentWriter, WriterOptions};
-
-/// Result alias of this crate.
-pub type Result<T, E = SegmentError> = std::result::Result<T, E>;

@@ -113,6 +113,14 @@ fn decode_frame_rejects_mismatched_inputs() {
         ..f1
     };
     assert!(decode_frame(&b, &wrong).is_err());
+    // a hostile index entry near the end of the address space: error, no overflow
+    let hostile = pitr_segment::FrameInfo {
+        offset: u64::MAX - 3,
+        raw_offset: u64::MAX - 1,
+        ..f1
+    };
+    assert!(decode_frame(&b, &hostile).is_err());
+    assert_eq!(hostile.raw_range().end, u64::MAX);
     assert_eq!(decode_frame(&b, &f1).unwrap(), payload[10_000..20_000]);
 }
 

@@ -1,0 +1,174 @@
+//! `manifest.json` of a MySQL/MariaDB logical base backup, written last
+//! (create-if-absent) into `<source>/backups/<start>_<id>/`; a backup
+//! directory without it is incomplete and ignored.
+//!
+//! ```json
+//! { "format_version": 1, "kind": "mysql-logical", "engine": "mariadb",
+//!   "id": "20240101T120000.123Z", "label": "", "system_id": "mariadb-server-1",
+//!   "server_version": "10.11.6-MariaDB", "snapshot_method": "ftwrl",
+//!   "binlog_file": "binlog.000003", "binlog_pos": 1234, "gtid": "0-1-57",
+//!   "snapshot_time_us": 1704110400123456, "start_time": "...", "stop_time": "...",
+//!   "schema": {"name": "schema.json", "size": 900, "sha256": "…", "parts": [...]},
+//!   "tables": [{"db": "shop", "name": "orders", "columns": ["id", "total"],
+//!               "rows": 1000, "data": {"name": "t0000.sql", "size": …, "sha256": …, "parts": [...]}}] }
+//! ```
+//!
+//! `binlog_file:binlog_pos` and `gtid` (MariaDB `gtid_binlog_pos`, MySQL
+//! `gtid_executed`) are the coordinates of the consistent snapshot: every
+//! transaction before them is in the data, none after. The backup key's
+//! start position is `LogPos{hi: file sequence, lo: binlog_pos}`.
+//!
+//! Each stream (`schema`, each table's `data`) is one zstd stream cut into
+//! parts of at most the configured size (`<name>.zst.000`, `.001`, ...);
+//! `size`/`sha256` of a stream are of its uncompressed bytes, a part's are
+//! of the stored object. The schema stream is the JSON of [`Schema`]; a
+//! table's data stream is one `INSERT INTO \`table\` (cols) VALUES (...),...`
+//! statement per line (strings and binary values as `X'hex'` literals, so
+//! no literal contains a newline), to be run with the table's database as
+//! the default database, `time_zone='+00:00'` and
+//! `sql_mode='NO_AUTO_VALUE_ON_ZERO'`.
+
+use anyhow::{anyhow, Context as _};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::keys::BackupKey;
+use crate::storage::{Repo, StorageError};
+
+pub const MYSQL_MANIFEST_FORMAT_VERSION: u32 = 1;
+/// `kind` of MySQL/MariaDB logical backups.
+pub const MYSQL_BACKUP_KIND: &str = "mysql-logical";
+
+/// One stored object of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A zstd stream stored as parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream {
+    pub name: String,
+    /// Uncompressed size and sha256 (hex).
+    pub size: u64,
+    pub sha256: String,
+    pub parts: Vec<Part>,
+}
+
+/// The dump of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableData {
+    pub db: String,
+    pub name: String,
+    /// Columns in the INSERT statements (generated columns left out).
+    pub columns: Vec<String>,
+    pub rows: u64,
+    pub data: Stream,
+}
+
+/// A schema object created from its `SHOW CREATE` text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaObject {
+    pub name: String,
+    /// `table`, `sequence`, `view`, `procedure`, `function`, `trigger`.
+    pub kind: String,
+    /// The `sql_mode` it was created under (routines and triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_mode: Option<String>,
+    pub create: String,
+}
+
+/// One user database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseSchema {
+    pub name: String,
+    pub create: String,
+    /// Tables and sequences, then views, routines, triggers.
+    pub objects: Vec<SchemaObject>,
+}
+
+/// Content of the `schema` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Schema {
+    pub databases: Vec<DatabaseSchema>,
+}
+
+/// A complete MySQL/MariaDB base backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MysqlManifest {
+    pub format_version: u32,
+    pub kind: String,
+    /// `mysql` or `mariadb`.
+    pub engine: String,
+    pub id: String,
+    pub label: String,
+    pub system_id: String,
+    pub server_version: String,
+    /// How the snapshot was made consistent with the coordinates.
+    pub snapshot_method: String,
+    pub binlog_file: String,
+    pub binlog_pos: u64,
+    pub gtid: String,
+    /// Server clock at the snapshot (µs since the epoch).
+    pub snapshot_time_us: i64,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub schema: Stream,
+    pub tables: Vec<TableData>,
+}
+
+impl MysqlManifest {
+    /// Compressed bytes stored.
+    pub fn stored_bytes(&self) -> u64 {
+        std::iter::once(&self.schema)
+            .chain(self.tables.iter().map(|t| &t.data))
+            .flat_map(|s| s.parts.iter())
+            .map(|p| p.size)
+            .sum()
+    }
+}
+
+/// Reads the manifest of `key`: `Ok(None)` when the backup is incomplete or
+/// not a MySQL/MariaDB logical backup.
+pub async fn read_mysql_manifest(
+    repo: &Repo,
+    key: &BackupKey,
+) -> anyhow::Result<Option<MysqlManifest>> {
+    let k = key.to_key();
+    let body = match repo.get(&k).await {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(anyhow!("{e}")),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("backup manifest {k} is not valid JSON"))?;
+    if v.get("kind").and_then(|k| k.as_str()) != Some(MYSQL_BACKUP_KIND) {
+        return Ok(None);
+    }
+    let m: MysqlManifest = serde_json::from_value(v)
+        .with_context(|| format!("backup manifest {k} is not a valid MySQL backup manifest"))?;
+    if m.format_version > MYSQL_MANIFEST_FORMAT_VERSION {
+        return Err(anyhow!(
+            "backup manifest {k} has format version {} (this pitr reads up to {MYSQL_MANIFEST_FORMAT_VERSION}); upgrade pitr",
+            m.format_version
+        ));
+    }
+    Ok(Some(m))
+}
+
+/// All complete MySQL/MariaDB backups among `keys`, oldest snapshot first.
+pub async fn list_mysql_backups(
+    repo: &Repo,
+    keys: &[BackupKey],
+) -> anyhow::Result<Vec<(BackupKey, MysqlManifest)>> {
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(m) = read_mysql_manifest(repo, k).await? {
+            out.push((k.clone(), m));
+        }
+    }
+    out.sort_by_key(|(k, m)| (k.start, m.snapshot_time_us, k.id.clone()));
+    Ok(out)
+}

@@ -1,0 +1,421 @@
+//! Retention (`pitr prune`, and `pitr run` after each scheduled backup):
+//! deletes old base backups and the log only they needed.
+//!
+//! # Which backups stay
+//!
+//! A backup is *restorable* when the catalog covers its log from its start
+//! (rounded down to a log-file boundary, see below) to its stop position.
+//! With `keep_backups = N` the newest N restorable backups (by stop time)
+//! stay; with `recovery_window = W` every backup that finished within W of
+//! now stays, plus the newest restorable one that finished before now − W
+//! (a restore to the start of the window needs it). Both set: the union.
+//! Backups newer than the oldest kept one always stay (restorable or not:
+//! their log may still be arriving). Older ones are deleted.
+//!
+//! # Which log goes
+//!
+//! Let the oldest kept backup be on epoch (timeline) E, and `cut` its start
+//! position rounded down to a multiple of `log_alignment` (the PostgreSQL
+//! WAL file size: `restore_command` fetches whole WAL files, and the
+//! archiver never lets a segment cross a WAL-file boundary). Deleted: on E,
+//! every segment (also redundant or conflicting ones) and gap record ending
+//! at or before `cut`; every segment, gap record and index object of epochs
+//! older than E. History objects are kept (a few bytes each). Epochs newer
+//! than E are never touched: a kept backup's restore may continue into them.
+//!
+//! # Order (crash safety)
+//!
+//! 1. Each deleted backup: `manifest.json` first (from then on the backup is
+//!    incomplete and ignored by everything), then its parts.
+//! 2. Per epoch: index replacements written, then superseded index objects
+//!    deleted (see `index::plan_cut`), then segments and gap records.
+//!
+//! A crash between any two deletions leaves every kept backup restorable and
+//! the index listing only existing segments; a re-run finishes the job.
+//! Incomplete backup directories (no manifest: a crashed backup or prune)
+//! are removed when their id (the start time) is before the oldest kept
+//! backup's stop time and older than `incomplete_grace`, so a backup still
+//! being written by another process is left alone.
+//!
+//! With no complete backup nothing is deleted: without one the log is all
+//! there is.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use pitr_segment::{Epoch, LogPos};
+use serde::Serialize;
+
+use crate::archive::catalog::Catalog;
+use crate::archive::index::{self, list_index_keys};
+use crate::archive::keys::{BackupKey, SourceName};
+use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::storage::Repo;
+
+/// Default `log_alignment`: the default PostgreSQL WAL file size.
+pub const DEFAULT_LOG_ALIGNMENT: u64 = 16 << 20;
+
+/// What to keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub keep_backups: Option<usize>,
+    pub recovery_window: Option<Duration>,
+}
+
+impl Policy {
+    /// True when the policy keeps something specific (else prune refuses).
+    pub fn is_set(&self) -> bool {
+        self.keep_backups.is_some() || self.recovery_window.is_some()
+    }
+}
+
+/// Settings of one prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub policy: Policy,
+    /// Report what would be deleted; delete nothing.
+    pub dry_run: bool,
+    /// Log positions are cut at multiples of this (PostgreSQL WAL file size).
+    pub log_alignment: u64,
+    /// Incomplete backup directories younger than this are left alone.
+    pub incomplete_grace: Duration,
+    /// "Now" for the recovery window and the grace period.
+    pub now: DateTime<Utc>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            policy: Policy::default(),
+            dry_run: false,
+            log_alignment: DEFAULT_LOG_ALIGNMENT,
+            incomplete_grace: Duration::from_secs(24 * 3600),
+            now: Utc::now(),
+        }
+    }
+}
+
+/// Where the log of an epoch is cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cut {
+    pub epoch: String,
+    pub position: String,
+}
+
+/// What a prune did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub source: String,
+    pub dry_run: bool,
+    /// Kept backup directories, oldest first.
+    pub kept_backups: Vec<String>,
+    /// Deleted backup directories (complete or incomplete), oldest first.
+    pub deleted_backups: Vec<String>,
+    /// The log cut on the oldest kept backup's epoch.
+    pub cut: Option<Cut>,
+    /// Epochs deleted entirely (history objects excepted).
+    pub deleted_epochs: Vec<String>,
+    /// Every object key deleted, in deletion order.
+    pub deleted_keys: Vec<String>,
+    /// Index objects written to replace ones that listed deleted segments.
+    pub written_keys: Vec<String>,
+    /// Bytes of deleted log segments.
+    pub deleted_segment_bytes: u64,
+    /// Why nothing was deleted, when nothing was.
+    pub note: Option<String>,
+}
+
+/// What [`select`] needs to know about one complete backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub stop_time: DateTime<Utc>,
+    pub restorable: bool,
+}
+
+/// Which backups to keep (pure): `true` at the index of each kept one.
+/// `backups` may be in any order.
+pub fn select(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..backups.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(backups[i].stop_time)); // newest first
+    let mut keep = vec![false; backups.len()];
+    if let Some(n) = policy.keep_backups {
+        for &i in order.iter().filter(|&&i| backups[i].restorable).take(n) {
+            keep[i] = true;
+        }
+    }
+    if let Some(w) = policy.recovery_window {
+        let edge = chrono::Duration::from_std(w)
+            .ok()
+            .and_then(|w| now.checked_sub_signed(w))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        for &i in &order {
+            if backups[i].stop_time > edge {
+                keep[i] = true;
+            }
+        }
+        if let Some(&i) = order
+            .iter()
+            .find(|&&i| backups[i].stop_time <= edge && backups[i].restorable)
+        {
+            keep[i] = true;
+        }
+    }
+    // Everything newer than the oldest kept backup stays.
+    if let Some(oldest) = (0..backups.len())
+        .filter(|&i| keep[i])
+        .map(|i| backups[i].stop_time)
+        .min()
+    {
+        for (i, b) in backups.iter().enumerate() {
+            if b.stop_time >= oldest {
+                keep[i] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// `p` rounded down to a multiple of `a` (positions of one epoch).
+pub fn align_down(p: LogPos, a: u64) -> LogPos {
+    let a = a.max(1);
+    LogPos::new(p.hi, p.lo - p.lo % a)
+}
+
+fn backup_epoch(m: &BackupManifest) -> Epoch {
+    Epoch(u64::from(m.timeline))
+}
+
+/// The start time encoded in a backup id (`20240101T120000123Z`).
+fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(id, "%Y%m%dT%H%M%S%3fZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Deletes (or, dry run, records) `key`.
+async fn delete(repo: &Repo, rep: &mut PruneReport, key: String, dry: bool) -> anyhow::Result<()> {
+    if !dry {
+        repo.delete(&key).await?;
+        tracing::info!(source = %rep.source, %key, "pruned");
+    }
+    rep.deleted_keys.push(key);
+    Ok(())
+}
+
+/// Deletes one backup directory: the manifest first, then everything else.
+async fn delete_backup(
+    repo: &Repo,
+    rep: &mut PruneReport,
+    key: &BackupKey,
+    dry: bool,
+) -> anyhow::Result<()> {
+    let manifest = key.to_key();
+    let objects = repo.list(&key.dir()).await?;
+    if objects.iter().any(|o| o.location.as_ref() == manifest) {
+        delete(repo, rep, manifest.clone(), dry).await?;
+    }
+    for o in objects {
+        let k = o.location.to_string();
+        if k != manifest {
+            delete(repo, rep, k, dry).await?;
+        }
+    }
+    rep.deleted_backups.push(key.dir());
+    Ok(())
+}
+
+/// Applies the retention policy to one source.
+pub async fn prune(
+    repo: &Repo,
+    source: &SourceName,
+    opts: &PruneOptions,
+) -> anyhow::Result<PruneReport> {
+    let dry = opts.dry_run;
+    let mut rep = PruneReport {
+        source: source.to_string(),
+        dry_run: dry,
+        ..PruneReport::default()
+    };
+    if !opts.policy.is_set() {
+        anyhow::bail!("no retention policy: set keep_backups and/or recovery_window");
+    }
+    if opts.policy.keep_backups == Some(0) {
+        anyhow::bail!("keep_backups must be at least 1");
+    }
+    // A full listing: leftovers (redundant, conflicting) are only visible there.
+    let catalog = Catalog::load_listing(repo, source).await?;
+    let backups = list_backups(repo, source, catalog.backups()).await?;
+    if backups.is_empty() {
+        rep.note = Some(format!(
+            "{source} has no complete base backup: nothing is pruned (the log is all there is)"
+        ));
+        return Ok(rep);
+    }
+    let align = opts.log_alignment;
+    let candidates: Vec<Candidate> = backups
+        .iter()
+        .map(|(k, m)| Candidate {
+            stop_time: m.stop_time,
+            restorable: catalog
+                .segments_covering(
+                    backup_epoch(m),
+                    align_down(k.start, align),
+                    LogPos::from_lsn(m.stop_lsn.0),
+                )
+                .is_ok(),
+        })
+        .collect();
+    let keep = select(&candidates, &opts.policy, opts.now);
+    let kept: Vec<&(BackupKey, BackupManifest)> = backups
+        .iter()
+        .zip(&keep)
+        .filter_map(|(b, k)| k.then_some(b))
+        .collect();
+    rep.kept_backups = kept.iter().map(|(k, _)| k.dir()).collect();
+    let Some((cut_epoch, cut)) = kept
+        .iter()
+        .map(|(k, m)| (backup_epoch(m), align_down(k.start, align)))
+        .min()
+    else {
+        rep.note = Some("no backup would be kept; refusing to prune".into());
+        return Ok(rep);
+    };
+    let oldest_kept_stop = kept.iter().map(|(_, m)| m.stop_time).min();
+
+    // 1. Backups.
+    for ((k, _), keep) in backups.iter().zip(&keep) {
+        if !keep {
+            delete_backup(repo, &mut rep, k, dry).await?;
+        }
+    }
+    for k in catalog.backups() {
+        if backups.iter().any(|(b, _)| b == k) {
+            continue;
+        }
+        let old_enough = id_time(&k.id).is_some_and(|t| {
+            oldest_kept_stop.is_some_and(|s| t < s)
+                && (opts.now - t).to_std().unwrap_or(Duration::ZERO) >= opts.incomplete_grace
+        });
+        if old_enough {
+            delete_backup(repo, &mut rep, k, dry).await?;
+        } else {
+            tracing::info!(source = %source, backup = %k.dir(), "leaving an incomplete backup alone (it may still be being written)");
+        }
+    }
+
+    // 2. Log.
+    let index_keys = list_index_keys(repo, source).await?;
+    for epoch in catalog.epochs() {
+        let Some(ec) = catalog.epoch(epoch) else {
+            continue;
+        };
+        let whole = epoch < cut_epoch;
+        if epoch > cut_epoch {
+            continue;
+        }
+        let limit = if whole { LogPos::MAX } else { cut };
+        // Index first, so it never lists a deleted segment.
+        if whole {
+            for k in index_keys.get(&epoch).into_iter().flatten() {
+                delete(repo, &mut rep, k.to_key(), dry).await?;
+            }
+        } else {
+            let plan = index::plan_cut(repo, source, epoch, ec.gaps(), cut).await?;
+            if !dry {
+                plan.write_replacements(repo).await?;
+                for k in &plan.replacements {
+                    tracing::info!(source = %source, key = %k.to_key(), "index object written");
+                }
+            }
+            rep.written_keys
+                .extend(plan.replacements.iter().map(|k| k.to_key()));
+            for k in &plan.deletions {
+                delete(repo, &mut rep, k.to_key(), dry).await?;
+            }
+        }
+        let mut segs: Vec<_> = ec
+            .segments()
+            .iter()
+            .chain(ec.redundant())
+            .chain(ec.conflicts())
+            .filter(|s| whole || s.key.end <= limit)
+            .collect();
+        segs.sort_by(|a, b| a.key.to_key().cmp(&b.key.to_key()));
+        for s in segs {
+            rep.deleted_segment_bytes += s.size;
+            delete(repo, &mut rep, s.key.to_key(), dry).await?;
+        }
+        for g in ec.gaps().iter().filter(|g| whole || g.end <= limit) {
+            delete(repo, &mut rep, g.to_key(), dry).await?;
+        }
+        if whole {
+            rep.deleted_epochs.push(epoch.to_hex());
+        }
+    }
+    rep.cut = Some(Cut {
+        epoch: cut_epoch.to_hex(),
+        position: cut.to_hex(),
+    });
+    if rep.deleted_keys.is_empty() {
+        rep.note = Some(format!(
+            "nothing to prune: {} backup(s) kept, no older backup or log",
+            rep.kept_backups.len()
+        ));
+    }
+    Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap_or_default()
+    }
+
+    fn c(s: i64, restorable: bool) -> Candidate {
+        Candidate {
+            stop_time: t(s),
+            restorable,
+        }
+    }
+
+    #[test]
+    fn keep_newest_restorable() {
+        let b = [c(10, true), c(20, true), c(30, false), c(40, true)];
+        let p = Policy {
+            keep_backups: Some(2),
+            recovery_window: None,
+        };
+        // Newest two restorable: 40 and 20; 30 is newer than 20 so it stays.
+        assert_eq!(select(&b, &p, t(100)), vec![false, true, true, true]);
+    }
+
+    #[test]
+    fn window_keeps_the_one_before_it() {
+        let b = [c(10, true), c(20, true), c(30, true), c(90, true)];
+        let p = Policy {
+            keep_backups: None,
+            recovery_window: Some(Duration::from_secs(50)),
+        };
+        // Edge at 50: 90 is inside; 30 is the newest before the edge.
+        assert_eq!(select(&b, &p, t(100)), vec![false, false, true, true]);
+        // Union with keep 3.
+        let p = Policy {
+            keep_backups: Some(3),
+            ..p
+        };
+        assert_eq!(select(&b, &p, t(100)), vec![false, true, true, true]);
+    }
+
+    #[test]
+    fn alignment() {
+        let p = LogPos::from_lsn(0x0300_0028);
+        assert_eq!(align_down(p, 16 << 20), LogPos::from_lsn(0x0300_0000));
+        assert_eq!(align_down(p, 1), p);
+        assert_eq!(
+            id_time("20240101T120000123Z"),
+            DateTime::from_timestamp_millis(1_704_110_400_123)
+        );
+    }
+}

@@ -1,0 +1,726 @@
+//! MySQL/MariaDB log source: `pitr archive mysql://...` (or `mariadb://`).
+//!
+//! Registers as a replica (`COM_REGISTER_SLAVE` + `COM_BINLOG_DUMP`, see
+//! `pitr_mysql::client`) and stores the exact bytes of every non-artificial
+//! binlog event, cut into segments per binlog file at transaction
+//! boundaries (layout in [`super::mysql_segment`]). A segment never crosses
+//! a binlog file, so `pitr binlog-fetch` rebuilds each file byte-identical to
+//! the server's own by concatenation.
+//!
+//! Start: with an empty repository, from the oldest binlog file the server
+//! still has (everything it can give us). Otherwise from the repository's
+//! tail, by POSITION: the tail `LogPos{hi: seq, lo: offset}` is turned back
+//! into a file name from the stored base name (checked against `SHOW BINARY
+//! LOGS`). A position is exact for both flavours and identifies a byte in a
+//! file, which is what the archive layout is built on; resuming by GTID
+//! would make the server choose the file and offset itself. When the last
+//! archived segment ends its file (ROTATE or STOP event), streaming resumes
+//! at offset 4 of the next file, so purging the finished file is harmless.
+//!
+//! Watermarks: *received* (events read), *submitted* (sealed up to the last
+//! transaction boundary; where a reconnect resumes), *durable* (stored; what
+//! status and monitoring report). MySQL replicas report no flush position,
+//! so the durable watermark is not sent to the server. Bytes of a
+//! transaction still open when the connection fails are dropped and read
+//! again after reconnecting, so nothing is lost or stored twice.
+//!
+//! Purged binlogs: when the file to resume from is gone, a gap record
+//! `[tail, (oldest seq, 4))` is written, a loud `GAP:` line is logged, and
+//! archiving continues from the oldest file the server has.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use chrono::Utc;
+use pitr_mysql::event::types;
+use pitr_mysql::{
+    list_binlogs, redact_url, server_identity, BinlogClient, BinlogPos, ClientOptions, ErrorKind,
+    Flavor, MysqlError, RawEvent, ServerId, ServerIdentity, StartFrom, TxnTracker,
+};
+use pitr_segment::{LogPos, TimestampMicros};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::catalog::{Catalog, SegmentEntry};
+use crate::archive::gaps::{write_gap, GapError, GapRecord};
+use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
+use crate::archive::keys::{GapKey, SourceName};
+use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
+use crate::archive::sink::RepoSink;
+use crate::source::mysql_segment::{
+    default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
+    FIRST_EVENT_OFFSET, MYSQL_EPOCH,
+};
+use crate::source::postgres::ArchiveProgress;
+use crate::storage::{Repo, StorageError};
+
+/// Settings of one MySQL/MariaDB archiver.
+#[derive(Debug, Clone)]
+pub struct MysqlArchiveOptions {
+    pub url: String,
+    pub name: Option<String>,
+    /// Replica server id (default: [`default_server_id`] of the source name).
+    pub server_id: Option<u32>,
+    /// A segment is sealed at least this often while transactions flow.
+    pub flush_interval: Duration,
+    /// A segment is sealed at the first transaction boundary past this size.
+    pub max_segment_bytes: usize,
+    pub zstd_level: i32,
+    pub uploader: UploaderOptions,
+}
+
+impl Default for MysqlArchiveOptions {
+    fn default() -> Self {
+        MysqlArchiveOptions {
+            url: String::new(),
+            name: None,
+            server_id: None,
+            flush_interval: Duration::from_secs(1),
+            max_segment_bytes: 16 << 20,
+            zstd_level: 1,
+            uploader: UploaderOptions::default(),
+        }
+    }
+}
+
+/// Where the next session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resume {
+    seq: u64,
+    offset: u64,
+    /// End of the last archived byte (start of a gap if `seq` is purged).
+    tail: LogPos,
+}
+
+enum SessionEnd {
+    Shutdown,
+    /// A gap was recorded; connect again at the new position.
+    Continue,
+}
+
+/// Segment boundaries already stored beyond the resume point.
+#[derive(Debug, Default)]
+struct Replay {
+    cuts: BTreeSet<LogPos>,
+    /// While below this, seal only at `cuts`.
+    until: LogPos,
+}
+
+/// The state that survives reconnects.
+struct Archiver {
+    opts: MysqlArchiveOptions,
+    repo: Repo,
+    flavor: Flavor,
+    system_id: String,
+    source: SourceName,
+    server_id: ServerId,
+    meta: Option<MysqlMeta>,
+    uploader: Option<Uploader>,
+    /// Durable watermark the repository already had at start.
+    initial: Option<Durable>,
+    progress: Arc<ArchiveProgress>,
+    next: Option<Resume>,
+    replay: Replay,
+    /// Identity and uploader are set up (only after the first successful
+    /// replication start: a failed first attempt writes nothing).
+    written: bool,
+}
+
+/// Runs `pitr archive` for MySQL/MariaDB until cancelled.
+pub async fn archive(
+    opts: MysqlArchiveOptions,
+    repo: Repo,
+    cancel: CancellationToken,
+    progress: Arc<ArchiveProgress>,
+) -> anyhow::Result<()> {
+    let shown = redact_url(&opts.url);
+    let mut a = prepare(opts, repo, progress)
+        .await
+        .map_err(|e| anyhow!("cannot archive {shown}: {e:#}"))?;
+    let result = a.run(&cancel).await;
+    let finished = match a.uploader.take() {
+        Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
+        None => Ok(None),
+    };
+    if let Ok(Some(d)) = &finished {
+        tracing::info!("binlog durable up to {}", show_pos(a.meta.as_ref(), d.pos));
+    }
+    result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
+    finished?;
+    Ok(())
+}
+
+/// The system identifier stored in `source.json` and segment headers.
+fn system_id_of(ident: &ServerIdentity) -> anyhow::Result<String> {
+    match ident.flavor {
+        Flavor::MySql => ident
+            .server_uuid
+            .map(|u| u.to_string())
+            .ok_or_else(|| anyhow!("the server did not report a valid @@server_uuid")),
+        Flavor::MariaDb => Ok(format!("mariadb-server-{}", ident.server_id)),
+    }
+}
+
+fn flavor_name(f: Flavor) -> &'static str {
+    match f {
+        Flavor::MySql => "mysql",
+        Flavor::MariaDb => "mariadb",
+    }
+}
+
+/// `file:offset` when the base name is known, else `seq:offset`.
+fn show_pos(meta: Option<&MysqlMeta>, p: LogPos) -> String {
+    match meta {
+        Some(m) => format!("{}:{}", m.file_name(p.hi), p.lo),
+        None => format!("file #{}:{}", p.hi, p.lo),
+    }
+}
+
+/// Logs in (a wrong password fails here), names the source and reads the
+/// repository's tail. Writes nothing.
+async fn prepare(
+    opts: MysqlArchiveOptions,
+    repo: Repo,
+    progress: Arc<ArchiveProgress>,
+) -> anyhow::Result<Archiver> {
+    let ident = server_identity(&opts.url).await?;
+    let system_id = system_id_of(&ident)?;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => format!(
+            "{}-{}",
+            flavor_name(ident.flavor),
+            match ident.flavor {
+                Flavor::MySql => system_id.clone(),
+                Flavor::MariaDb => ident.server_id.to_string(),
+            }
+        ),
+    };
+    let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
+    if let Some(stored) = read_identity(&repo, &source)
+        .await
+        .map_err(|e| anyhow!("{e}"))?
+    {
+        if stored.engine != ident.flavor.engine() || stored.system_id != system_id {
+            return Err(anyhow!(
+                "source {name} in the repository belongs to {} {}, but this server is {} {}; use another --name",
+                stored.engine, stored.system_id, ident.flavor, system_id
+            ));
+        }
+    }
+    let meta = read_meta(&repo, &source).await?;
+    let catalog = Catalog::load(&repo, &source)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut replay = Replay::default();
+    let (next, initial) = match catalog.epoch(MYSQL_EPOCH) {
+        Some(ec) => match find_tail(&repo, ec.segments(), ec.gaps()).await? {
+            None => (None, None),
+            Some(t) => {
+                let mut resume = Resume {
+                    seq: t.end.hi,
+                    offset: t.end.lo,
+                    tail: t.end,
+                };
+                if t.ends_file {
+                    resume.seq = t.end.hi + 1;
+                    resume.offset = FIRST_EVENT_OFFSET;
+                }
+                // Segments stored beyond a hole (uploads finish out of order
+                // when the archiver is killed): re-cut at exactly their
+                // boundaries so the refill reproduces them identically.
+                for s in ec.segments().iter().filter(|s| s.key.start >= t.end) {
+                    replay.cuts.insert(s.key.start);
+                    replay.cuts.insert(s.key.end);
+                    replay.until = replay.until.max(s.key.end);
+                }
+                let initial = Durable {
+                    epoch: MYSQL_EPOCH,
+                    pos: t.end,
+                    last_commit: t.last_commit,
+                };
+                (Some(resume), Some(initial))
+            }
+        },
+        None => (None, None),
+    };
+    if next.is_some() && meta.is_none() {
+        return Err(anyhow!(
+            "source {name} has binlog segments but no mysql.json; the repository is damaged"
+        ));
+    }
+    if let Some(r) = next {
+        tracing::info!(
+            source = %name,
+            "resuming at {} (the repository's tail is {})",
+            show_pos(meta.as_ref(), LogPos::new(r.seq, r.offset)),
+            show_pos(meta.as_ref(), r.tail)
+        );
+    }
+    let server_id = ServerId(opts.server_id.unwrap_or_else(|| default_server_id(&name)));
+    progress.timeline.store(MYSQL_EPOCH.0, Ordering::Relaxed);
+    Ok(Archiver {
+        repo,
+        flavor: ident.flavor,
+        system_id,
+        source,
+        server_id,
+        meta,
+        uploader: None,
+        initial,
+        progress,
+        next,
+        replay,
+        written: false,
+        opts,
+    })
+}
+
+/// The contiguous end of what the repository holds.
+struct Tail {
+    end: LogPos,
+    /// The stretch ending at `end` ends its binlog file (ROTATE/STOP).
+    ends_file: bool,
+    last_commit: Option<TimestampMicros>,
+}
+
+/// How many of the newest segments get their file-ending event checked at
+/// a file boundary (older boundaries were passed long ago).
+const CHECK_RECENT: usize = 32;
+
+/// Walks segments and gap records from the oldest: a segment or gap starting
+/// at (or before) the current end continues it; so does offset 4 of the
+/// next file when the stretch before ends its file. Stops at the first hole.
+async fn find_tail(
+    repo: &Repo,
+    segs: &[SegmentEntry],
+    gaps: &[GapKey],
+) -> anyhow::Result<Option<Tail>> {
+    // (start, end, segment index or None for a gap), sorted by start.
+    let mut items: Vec<(LogPos, LogPos, Option<usize>)> = segs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.key.start, s.key.end, Some(i)))
+        .chain(gaps.iter().map(|g| (g.start, g.end, None)))
+        .collect();
+    items.sort_by_key(|&(a, b, _)| (a, b));
+    let Some(&(_, first_end, first_idx)) = items.first() else {
+        return Ok(None);
+    };
+    let (mut end, mut by) = (first_end, first_idx);
+    let mut checked: Option<bool> = None;
+    for &(start, stop, idx) in &items[1..] {
+        if start <= end {
+            if stop > end {
+                (end, by, checked) = (stop, idx, None);
+            }
+            continue;
+        }
+        let next_file = start == LogPos::new(end.hi + 1, FIRST_EVENT_OFFSET);
+        if next_file {
+            let complete = match by {
+                None => true,
+                Some(i) if i + CHECK_RECENT < segs.len() => true,
+                Some(i) => segment_ends_file(repo, &segs[i].key.to_key()).await?,
+            };
+            if complete {
+                (end, by, checked) = (stop, idx, None);
+                continue;
+            }
+            checked = Some(false);
+        }
+        break;
+    }
+    let ends_file = match (checked, by) {
+        (Some(c), _) => c,
+        (None, Some(i)) => segment_ends_file(repo, &segs[i].key.to_key()).await?,
+        (None, None) => false,
+    };
+    let last_commit = segs
+        .iter()
+        .filter(|s| s.key.end <= end)
+        .filter_map(|s| s.key.tmax)
+        .max();
+    Ok(Some(Tail {
+        end,
+        ends_file,
+        last_commit,
+    }))
+}
+
+/// True when the segment at `key` ends with a ROTATE or STOP event (its
+/// binlog file is complete).
+async fn segment_ends_file(repo: &Repo, key: &str) -> anyhow::Result<bool> {
+    let object = repo.get(key).await.map_err(|e| anyhow!("{e}"))?;
+    let k = key.to_string();
+    let (_, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
+        .await
+        .map_err(|e| anyhow!("decoding {k}: {e}"))?
+        .map_err(|e| anyhow!("segment {key} is corrupt: {e}; run `pitr verify`"))?;
+    Ok(matches!(
+        last_event_type(&payload),
+        Some(types::ROTATE | types::STOP)
+    ))
+}
+
+fn mysql_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.downcast_ref::<MysqlError>().map(|m| m.kind())
+}
+
+impl Archiver {
+    async fn run(&mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match self.session(cancel).await {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Continue) => backoff = Duration::from_millis(250),
+                Err(e) => {
+                    let transient = mysql_kind(&e).is_some_and(|k| k.is_transient());
+                    if !transient || !self.written {
+                        return Err(e);
+                    }
+                    if self.uploader.as_ref().is_some_and(|u| u.is_stopped()) {
+                        return Err(e);
+                    }
+                    tracing::warn!("replication connection lost, reconnecting in {backoff:?}: {e}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Where to ask the server to start.
+    async fn start_from(&self) -> anyhow::Result<StartFrom> {
+        let Some(r) = self.next else {
+            return Ok(StartFrom::Beginning);
+        };
+        let meta = self
+            .meta
+            .as_ref()
+            .ok_or_else(|| anyhow!("binlog base name unknown"))?;
+        let mut file = meta.file_name(r.seq);
+        // The server's own spelling of the file (padding beyond 6 digits).
+        if let Ok(files) = list_binlogs(&self.opts.url).await {
+            if let Some((f, _)) = files.iter().find(|(f, _)| {
+                f.sequence() == Some(r.seq) && f.base() == Some(meta.binlog_basename.as_str())
+            }) {
+                file = f.0.clone();
+            }
+        }
+        Ok(StartFrom::Position(BinlogPos::new(file, r.offset)))
+    }
+
+    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
+        let start = self.start_from().await?;
+        let mut copts = ClientOptions::new(self.server_id);
+        copts.read_timeout = Duration::from_secs(20);
+        let client = match BinlogClient::connect_with(&self.opts.url, copts, start.clone()).await {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::BinlogPurged && self.next.is_some() => {
+                return self.record_gap(e).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let now = system_id_of(client.identity())?;
+        if now != self.system_id || client.identity().flavor != self.flavor {
+            client.close().await;
+            return Err(anyhow!(
+                "the server now identifies as {now} (was {}); it is a different server, archive it under another --name",
+                self.system_id
+            ));
+        }
+        self.setup_repository().await?;
+        tracing::info!(server_id = %self.server_id, "streaming binlog from {start}");
+        match self.stream(cancel, client).await {
+            Err(e) if mysql_kind(&e) == Some(ErrorKind::BinlogPurged) => {
+                let Ok(m) = e.downcast::<MysqlError>() else {
+                    return Err(anyhow!("binlog purged"));
+                };
+                self.record_gap(m).await
+            }
+            other => other,
+        }
+    }
+
+    /// First successful start: identity and uploader.
+    async fn setup_repository(&mut self) -> anyhow::Result<()> {
+        if self.written {
+            return Ok(());
+        }
+        let identity =
+            SourceIdentity::new(self.source.as_str(), self.flavor.engine(), &self.system_id);
+        ensure_identity(&self.repo, &identity)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let sink = Arc::new(RepoSink {
+            repo: self.repo.clone(),
+            source: self.source.clone(),
+            engine: self.flavor.engine(),
+            system_id: self.system_id.clone(),
+            zstd_level: self.opts.zstd_level,
+        });
+        self.uploader = Some(Uploader::start(
+            sink,
+            self.opts.uploader.clone(),
+            self.initial,
+            self.progress.upload.clone(),
+        ));
+        self.written = true;
+        Ok(())
+    }
+
+    /// The binlog needed to resume was purged: record the lost stretch up to
+    /// the oldest file the server has and continue there.
+    async fn record_gap(&mut self, err: MysqlError) -> anyhow::Result<SessionEnd> {
+        let Some(r) = self.next else {
+            return Err(err.into());
+        };
+        let files = list_binlogs(&self.opts.url).await?;
+        let oldest = files
+            .first()
+            .and_then(|(f, _)| f.sequence())
+            .ok_or_else(|| anyhow!("the server lists no binary logs"))?;
+        if oldest <= r.seq {
+            // The server says purged but still has the file: do not loop.
+            return Err(err.into());
+        }
+        self.setup_repository().await?;
+        let end = LogPos::new(oldest, FIRST_EVENT_OFFSET);
+        let gap = GapRecord {
+            epoch: MYSQL_EPOCH,
+            start: r.tail,
+            end,
+            reason: format!("binlog purged by the server before it was archived: {err}"),
+            detected_at: Utc::now(),
+        };
+        match write_gap(&self.repo, &self.source, &gap).await {
+            Ok(_) | Err(GapError::Storage(StorageError::Divergent { .. })) => {}
+            Err(e) => return Err(anyhow!("{e}")),
+        }
+        self.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        let meta = self.meta.as_ref();
+        tracing::error!(
+            "GAP: binlog from {} to {} was purged by the server before pitr archived it; \
+             point-in-time restore into that stretch is impossible. Take a new base backup \
+             (pitr backup) to restore past it. Continuing from {}.",
+            show_pos(meta, r.tail),
+            show_pos(meta, end),
+            show_pos(meta, end)
+        );
+        self.next = Some(Resume {
+            seq: oldest,
+            offset: FIRST_EVENT_OFFSET,
+            tail: end,
+        });
+        Ok(SessionEnd::Continue)
+    }
+
+    async fn stream(
+        &mut self,
+        cancel: &CancellationToken,
+        mut client: BinlogClient,
+    ) -> anyhow::Result<SessionEnd> {
+        let (mut b, mut fresh) = match self.next {
+            Some(r) => (SegmentBuilder::new(r.seq, r.offset), false),
+            None => (SegmentBuilder::new(0, 0), true),
+        };
+        let mut tracker = TxnTracker::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.seal(&mut b).await?;
+                    client.close().await;
+                    return self.shutdown().await;
+                }
+                _ = ticker.tick() => {
+                    if b.due(self.opts.flush_interval) && !self.replaying(&b) {
+                        self.seal(&mut b).await?;
+                    }
+                    self.note_durable();
+                }
+                ev = client.next_event() => {
+                    let step = match ev {
+                        Ok(Some(ev)) => self.on_event(&mut b, &mut tracker, &mut fresh, ev).await,
+                        Ok(None) => Err(MysqlError::new(
+                            ErrorKind::ServerGone,
+                            "the server ended the binlog stream; pitr reconnects",
+                        ).into()),
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = step {
+                        // Keep every complete transaction received.
+                        self.seal(&mut b).await?;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_event(
+        &mut self,
+        b: &mut SegmentBuilder,
+        tracker: &mut TxnTracker,
+        fresh: &mut bool,
+        ev: RawEvent,
+    ) -> anyhow::Result<()> {
+        if ev.artificial {
+            return Ok(());
+        }
+        let at = || StartFrom::Position(ev.next_pos.clone());
+        let protocol = |msg: String| -> anyhow::Error {
+            MysqlError::new(ErrorKind::Protocol, msg)
+                .with_position(at())
+                .into()
+        };
+        let file = &ev.next_pos.file;
+        let (Some(seq), Some(base)) = (file.sequence(), file.base()) else {
+            return Err(protocol(format!(
+                "binlog file name {file:?} has no numeric suffix; pitr cannot index it"
+            )));
+        };
+        let start = ev
+            .start_pos()
+            .ok_or_else(|| protocol("event ends before it starts".into()))?
+            .offset;
+        self.check_basename(base).await?;
+        if *fresh {
+            if start != FIRST_EVENT_OFFSET {
+                return Err(protocol(format!(
+                    "the stream began at offset {start}, not at the start of {file}"
+                )));
+            }
+            b.move_to(seq, start)?;
+            *fresh = false;
+        }
+        let (bseq, boff) = b.expected();
+        if seq != bseq {
+            if b.has_unsafe() {
+                return Err(protocol(format!(
+                    "binlog file #{bseq} ended inside a transaction"
+                )));
+            }
+            if seq != bseq + 1 || start != FIRST_EVENT_OFFSET {
+                return Err(protocol(format!(
+                    "expected the next event at {}, got one at {}:{start}",
+                    show_pos(self.meta.as_ref(), LogPos::new(bseq, boff)),
+                    file
+                )));
+            }
+            // The previous file ended without ROTATE/STOP (server crash).
+            self.seal(b).await?;
+            b.move_to(seq, FIRST_EVENT_OFFSET)?;
+        } else if start != boff {
+            return Err(protocol(format!(
+                "expected the next event at offset {boff} of {file}, got one at {start}"
+            )));
+        }
+        let boundary = tracker
+            .feed(&ev)
+            .map_err(|e| anyhow::Error::from(e.into_mysql(Some(at()))))?;
+        let safe = !tracker.in_transaction();
+        b.push(&ev.bytes, boundary.map(|x| x.commit_time), safe);
+        let t = ev.header.type_code;
+        if (t == types::ROTATE || t == types::STOP) && safe {
+            // End of this file: its last segment.
+            self.seal(b).await?;
+            let tail = b.safe_end();
+            b.move_to(seq + 1, FIRST_EVENT_OFFSET)?;
+            self.next = Some(Resume {
+                seq: seq + 1,
+                offset: FIRST_EVENT_OFFSET,
+                tail,
+            });
+        } else if safe && self.replay.cuts.contains(&b.safe_end()) {
+            self.seal(b).await?;
+        } else if safe && !self.replaying(b) && b.safe_bytes() >= self.opts.max_segment_bytes {
+            self.seal(b).await?;
+        }
+        Ok(())
+    }
+
+    /// True while re-reading a stretch that already has stored segments.
+    fn replaying(&self, b: &SegmentBuilder) -> bool {
+        let (s, o) = b.expected();
+        LogPos::new(s, o) < self.replay.until
+    }
+
+    /// Learns (and stores once) the binlog base name; a change is an error.
+    async fn check_basename(&mut self, base: &str) -> anyhow::Result<()> {
+        match &self.meta {
+            Some(m) if m.binlog_basename == base => Ok(()),
+            Some(m) => Err(anyhow!(
+                "the server's binlog base name changed from {:?} to {base:?}; archive it under a new --name",
+                m.binlog_basename
+            )),
+            None => {
+                let meta = MysqlMeta {
+                    binlog_basename: base.to_string(),
+                    flavor: flavor_name(self.flavor).to_string(),
+                };
+                ensure_meta(&self.repo, &self.source, &meta).await?;
+                self.meta = Some(meta);
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals the transaction-complete part of `b` and queues it.
+    async fn seal(&mut self, b: &mut SegmentBuilder) -> anyhow::Result<()> {
+        let Some(seg) = b.take_safe() else {
+            return Ok(());
+        };
+        let end = seg.end;
+        let Some(up) = &self.uploader else {
+            return Err(anyhow!("uploader not started"));
+        };
+        up.submit(seg).await.map_err(|e| anyhow!("{e}"))?;
+        self.next = Some(Resume {
+            seq: end.hi,
+            offset: end.lo,
+            tail: end,
+        });
+        Ok(())
+    }
+
+    fn note_durable(&self) {
+        if let Some(d) = self.uploader.as_ref().and_then(|u| u.durable()) {
+            if let Some(t) = d.last_commit {
+                self.progress
+                    .last_commit_micros
+                    .store(t.0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until everything submitted is durable.
+    async fn shutdown(&mut self) -> anyhow::Result<SessionEnd> {
+        let Some(up) = self.uploader.take() else {
+            return Ok(SessionEnd::Shutdown);
+        };
+        let durable = up.finish().await.map_err(|e| anyhow!("{e}"))?;
+        if let Some(d) = durable {
+            if let Some(t) = d.last_commit {
+                self.progress
+                    .last_commit_micros
+                    .store(t.0, Ordering::Relaxed);
+            }
+            tracing::info!(
+                "stored binlog up to {}",
+                show_pos(self.meta.as_ref(), d.pos)
+            );
+        }
+        Ok(SessionEnd::Shutdown)
+    }
+}
