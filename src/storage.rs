@@ -248,11 +248,15 @@ impl Repo {
                 };
                 tokio::fs::create_dir_all(&dir).await.map_err(err)?;
                 let dir = tokio::fs::canonicalize(&dir).await.map_err(err)?;
-                let store =
-                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| StorageError::LocalDir {
+                // fsync files and directories before a put returns: a local
+                // repository must be as durable as an object store, because
+                // what is stored is confirmed to the database as flushed.
+                let store = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| StorageError::LocalDir {
                         path: dir.display().to_string(),
                         source: std::io::Error::other(e.to_string()),
-                    })?;
+                    })?
+                    .with_fsync(true);
                 let label = format!("file://{}", dir.display());
                 Ok(Repo::from_store(Arc::new(store), &label))
             }

@@ -8,10 +8,11 @@
 //! reported to the database as flushed (rule 2 of the architecture: received,
 //! durable and reported are three different positions).
 //!
-//! Backpressure: the submission queue is bounded. When storage stalls the
-//! queue fills, [`Uploader::submit`] waits, the archiver stops reading its
-//! socket and the server retains the log. Memory stays bounded by
-//! `(queue + parallelism) × segment size`.
+//! Backpressure: the log bytes queued or in flight are bounded
+//! (`max_in_flight_bytes`, default 32 MiB) as well as their count. When
+//! storage stalls, [`Uploader::submit`] waits, the archiver stops reading its
+//! socket and the server retains the log; memory stays bounded however slow
+//! the storage is.
 //!
 //! Stores are idempotent (create-if-absent with identical bytes is a success),
 //! so a transient failure is retried with backoff until it succeeds or the
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// A finished stretch of log, ready to be encoded and stored.
@@ -101,6 +102,9 @@ pub struct UploaderOptions {
     /// First retry delay; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Log bytes submitted but not yet stored, at most (a larger single
+    /// segment is admitted alone).
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for UploaderOptions {
@@ -110,13 +114,16 @@ impl Default for UploaderOptions {
             queue: 4,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            max_in_flight_bytes: 32 << 20,
         }
     }
 }
 
 /// Ordered parallel uploader; see the module docs.
 pub struct Uploader {
-    tx: Option<mpsc::Sender<SealedSegment>>,
+    tx: Option<mpsc::Sender<(SealedSegment, OwnedSemaphorePermit)>>,
+    budget: Arc<Semaphore>,
+    budget_units: u32,
     durable: watch::Receiver<Option<Durable>>,
     task: JoinHandle<Result<(), SinkError>>,
     stats: Arc<UploadStats>,
@@ -133,9 +140,13 @@ impl Uploader {
     ) -> Uploader {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let (wtx, wrx) = watch::channel(initial);
+        let budget_units = units(opts.max_in_flight_bytes).max(1);
+        let budget = Arc::new(Semaphore::new(budget_units as usize));
         let task = tokio::spawn(run(sink, opts, rx, wtx, stats.clone()));
         Uploader {
             tx: Some(tx),
+            budget,
+            budget_units,
             durable: wrx,
             task,
             stats,
@@ -145,9 +156,16 @@ impl Uploader {
     /// Queues a segment; waits while the queue is full (backpressure).
     /// Fails only when the upload task has stopped on a definite error.
     pub async fn submit(&self, seg: SealedSegment) -> Result<(), SinkError> {
+        let want = units(seg.raw.len()).clamp(1, self.budget_units);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| SinkError::definite("the uploader is closed"))?;
         match &self.tx {
             Some(tx) => tx
-                .send(seg)
+                .send((seg, permit))
                 .await
                 .map_err(|_| SinkError::definite("the upload task stopped")),
             None => Err(SinkError::definite("the uploader is finished")),
@@ -185,10 +203,15 @@ impl Uploader {
     }
 }
 
+/// Budget units (4 KiB) for `bytes`.
+fn units(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(4096)).unwrap_or(u32::MAX)
+}
+
 async fn run(
     sink: Arc<dyn SegmentSink>,
     opts: UploaderOptions,
-    mut rx: mpsc::Receiver<SealedSegment>,
+    mut rx: mpsc::Receiver<(SealedSegment, OwnedSemaphorePermit)>,
     watermark: watch::Sender<Option<Durable>>,
     stats: Arc<UploadStats>,
 ) -> Result<(), SinkError> {
@@ -211,13 +234,15 @@ async fn run(
             }
             next = rx.recv(), if !closed && in_flight.len() < opts.parallelism.max(1) => {
                 match next {
-                    Some(seg) => {
+                    Some((seg, permit)) => {
                         let sink = sink.clone();
                         let opts = opts.clone();
                         let stats = stats.clone();
                         in_flight.push_back(async move {
                             let seg = Arc::new(seg);
                             store_with_retry(&*sink, &seg, &opts, &stats).await?;
+                            // The bytes are stored: give their budget back.
+                            drop(permit);
                             Ok::<_, SinkError>(seg)
                         });
                     }
@@ -317,6 +342,7 @@ mod tests {
             queue: 2,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
+            max_in_flight_bytes: 1 << 20,
         }
     }
 
@@ -395,5 +421,62 @@ mod tests {
         assert!(!err.transient);
         let last = w.borrow().map(|d| d.pos.lo).unwrap_or(0);
         assert!(last <= 20, "watermark {last} passed the failed segment");
+    }
+
+    #[tokio::test]
+    async fn in_flight_bytes_are_bounded() {
+        // A sink that never finishes until released: submits beyond the byte
+        // budget must wait.
+        struct Stuck(tokio::sync::Notify);
+        impl SegmentSink for Stuck {
+            fn store<'a>(
+                &'a self,
+                _seg: &'a SealedSegment,
+            ) -> Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>> {
+                Box::pin(async move {
+                    self.0.notified().await;
+                    Ok(())
+                })
+            }
+        }
+        let sink = Arc::new(Stuck(tokio::sync::Notify::new()));
+        let mut o = opts();
+        o.max_in_flight_bytes = 64 << 10;
+        o.queue = 100;
+        o.parallelism = 100;
+        let up = Uploader::start(sink.clone(), o, None, Arc::default());
+        let big = |i: u64| SealedSegment {
+            raw: bytes::Bytes::from(vec![0u8; 20 << 10]),
+            ..seg(i)
+        };
+        // 3 × 20 KiB fit in 64 KiB, the 4th does not.
+        for i in 0..3 {
+            up.submit(big(i)).await.unwrap();
+        }
+        let fourth = tokio::time::timeout(Duration::from_millis(100), up.submit(big(3))).await;
+        assert!(
+            fourth.is_err(),
+            "a 4th segment was admitted beyond the byte budget"
+        );
+        sink.0.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sink.0.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(2), up.submit(big(3)))
+            .await
+            .expect("budget released after storing")
+            .unwrap();
+        sink.0.notify_waiters();
+        // Release everything left so finish() completes.
+        let releaser = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    sink.0.notify_waiters();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        up.finish().await.unwrap();
+        releaser.abort();
     }
 }
