@@ -521,3 +521,88 @@ fn bad_credentials_privileges_and_hosts_fail_with_one_clear_sentence() {
         "{err}"
     );
 }
+
+#[test]
+fn compaction_merges_small_segments_and_wal_stays_byte_identical() {
+    require!(pg::available(PgVersion::V15));
+    let pg = PgServer::start(PgVersion::V15).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, rw_dir, scratch) = (
+        tmp.path().join("repo"),
+        tmp.path().join("rw"),
+        tmp.path().join("scratch"),
+    );
+    fs::create_dir_all(&rw_dir).unwrap();
+    fs::create_dir_all(&scratch).unwrap();
+    let mut rw = start_receivewal(&pg, &rw_dir);
+    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    wait_for("pitr to create its slot", Duration::from_secs(20), || {
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap()
+            == "1"
+    });
+    pg.psql("CREATE TABLE t (x int, pad text)").unwrap();
+    // Many small segments: a commit every 50 ms with a 200 ms flush interval.
+    for i in 0..40 {
+        pg.psql(&format!(
+            "INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series(1, {}) g",
+            100 + i
+        ))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.psql("SELECT pg_switch_wal()").unwrap();
+    workload(&pg, 2);
+    wait_for(
+        "pg_receivewal to complete 2 files",
+        Duration::from_secs(60),
+        || complete_wal_files(&rw_dir).len() >= 2,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    a.terminate();
+    let _ = rw.kill();
+    let _ = rw.wait();
+    let before = segments(&repo, "main", 1);
+    assert!(
+        before.len() >= 10,
+        "expected many small segments, got {}",
+        before.len()
+    );
+    let out = Command::new(pitr_bin())
+        .args(["compact", "--repo"])
+        .arg(&repo)
+        .args(["--name", "main", "--min-age", "0s", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "compact failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = segments(&repo, "main", 1);
+    assert!(
+        after.len() < before.len() / 2,
+        "{} segments before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert_contiguous(&after);
+    assert_eq!(after.first().map(|s| s.0), before.first().map(|s| s.0));
+    assert_eq!(after.last().map(|s| s.1), before.last().map(|s| s.1));
+    let compared = compare_with_receivewal(&pg, &repo, "main", &rw_dir, &scratch);
+    assert!(
+        compared >= 2,
+        "only {compared} WAL files compared after compaction"
+    );
+    let verify = Command::new(pitr_bin())
+        .args(["verify", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "verify after compaction: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -1,16 +1,20 @@
 //! Command-line interface: one file per verb.
 //!
-//! Exit codes: 0 success; 1 "not found / not (yet) archived" where a verb
-//! defines it (`wal-fetch`) or a check failed (`status`, `verify`); 2 usage
-//! or configuration errors; 3 any other error.
+//! Exit codes: 0 success; 1 a failed check (`status`, `verify`), "not (yet)
+//! archived" (`wal-fetch`, `binlog-fetch`) or any other error; 2 usage or
+//! configuration errors. `wal-fetch` exits 126 on an error other than "not
+//! archived" (an unreachable repository, a corrupt segment): PostgreSQL
+//! aborts recovery on that status instead of taking it for the end of the
+//! archive and promoting too early.
 
 pub mod archive;
 pub mod backup;
 pub mod binlog_fetch;
 pub mod common;
+pub mod compact;
 pub mod prune;
-pub mod run;
 pub mod restore;
+pub mod run;
 pub mod status;
 pub mod verify;
 pub mod wal_fetch;
@@ -56,6 +60,9 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Delete old base backups and the log only they needed.
     Prune(prune::PruneArgs),
+    /// Merge small segments into larger ones and refresh the roll-up index
+    /// (repository maintenance; `pitr run` does it on a schedule).
+    Compact(compact::CompactArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -63,7 +70,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     common::init_logging(cli.verbose);
     match cli.command {
         Command::Archive(a) => archive::run(a).await,
-        Command::WalFetch(a) => wal_fetch::run(a).await,
+        Command::WalFetch(a) => match wal_fetch::run(a).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                // Not "not archived": make PostgreSQL abort recovery rather
+                // than end it early at a hole that is not there.
+                eprintln!("pitr wal-fetch: error: {e:#}");
+                Ok(126)
+            }
+        },
         Command::BinlogFetch(a) => binlog_fetch::run(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
@@ -71,5 +86,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify(a) => verify::run(a).await,
         Command::Run(a) => run::run(a).await,
         Command::Prune(a) => prune::run(a).await,
+        Command::Compact(a) => compact::run(a).await,
     }
 }
