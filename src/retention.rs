@@ -340,7 +340,7 @@ pub async fn prune(
             .chain(ec.conflicts())
             .filter(|s| whole || s.key.end <= limit)
             .collect();
-        segs.sort_by(|a, b| a.key.to_key().cmp(&b.key.to_key()));
+        segs.sort_by_key(|s| s.key.to_key());
         for s in segs {
             rep.deleted_segment_bytes += s.size;
             delete(repo, &mut rep, s.key.to_key(), dry).await?;

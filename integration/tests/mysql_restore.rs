@@ -39,10 +39,14 @@ struct Mark {
 }
 
 fn mark(s: &MySqlServer) -> Mark {
-    let status = s.sql("SHOW MASTER STATUS").unwrap();
+    let (status, gtid) = match s.flavor() {
+        Flavor::MariaDb => ("SHOW MASTER STATUS", "SELECT @@gtid_binlog_pos"),
+        Flavor::MySql => ("SHOW BINARY LOG STATUS", "SELECT @@gtid_executed"),
+    };
+    let status = s.sql(status).unwrap();
     let cols: Vec<&str> = status.split('\t').collect();
     let position = format!("{}:{}", cols[0], cols[1]);
-    let gtid = s.sql("SELECT @@gtid_binlog_pos").unwrap();
+    let gtid = s.sql(gtid).unwrap().split_whitespace().collect();
     let ledger = ledger(s);
     // The burst committed within the previous second(s); MariaDB records commit
     // times in whole seconds, so the target lies in a quiet second after it.
@@ -87,7 +91,10 @@ fn burst(s: &MySqlServer, k: u32) {
     // A rolled-back transaction leaves no trace.
     sql.push_str("START TRANSACTION; INSERT INTO ledger.entries (account, amount, at) VALUES ('ghost', 1, NOW(6)); ROLLBACK; ");
     // A big multi-row statement: several rows events for one statement.
-    sql.push_str("INSERT INTO ledger.entries (account, amount, note, at) SELECT CONCAT('bulk', seq), seq, REPEAT('b', 60), NOW(6) FROM seq_1_to_300; ");
+    sql.push_str(match s.flavor() {
+        Flavor::MariaDb => "INSERT INTO ledger.entries (account, amount, note, at) SELECT CONCAT('bulk', seq), seq, REPEAT('b', 60), NOW(6) FROM seq_1_to_300; ",
+        Flavor::MySql => "INSERT INTO ledger.entries (account, amount, note, at) WITH RECURSIVE s (seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < 300) SELECT CONCAT('bulk', seq), seq, REPEAT('b', 60), NOW(6) FROM s; ",
+    });
     sql.push_str(&format!(
         "DELETE FROM ledger.entries WHERE account LIKE 'bulk%' AND amount % {} = 0; ",
         k + 2
@@ -120,8 +127,52 @@ fn wait_archived(repo: &str, url: &str, position: &str) {
     }
 }
 
-fn restore_and_check(repo: &str, flag: &str, value: &str, want: &str, what: &str) {
-    let target = MySqlServer::start(Flavor::MariaDb).unwrap();
+/// The restored server's GTID state ends with the source's last GTID (the
+/// transactions replayed from the binlog keep their GTIDs).
+fn assert_has_gtids(target: &MySqlServer, source_state: &str) {
+    let (var, sep) = match target.flavor() {
+        Flavor::MariaDb => ("SELECT @@gtid_binlog_pos", '-'),
+        Flavor::MySql => ("SELECT @@gtid_executed", ':'),
+    };
+    let have: String = target.sql(var).unwrap().split_whitespace().collect();
+    for want in source_state.split(',') {
+        // MariaDB d-s-n must be present as is; MySQL uuid:1-n must end the
+        // target's interval list for that uuid at n.
+        let ok = match target.flavor() {
+            Flavor::MariaDb => have.split(',').any(|g| g == want),
+            Flavor::MySql => {
+                let (uuid, ivs) = want.split_once(sep).unwrap();
+                let last = ivs.rsplit(['-', ':']).next().unwrap();
+                have.split(',')
+                    .any(|g| g.starts_with(uuid) && g.rsplit(['-', ':']).next() == Some(last))
+            }
+        };
+        assert!(ok, "restored GTID state {have} lacks {want}");
+    }
+}
+
+/// Compares ledgers, reporting the first differing line (not the whole dump).
+fn same(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: restored ledger differs at line {i} ({} vs {} lines): got {:?}, want {:?}",
+        g.len(),
+        w.len(),
+        g.get(i),
+        w.get(i)
+    );
+}
+
+fn restore_and_check(f: Flavor, repo: &str, flag: &str, value: &str, want: &str, what: &str) {
+    let target = MySqlServer::start(f).unwrap();
     let o = pitr(&[
         "restore",
         "--repo",
@@ -133,13 +184,8 @@ fn restore_and_check(repo: &str, flag: &str, value: &str, want: &str, what: &str
         "--json",
     ]);
     let out = ok(&o);
-    let got = ledger(&target);
-    assert_eq!(
-        got,
-        want,
-        "{what}: restored ledger differs\n{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let report = format!("{what} ({out} {})", String::from_utf8_lossy(&o.stderr));
+    same(&ledger(&target), want, &report);
 }
 
 struct Archiver(Child);
@@ -164,7 +210,17 @@ impl Drop for Archiver {
 #[test]
 fn mariadb_point_in_time_restore() {
     require!(mysql::available(Flavor::MariaDb));
-    let src = MySqlServer::start(Flavor::MariaDb).unwrap();
+    point_in_time_restore(Flavor::MariaDb);
+}
+
+#[test]
+fn mysql_point_in_time_restore() {
+    require!(mysql::available(Flavor::MySql));
+    point_in_time_restore(Flavor::MySql);
+}
+
+fn point_in_time_restore(f: Flavor) {
+    let src = MySqlServer::start(f).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo_path = dir.path().join("repo");
     let repo = repo_path.to_str().unwrap().to_string();
@@ -234,15 +290,24 @@ fn mariadb_point_in_time_restore() {
 
     // Time targets, including one right after the backup (nothing to apply).
     restore_and_check(
+        f,
         &repo,
         "--to",
         &after_backup.time,
         &after_backup.ledger,
         "time after backup",
     );
-    restore_and_check(&repo, "--to", &m1.time, &m1.ledger, "time m1");
-    restore_and_check(&repo, "--to", &m2.time, &m2.ledger, "time m2 (after DDL)");
+    restore_and_check(f, &repo, "--to", &m1.time, &m1.ledger, "time m1");
     restore_and_check(
+        f,
+        &repo,
+        "--to",
+        &m2.time,
+        &m2.ledger,
+        "time m2 (after DDL)",
+    );
+    restore_and_check(
+        f,
         &repo,
         "--to",
         &m3.time,
@@ -250,9 +315,10 @@ fn mariadb_point_in_time_restore() {
         "time m3 (next binlog file)",
     );
     // GTID and position targets.
-    restore_and_check(&repo, "--to-gtid", &m2.gtid, &m2.ledger, "gtid m2");
-    restore_and_check(&repo, "--to-gtid", &m1.gtid, &m1.ledger, "gtid m1");
+    restore_and_check(f, &repo, "--to-gtid", &m2.gtid, &m2.ledger, "gtid m2");
+    restore_and_check(f, &repo, "--to-gtid", &m1.gtid, &m1.ledger, "gtid m1");
     restore_and_check(
+        f,
         &repo,
         "--to-position",
         &m1.position,
@@ -260,6 +326,7 @@ fn mariadb_point_in_time_restore() {
         "position m1",
     );
     restore_and_check(
+        f,
         &repo,
         "--to-position",
         &m3.position,
@@ -268,7 +335,7 @@ fn mariadb_point_in_time_restore() {
     );
 
     // The restored server carries the source's GTIDs.
-    let target = MySqlServer::start(Flavor::MariaDb).unwrap();
+    let target = MySqlServer::start(f).unwrap();
     ok(&pitr(&[
         "restore",
         "--repo",
@@ -277,16 +344,8 @@ fn mariadb_point_in_time_restore() {
         "--target",
         &target.url(),
     ]));
-    assert_eq!(ledger(&target), m3.ledger);
-    assert!(
-        target
-            .sql("SELECT @@gtid_binlog_pos")
-            .unwrap()
-            .contains(&m3.gtid),
-        "restored GTID state {} lacks {}",
-        target.sql("SELECT @@gtid_binlog_pos").unwrap(),
-        m3.gtid
-    );
+    same(&ledger(&target), &m4.ledger, "latest");
+    assert_has_gtids(&target, &m4.gtid);
     // Views and triggers came back.
     assert_eq!(
         target.sql("SELECT COUNT(*) FROM ledger.totals").unwrap(),
@@ -324,7 +383,7 @@ fn mariadb_point_in_time_restore() {
         &target.url(),
         "--replace",
     ]));
-    assert_eq!(ledger(&target), m1.ledger);
+    same(&ledger(&target), &m1.ledger, "replace");
 
     // Outside the window: after the last archived commit, before the backup.
     let late = src
@@ -359,12 +418,16 @@ fn mariadb_point_in_time_restore() {
         !o.status.success() && err.contains("before the oldest base backup"),
         "{err}"
     );
+    let unreachable = match f {
+        Flavor::MariaDb => "0-1-999999".to_string(),
+        Flavor::MySql => format!("{}:999999", src.sql("SELECT @@server_uuid").unwrap()),
+    };
     let o = pitr(&[
         "restore",
         "--repo",
         &repo,
         "--to-gtid",
-        "0-1-999999",
+        &unreachable,
         "--target",
         &target.url(),
         "--replace",

@@ -102,6 +102,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             m.clone(),
             cancel.clone(),
         )));
+        // Retention and compaction of one source never run at the same time.
+        let maintenance = Arc::new(tokio::sync::Mutex::new(()));
         if let Some(every) = s.backup_interval {
             tasks.push(tokio::spawn(schedule_backups(
                 s.clone(),
@@ -110,8 +112,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 repo.clone(),
                 m.clone(),
                 cancel.clone(),
+                maintenance.clone(),
             )));
         }
+        tasks.push(tokio::spawn(schedule_compaction(
+            m.name.clone(),
+            repo.clone(),
+            cancel.clone(),
+            maintenance,
+        )));
     }
     let mut code = 0;
     for t in tasks {
@@ -191,6 +200,7 @@ async fn schedule_backups(
     repo: Repo,
     m: Arc<SourceMetrics>,
     cancel: CancellationToken,
+    maintenance: Arc<tokio::sync::Mutex<()>>,
 ) {
     let retry = every.min(Duration::from_secs(300));
     loop {
@@ -223,6 +233,7 @@ async fn schedule_backups(
             Ok(rep) => {
                 m.backups_taken.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %s.name, backup = %rep.key.dir(), "base backup stored");
+                let _guard = maintenance.lock().await;
                 apply_retention(&s, &retention, &repo, &m.name).await;
             }
             Err(e) => {
@@ -232,6 +243,36 @@ async fn schedule_backups(
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(retry) => {}
                 }
+            }
+        }
+    }
+}
+
+/// Every hour (first after ten minutes): merges the small segments older
+/// than an hour and refreshes the roll-up index of one source.
+async fn schedule_compaction(
+    name: SourceName,
+    repo: Repo,
+    cancel: CancellationToken,
+    maintenance: Arc<tokio::sync::Mutex<()>>,
+) {
+    let mut wait = Duration::from_secs(600);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = Duration::from_secs(3600);
+        let _guard = maintenance.lock().await;
+        let opts = crate::archive::compaction::CompactionOptions::default();
+        let r = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = crate::cli::compact::maintain(&repo, &name, &opts) => r,
+        };
+        match r {
+            Ok(report) => tracing::info!(source = %name, "compaction: {report}"),
+            Err(e) => {
+                tracing::warn!(source = %name, "compaction failed (retried in an hour; the repository stays consistent): {e:#}")
             }
         }
     }

@@ -265,7 +265,7 @@ pub fn plan_on(
         };
     let (key, m) = chosen;
     let mut segments = Vec::new();
-    for i in b_step..=to_step {
+    for (i, step) in path.iter().enumerate().take(to_step + 1).skip(b_step) {
         let from = if i == b_step {
             m.start_lsn
         } else {
@@ -275,7 +275,7 @@ pub fn plan_on(
         if from >= until {
             continue;
         }
-        let epoch = Epoch(u64::from(path[i].tli));
+        let epoch = Epoch(u64::from(step.tli));
         let chain = catalog
             .segments_covering(epoch, pos(from), pos(until))
             .map_err(|cause| PlanError::Chain {

@@ -108,6 +108,36 @@ struct Replay {
     until: LogPos,
 }
 
+/// Reads events in its own task and hands them over a bounded channel
+/// (when the archiver waits on storage, the channel fills, the task stops
+/// reading and the server keeps the binlog: backpressure).
+struct Reader {
+    rx: tokio::sync::mpsc::Receiver<Result<Option<RawEvent>, MysqlError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn spawn(mut client: BinlogClient) -> Reader {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            loop {
+                let ev = client.next_event().await;
+                let more = matches!(ev, Ok(Some(_)));
+                if tx.send(ev).await.is_err() || !more {
+                    break;
+                }
+            }
+            client.close().await;
+        });
+        Reader { rx, task }
+    }
+
+    /// Ends the stream (dropping the connection).
+    fn stop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The state that survives reconnects.
 struct Archiver {
     opts: MysqlArchiveOptions,
@@ -527,7 +557,7 @@ impl Archiver {
     async fn stream(
         &mut self,
         cancel: &CancellationToken,
-        mut client: BinlogClient,
+        client: BinlogClient,
     ) -> anyhow::Result<SessionEnd> {
         let (mut b, mut fresh) = match self.next {
             Some(r) => (SegmentBuilder::new(r.seq, r.offset), false),
@@ -536,36 +566,47 @@ impl Archiver {
         let mut tracker = TxnTracker::new();
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        // `next_event` is not cancel-safe (a half-read packet would be lost),
+        // so a task reads and the select below only waits on the channel.
+        let mut reader = Reader::spawn(client);
+        let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.seal(&mut b).await?;
-                    client.close().await;
-                    return self.shutdown().await;
+                    reader.stop();
+                    if let Err(e) = self.seal(&mut b).await {
+                        break Err(e);
+                    }
+                    break self.shutdown().await;
                 }
                 _ = ticker.tick() => {
                     if b.due(self.opts.flush_interval) && !self.replaying(&b) {
-                        self.seal(&mut b).await?;
+                        if let Err(e) = self.seal(&mut b).await {
+                            break Err(e);
+                        }
                     }
                     self.note_durable();
                 }
-                ev = client.next_event() => {
+                ev = reader.rx.recv() => {
                     let step = match ev {
-                        Ok(Some(ev)) => self.on_event(&mut b, &mut tracker, &mut fresh, ev).await,
-                        Ok(None) => Err(MysqlError::new(
+                        Some(Ok(Some(ev))) => self.on_event(&mut b, &mut tracker, &mut fresh, ev).await,
+                        Some(Ok(None)) | None => Err(MysqlError::new(
                             ErrorKind::ServerGone,
                             "the server ended the binlog stream; pitr reconnects",
                         ).into()),
-                        Err(e) => Err(e.into()),
+                        Some(Err(e)) => Err(e.into()),
                     };
                     if let Err(e) = step {
                         // Keep every complete transaction received.
-                        self.seal(&mut b).await?;
-                        return Err(e);
+                        break match self.seal(&mut b).await {
+                            Ok(()) => Err(e),
+                            Err(seal) => Err(seal.context(e.to_string())),
+                        };
                     }
                 }
             }
-        }
+        };
+        reader.stop();
+        result
     }
 
     async fn on_event(
@@ -642,9 +683,10 @@ impl Archiver {
                 offset: FIRST_EVENT_OFFSET,
                 tail,
             });
-        } else if safe && self.replay.cuts.contains(&b.safe_end()) {
-            self.seal(b).await?;
-        } else if safe && !self.replaying(b) && b.safe_bytes() >= self.opts.max_segment_bytes {
+        } else if safe
+            && (self.replay.cuts.contains(&b.safe_end())
+                || (!self.replaying(b) && b.safe_bytes() >= self.opts.max_segment_bytes))
+        {
             self.seal(b).await?;
         }
         Ok(())

@@ -123,6 +123,7 @@ pub async fn apply_log(
     target: &MysqlTarget,
     binlog_file: &BinlogFile,
     backup_gtid: &str,
+    source_system_id: &str,
     flavor: Flavor,
     params: &ConnParams,
 ) -> anyhow::Result<ApplyReport> {
@@ -154,11 +155,34 @@ pub async fn apply_log(
         .await
         .map_err(|e| anyhow!("{e}"))?;
     if flavor == Flavor::MySql {
-        // GTID_NEXT needs gtid_mode=ON on the target; else let it assign its own.
-        let on = crate::backup::mysql::dump::q1(&mut conn, "SELECT @@gtid_mode")
-            .await?
+        // GTID_NEXT needs gtid_mode=ON on the target, and a target that already
+        // executed GTIDs of the source would silently skip those transactions:
+        // then let the target assign its own GTIDs.
+        let rows =
+            crate::backup::mysql::dump::q(&mut conn, "SELECT @@gtid_mode, @@gtid_executed").await?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        let on = row
+            .first()
+            .cloned()
+            .flatten()
             .is_some_and(|m| m.eq_ignore_ascii_case("ON"));
-        replayer = SqlReplayer::new(flavor, on);
+        let executed: String = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let seen = !source_system_id.is_empty()
+            && executed
+                .to_ascii_lowercase()
+                .contains(&source_system_id.to_ascii_lowercase());
+        if on && seen {
+            eprintln!(
+                "note: the target already executed GTIDs of the source ({source_system_id}); replayed transactions get new GTIDs"
+            );
+        }
+        replayer = SqlReplayer::new(flavor, on && !seen);
     }
 
     if let Some(k) = &plan.fde_segment {

@@ -214,6 +214,7 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
         &target,
         &BinlogFile::new(manifest.binlog_file.clone()),
         &manifest.gtid,
+        &manifest.system_id,
         flavor,
         &params,
     )

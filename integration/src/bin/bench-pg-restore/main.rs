@@ -240,6 +240,8 @@ fn run() -> Result<()> {
     wait_archived(&pg, &mut [&mut receivewal, &mut archiver])?;
     archiver.stop("TERM")?;
     receivewal.stop("INT")?;
+    // pg_receivewal creates its files with mode 0600: let postgres read them.
+    run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&wal_dir))?;
 
     eprintln!("unpacking the backup ...");
     let base = work.path().join("base");
