@@ -204,6 +204,8 @@ impl MySqlServer {
                     .arg("--user=mysql")
                     .arg("--auth-root-authentication-method=normal")
                     .arg("--skip-test-db");
+                // A private temp dir: parallel installs sharing /tmp collide.
+                c.env("TMPDIR", self.inner(self.dir.path()));
                 c
             }
             Flavor::MySql => {
@@ -224,7 +226,9 @@ impl MySqlServer {
         let mut cmd = match self.flavor {
             Flavor::MariaDb => {
                 let mut c = self.command("/usr/sbin/mariadbd");
-                c.arg("--no-defaults").arg("--user=mysql");
+                c.arg("--no-defaults")
+                    .arg("--user=mysql")
+                    .arg(format!("--tmpdir={}", inner_dir.display()));
                 c
             }
             Flavor::MySql => {
