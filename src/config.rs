@@ -24,7 +24,7 @@
 //! Rules: unknown keys are rejected; durations use `humantime` syntax
 //! (`500ms`, `1s`, `24h`, `14d`); source names follow the repository's name
 //! rule and are unique; URLs must be `postgres://`/`postgresql://` (or
-//! `mysql://`/`mariadb://`, rejected until that archiver exists). `${VAR}`
+//! `mysql://`/`mariadb://` for MySQL/MariaDB). `${VAR}`
 //! in `repo` and `url` is replaced by the variable's value (`$$` is a literal
 //! `$`). Every problem found is reported at once. Secrets never appear in
 //! messages or `Debug` output: URLs are shown with the password replaced.
@@ -367,12 +367,7 @@ impl Config {
             };
             let kind = match url.as_deref().map(|u| (u, url_kind(u))) {
                 Some((_, Some(UrlKind::Postgres))) => Some(UrlKind::Postgres),
-                Some((_, Some(UrlKind::MySql))) => {
-                    problems.push(format!(
-                        "{what}: archiving MySQL/MariaDB is not available in this version of pitr"
-                    ));
-                    None
-                }
+                Some((_, Some(UrlKind::MySql))) => Some(UrlKind::MySql),
                 Some((_, Some(UrlKind::MongoDb))) => {
                     problems.push(format!(
                         "{what}: archiving MongoDB is not available in this version of pitr"

@@ -109,7 +109,8 @@ url = "http://h/db"
 #[test]
 fn unsupported_and_not_yet_available_engines() {
     let t = |url: &str| format!("repo = \"/r\"\n[[source]]\nname = \"a\"\nurl = \"{url}\"\n");
-    assert!(err(&t("mysql://u:pw@h:3306"), &[]).contains("MySQL/MariaDB is not available"));
+    let ok = Config::parse(&t("mysql://u:pw@h:3306"), &env(&[])).unwrap();
+    assert_eq!(ok.sources[0].kind, pitr::source::UrlKind::MySql);
     assert!(err(&t("mongodb://h"), &[]).contains("MongoDB is not available"));
     let e = err(&t("redis://u:hunter2@h"), &[]);
     assert!(e.contains("unsupported URL"), "{e}");

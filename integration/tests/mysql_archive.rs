@@ -157,8 +157,34 @@ fn segments(repo: &Path) -> Vec<(u64, u64, u64)> {
                     let hex = |r: std::ops::Range<usize>| u64::from_str_radix(n.get(r)?, 16).ok();
                     let (shi, slo) = (hex(0..16)?, hex(16..32)?);
                     let (ehi, elo) = (hex(33..49)?, hex(49..65)?);
-                    assert_eq!(shi, ehi, "segment {n} crosses a binlog file");
+                    if shi != ehi {
+                        // Only the empty bridge from a file's end to the next file's start.
+                        assert!(
+                            ehi == shi + 1 && elo == 4,
+                            "segment {n} crosses a binlog file"
+                        );
+                        return None;
+                    }
                     Some((shi, slo, elo))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The empty bridge segments `(seq, end of file)`, one per completed file.
+fn bridges(repo: &Path) -> Vec<(u64, u64)> {
+    let dir = repo.join("main").join(format!("{:016x}", 1)).join("log");
+    let mut v: Vec<(u64, u64)> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    let hex = |r: std::ops::Range<usize>| u64::from_str_radix(n.get(r)?, 16).ok();
+                    let (shi, slo, ehi) = (hex(0..16)?, hex(16..32)?, hex(33..49)?);
+                    (ehi == shi + 1).then_some((shi, slo))
                 })
                 .collect()
         })
@@ -321,6 +347,12 @@ fn ledger_rotations_and_big_transaction(f: Flavor) {
     for (name, size) in &files {
         assert_eq!(ends[&seq_of(name)], *size, "{name} archived completely");
     }
+    // Every closed file is bridged to the next at its exact end.
+    let expected: Vec<(u64, u64)> = files[..files.len() - 1]
+        .iter()
+        .map(|(name, size)| (seq_of(name), *size))
+        .collect();
+    assert_eq!(bridges(&repo), expected, "one bridge per rotation");
     // The big transaction lies whole inside one segment.
     assert!(
         segs.iter().any(|&(_, a, b)| a <= before && b >= after),

@@ -420,7 +420,7 @@ fn point_in_time_restore(f: Flavor) {
     );
     let unreachable = match f {
         Flavor::MariaDb => "0-1-999999".to_string(),
-        Flavor::MySql => format!("{}:999999", src.sql("SELECT @@server_uuid").unwrap()),
+        Flavor::MySql => format!("{}:1-999999", src.sql("SELECT @@server_uuid").unwrap()),
     };
     let o = pitr(&[
         "restore",

@@ -28,6 +28,7 @@ use crate::config::{Config, Retention, SourceConfig};
 use crate::monitor::metrics::{serve, Metrics, SourceMetrics};
 use crate::retention::{prune, Policy, PruneOptions, DEFAULT_LOG_ALIGNMENT};
 use crate::source::postgres::{archive, PgArchiveOptions};
+use crate::source::UrlKind;
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
@@ -150,7 +151,24 @@ async fn supervise(s: SourceConfig, repo: Repo, m: Arc<SourceMetrics>, cancel: C
         };
         let started = Instant::now();
         m.up.store(true, Ordering::Relaxed);
-        let r = archive(opts, repo.clone(), cancel.clone(), m.progress.clone()).await;
+        let r = match s.kind {
+            UrlKind::MySql => {
+                let opts = crate::source::mysql::MysqlArchiveOptions {
+                    url: opts.url,
+                    name: opts.name,
+                    flush_interval: opts.flush_interval,
+                    ..Default::default()
+                };
+                crate::source::mysql::archive(
+                    opts,
+                    repo.clone(),
+                    cancel.clone(),
+                    m.progress.clone(),
+                )
+                .await
+            }
+            _ => archive(opts, repo.clone(), cancel.clone(), m.progress.clone()).await,
+        };
         m.up.store(false, Ordering::Relaxed);
         if cancel.is_cancelled() {
             if let Err(e) = r {
@@ -225,14 +243,30 @@ async fn schedule_backups(
             ..Default::default()
         };
         tracing::info!(source = %s.name, "taking a scheduled base backup");
+        let backup = async {
+            match s.kind {
+                UrlKind::MySql => {
+                    let o = crate::backup::mysql::MysqlBackupOptions {
+                        url: opts.url.clone(),
+                        name: opts.name.clone(),
+                        label: opts.label.clone(),
+                        ..Default::default()
+                    };
+                    crate::backup::mysql::take_mysql_backup(&o, &repo)
+                        .await
+                        .map(|r| r.key)
+                }
+                _ => take_backup(&opts, &repo, &|_| {}).await.map(|r| r.key),
+            }
+        };
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = take_backup(&opts, &repo, &|_| {}) => r,
+            r = backup => r,
         };
         match r {
-            Ok(rep) => {
+            Ok(key) => {
                 m.backups_taken.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(source = %s.name, backup = %rep.key.dir(), "base backup stored");
+                tracing::info!(source = %s.name, backup = %key.dir(), "base backup stored");
                 let _guard = maintenance.lock().await;
                 apply_retention(&s, &retention, &repo, &m.name).await;
             }

@@ -63,7 +63,8 @@ fn file_segments(catalog: &Catalog, seq: u64) -> Vec<SegmentEntry> {
         .map(|ec| {
             ec.segments()
                 .iter()
-                .filter(|s| s.key.start.hi == seq)
+                // Not the empty bridge segment (seq, end) .. (seq + 1, 4).
+                .filter(|s| s.key.start.hi == seq && s.key.end.hi == seq)
                 .cloned()
                 .collect()
         })
@@ -215,7 +216,12 @@ pub async fn list_binlog_files(
         return Ok(Vec::new());
     };
     let mut out: Vec<ArchivedFile> = Vec::new();
-    for s in ec.segments() {
+    // Skip the empty bridges from a file's end to the next file's start.
+    for s in ec
+        .segments()
+        .iter()
+        .filter(|s| s.key.start.hi == s.key.end.hi)
+    {
         let seq = s.key.start.hi;
         match out.last_mut() {
             Some(f) if f.seq == seq => {

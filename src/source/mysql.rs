@@ -661,6 +661,7 @@ impl Archiver {
             }
             // The previous file ended without ROTATE/STOP (server crash).
             self.seal(b).await?;
+            self.bridge(b.safe_end(), seq).await?;
             b.move_to(seq, FIRST_EVENT_OFFSET)?;
         } else if start != boff {
             return Err(protocol(format!(
@@ -676,7 +677,8 @@ impl Archiver {
         if (t == types::ROTATE || t == types::STOP) && safe {
             // End of this file: its last segment.
             self.seal(b).await?;
-            let tail = b.safe_end();
+            self.bridge(b.safe_end(), seq + 1).await?;
+            let tail = LogPos::new(seq + 1, FIRST_EVENT_OFFSET);
             b.move_to(seq + 1, FIRST_EVENT_OFFSET)?;
             self.next = Some(Resume {
                 seq: seq + 1,
@@ -716,6 +718,38 @@ impl Archiver {
                 Ok(())
             }
         }
+    }
+
+    /// Stores an empty segment `[end of file, (next_seq, 4))`: it records
+    /// that the binlog file ended at `from` and the log continues at the
+    /// start of the next file, so the catalog sees the archive as contiguous
+    /// across rotations by exact positions (a missing file tail stays a
+    /// visible hole).
+    async fn bridge(&mut self, from: LogPos, next_seq: u64) -> anyhow::Result<()> {
+        let to = LogPos::new(next_seq, FIRST_EVENT_OFFSET);
+        if from >= to {
+            return Ok(());
+        }
+        let Some(up) = &self.uploader else {
+            return Err(anyhow!("uploader not started"));
+        };
+        up.submit(crate::archive::pipeline::SealedSegment {
+            epoch: MYSQL_EPOCH,
+            start: from,
+            end: to,
+            first_commit: None,
+            last_commit: None,
+            records: 0,
+            raw: bytes::Bytes::new(),
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+        self.next = Some(Resume {
+            seq: next_seq,
+            offset: FIRST_EVENT_OFFSET,
+            tail: to,
+        });
+        Ok(())
     }
 
     /// Seals the transaction-complete part of `b` and queues it.

@@ -297,7 +297,7 @@ mod tests {
         b.discard_unsafe();
         assert_eq!(b.expected(), (3, 255));
         assert!(b.move_to(4, 4).is_ok());
-        b.push(&ev(15, 10), None, true);
+        b.push(&ev(15, 20), None, true);
         assert!(b.move_to(5, 4).is_err());
     }
 

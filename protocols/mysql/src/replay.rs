@@ -3,8 +3,8 @@
 //! binlog tools (`mysqlbinlog`, `mariadb-binlog`) print them for piping
 //! into a client:
 //!
-//! * row events: the current FORMAT_DESCRIPTION once per session as
-//!   `BINLOG '<base64>'`, then one `BINLOG '<base64>'` per statement holding
+//! * row events: the current FORMAT_DESCRIPTION once per session (before
+//!   the next transaction starts) as `BINLOG '<base64>'`, then one `BINLOG '<base64>'` per statement holding
 //!   its TABLE_MAP events and rows events up to the one flagged
 //!   `STMT_END_F` (the server decodes and applies them itself);
 //! * QUERY events: the session context they ran in (`SET TIMESTAMP`,
@@ -15,7 +15,9 @@
 //! * GTID events: MariaDB `SET @@session.gtid_domain_id/server_id/gtid_seq_no`
 //!   plus `START TRANSACTION` for a transactional group; MySQL
 //!   `SET @@SESSION.GTID_NEXT='uuid:n'` (reset to `AUTOMATIC` after the
-//!   group) — both only when GTIDs are preserved;
+//!   group) — both only when GTIDs are preserved; otherwise MySQL gets
+//!   `GTID_NEXT='AUTOMATIC'` per group (a `BINLOG`'d FORMAT_DESCRIPTION
+//!   leaves the session in ANONYMOUS mode);
 //! * XID: `COMMIT`; INTVAR: `SET INSERT_ID` / `SET LAST_INSERT_ID`; RAND:
 //!   `SET @@RAND_SEED1/2`;
 //! * FORMAT_DESCRIPTION, ROTATE, GTID lists, checkpoints, annotations and
@@ -179,6 +181,18 @@ impl SqlReplayer {
         let header = event::EventHeader::parse(ev)?;
         let t = header.type_code;
         let mut out = Vec::new();
+        // The FORMAT_DESCRIPTION goes before a transaction starts, as the
+        // binlog tools print it (MySQL refuses it inside a transaction).
+        let group_start = matches!(
+            t,
+            types::GTID | types::ANONYMOUS_GTID | types::MARIA_GTID | types::QUERY
+        );
+        if group_start && !self.in_group && !self.fde_sent {
+            if let Some(fde) = &self.fde {
+                out.push(Statement::Text(binlog_statement(fde)));
+                self.fde_sent = true;
+            }
+        }
         match t {
             types::FORMAT_DESCRIPTION => self.format_description(ev)?,
             types::TABLE_MAP => self.rows.extend_from_slice(ev),
@@ -211,8 +225,7 @@ impl SqlReplayer {
                 out.push(Statement::Text("COMMIT".into()));
                 self.group_end(&mut out);
             }
-            types::GTID | types::MARIA_GTID => self.gtid(ev, &mut out)?,
-            types::ANONYMOUS_GTID => {}
+            types::GTID | types::ANONYMOUS_GTID | types::MARIA_GTID => self.gtid(ev, &mut out)?,
             types::INTVAR => {
                 let kind = ev.get(HEADER_LEN).copied();
                 let v = ev
@@ -335,12 +348,17 @@ impl SqlReplayer {
                     self.in_group = true;
                 }
             }
-            EventData::MysqlGtid(g) => {
-                if let (true, Some(gtid)) = (self.preserve_gtids, g.gtid) {
+            EventData::MysqlGtid(g) => match (self.preserve_gtids, g.gtid) {
+                (true, Some(gtid)) => {
                     out.push(Statement::Text(format!("SET @@SESSION.GTID_NEXT='{gtid}'")));
                     self.gtid_next_set = true;
                 }
-            }
+                // A BINLOG'd FORMAT_DESCRIPTION leaves MySQL sessions in
+                // ANONYMOUS mode: ask for a new GTID explicitly.
+                _ => out.push(Statement::Text(
+                    "SET @@SESSION.GTID_NEXT='AUTOMATIC'".into(),
+                )),
+            },
             _ => {}
         }
         Ok(())

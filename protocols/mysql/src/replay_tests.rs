@@ -118,7 +118,9 @@ fn rows_statement_carries_fde_once_then_table_map_and_rows() {
     let mut r = SqlReplayer::new(Flavor::MariaDb, true);
     let f = fde("10.11.6-MariaDB");
     r.format_description(&f).unwrap();
-    let gtid = texts(r.event(&maria_gtid(42, 0)).unwrap());
+    let mut gtid = texts(r.event(&maria_gtid(42, 0)).unwrap());
+    // The FDE goes first, before the transaction starts.
+    let fde_stmt = gtid.remove(0);
     assert_eq!(
         gtid,
         [
@@ -137,7 +139,7 @@ fn rows_statement_carries_fde_once_then_table_map_and_rows() {
     );
     let r2 = rows(types::WRITE_ROWS_V1, STMT_END_F);
     let out = texts(r.event(&r2).unwrap());
-    assert_eq!(out.len(), 2);
+    assert_eq!(out.len(), 1);
     let body = |s: &str| {
         unbase64(
             s.strip_prefix("BINLOG '")
@@ -146,8 +148,8 @@ fn rows_statement_carries_fde_once_then_table_map_and_rows() {
                 .unwrap(),
         )
     };
-    assert_eq!(body(&out[0]), f);
-    assert_eq!(body(&out[1]), [tm.clone(), r1, r2.clone()].concat());
+    assert_eq!(body(&fde_stmt), f);
+    assert_eq!(body(&out[0]), [tm.clone(), r1, r2.clone()].concat());
     // Second statement: no FDE again.
     r.event(&tm).unwrap();
     let out = texts(r.event(&r2).unwrap());
@@ -176,10 +178,11 @@ fn query_context_is_set_only_when_changed() {
     for v in [33u16, 33, 8] {
         st.extend_from_slice(&v.to_le_bytes());
     }
-    let ddl = texts(
+    let mut ddl = texts(
         r.event(&query("shop", "CREATE TABLE t (id INT)", &st))
             .unwrap(),
     );
+    assert!(ddl.remove(0).starts_with("BINLOG '"));
     assert_eq!(
         ddl,
         [
@@ -207,8 +210,9 @@ fn mysql_gtid_next_is_reset_after_the_group() {
     b.extend_from_slice(&5u64.to_le_bytes());
     let g = build(types::GTID, 1, &b);
     let out = texts(r.event(&g).unwrap());
+    assert!(out[0].starts_with("BINLOG '"), "{out:?}");
     assert_eq!(
-        out,
+        out[1..],
         ["SET @@SESSION.GTID_NEXT='3e3e3e3e-3e3e-3e3e-3e3e-3e3e3e3e3e3e:5'"]
     );
     let begin = texts(r.event(&query("", "BEGIN", &[])).unwrap());
@@ -222,6 +226,14 @@ fn mysql_gtid_next_is_reset_after_the_group() {
         ddl,
         ["CREATE DATABASE x", "SET @@SESSION.GTID_NEXT='AUTOMATIC'"]
     );
+    // Not preserving: every group asks for a fresh GTID.
+    let mut r = SqlReplayer::new(Flavor::MySql, false);
+    r.format_description(&fde("9.4.0")).unwrap();
+    let out = texts(r.event(&g).unwrap());
+    assert_eq!(out[1..], ["SET @@SESSION.GTID_NEXT='AUTOMATIC'"]);
+    let ddl = texts(r.event(&query("", "CREATE DATABASE x", &[])).unwrap());
+    assert_eq!(ddl.last().unwrap(), "CREATE DATABASE x");
+    assert!(!ddl.iter().any(|s| s.contains("GTID_NEXT")), "{ddl:?}");
 }
 
 #[test]

@@ -63,7 +63,13 @@ async fn fetch(repo: Repo, key: String) -> anyhow::Result<(LogPos, Vec<u8>)> {
         .await
         .map_err(|e| anyhow!("decoding {key}: {e}"))?
         .map_err(|e| anyhow!("segment {key} is damaged: {e}"))?;
-    if meta.header.start != sk.start || sk.start.lo + payload.len() as u64 != sk.end.lo {
+    // A segment ends in its own file, or (ending a file) at offset 4 of the next.
+    let ends_right = if sk.end.hi == sk.start.hi {
+        sk.start.lo + payload.len() as u64 == sk.end.lo
+    } else {
+        sk.end.hi == sk.start.hi + 1 && sk.end.lo == 4
+    };
+    if meta.header.start != sk.start || !ends_right {
         return Err(anyhow!(
             "segment {key} does not hold what its key says (start {} / {} bytes)",
             meta.header.start,

@@ -241,7 +241,11 @@ fn run() -> Result<()> {
     archiver.stop("TERM")?;
     receivewal.stop("INT")?;
     // pg_receivewal creates its files with mode 0600: let postgres read them.
-    run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&wal_dir))?;
+    run_ok(
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&wal_dir),
+    )?;
 
     eprintln!("unpacking the backup ...");
     let base = work.path().join("base");
