@@ -40,8 +40,16 @@ pub struct SealedSegment {
     pub last_commit: Option<TimestampMicros>,
     /// Number of transactions (commits/aborts) in the segment.
     pub records: u64,
-    /// The log bytes exactly as the server sent them.
-    pub raw: bytes::Bytes,
+    /// The log bytes exactly as the server sent them, in the chunks they
+    /// arrived in (no copy into one large buffer).
+    pub raw: Vec<bytes::Bytes>,
+}
+
+impl SealedSegment {
+    /// Total log bytes.
+    pub fn raw_len(&self) -> usize {
+        self.raw.iter().map(|c| c.len()).sum()
+    }
 }
 
 /// Error of a [`SegmentSink`], classified for retrying.
@@ -156,7 +164,7 @@ impl Uploader {
     /// Queues a segment; waits while the queue is full (backpressure).
     /// Fails only when the upload task has stopped on a definite error.
     pub async fn submit(&self, seg: SealedSegment) -> Result<(), SinkError> {
-        let want = units(seg.raw.len()).clamp(1, self.budget_units);
+        let want = units(seg.raw_len()).clamp(1, self.budget_units);
         let permit = self
             .budget
             .clone()
@@ -224,7 +232,7 @@ async fn run(
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 let seg: Arc<SealedSegment> = done?;
                 stats.segments_uploaded.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_uploaded.fetch_add(seg.raw.len() as u64, Ordering::Relaxed);
+                stats.bytes_uploaded.fetch_add(seg.raw_len() as u64, Ordering::Relaxed);
                 let prev_commit = watermark.borrow().and_then(|d| d.last_commit);
                 let _ = watermark.send(Some(Durable {
                     epoch: seg.epoch,
@@ -332,7 +340,7 @@ mod tests {
             first_commit: Some(TimestampMicros(i as i64)),
             last_commit: Some(TimestampMicros(i as i64)),
             records: 1,
-            raw: bytes::Bytes::from(vec![0u8; 10]),
+            raw: vec![bytes::Bytes::from(vec![0u8; 10])],
         }
     }
 
@@ -446,7 +454,7 @@ mod tests {
         o.parallelism = 100;
         let up = Uploader::start(sink.clone(), o, None, Arc::default());
         let big = |i: u64| SealedSegment {
-            raw: bytes::Bytes::from(vec![0u8; 20 << 10]),
+            raw: vec![bytes::Bytes::from(vec![0u8; 20 << 10])],
             ..seg(i)
         };
         // 3 × 20 KiB fit in 64 KiB, the 4th does not.

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use pitr_segment::{encode, Codec, Engine, SegmentHeader, WriterOptions};
+use pitr_segment::{Codec, Engine, SegmentHeader, SegmentWriter, WriterOptions};
 
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::pipeline::{SealedSegment, SegmentSink, SinkError};
@@ -59,16 +59,17 @@ impl SegmentSink for RepoSink {
             let raw = seg.raw.clone();
             let (end, first, last, records) =
                 (seg.end, seg.first_commit, seg.last_commit, seg.records);
+            let estimate = seg.raw_len() / 4 + 4096;
             let object = tokio::task::spawn_blocking(move || {
-                encode(
+                let mut w = SegmentWriter::new(
+                    Vec::with_capacity(estimate),
                     header,
-                    &raw,
-                    end,
-                    first,
-                    last,
-                    records,
                     WriterOptions::default(),
-                )
+                )?;
+                for chunk in &raw {
+                    w.write_all(chunk)?;
+                }
+                w.finish(end, first, last, records).map(|(out, _meta)| out)
             })
             .await
             .map_err(|e| SinkError::definite(format!("encoding segment {key} failed: {e}")))?

@@ -740,7 +740,7 @@ impl Archiver {
             first_commit: None,
             last_commit: None,
             records: 0,
-            raw: bytes::Bytes::new(),
+            raw: Vec::new(),
         })
         .await
         .map_err(|e| anyhow!("{e}"))?;

@@ -154,7 +154,7 @@ impl SegmentBuilder {
             first_commit: c.first,
             last_commit: c.last,
             records: c.count,
-            raw,
+            raw: vec![raw],
         })
     }
 
@@ -287,7 +287,7 @@ mod tests {
         assert!(b.has_unsafe());
         let s = b.take_safe().unwrap();
         assert_eq!((s.start, s.end), (LogPos::new(3, 4), LogPos::new(3, 255)));
-        assert_eq!(s.raw.len(), 251);
+        assert_eq!(s.raw_len(), 251);
         assert_eq!(
             (s.first_commit, s.last_commit, s.records),
             (Some(TimestampMicros(20)), Some(TimestampMicros(20)), 1)

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use pitr_postgres::conninfo::Config;
 use pitr_postgres::error::{ErrorKind, PgError};
@@ -544,14 +544,10 @@ impl Archiver {
             }
             let file_end = pos.segment_start(self.seg_size).0 + self.seg_size;
             let room_file = (file_end - pos.0) as usize;
-            let room_size = self
-                .opts
-                .max_segment_bytes
-                .saturating_sub(buf.data.len())
-                .max(1);
+            let room_size = self.opts.max_segment_bytes.saturating_sub(buf.len).max(1);
             let take = data.len().min(room_file).min(room_size);
             let chunk = data.split_to(take);
-            buf.push(&chunk);
+            buf.push(chunk);
             let piece_end = Lsn(pos.0 + take as u64);
             for c in commits
                 .iter()
@@ -560,7 +556,7 @@ impl Archiver {
                 buf.note_commit(c.end_lsn, c.time);
             }
             pos = piece_end;
-            if pos.0 == file_end || buf.data.len() >= self.opts.max_segment_bytes {
+            if pos.0 == file_end || buf.len >= self.opts.max_segment_bytes {
                 self.seal(buf, pos).await?;
             }
         }
@@ -569,7 +565,7 @@ impl Archiver {
 
     /// Seals the buffered bytes `[buf.start, end)` into a segment and queues it.
     async fn seal(&mut self, buf: &mut Builder, end: Lsn) -> anyhow::Result<()> {
-        if buf.data.is_empty() {
+        if buf.len == 0 {
             if end > buf.start {
                 buf.reset(end);
             }
@@ -631,7 +627,9 @@ pub fn default_slot_name(source: &str) -> String {
 struct Builder {
     epoch: Epoch,
     start: Lsn,
-    data: BytesMut,
+    /// Received chunks (slices of the server's messages, not copied).
+    data: Vec<Bytes>,
+    len: usize,
     first_commit: Option<TimestampMicros>,
     last_commit: Option<TimestampMicros>,
     records: u64,
@@ -643,7 +641,8 @@ impl Builder {
         Builder {
             epoch,
             start,
-            data: BytesMut::new(),
+            data: Vec::new(),
+            len: 0,
             first_commit: None,
             last_commit: None,
             records: 0,
@@ -651,11 +650,12 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, chunk: &[u8]) {
+    fn push(&mut self, chunk: Bytes) {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
         }
-        self.data.extend_from_slice(chunk);
+        self.len += chunk.len();
+        self.data.push(chunk);
     }
 
     /// Records a commit whose record ends at `end` (it belongs to the segment
@@ -676,6 +676,7 @@ impl Builder {
     fn reset(&mut self, start: Lsn) {
         self.start = start;
         self.data.clear();
+        self.len = 0;
         self.first_commit = None;
         self.last_commit = None;
         self.records = 0;
@@ -683,7 +684,7 @@ impl Builder {
     }
 
     fn take(&mut self, end: Lsn) -> SealedSegment {
-        let raw = self.data.split().freeze();
+        let raw = std::mem::take(&mut self.data);
         let seg = SealedSegment {
             epoch: self.epoch,
             start: LogPos::from_lsn(self.start.0),
@@ -714,7 +715,7 @@ mod tests {
         let mut b = Builder::new(Epoch(1), Lsn(100));
         b.note_commit(Lsn(90), TimestampMicros(5));
         assert_eq!(b.records, 0);
-        b.push(b"abc");
+        b.push(Bytes::from_static(b"abc"));
         b.note_commit(Lsn(102), TimestampMicros(9));
         b.note_commit(Lsn(103), TimestampMicros(7));
         let s = b.take(Lsn(103));

@@ -35,6 +35,7 @@ use pitr_segment::LogPos;
 use serde::Serialize;
 
 use crate::archive::keys::SegmentKey;
+use crate::backup::mysql::manifest::MysqlManifest;
 use crate::restore::mysql::plan::{MysqlPlan, MysqlTarget};
 use crate::storage::Repo;
 
@@ -127,12 +128,13 @@ pub async fn apply_log(
     repo: &Repo,
     plan: &MysqlPlan,
     target: &MysqlTarget,
-    binlog_file: &BinlogFile,
-    backup_gtid: &str,
-    source_system_id: &str,
+    backup: &MysqlManifest,
     flavor: Flavor,
     params: &ConnParams,
 ) -> anyhow::Result<ApplyReport> {
+    let binlog_file = &BinlogFile::new(backup.binlog_file.clone());
+    let backup_gtid = backup.gtid.as_str();
+    let source_system_id = backup.system_id.as_str();
     let mut rep = ApplyReport::default();
     let mut replayer = SqlReplayer::new(flavor, true);
     let mut tracker = TxnTracker::new();

@@ -20,7 +20,7 @@ pub mod plan;
 use anyhow::anyhow;
 use pitr_mysql::conn::{Conn, ConnParams};
 use pitr_mysql::replay::quote_ident;
-use pitr_mysql::{BinlogFile, BinlogPos, Flavor};
+use pitr_mysql::{BinlogPos, Flavor};
 use pitr_segment::Epoch;
 
 use crate::archive::catalog::Catalog;
@@ -208,17 +208,7 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
         "loaded {rows} rows; applying the archived binlog to {}",
         p.target
     );
-    let report = apply::apply_log(
-        &repo,
-        &p,
-        &target,
-        &BinlogFile::new(manifest.binlog_file.clone()),
-        &manifest.gtid,
-        &manifest.system_id,
-        flavor,
-        &params,
-    )
-    .await?;
+    let report = apply::apply_log(&repo, &p, &target, manifest, flavor, &params).await?;
     eprintln!(
         "restore complete: {} transactions applied ({} already in the backup), stopped: {}; last applied {}",
         report.transactions_applied,
