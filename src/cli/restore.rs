@@ -183,6 +183,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             pg::run_recovery(&dir2, &bin, owner.as_deref(), Duration::from_secs(3600))
         })
         .await??;
+        // wal-fetch removes its prefetch spool when recovery ends; make sure.
+        let spool = dir.join("pg_wal").join(".pitr-prefetch");
+        if spool.exists() {
+            let _ = std::fs::remove_dir_all(&spool);
+        }
         eprintln!(
             "recovery finished: redo done at {}, last replayed commit at {}",
             r.redo_done_at.as_deref().unwrap_or("?"),
