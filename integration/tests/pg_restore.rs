@@ -11,7 +11,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pitr_integration::restore_util::{id, micros_text, pitr, rows, text, Bg, Ctx, Row};
