@@ -11,11 +11,12 @@
 //! When a test panics, every server handle it owned keeps its temp dir (data + log) and
 //! prints where it is.
 
+pub mod archiver;
 pub mod mysql;
 pub mod pg;
 pub mod restore_util;
 pub mod s3;
-mod signal;
+pub mod signal;
 pub mod util;
 
 use std::path::PathBuf;

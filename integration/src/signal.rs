@@ -9,7 +9,7 @@
 
 /// The signals the harness sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
+pub enum Signal {
     Int,
     Term,
     Quit,
@@ -29,7 +29,7 @@ impl Signal {
 
 /// Sends `sig` to process `pid`. Returns false when the process no longer exists
 /// (or cannot be signalled).
-pub(crate) fn send(pid: u32, sig: Signal) -> bool {
+pub fn send(pid: u32, sig: Signal) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };

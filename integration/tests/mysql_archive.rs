@@ -10,104 +10,11 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use pitr_integration::archiver::{wait_for, Archiver};
 use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-struct Archiver {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Archiver {
-    fn start(url: &str, repo: &Path, log_dir: &Path) -> Archiver {
-        let log = log_dir.join(format!("pitr-archive-{}.log", rand_suffix()));
-        let out = fs::File::create(&log).unwrap();
-        let child = Command::new(pitr_bin())
-            .args(["archive", url, "--repo"])
-            .arg(repo)
-            .args(["--name", "main", "--flush-interval", "200ms", "-v"])
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("spawning pitr archive");
-        Archiver { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status must be 0.
-    fn terminate(mut self) -> String {
-        signal(self.child.id(), libc::SIGTERM);
-        let status = wait_child(&mut self.child, Duration::from_secs(60));
-        let log = self.log();
-        assert!(
-            status.success(),
-            "pitr archive exited with {status:?} after SIGTERM:\n{log}"
-        );
-        log
-    }
-
-    fn kill(mut self) {
-        signal(self.child.id(), libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Archiver {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- pitr archive log ----\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rand_suffix() -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
-#[allow(unsafe_code)]
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2) on a child process we spawned and still own.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("process did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn binlog_fetch(repo: &Path, file: &str, dest: &Path) -> Output {
     Command::new(pitr_bin())
@@ -303,7 +210,7 @@ fn ledger_rotations_and_big_transaction(f: Flavor) {
     let server = MySqlServer::start(f).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let archiver = Archiver::start(&server.url(), &repo, tmp.path());
+    let archiver = Archiver::start(&server.url(), &repo, "main", tmp.path(), &[]);
     create_ledger(&server);
     for _ in 0..3 {
         ledger(&server, 4, "rot");
@@ -389,7 +296,7 @@ fn kill_and_server_restart_lose_nothing(f: Flavor) {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     create_ledger(&server);
-    let first = Archiver::start(&server.url(), &repo, tmp.path());
+    let first = Archiver::start(&server.url(), &repo, "main", tmp.path(), &[]);
     let second = std::thread::scope(|s| {
         let load = s.spawn(|| {
             for i in 0..12 {
@@ -404,7 +311,7 @@ fn kill_and_server_restart_lose_nothing(f: Flavor) {
         });
         first.kill();
         std::thread::sleep(Duration::from_millis(300));
-        let second = Archiver::start(&server.url(), &repo, tmp.path());
+        let second = Archiver::start(&server.url(), &repo, "main", tmp.path(), &[]);
         load.join().unwrap();
         wait_for(
             "the second archiver to stream",
@@ -433,7 +340,7 @@ fn purge_while_stopped_records_gap(f: Flavor) {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     create_ledger(&server);
-    let a = Archiver::start(&server.url(), &repo, tmp.path());
+    let a = Archiver::start(&server.url(), &repo, "main", tmp.path(), &[]);
     ledger(&server, 3, "before");
     wait_caught_up(&server, &repo);
     a.terminate();
@@ -454,7 +361,7 @@ fn purge_while_stopped_records_gap(f: Flavor) {
             server_binlogs(&server)[0].0 == keep
         },
     );
-    let b = Archiver::start(&server.url(), &repo, tmp.path());
+    let b = Archiver::start(&server.url(), &repo, "main", tmp.path(), &[]);
     ledger(&server, 3, "after");
     wait_caught_up(&server, &repo);
     let log = b.terminate();

@@ -46,7 +46,12 @@ fn mark(s: &MySqlServer) -> Mark {
     let status = s.sql(status).unwrap();
     let cols: Vec<&str> = status.split('\t').collect();
     let position = format!("{}:{}", cols[0], cols[1]);
-    let gtid = s.sql(gtid).unwrap().split_whitespace().collect();
+    let gtid = s
+        .sql(gtid)
+        .unwrap()
+        .replace("\\n", "")
+        .split_whitespace()
+        .collect();
     let ledger = ledger(s);
     // The burst committed within the previous second(s); MariaDB records commit
     // times in whole seconds, so the target lies in a quiet second after it.
@@ -134,7 +139,12 @@ fn assert_has_gtids(target: &MySqlServer, source_state: &str) {
         Flavor::MariaDb => ("SELECT @@gtid_binlog_pos", '-'),
         Flavor::MySql => ("SELECT @@gtid_executed", ':'),
     };
-    let have: String = target.sql(var).unwrap().split_whitespace().collect();
+    let have: String = target
+        .sql(var)
+        .unwrap()
+        .replace("\\n", "")
+        .split_whitespace()
+        .collect();
     for want in source_state.split(',') {
         // MariaDB d-s-n must be present as is; MySQL uuid:1-n must end the
         // target's interval list for that uuid at n.
@@ -278,6 +288,21 @@ fn point_in_time_restore(f: Flavor) {
     let m2 = mark(&src);
     src.sql("FLUSH BINARY LOGS").unwrap();
     burst(&src, 3);
+    // One ~6 MB statement: applied as several BINLOG statements.
+    let rows = match f {
+        Flavor::MariaDb => "seq_1_to_300",
+        Flavor::MySql => "(WITH RECURSIVE s (seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < 300) SELECT seq FROM s) AS s",
+    };
+    src.sql(&format!(
+        "CREATE TABLE ledger.blobs (id INT PRIMARY KEY, body MEDIUMTEXT); \
+         INSERT INTO ledger.blobs SELECT seq, REPEAT(CHAR(65 + seq % 26), 20000) FROM {}",
+        if f == Flavor::MariaDb {
+            format!("ledger.{rows}")
+        } else {
+            rows.to_string()
+        }
+    ))
+    .unwrap();
     src.sql("DROP TABLE ledger.audit").unwrap();
     let m3 = mark(&src);
     // Commits after the last time target put it inside the archived window.

@@ -7,105 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use pitr_integration::archiver::{wait_child, wait_for, Archiver};
 use pitr_integration::{pg, pitr_bin, require, PgServer, PgVersion};
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-struct Archiver {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Archiver {
-    fn start(url: &str, repo: &Path, name: &str, log_dir: &Path) -> Archiver {
-        let log = log_dir.join(format!("pitr-archive-{}.log", rand_suffix()));
-        let out = fs::File::create(&log).unwrap();
-        let child = Command::new(pitr_bin())
-            .args(["archive", url, "--repo"])
-            .arg(repo)
-            .args(["--name", name, "--flush-interval", "200ms", "-v"])
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("spawning pitr archive");
-        Archiver { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status must be 0.
-    fn terminate(mut self) -> String {
-        signal(self.child.id(), libc::SIGTERM);
-        let status = wait_child(&mut self.child, Duration::from_secs(30));
-        let log = self.log();
-        assert!(
-            status.success(),
-            "pitr archive exited with {status:?} after SIGTERM:\n{log}"
-        );
-        log
-    }
-
-    fn kill(mut self) {
-        signal(self.child.id(), libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Archiver {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- pitr archive log ----\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rand_suffix() -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
-#[allow(unsafe_code)]
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2) on a child process we spawned and still own.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("process did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn wal_fetch(repo: &Path, name: &str, file: &str, dest: &Path) -> Output {
     Command::new(pitr_bin())
@@ -244,7 +151,7 @@ fn byte_identical_with_pg_receivewal(v: PgVersion) {
     fs::create_dir_all(&rw_dir).unwrap();
     fs::create_dir_all(&scratch).unwrap();
     let mut rw = start_receivewal(&pg, &rw_dir);
-    let archiver = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    let archiver = Archiver::start(&pg.url(), &repo, "main", tmp.path(), &[]);
     // Let both connect before WAL flows.
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
         pg.psql("SELECT count(*) FROM pg_replication_slots")
@@ -307,7 +214,7 @@ fn sigkill_and_restart_lose_nothing_and_store_nothing_twice() {
     fs::create_dir_all(&rw_dir).unwrap();
     fs::create_dir_all(&scratch).unwrap();
     let mut rw = start_receivewal(&pg, &rw_dir);
-    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path(), &[]);
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
         pg.psql("SELECT count(*) FROM pg_replication_slots")
             .unwrap()
@@ -324,7 +231,7 @@ fn sigkill_and_restart_lose_nothing_and_store_nothing_twice() {
         .unwrap();
     // PostgreSQL restarted mid-stream too.
     let mut pg = pg;
-    let b = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    let b = Archiver::start(&pg.url(), &repo, "main", tmp.path(), &[]);
     std::thread::sleep(Duration::from_millis(700));
     pg.restart().unwrap();
     workload(&pg, 3);
@@ -362,7 +269,7 @@ fn promoted_standby_new_timeline_and_history_are_archived() {
     let standby = primary.start_standby().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let a = Archiver::start(&standby.url(), &repo, "main", tmp.path());
+    let a = Archiver::start(&standby.url(), &repo, "main", tmp.path(), &[]);
     wait_for(
         "pitr to create its slot on the standby",
         Duration::from_secs(20),
@@ -429,7 +336,7 @@ fn slot_dropped_behind_pitrs_back_records_a_gap() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path(), &[]);
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
         pg.psql("SELECT count(*) FROM pg_replication_slots")
             .unwrap()
@@ -450,7 +357,7 @@ fn slot_dropped_behind_pitrs_back_records_a_gap() {
     }
     pg.psql("CHECKPOINT").unwrap();
     pg.psql("CHECKPOINT").unwrap();
-    let b = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    let b = Archiver::start(&pg.url(), &repo, "main", tmp.path(), &[]);
     let gaps = repo.join("main").join(format!("{:016x}", 1)).join("gaps");
     wait_for("a gap record", Duration::from_secs(30), || {
         fs::read_dir(&gaps)
@@ -535,7 +442,7 @@ fn compaction_merges_small_segments_and_wal_stays_byte_identical() {
     fs::create_dir_all(&rw_dir).unwrap();
     fs::create_dir_all(&scratch).unwrap();
     let mut rw = start_receivewal(&pg, &rw_dir);
-    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path());
+    let a = Archiver::start(&pg.url(), &repo, "main", tmp.path(), &[]);
     wait_for("pitr to create its slot", Duration::from_secs(20), || {
         pg.psql("SELECT count(*) FROM pg_replication_slots")
             .unwrap()
@@ -549,7 +456,7 @@ fn compaction_merges_small_segments_and_wal_stays_byte_identical() {
             100 + i
         ))
         .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(120));
     }
     pg.psql("SELECT pg_switch_wal()").unwrap();
     workload(&pg, 2);

@@ -6,7 +6,10 @@
 //! * row events: the current FORMAT_DESCRIPTION once per session (before
 //!   the next transaction starts) as `BINLOG '<base64>'`, then one `BINLOG '<base64>'` per statement holding
 //!   its TABLE_MAP events and rows events up to the one flagged
-//!   `STMT_END_F` (the server decodes and applies them itself);
+//!   `STMT_END_F` (the server decodes and applies them itself). A statement
+//!   is never split: servers drop their table maps at the end of each
+//!   `BINLOG` statement (MariaDB then silently ignores the orphan rows
+//!   events), so the target's `max_allowed_packet` must hold the largest one;
 //! * QUERY events: the session context they ran in (`SET TIMESTAMP`,
 //!   `pseudo_thread_id`, FLAGS2 options, `sql_mode`, auto-increment,
 //!   character sets, time zone, `lc_time_names`, `collation_database`, and
@@ -144,6 +147,7 @@ pub struct SqlReplayer {
     in_group: bool,
     gtid_next_set: bool,
 }
+
 
 impl SqlReplayer {
     pub fn new(flavor: Flavor, preserve_gtids: bool) -> SqlReplayer {
