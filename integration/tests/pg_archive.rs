@@ -449,7 +449,7 @@ fn compaction_merges_small_segments_and_wal_stays_byte_identical() {
             == "1"
     });
     pg.psql("CREATE TABLE t (x int, pad text)").unwrap();
-    // Many small segments: a commit every 50 ms with a 200 ms flush interval.
+    // Many small segments: a commit every ~120 ms for ~5 s with a 200 ms flush interval.
     for i in 0..40 {
         pg.psql(&format!(
             "INSERT INTO t SELECT g, repeat('p', 100) FROM generate_series(1, {}) g",

@@ -148,7 +148,6 @@ pub struct SqlReplayer {
     gtid_next_set: bool,
 }
 
-
 impl SqlReplayer {
     pub fn new(flavor: Flavor, preserve_gtids: bool) -> SqlReplayer {
         SqlReplayer {

@@ -162,6 +162,11 @@ pub async fn apply_log(
     let mut conn = Conn::connect(params, std::time::Duration::from_secs(15))
         .await
         .map_err(|e| anyhow!("{e}"))?;
+    let max_packet: usize =
+        crate::backup::mysql::dump::q1(&mut conn, "SELECT @@max_allowed_packet")
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
     if flavor == Flavor::MySql {
         // GTID_NEXT needs gtid_mode=ON on the target, and a target that already
         // executed GTIDs of the source would silently skip those transactions:
@@ -290,7 +295,7 @@ pub async fn apply_log(
                     .event(ev)
                     .map_err(|e| anyhow!("at {file}:{eoff}: {e}"))?;
                 for s in stmts {
-                    run(&mut conn, &s)
+                    run(&mut conn, &s, max_packet)
                         .await
                         .with_context(|| format!("applying the transaction at {file}:{eoff}"))?;
                     rep.statements += 1;
@@ -333,7 +338,15 @@ pub async fn apply_log(
     Ok(rep)
 }
 
-async fn run(conn: &mut Conn, s: &Statement) -> anyhow::Result<()> {
+async fn run(conn: &mut Conn, s: &Statement, max_packet: usize) -> anyhow::Result<()> {
+    // A row statement is one BINLOG statement (see `pitr_mysql::replay`).
+    if s.as_bytes().len() + 1 > max_packet {
+        return Err(anyhow!(
+            "a statement of {} bytes exceeds the target's max_allowed_packet ({max_packet}); raise it on the target (SET GLOBAL max_allowed_packet={}) and restore again",
+            s.as_bytes().len(),
+            (s.as_bytes().len() + (1 << 20)).next_power_of_two()
+        ));
+    }
     match s {
         Statement::Text(t) => {
             conn.query(t).await.map_err(|e| {
