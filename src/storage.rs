@@ -72,7 +72,7 @@ pub enum StorageError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot open repository {url}: {reason}; check the AWS_* settings (bucket, region, endpoint)")]
     Open { url: String, reason: String },
-    #[error("cannot use local repository directory {path}: {source}; check that the path exists and is writable")]
+    #[error("cannot use local repository directory {path}: {source}; check --repo (the path must exist and be writable)")]
     LocalDir {
         path: String,
         #[source]
@@ -90,14 +90,46 @@ pub enum StorageError {
         key: String,
         detail: String,
     },
-    #[error("{op} {key} failed: {source}{}", if *.transient { " (transient, will be retried)" } else { "" })]
+    /// `cause` is kept out of the error chain on purpose: object_store's
+    /// message already repeats every layer; Display shows the root cause.
+    #[error("{op} {} failed: {}{}", show_key(key), root_cause(cause), if *.transient { " (a transient error)" } else { "" })]
     Backend {
         op: &'static str,
         key: String,
         transient: bool,
-        #[source]
-        source: object_store::Error,
+        cause: object_store::Error,
     },
+}
+
+/// How a key appears in messages (the empty key is the repository root).
+fn show_key(key: &str) -> String {
+    if key.is_empty() {
+        "the repository root".to_string()
+    } else {
+        key.to_string()
+    }
+}
+
+/// The innermost cause of a backend error, in one sentence, with a hint for
+/// the common cases (object_store's own message repeats every layer).
+fn root_cause(e: &object_store::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        msg = c.to_string();
+        cur = c.source();
+    }
+    let all = e.to_string();
+    let hint = if all.contains("169.254.169.254") || all.contains("api/token") {
+        "; no AWS credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a self-hosted server)"
+    } else if all.contains("Connection refused") || all.contains("error sending request") {
+        "; the S3 server cannot be reached: check AWS_ENDPOINT_URL and that the server is up"
+    } else if all.contains("NoSuchBucket") {
+        "; the bucket does not exist: check the bucket name in --repo"
+    } else {
+        ""
+    };
+    format!("{msg}{hint}")
 }
 
 impl StorageError {
@@ -130,13 +162,13 @@ impl StorageError {
                 op,
                 key: key.to_string(),
                 transient: true,
-                source: e,
+                cause: e,
             },
             other => StorageError::Backend {
                 op,
                 key: key.to_string(),
                 transient: false,
-                source: other,
+                cause: other,
             },
         }
     }
@@ -222,6 +254,29 @@ impl Repo {
     /// Opens a repository URL, reading S3 settings from the environment.
     pub async fn open(url: &str) -> SResult<Repo> {
         Repo::open_with(url, &[]).await
+    }
+
+    /// Opens a repository that must already exist: for the verbs that only
+    /// read (restore, fetch, status, verify...), so a mistyped local path is
+    /// reported instead of silently created empty.
+    pub async fn open_existing(url: &str) -> SResult<Repo> {
+        let local = match url.split_once("://") {
+            Some((s, r)) if s.eq_ignore_ascii_case("file") => Some(r),
+            Some(_) => None,
+            None => Some(url),
+        };
+        if let Some(path) = local.filter(|p| !p.is_empty()) {
+            if !std::path::Path::new(path).is_dir() {
+                return Err(StorageError::LocalDir {
+                    path: path.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such repository directory",
+                    ),
+                });
+            }
+        }
+        Repo::open(url).await
     }
 
     /// Like [`Repo::open`], with explicit S3 settings (`AWS_*` names, as in

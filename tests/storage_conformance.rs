@@ -198,3 +198,23 @@ async fn requests_are_counted_per_list_page() {
     // First use probes conditional puts: 2 probe puts + 1 delete, then put + get.
     assert_eq!((c.put, c.get, c.delete), (3, 1, 1), "{c}");
 }
+
+#[tokio::test]
+async fn reading_verbs_do_not_create_a_missing_local_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("typo");
+    let err = pitr::storage::Repo::open_existing(missing.to_str().unwrap())
+        .await
+        .err()
+        .expect("a missing directory is an error");
+    assert!(err.to_string().contains("check --repo"), "{err}");
+    assert!(!missing.exists(), "open_existing created the directory");
+    let url = format!("file://{}", missing.display());
+    assert!(pitr::storage::Repo::open_existing(&url).await.is_err());
+    // Writers create it.
+    pitr::storage::Repo::open(missing.to_str().unwrap())
+        .await
+        .unwrap();
+    assert!(missing.is_dir());
+    pitr::storage::Repo::open_existing(&url).await.unwrap();
+}

@@ -460,3 +460,113 @@ fn point_in_time_restore(f: Flavor) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("not reached"), "{err}");
 }
+
+/// Benchmark (ignored by default): replay `PITR_BENCH_MB` (default 500) MB of
+/// row events with `pitr restore` and with `mariadb-binlog ... | mariadb`
+/// into fresh servers; both must end with the source's table checksum.
+/// Run: `cargo test --release -p pitr-integration --test mysql_restore bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_mariadb_binlog_replay() {
+    require!(mysql::available(Flavor::MariaDb));
+    let mb: u64 = std::env::var("PITR_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let src = MySqlServer::start(Flavor::MariaDb).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").to_str().unwrap().to_string();
+    let url = src.url();
+    src.sql("CREATE DATABASE bench; CREATE TABLE bench.t (id INT AUTO_INCREMENT PRIMARY KEY, a INT NOT NULL, b VARCHAR(255), c VARCHAR(700))")
+        .unwrap();
+    let archiver = Archiver(
+        Command::new(pitr_bin())
+            .args(["archive", &url, "--repo", &repo])
+            .stderr(std::fs::File::create(dir.path().join("archive.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let b = ok(&pitr(&["backup", &url, "--repo", &repo, "--json"]));
+    let bj: serde_json::Value = serde_json::from_str(b.trim()).unwrap();
+    let (bfile, bpos) = (
+        bj["binlog_file"].as_str().unwrap().to_string(),
+        bj["binlog_pos"].as_u64().unwrap(),
+    );
+    let binlog_bytes = |s: &MySqlServer| -> u64 {
+        let logs = s.sql("SHOW BINARY LOGS").unwrap();
+        logs.lines()
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split('\t').collect();
+                (c[0] >= bfile.as_str()).then(|| c[1].parse::<u64>().unwrap())
+            })
+            .sum::<u64>()
+            - bpos
+    };
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while binlog_bytes(&src) < mb * 1_000_000 {
+        let sql = if i % 5 == 4 {
+            format!("UPDATE bench.t SET a = a + 1, b = CONCAT('u', {i}, b) WHERE id % 5 = {} AND id > {} LIMIT 2000", i % 5, i * 400)
+        } else {
+            format!("INSERT INTO bench.t (a, b, c) SELECT seq, REPEAT(CHAR(97 + seq % 26), 200), REPEAT('y', 700) FROM bench.seq_1_to_2000")
+        };
+        src.sql(&sql).unwrap();
+        i += 1;
+    }
+    let bytes = binlog_bytes(&src);
+    let generated = t0.elapsed();
+    let m = mark(&src);
+    wait_archived(&repo, &url, &m.position);
+    drop(archiver);
+    let want = src.sql("CHECKSUM TABLE bench.t").unwrap();
+    let rows = src.sql("SELECT COUNT(*) FROM bench.t").unwrap();
+
+    let a = MySqlServer::start(Flavor::MariaDb).unwrap();
+    let t = Instant::now();
+    ok(&pitr(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--latest",
+        "--target",
+        &a.url(),
+    ]));
+    let pitr_time = t.elapsed();
+    assert_eq!(a.sql("CHECKSUM TABLE bench.t").unwrap(), want);
+
+    let native = MySqlServer::start(Flavor::MariaDb).unwrap();
+    native
+        .sql("CREATE DATABASE bench; CREATE TABLE bench.t (id INT AUTO_INCREMENT PRIMARY KEY, a INT NOT NULL, b VARCHAR(255), c VARCHAR(700))")
+        .unwrap();
+    let files: Vec<String> = src
+        .sql("SHOW BINARY LOGS")
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .filter(|f| f.as_str() >= bfile.as_str())
+        .map(|f| src.binlog_dir().join(f).to_str().unwrap().to_string())
+        .collect();
+    let cmd = format!(
+        "{} --no-defaults --start-position={bpos} {} | {} --no-defaults --socket={} -u root",
+        src.bin("mariadb-binlog").display(),
+        files.join(" "),
+        src.bin("mariadb").display(),
+        native.socket().display()
+    );
+    let t = Instant::now();
+    let st = Command::new("sh").args(["-c", &cmd]).status().unwrap();
+    let native_time = t.elapsed();
+    assert!(st.success());
+    assert_eq!(native.sql("CHECKSUM TABLE bench.t").unwrap(), want);
+    let mbs = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
+    println!(
+        "BENCH mariadb binlog replay: {:.1} MB of binlog ({rows} rows, {i} statements, generated in {:.1} s): \
+         pitr restore {:.1} s ({:.1} MB/s), mariadb-binlog | mariadb {:.1} s ({:.1} MB/s)",
+        bytes as f64 / 1e6,
+        generated.as_secs_f64(),
+        pitr_time.as_secs_f64(),
+        mbs(pitr_time),
+        native_time.as_secs_f64(),
+        mbs(native_time)
+    );
+}

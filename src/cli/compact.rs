@@ -71,7 +71,9 @@ pub async fn maintain(
 }
 
 pub async fn run(args: CompactArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let names: Vec<SourceName> = match &args.name {
         Some(n) => vec![SourceName::new(n).map_err(|e| anyhow!("invalid --name: {e}"))?],
         None => list_sources(&repo).await.map_err(|e| anyhow!("{e}"))?,

@@ -54,7 +54,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<i32> {
         eprintln!("error: --wal-segment-size must be a power of two");
         return Ok(2);
     }
-    let repo = match Repo::open(&args.repo).await {
+    let repo = match Repo::open_existing(&args.repo).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -117,7 +117,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             args.timeline
         ));
     }
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     let catalog = Catalog::load(&repo, &source)
         .await

@@ -61,7 +61,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
 }
 
 async fn load(args: &StatusArgs) -> anyhow::Result<RepoStatus> {
-    let repo = Repo::open(&args.repo).await?;
+    let repo = Repo::open_existing(&args.repo).await?;
     repo_status(&repo, args.name.as_deref()).await
 }
 

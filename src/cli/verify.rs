@@ -27,7 +27,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<i32> {
-    let report = match Repo::open(&args.repo).await {
+    let report = match Repo::open_existing(&args.repo).await {
         Ok(repo) => verify_repo(&repo, args.name.as_deref(), args.parallel).await,
         Err(e) => Err(e.into()),
     };

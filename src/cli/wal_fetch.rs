@@ -56,7 +56,9 @@ pub struct WalFetchArgs {
 }
 
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     let opts = FetchOptions {
         wal_segment_size: args.wal_segment_size,

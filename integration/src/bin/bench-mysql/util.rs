@@ -1,0 +1,268 @@
+//! Helpers shared by the MariaDB benchmarks: background processes and what `/proc` says
+//! about them (CPU = `utime + stime`, fields 14 and 15 of `/proc/PID/stat`; peak memory =
+//! `VmHWM` of `/proc/PID/status`), running commands, and reading a server's binlog
+//! state (`SHOW BINARY LOGS`, `SHOW MASTER STATUS`) and table checksums.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pitr_integration::MySqlServer;
+
+/// A child process with its output in a log file; killed when dropped.
+pub struct Bg {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Bg {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Result<Bg> {
+        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        Ok(Bg { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(s) = self.child.try_wait()? {
+            bail!(
+                "{} exited with {s}:\n{}",
+                self.log.display(),
+                log_tail(&self.log, 20)
+            );
+        }
+        Ok(())
+    }
+
+    /// CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(self.pid())
+    }
+
+    /// Peak resident set (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .with_context(|| format!("no VmHWM in {path}"))
+    }
+
+    /// Sends `sig`, waits up to a minute; returns whether it exited with status 0.
+    pub fn stop(mut self, sig: &str) -> Result<bool> {
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{} did not stop", self.log.display())
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`).
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// `utime + stime` of a process, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may contain spaces: count fields after its closing ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("malformed {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tck = clk_tck();
+    let tick = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(|t| t as f64 / tck)
+            .with_context(|| format!("malformed {path}"))
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs a command; its stdout, or an error with its output.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
+    let o = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !o.status.success() {
+        bail!(
+            "{:?} {:?} failed: {}{}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// `SHOW BINARY LOGS`: (file name, size in bytes) in log order.
+pub fn binary_logs(s: &MySqlServer) -> Result<Vec<(String, u64)>> {
+    s.sql("SHOW BINARY LOGS")?
+        .lines()
+        .map(|l| {
+            let mut cols = l.split('\t');
+            let name = cols.next().context("SHOW BINARY LOGS: no name")?;
+            let size = cols
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("SHOW BINARY LOGS: bad line {l:?}"))?;
+            Ok((name.to_string(), size))
+        })
+        .collect()
+}
+
+/// Total binlog bytes the server has written.
+pub fn binlog_total(s: &MySqlServer) -> Result<u64> {
+    Ok(binary_logs(s)?.iter().map(|(_, n)| n).sum())
+}
+
+/// `SHOW MASTER STATUS`: (file, position).
+pub fn master_status(s: &MySqlServer) -> Result<(String, u64)> {
+    let st = s.sql("SHOW MASTER STATUS")?;
+    let mut cols = st.split('\t');
+    let file = cols.next().context("SHOW MASTER STATUS: empty")?.to_string();
+    let pos = cols
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("SHOW MASTER STATUS: {st:?}"))?;
+    Ok((file, pos))
+}
+
+/// Binlog bytes from (file, pos) to the end of the log.
+pub fn bytes_since(logs: &[(String, u64)], file: &str, pos: u64) -> u64 {
+    logs.iter()
+        .skip_while(|(n, _)| n != file)
+        .map(|(n, size)| if n == file { size.saturating_sub(pos) } else { *size })
+        .sum()
+}
+
+/// `CHECKSUM TABLE` of every base table in `db`, as "table=checksum" lines.
+pub fn checksums(s: &MySqlServer, db: &str) -> Result<String> {
+    let tables = s.sql(&format!(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}' \
+         AND TABLE_TYPE='BASE TABLE' ORDER BY TABLE_NAME"
+    ))?;
+    let mut out = Vec::new();
+    for t in tables.lines() {
+        let row = s.sql(&format!("CHECKSUM TABLE `{db}`.`{t}`"))?;
+        let sum = row.split('\t').nth(1).unwrap_or("?");
+        out.push(format!("{t}={sum}"));
+    }
+    Ok(out.join(" "))
+}
+
+/// Polls `f` every 100 ms until it is true; fails after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// A `pitr` command with the local repository and source name set.
+pub fn pitr(repo: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(pitr_integration::pitr_bin());
+    c.args(args)
+        .arg("--repo")
+        .arg(repo)
+        .args(["--name", crate::replay::SOURCE]);
+    c
+}
+
+/// Archived bytes per binlog file (`pitr binlog-fetch --list`): file name -> end offset.
+pub fn archived(repo: &Path) -> Result<Vec<(String, u64)>> {
+    let out = run_ok(&mut pitr(repo, &["binlog-fetch", "--list"]))?;
+    out.lines()
+        .map(|l| {
+            let mut cols = l.split('\t');
+            let name = cols.next().context("binlog-fetch --list: no name")?;
+            let end = cols
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("binlog-fetch --list: bad line {l:?}"))?;
+            Ok((name.to_string(), end))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_since_counts_the_rest_of_the_first_file_and_all_later_ones() {
+        let logs = vec![
+            ("binlog.000001".to_string(), 1000),
+            ("binlog.000002".to_string(), 500),
+            ("binlog.000003".to_string(), 300),
+        ];
+        assert_eq!(bytes_since(&logs, "binlog.000002", 100), 400 + 300);
+        assert_eq!(bytes_since(&logs, "binlog.000001", 4), 996 + 800);
+        assert_eq!(bytes_since(&logs, "binlog.000009", 4), 0);
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let before = cpu_seconds(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds(std::process::id()).unwrap() >= before);
+    }
+}
