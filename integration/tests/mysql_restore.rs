@@ -310,6 +310,19 @@ fn point_in_time_restore(f: Flavor) {
     let m4 = mark(&src);
     wait_archived(&repo, &url, &m4.position);
     drop(archiver);
+    // status sees the backup, a window, and no hole across the rotation.
+    let st = ok(&pitr(&["status", "--repo", &repo, "--json"]));
+    let sj: serde_json::Value = serde_json::from_str(st.trim()).unwrap();
+    let s0 = &sj["sources"][0];
+    assert_eq!(s0["base_backups"], 1, "{st}");
+    assert!(
+        s0["window"]["start"].is_string() && s0["window"]["end"].is_string(),
+        "{st}"
+    );
+    assert_eq!(s0["gaps"].as_array().map(|g| g.len()), Some(0), "{st}");
+    // verify re-reads the MySQL backup's parts and every segment.
+    let v = pitr(&["verify", "--repo", &repo]);
+    assert!(v.status.success(), "verify: {}", ok(&v));
     assert_ne!(m1.ledger, m2.ledger);
     assert_ne!(m2.ledger, m3.ledger);
 
@@ -508,7 +521,7 @@ fn bench_mariadb_binlog_replay() {
         let sql = if i % 5 == 4 {
             format!("UPDATE bench.t SET a = a + 1, b = CONCAT('u', {i}, b) WHERE id % 5 = {} AND id > {} LIMIT 2000", i % 5, i * 400)
         } else {
-            format!("INSERT INTO bench.t (a, b, c) SELECT seq, REPEAT(CHAR(97 + seq % 26), 200), REPEAT('y', 700) FROM bench.seq_1_to_2000")
+            "INSERT INTO bench.t (a, b, c) SELECT seq, REPEAT(CHAR(97 + seq % 26), 200), REPEAT('y', 700) FROM bench.seq_1_to_2000".to_string()
         };
         src.sql(&sql).unwrap();
         i += 1;

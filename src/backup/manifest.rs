@@ -98,12 +98,21 @@ mod lsn_text {
     }
 }
 
-/// Reads the manifest of `key`; `Ok(None)` when the backup is incomplete
-/// (no manifest.json yet).
+/// Reads the PostgreSQL manifest of `key`; `Ok(None)` when the backup is
+/// incomplete (no manifest.json yet) or is a MySQL/MariaDB backup.
 pub async fn read_manifest(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<BackupManifest>> {
     let k = key.to_key();
     match repo.get(&k).await {
         Ok(b) => {
+            // MySQL/MariaDB logical backups have their own manifest
+            // (`crate::backup::mysql::manifest`); they are not PostgreSQL backups.
+            if serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_string)))
+                .is_some_and(|k| k == "mysql-logical")
+            {
+                return Ok(None);
+            }
             let m: BackupManifest = serde_json::from_slice(&b)
                 .with_context(|| format!("backup manifest {k} is not valid"))?;
             if m.format_version > MANIFEST_FORMAT_VERSION {

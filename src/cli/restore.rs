@@ -78,7 +78,13 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         .target
         .as_deref()
         .is_some_and(|t| crate::source::url_kind(t) == Some(crate::source::UrlKind::MySql));
-    if mysql_target || args.to_gtid.is_some() || args.to_position.is_some() {
+    // The engine of the source decides when no --target says it.
+    let mysql_source = if mysql_target || args.target.is_some() {
+        false
+    } else {
+        mysql_source(&args.repo, args.name.as_deref()).await
+    };
+    if mysql_target || mysql_source || args.to_gtid.is_some() || args.to_position.is_some() {
         return crate::restore::mysql::run_mysql(crate::restore::mysql::MysqlRestoreArgs {
             repo: args.repo,
             name: args.name,
@@ -117,7 +123,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             args.timeline
         ));
     }
-    let repo = Repo::open_existing(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     let catalog = Catalog::load(&repo, &source)
         .await
@@ -245,4 +253,18 @@ async fn load_history(
     pitr_postgres::lsn::parse_history(&text)
         .map(Some)
         .ok_or_else(|| anyhow!("the archived history file {key} is malformed; run `pitr verify`"))
+}
+
+/// True when the (named or only) source of the repository is MySQL/MariaDB.
+async fn mysql_source(repo: &str, name: Option<&str>) -> bool {
+    let Ok(repo) = Repo::open_existing(repo).await else {
+        return false;
+    };
+    let Ok(source) = resolve_source(&repo, name).await else {
+        return false;
+    };
+    matches!(
+        crate::archive::identity::read_identity(&repo, &source).await,
+        Ok(Some(id)) if matches!(id.engine, pitr_segment::Engine::MySql | pitr_segment::Engine::MariaDb)
+    )
 }

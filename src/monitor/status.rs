@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pitr_segment::{Epoch, LogPos, TimestampMicros};
+use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use serde::Serialize;
 
 use crate::archive::catalog::{Catalog, EpochCatalog};
@@ -208,9 +208,19 @@ pub async fn source_status(
             ));
         }
     }
-    let first_backup = backups
-        .first()
-        .map(|(k, m)| (Epoch(u64::from(m.timeline)), k.start));
+    let is_mysql = matches!(identity.engine, Engine::MySql | Engine::MariaDb);
+    let mysql_backups = if is_mysql {
+        crate::backup::mysql::manifest::list_mysql_backups(repo, catalog.backups()).await?
+    } else {
+        Vec::new()
+    };
+    let first_backup = if is_mysql {
+        mysql_backups.first().map(|(k, _)| (Epoch(1), k.start))
+    } else {
+        backups
+            .first()
+            .map(|(k, m)| (Epoch(u64::from(m.timeline)), k.start))
+    };
     let gaps = gaps
         .into_iter()
         .map(|(e, start, end, reason, recorded)| GapStatus {
@@ -257,20 +267,33 @@ pub async fn source_status(
     };
     let lag_seconds = last_commit.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
 
-    let (window, note) = recoverable_window(&catalog, &backups);
+    let (mut window, mut note) = recoverable_window(&catalog, &backups);
+    let mut base_backups = backups.len();
+    let mut newest_backup = backups.last().map(|(k, m)| BackupSummary {
+        id: k.id.clone(),
+        start_time: m.start_time,
+        stop_time: m.stop_time,
+        stored_bytes: m.stored_bytes(),
+    });
+    if is_mysql {
+        let mysql = mysql_backups;
+        base_backups = mysql.len();
+        newest_backup = mysql.last().map(|(k, m)| BackupSummary {
+            id: k.id.clone(),
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+            stored_bytes: m.stored_bytes(),
+        });
+        (window, note) = mysql_window(&catalog, &mysql);
+    }
     Ok(SourceStatus {
         name: source.to_string(),
         engine: identity.engine.name().to_string(),
         system_id: identity.system_id,
         window,
         log_coverage,
-        base_backups: backups.len(),
-        newest_backup: backups.last().map(|(k, m)| BackupSummary {
-            id: k.id.clone(),
-            start_time: m.start_time,
-            stop_time: m.stop_time,
-            stored_bytes: m.stored_bytes(),
-        }),
+        base_backups,
+        newest_backup,
         gaps,
         segments: stats.segments,
         bytes: stats.bytes,
@@ -280,6 +303,63 @@ pub async fn source_status(
         lag_seconds,
         note,
     })
+}
+
+/// Recoverable window of a MySQL/MariaDB source: from the oldest backup's
+/// snapshot to the newest commit archived contiguously after its binlog
+/// coordinates (bridges make rotations contiguous; a hole ends the window).
+fn mysql_window(
+    catalog: &Catalog,
+    backups: &[(
+        crate::archive::keys::BackupKey,
+        crate::backup::mysql::manifest::MysqlManifest,
+    )],
+) -> (Option<Window>, Option<String>) {
+    let Some((oldest_key, oldest)) = backups.first() else {
+        return (
+            None,
+            Some("no base backup: nothing is restorable until one is taken (pitr backup)".into()),
+        );
+    };
+    let epoch = Epoch(1);
+    let Some(ec) = catalog.epoch(epoch) else {
+        return (None, Some("no binlog archived yet".into()));
+    };
+    let start = oldest_key.start;
+    let mut reach = None::<LogPos>;
+    let mut end: Option<i64> = None;
+    for s in ec.segments() {
+        if s.key.end <= start {
+            continue;
+        }
+        match reach {
+            None if s.key.start > start => break,
+            Some(r) if s.key.start > r => break,
+            _ => {}
+        }
+        reach = Some(s.key.end);
+        if let Some(t) = s.key.tmax {
+            end = Some(end.map_or(t.0, |e| e.max(t.0)));
+        }
+    }
+    let begin = chrono::DateTime::from_timestamp_micros(oldest.snapshot_time_us)
+        .unwrap_or(oldest.stop_time);
+    match end {
+        Some(e) => (
+            Some(Window {
+                start: begin,
+                end: to_datetime(TimestampMicros(e)).max(begin),
+            }),
+            None,
+        ),
+        None => (
+            Some(Window {
+                start: begin,
+                end: begin,
+            }),
+            Some("no transaction archived after the oldest backup yet".into()),
+        ),
+    }
 }
 
 /// Holes between the chain's contiguous runs that no gap record covers.

@@ -308,10 +308,37 @@ async fn verify_backup(
     let manifest = match read_manifest(repo, b).await {
         Ok(Some(m)) => m,
         Ok(None) => {
-            report.notes.push(format!(
-                "{}: no manifest.json, an incomplete backup (ignored by restore)",
-                b.dir()
-            ));
+            match crate::backup::mysql::manifest::read_mysql_manifest(repo, b).await {
+                Ok(Some(m)) => {
+                    report.backups += 1;
+                    if let Some(id) = identity {
+                        if m.system_id != id.system_id {
+                            report.problems.push(problem(
+                                source,
+                                &mkey,
+                                at.clone(),
+                                format!(
+                                    "manifest is of system id {}, the source is system id {}",
+                                    m.system_id, id.system_id
+                                ),
+                            ));
+                        }
+                    }
+                    let parts: Vec<(String, u64, String)> = std::iter::once(&m.schema)
+                        .chain(m.tables.iter().map(|t| &t.data))
+                        .flat_map(|s| s.parts.iter())
+                        .map(|p| (p.key.clone(), p.size, p.sha256.clone()))
+                        .collect();
+                    check_parts(repo, source, b, parts, at, parallelism, report).await;
+                }
+                Ok(None) => report.notes.push(format!(
+                    "{}: no manifest.json, an incomplete backup (ignored by restore)",
+                    b.dir()
+                )),
+                Err(e) => report
+                    .problems
+                    .push(problem(source, &mkey, at, format!("{e:#}"))),
+            }
             return;
         }
         Err(e) => {
@@ -339,49 +366,70 @@ async fn verify_backup(
             ));
         }
     }
-    let parts: Vec<_> = manifest
+    let parts: Vec<(String, u64, String)> = manifest
         .archives
         .iter()
         .chain(manifest.backup_manifest.iter())
-        .flat_map(|a| a.parts.iter().cloned())
+        .flat_map(|a| a.parts.iter())
+        .map(|p| (p.key.clone(), p.size, p.sha256.clone()))
         .collect();
-    let results: Vec<Option<(String, String)>> =
-        stream::iter(parts.into_iter().map(|p| async move {
-            let key = match b.part_key(&p.key) {
-                Ok(k) => k,
-                Err(e) => return Some((format!("{}{}", b.dir(), p.key), e.to_string())),
-            };
-            let body = match repo.get(&key).await {
-                Ok(body) => body,
-                Err(e) => return Some((key, format!("backup part cannot be read: {e}"))),
-            };
-            if body.len() as u64 != p.size {
-                return Some((
-                    key,
-                    format!(
-                        "backup part has {} bytes, the manifest lists {}",
-                        body.len(),
-                        p.size
-                    ),
-                ));
-            }
-            let digest = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&body)))
-                .await
-                .unwrap_or_default();
-            if !digest.eq_ignore_ascii_case(&p.sha256) {
-                return Some((
-                    key,
-                    format!(
-                        "backup part sha256 {digest} differs from the manifest's {}",
-                        p.sha256
-                    ),
-                ));
-            }
-            None
-        }))
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
+    check_parts(repo, source, b, parts, at, parallelism, report).await;
+}
+
+/// Re-reads every part `(key, size, sha256)` of backup `b`.
+async fn check_parts(
+    repo: &Repo,
+    source: &SourceName,
+    b: &BackupKey,
+    parts: Vec<(String, u64, String)>,
+    at: Option<String>,
+    parallelism: usize,
+    report: &mut VerifyReport,
+) {
+    struct P {
+        key: String,
+        size: u64,
+        sha256: String,
+    }
+    let parts = parts
+        .into_iter()
+        .map(|(key, size, sha256)| P { key, size, sha256 });
+    let results: Vec<Option<(String, String)>> = stream::iter(parts.map(|p| async move {
+        let key = match b.part_key(&p.key) {
+            Ok(k) => k,
+            Err(e) => return Some((format!("{}{}", b.dir(), p.key), e.to_string())),
+        };
+        let body = match repo.get(&key).await {
+            Ok(body) => body,
+            Err(e) => return Some((key, format!("backup part cannot be read: {e}"))),
+        };
+        if body.len() as u64 != p.size {
+            return Some((
+                key,
+                format!(
+                    "backup part has {} bytes, the manifest lists {}",
+                    body.len(),
+                    p.size
+                ),
+            ));
+        }
+        let digest = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&body)))
+            .await
+            .unwrap_or_default();
+        if !digest.eq_ignore_ascii_case(&p.sha256) {
+            return Some((
+                key,
+                format!(
+                    "backup part sha256 {digest} differs from the manifest's {}",
+                    p.sha256
+                ),
+            ));
+        }
+        None
+    }))
+    .buffer_unordered(parallelism)
+    .collect()
+    .await;
     for r in results {
         report.backup_parts += 1;
         if let Some((k, m)) = r {

@@ -106,7 +106,9 @@ fn flavor_of(engine: &str) -> anyhow::Result<Flavor> {
 
 /// Runs a MySQL/MariaDB restore; returns the exit code.
 pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&a.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&a.repo)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let source = resolve_source(&repo, a.name.as_deref()).await?;
     let catalog = Catalog::load(&repo, &source)
         .await

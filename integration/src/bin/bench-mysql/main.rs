@@ -2,7 +2,7 @@
 //! servers from the harness:
 //!
 //! * **Replay** ([`replay`]): the same base state plus the same ≥ 500 MB of ROW binlog
-//!   applied two ways — `pitr restore --to TIME` (base backup + server-side apply of the
+//!   applied two ways — `pitr restore --latest` (base backup + server-side apply of the
 //!   archived binlog) into one fresh server, and the native pipe
 //!   `mariadb-binlog --start-position=… --stop-datetime=… FILES | mariadb` into another
 //!   (its base loaded by `pitr restore --to-position <backup coordinates>`, which applies
@@ -30,7 +30,7 @@ use pitr_integration::{mysql, Flavor, MySqlServer};
 use report::{Machine, Settings};
 
 const USAGE: &str = "usage: bench-mysql [--replay-mb N] [--seconds N] [--clients N] \
-[--only replay|archive] [--no-write] [--out FILE]";
+[--only replay|archive] [--no-variants] [--no-write] [--out FILE]";
 
 fn main() {
     if let Err(e) = run() {
@@ -46,6 +46,7 @@ fn parse_args() -> Result<Settings> {
         clients: 3,
         replay: true,
         archive: true,
+        variants: true,
         write: true,
         out: pitr_integration::workspace_dir().join("BENCHMARKS.md"),
     };
@@ -65,6 +66,7 @@ fn parse_args() -> Result<Settings> {
                 o => bail!("--only {o:?}: expected replay or archive\n{USAGE}"),
             },
             "--no-write" => s.write = false,
+            "--no-variants" => s.variants = false,
             "--out" => s.out = PathBuf::from(val()?),
             "-h" | "--help" => {
                 println!("{USAGE}");

@@ -170,7 +170,10 @@ pub fn binlog_total(s: &MySqlServer) -> Result<u64> {
 pub fn master_status(s: &MySqlServer) -> Result<(String, u64)> {
     let st = s.sql("SHOW MASTER STATUS")?;
     let mut cols = st.split('\t');
-    let file = cols.next().context("SHOW MASTER STATUS: empty")?.to_string();
+    let file = cols
+        .next()
+        .context("SHOW MASTER STATUS: empty")?
+        .to_string();
     let pos = cols
         .next()
         .and_then(|v| v.parse().ok())
@@ -182,7 +185,13 @@ pub fn master_status(s: &MySqlServer) -> Result<(String, u64)> {
 pub fn bytes_since(logs: &[(String, u64)], file: &str, pos: u64) -> u64 {
     logs.iter()
         .skip_while(|(n, _)| n != file)
-        .map(|(n, size)| if n == file { size.saturating_sub(pos) } else { *size })
+        .map(|(n, size)| {
+            if n == file {
+                size.saturating_sub(pos)
+            } else {
+                *size
+            }
+        })
         .sum()
 }
 
@@ -202,7 +211,11 @@ pub fn checksums(s: &MySqlServer, db: &str) -> Result<String> {
 }
 
 /// Polls `f` every 100 ms until it is true; fails after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let t = Instant::now();
     while t.elapsed() < timeout {
         if f()? {
@@ -239,6 +252,40 @@ pub fn archived(repo: &Path) -> Result<Vec<(String, u64)>> {
         .collect()
 }
 
+/// Runs a script (may use `DELIMITER`) with the batch client as root over the socket.
+pub fn sql_script(s: &MySqlServer, script: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(s.bin("mariadb"))
+        .arg("--no-defaults")
+        .arg(format!("--socket={}", s.socket().display()))
+        .args(["-u", "root", "-N", "-B"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning the client")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!("script failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
+/// The value of `"key":` in a flat JSON object printed by `pitr ... --json` (strings
+/// unquoted; no escapes expected in the values read here).
+pub fn json_field(json: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let rest = json[json.find(&pat)? + pat.len()..].trim_start();
+    if let Some(s) = rest.strip_prefix('"') {
+        return s.split('"').next().map(str::to_string);
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,13 +303,14 @@ mod tests {
     }
 
     #[test]
-    fn own_cpu_time_is_readable() {
-        let before = cpu_seconds(std::process::id()).unwrap();
-        let mut x = 0u64;
-        for i in 0..50_000_000u64 {
-            x = x.wrapping_add(i * i);
-        }
-        assert!(x != 1);
-        assert!(cpu_seconds(std::process::id()).unwrap() >= before);
+    fn json_fields_are_found_nested_or_not() {
+        let j = r#"{"backup":"b/1","binlog_file":"binlog.000002","binlog_pos":1234,"apply":{"transactions_applied":77,"stopped":"x"}}"#;
+        assert_eq!(
+            json_field(j, "binlog_file").as_deref(),
+            Some("binlog.000002")
+        );
+        assert_eq!(json_field(j, "binlog_pos").as_deref(), Some("1234"));
+        assert_eq!(json_field(j, "transactions_applied").as_deref(), Some("77"));
+        assert_eq!(json_field(j, "missing"), None);
     }
 }
