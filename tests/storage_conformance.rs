@@ -203,10 +203,10 @@ async fn requests_are_counted_per_list_page() {
 async fn reading_verbs_do_not_create_a_missing_local_repository() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("typo");
-    let err = pitr::storage::Repo::open_existing(missing.to_str().unwrap())
-        .await
-        .err()
-        .expect("a missing directory is an error");
+    let err = match pitr::storage::Repo::open_existing(missing.to_str().unwrap()).await {
+        Ok(_) => panic!("a missing directory must be an error"),
+        Err(e) => e,
+    };
     assert!(err.to_string().contains("check --repo"), "{err}");
     assert!(!missing.exists(), "open_existing created the directory");
     let url = format!("file://{}", missing.display());
