@@ -53,12 +53,14 @@ fn backup(file_seq: u64, pos: u64, snap: i64, gtid: &str) -> (BackupKey, MysqlMa
     (k, m)
 }
 
-/// File 1: [4,100) [100,300) [300,500 end); file 2: [4,200) [200,400).
+/// File 1: [4,100) [100,300) [300,500 end), the empty bridge (1:500)..(2:4)
+/// the archiver stores at a rotation; file 2: [4,200) [200,400).
 fn chain() -> Vec<SegmentEntry> {
     vec![
         seg((1, 4), (1, 100), Some(10), Some(20)),
         seg((1, 100), (1, 300), Some(30), Some(40)),
         seg((1, 300), (1, 500), Some(50), Some(60)),
+        seg((1, 500), (2, 4), None, None),
         seg((2, 4), (2, 200), Some(70), Some(80)),
         seg((2, 200), (2, 400), Some(90), Some(100)),
     ]
@@ -87,7 +89,7 @@ fn time_target_uses_newest_backup_before_it_and_stops_after_first_later_commit()
     assert_eq!(p.backup_id, "b45");
     // From the start of the backup's file (for its FDE), across the file boundary,
     // to the segment holding the first commit after 75.
-    assert_eq!(starts(&p), ["1:4", "1:100", "1:300", "2:4"]);
+    assert_eq!(starts(&p), ["1:4", "1:100", "1:300", "1:500", "2:4"]);
     assert_eq!(p.fde_segment, None);
     assert_eq!(p.backup_start, LogPos::new(1, 300));
 
@@ -108,7 +110,7 @@ fn time_target_uses_newest_backup_before_it_and_stops_after_first_later_commit()
         &MysqlTarget::Time(TimestampMicros(100)),
     )
     .unwrap();
-    assert_eq!(starts(&p).len(), 5);
+    assert_eq!(starts(&p).len(), 6);
 }
 
 #[test]
@@ -141,8 +143,15 @@ fn time_outside_the_window_is_refused_with_the_window() {
 #[test]
 fn holes_and_gaps_stop_the_chain() {
     let mut c = chain();
-    c.remove(3); // file 2 starts at 200: hole 1:500 .. 2:200
+    c.remove(4); // file 2 starts at 200 and no bridge: hole 1:500 .. 2:200
+    c.remove(3);
     let backups = vec![backup(1, 100, 25, "0-1-2")];
+    // Without the bridge, the end of file 1 is not known to be its real end:
+    // the next file does not continue the chain.
+    let mut no_bridge = chain();
+    no_bridge.remove(3);
+    let p = plan_mysql(&no_bridge, &[], &backups, &MysqlTarget::Latest).unwrap();
+    assert_eq!(starts(&p), ["1:4", "1:100", "1:300"]);
     let e = plan_mysql(&c, &[], &backups, &MysqlTarget::Time(TimestampMicros(95))).unwrap_err();
     assert!(e.0.contains("not archived"), "{e}");
     let p = plan_mysql(&c, &[], &backups, &MysqlTarget::Latest).unwrap();
@@ -174,7 +183,7 @@ fn position_targets() {
     )
     .unwrap();
     assert_eq!(p.backup_id, "b25");
-    assert_eq!(starts(&p), ["1:4", "1:100", "1:300", "2:4"]);
+    assert_eq!(starts(&p), ["1:4", "1:100", "1:300", "1:500", "2:4"]);
     let p = plan_mysql(
         &chain(),
         &[],
@@ -226,7 +235,7 @@ fn gtid_targets_pick_a_backup_not_beyond_them() {
     // GTID targets read to the end of the contiguous archive.
     assert_eq!(
         starts(&plan_mysql(&chain(), &[], &backups, &t("0-1-3")).unwrap()).len(),
-        5
+        6
     );
 }
 
