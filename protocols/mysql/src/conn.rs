@@ -2,6 +2,12 @@
 //! replica: handshake and authentication, text queries, and the replication
 //! commands `COM_REGISTER_SLAVE`, `COM_BINLOG_DUMP` and `COM_BINLOG_DUMP_GTID`.
 //!
+//! A connection opened with `CLIENT_MULTI_STATEMENTS` can send several
+//! `;`-separated statements in one `COM_QUERY`; the server answers each with
+//! its own result (OK, ERR or a result set), every one but the last flagged
+//! `SERVER_MORE_RESULTS_EXISTS` in its OK/EOF status, and stops at the first
+//! error.
+//!
 //! Framing: every packet is `len u24 LE | seq u8 | payload`; a payload of
 //! 0xffffff bytes continues in the next packet. The sequence number restarts
 //! at 0 with each command.
@@ -36,9 +42,13 @@ const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
 const CLIENT_PROTOCOL_41: u32 = 0x200;
 const CLIENT_TRANSACTIONS: u32 = 0x2000;
 const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
+const CLIENT_MULTI_STATEMENTS: u32 = 0x1_0000;
 const CLIENT_MULTI_RESULTS: u32 = 0x2_0000;
 const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
 const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x20_0000;
+
+/// Status flag of OK/EOF packets: another result follows.
+const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
 
 const COM_QUERY: u8 = 0x03;
 const COM_BINLOG_DUMP: u8 = 0x12;
@@ -252,6 +262,14 @@ fn read_lenenc(r: &mut &[u8]) -> Option<u64> {
 }
 
 /// Turns an ERR packet into a classified error.
+/// Status flags of an OK packet: `0x00 | affected lenenc | insert id lenenc | status u16 | warnings u16`.
+fn ok_status(p: &[u8]) -> Option<u16> {
+    let mut r = p.get(1..)?;
+    read_lenenc(&mut r)?;
+    read_lenenc(&mut r)?;
+    r.get(..2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
 pub fn err_packet(p: &[u8]) -> MysqlError {
     let code = if p.len() >= 3 {
         u16::from_le_bytes([p[1], p[2]])
@@ -291,6 +309,16 @@ pub type TextRow = Vec<Option<String>>;
 impl Conn {
     /// Connects and authenticates.
     pub async fn connect(p: &ConnParams, timeout: Duration) -> Result<Conn> {
+        Self::connect_with(p, timeout, false).await
+    }
+
+    /// Connects and authenticates with `CLIENT_MULTI_STATEMENTS`, so that
+    /// [`Conn::query_multi`] can send several statements in one query.
+    pub async fn connect_multi_statements(p: &ConnParams, timeout: Duration) -> Result<Conn> {
+        Self::connect_with(p, timeout, true).await
+    }
+
+    async fn connect_with(p: &ConnParams, timeout: Duration, multi: bool) -> Result<Conn> {
         let fut = async {
             let stream = TcpStream::connect((p.host.as_str(), p.port))
                 .await
@@ -301,7 +329,7 @@ impl Conn {
                 seq: 0,
                 server_version: String::new(),
             };
-            c.handshake(p).await?;
+            c.handshake(p, multi).await?;
             Ok(c)
         };
         tokio::time::timeout(timeout, fut).await.map_err(|_| {
@@ -319,7 +347,7 @@ impl Conn {
         &self.server_version
     }
 
-    async fn handshake(&mut self, p: &ConnParams) -> Result<()> {
+    async fn handshake(&mut self, p: &ConnParams, multi: bool) -> Result<()> {
         let pkt = self.read_packet().await?;
         if pkt.first() == Some(&0xff) {
             return Err(err_packet(&pkt));
@@ -343,6 +371,15 @@ impl Conn {
             caps |= CLIENT_CONNECT_WITH_DB;
         }
         caps &= hs.capabilities | CLIENT_CONNECT_WITH_DB;
+        if multi {
+            if hs.capabilities & CLIENT_MULTI_STATEMENTS == 0 {
+                return Err(MysqlError::new(
+                    ErrorKind::Protocol,
+                    "the server does not support multi-statement queries",
+                ));
+            }
+            caps |= CLIENT_MULTI_STATEMENTS;
+        }
         if caps & CLIENT_PROTOCOL_41 == 0 {
             return Err(MysqlError::new(
                 ErrorKind::Protocol,
@@ -542,6 +579,75 @@ impl Conn {
         }
     }
 
+    /// Runs `sql`, `statements` statements separated by `;` sent as one
+    /// `COM_QUERY` (the connection must come from
+    /// [`Conn::connect_multi_statements`]), and reads one result per
+    /// statement; rows are discarded. The results are counted rather than
+    /// followed by `SERVER_MORE_RESULTS_EXISTS`: MariaDB leaves that flag out
+    /// of the OK of a `BINLOG` statement inside a transaction although it
+    /// goes on with the next statement. Results beyond `statements` (the last
+    /// one still flagged) are read too. Returns how many results came; on an
+    /// error `Err((i, e))`, `i` being the index of the statement that failed
+    /// (the server runs none after it).
+    pub async fn query_multi(
+        &mut self,
+        sql: &[u8],
+        statements: usize,
+    ) -> std::result::Result<usize, (usize, MysqlError)> {
+        self.command(COM_QUERY, sql).await.map_err(|e| (0, e))?;
+        let mut done = 0usize;
+        let mut more = true;
+        while done < statements || more {
+            let status = self.read_result().await.map_err(|e| (done, e))?;
+            done += 1;
+            more = status & SERVER_MORE_RESULTS_EXISTS != 0;
+        }
+        Ok(done)
+    }
+
+    /// Reads one statement's result (OK, or a result set whose rows are
+    /// discarded) and returns its status flags.
+    async fn read_result(&mut self) -> Result<u16> {
+        let first = self.read_packet().await?;
+        match first.first() {
+            Some(0x00) => {
+                return ok_status(&first)
+                    .ok_or_else(|| MysqlError::new(ErrorKind::Protocol, "malformed OK packet"))
+            }
+            Some(0xff) => return Err(err_packet(&first)),
+            Some(0xfb) => {
+                return Err(MysqlError::new(
+                    ErrorKind::Protocol,
+                    "the server asked for a local file (LOAD DATA LOCAL), which is not supported",
+                ))
+            }
+            _ => {}
+        }
+        let mut r = first.as_slice();
+        let ncols = read_lenenc(&mut r)
+            .ok_or_else(|| MysqlError::new(ErrorKind::Protocol, "malformed result set header"))?;
+        for _ in 0..ncols {
+            self.read_packet().await?;
+        }
+        let eof = self.read_packet().await?;
+        if eof.first() != Some(&0xfe) {
+            return Err(MysqlError::new(
+                ErrorKind::Protocol,
+                "missing EOF after column definitions",
+            ));
+        }
+        loop {
+            let p = self.read_packet().await?;
+            match p.first() {
+                Some(0xfe) if p.len() < 9 => {
+                    return Ok(p.get(3..5).map_or(0, |b| u16::from_le_bytes([b[0], b[1]])))
+                }
+                Some(0xff) => return Err(err_packet(&p)),
+                _ => {}
+            }
+        }
+    }
+
     /// `COM_REGISTER_SLAVE`: announce ourselves as replica `server_id`.
     pub async fn register_replica(&mut self, server_id: u32) -> Result<()> {
         let mut b = Vec::with_capacity(18);
@@ -663,6 +769,94 @@ mod tests {
             assert!(r.is_empty());
         }
         assert_eq!(read_lenenc(&mut &[0xfbu8][..]), None);
+    }
+
+    #[test]
+    fn ok_packet_status() {
+        // affected 1, insert id 300 (lenenc 0xfc), status MORE_RESULTS|AUTOCOMMIT, 0 warnings.
+        let p = [0x00, 0x01, 0xfc, 0x2c, 0x01, 0x0a, 0x00, 0x00, 0x00];
+        assert_eq!(ok_status(&p), Some(0x000a));
+        assert!(ok_status(&p).unwrap() & SERVER_MORE_RESULTS_EXISTS != 0);
+        assert_eq!(ok_status(&[0x00, 0x00, 0x00, 0x02, 0x00]), Some(2));
+        assert_eq!(ok_status(&[0x00, 0x00, 0x00, 0x02]), None);
+    }
+
+    /// Writes one packet with sequence number `seq`.
+    async fn send(s: &mut TcpStream, seq: u8, payload: &[u8]) {
+        let mut b = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        b.push(seq);
+        b.extend_from_slice(payload);
+        s.write_all(&b).await.unwrap();
+    }
+
+    async fn recv(s: &mut TcpStream) -> Vec<u8> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).await.unwrap();
+        let mut p = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];
+        s.read_exact(&mut p).await.unwrap();
+        p
+    }
+
+    fn ok(status: u16) -> Vec<u8> {
+        let mut p = vec![0x00, 0x00, 0x00];
+        p.extend_from_slice(&status.to_le_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p
+    }
+
+    #[tokio::test]
+    async fn multi_statement_results_are_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut g = vec![10u8];
+            g.extend_from_slice(b"10.11.6-MariaDB\0");
+            g.extend_from_slice(&7u32.to_le_bytes());
+            g.extend_from_slice(b"abcdefgh\0");
+            g.extend_from_slice(&0xf7feu16.to_le_bytes());
+            g.push(45);
+            g.extend_from_slice(&2u16.to_le_bytes());
+            g.extend_from_slice(&0x81bfu16.to_le_bytes());
+            g.push(21);
+            g.extend_from_slice(&[0u8; 10]);
+            g.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+            send(&mut s, 0, &g).await;
+            let login = recv(&mut s).await;
+            let caps = u32::from_le_bytes(login[..4].try_into().unwrap());
+            assert!(caps & CLIENT_MULTI_STATEMENTS != 0);
+            send(&mut s, 2, &ok(2)).await;
+            // 1: three results, the second without MORE_RESULTS (as MariaDB
+            // answers a BINLOG statement in a transaction), then a query whose
+            // third statement fails.
+            assert_eq!(recv(&mut s).await, b"\x03A;B;C");
+            send(&mut s, 1, &ok(0x0a)).await;
+            send(&mut s, 2, &ok(0x03)).await;
+            // A result set: 1 column, its definition, EOF, one row, EOF.
+            send(&mut s, 3, &[1]).await;
+            send(&mut s, 4, b"\x03def").await;
+            send(&mut s, 5, &[0xfe, 0, 0, 0x02, 0]).await;
+            send(&mut s, 6, &[1, b'x']).await;
+            send(&mut s, 7, &[0xfe, 0, 0, 0x02, 0]).await;
+            assert_eq!(recv(&mut s).await, b"\x03D;E;F;G");
+            send(&mut s, 1, &ok(0x0a)).await;
+            send(&mut s, 2, &ok(0x0a)).await;
+            let mut err = vec![0xff];
+            err.extend_from_slice(&1146u16.to_le_bytes());
+            err.extend_from_slice(b"#42S02Table 'x.t' doesn't exist");
+            send(&mut s, 3, &err).await;
+            s
+        });
+        let p = ConnParams::from_url(&format!("mysql://u:p@127.0.0.1:{port}")).unwrap();
+        let mut c = Conn::connect_multi_statements(&p, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(c.query_multi(b"A;B;C", 3).await.unwrap(), 3);
+        let (i, e) = c.query_multi(b"D;E;F;G", 4).await.unwrap_err();
+        assert_eq!(i, 2);
+        assert_eq!(e.code(), Some(1146));
+        assert!(e.message().contains("doesn't exist"), "{e}");
+        server.await.unwrap();
     }
 
     #[test]

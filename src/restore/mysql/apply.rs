@@ -17,6 +17,14 @@
 //!   time; position target — it ends after the target position. GTID
 //!   targets stop right after the last transaction needed to reach them.
 //!
+//! Each transaction's statements go to the target as one multi-statement
+//! query (one round trip; the connection enables `CLIENT_MULTI_STATEMENTS`),
+//! or one by one when together they exceed the target's
+//! `max_allowed_packet`. An error names the event of the failing statement.
+//! Reading and decoding run ahead of execution: transaction N+1 is turned
+//! into SQL while the target executes transaction N (a bounded queue of
+//! [`QUEUE`] transactions between the two).
+//!
 //! FORMAT_DESCRIPTION events are taken from every file, also from its
 //! skipped part. Moving to the next file requires the previous one to have
 //! ended with a ROTATE event (otherwise its tail was never archived).
@@ -137,7 +145,6 @@ pub async fn apply_log(
     let source_system_id = backup.system_id.as_str();
     let mut rep = ApplyReport::default();
     let mut replayer = SqlReplayer::new(flavor, true);
-    let mut tracker = TxnTracker::new();
     let goal = match target {
         MysqlTarget::MariaGtid(g) => GtidGoal::Maria(g.clone()),
         MysqlTarget::MysqlGtid(g) => GtidGoal::Mysql(g.clone()),
@@ -155,11 +162,7 @@ pub async fn apply_log(
         rep.stopped = "the backup already is at the GTID target".into();
         return Ok(rep);
     }
-    let stop_pos = match target {
-        MysqlTarget::Position(p) => p.to_log_pos(),
-        _ => None,
-    };
-    let mut conn = Conn::connect(params, std::time::Duration::from_secs(15))
+    let mut conn = Conn::connect_multi_statements(params, std::time::Duration::from_secs(15))
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let max_packet: usize =
@@ -209,6 +212,241 @@ pub async fn apply_log(
         }
     }
 
+    // Decoding runs ahead of execution: transaction N+1 is turned into SQL
+    // while the target executes transaction N.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(QUEUE);
+    let mut prod = Produced::default();
+    let producer = async {
+        let r = produce(
+            repo,
+            plan,
+            target,
+            binlog_file,
+            &mut replayer,
+            &goal,
+            &mut maria_have,
+            &mut mysql_have,
+            max_packet,
+            &mut prod,
+            &tx,
+        )
+        .await;
+        if let Err(e) = r {
+            let _ = tx.send(Item::Fail(e)).await;
+        }
+        drop(tx);
+    };
+    // The consumer owns the receiver: when applying fails, dropping it
+    // releases a producer waiting for room in the queue.
+    let (conn_ref, rep_ref) = (&mut conn, &mut rep);
+    let consumer = async move {
+        let (conn, rep) = (conn_ref, rep_ref);
+        while let Some(item) = rx.recv().await {
+            let job = match item {
+                Item::Fail(e) => return Err(e),
+                Item::Txn(job) => job,
+            };
+            execute(conn, &job, max_packet).await?;
+            rep.statements += job.body.len() as u64;
+            rep.transactions_applied += 1;
+            rep.last_applied_position = Some(job.end_pos.to_string());
+            rep.last_applied_commit_time_us = Some(job.commit_time);
+            if let Some(g) = job.gtid {
+                rep.last_applied_gtid = Some(g.to_string());
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let ((), applied) = tokio::join!(producer, consumer);
+    applied?;
+    conn.shutdown().await;
+    rep.events = prod.events;
+    rep.transactions_skipped = prod.skipped;
+    rep.stopped = prod.stopped;
+    if !matches!(goal, GtidGoal::None) && !goal.reached(&maria_have, &mysql_have) {
+        return Err(anyhow!(
+            "{target} was not reached: the archive ends after {} (applied up to GTID {})",
+            rep.last_applied_position
+                .as_deref()
+                .unwrap_or(plan.backup_position.as_str()),
+            rep.last_applied_gtid
+                .as_deref()
+                .unwrap_or(plan.backup_gtid.as_str())
+        ));
+    }
+    if rep.stopped.is_empty() {
+        rep.stopped = "end of the archived binlog".into();
+    }
+    Ok(rep)
+}
+
+/// Transactions decoded ahead of the one being executed.
+const QUEUE: usize = 32;
+/// Bytes of SQL decoded ahead of the transaction being executed (one
+/// larger transaction is let through alone).
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// One transaction to execute on the target.
+struct TxnJob {
+    file: BinlogFile,
+    body: Body,
+    end_pos: BinlogPos,
+    commit_time: i64,
+    gtid: Option<Gtid>,
+    /// Share of [`QUEUE_BYTES`] held until the transaction is executed.
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A transaction's statements, each with the offset of its event.
+enum Body {
+    /// All statements as one multi-statement query, and for error messages
+    /// the first 200 characters of each.
+    Batch {
+        sql: Vec<u8>,
+        stmts: Vec<(u64, String)>,
+    },
+    /// Sent one by one: together they exceed the target's
+    /// max_allowed_packet, or one is not text.
+    Each(Vec<(u64, Statement)>),
+}
+
+impl Body {
+    fn new(stmts: Vec<(u64, Statement)>, max_packet: usize) -> Body {
+        match join_statements(&stmts, max_packet) {
+            Some(sql) => Body::Batch {
+                sql,
+                stmts: stmts
+                    .into_iter()
+                    .map(|(o, s)| {
+                        (
+                            o,
+                            String::from_utf8_lossy(s.as_bytes())
+                                .chars()
+                                .take(200)
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            },
+            None => Body::Each(stmts),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Body::Batch { stmts, .. } => stmts.len(),
+            Body::Each(stmts) => stmts.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Body::Batch { sql, .. } => sql.len(),
+            Body::Each(stmts) => stmts.iter().map(|(_, s)| s.as_bytes().len()).sum(),
+        }
+    }
+}
+
+/// What the decoding side hands to the executing side, in log order.
+enum Item {
+    Txn(TxnJob),
+    /// Decoding failed here: applying stops after the transactions before it.
+    Fail(anyhow::Error),
+}
+
+/// What the decoding side counted.
+#[derive(Debug, Default)]
+struct Produced {
+    events: u64,
+    skipped: u64,
+    stopped: String,
+}
+
+/// Joins statements into one multi-statement query: `;` between them, after
+/// a newline when the statement's last line may end in a line comment, and
+/// none after a statement already ending in `;`. `None` when a statement is
+/// not text, ends in `;` on a line that may hold a comment, or the query
+/// would not fit in `max_packet`.
+fn join_statements(stmts: &[(u64, Statement)], max_packet: usize) -> Option<Vec<u8>> {
+    let total: usize = stmts.iter().map(|(_, s)| s.as_bytes().len()).sum();
+    if total >= max_packet {
+        return None;
+    }
+    let mut out = Vec::with_capacity(total + 2 * stmts.len());
+    for (i, (_, s)) in stmts.iter().enumerate() {
+        let Statement::Text(t) = s else { return None };
+        out.extend_from_slice(t.as_bytes());
+        if i + 1 == stmts.len() {
+            break;
+        }
+        let last_line = t.rsplit('\n').next().unwrap_or_default();
+        let comment = last_line.contains('#') || last_line.contains("--");
+        match (comment, t.trim_end().ends_with(';')) {
+            (false, false) => out.push(b';'),
+            (false, true) => {}
+            (true, false) => out.extend_from_slice(b"\n;"),
+            // Whether that `;` ends the statement or a comment: send one by one.
+            (true, true) => return None,
+        }
+    }
+    (out.len() < max_packet).then_some(out)
+}
+
+/// Executes one transaction's statements; errors name the event the
+/// failing statement comes from.
+async fn execute(conn: &mut Conn, job: &TxnJob, max_packet: usize) -> anyhow::Result<()> {
+    let file = &job.file;
+    match &job.body {
+        Body::Batch { stmts, .. } if stmts.is_empty() => Ok(()),
+        Body::Batch { sql, stmts } => match conn.query_multi(sql, stmts.len()).await {
+            Ok(n) if n == stmts.len() => Ok(()),
+            Ok(n) => Err(anyhow!(
+                "the target answered {n} results to the {} statements of the transaction at {file}:{}",
+                stmts.len(),
+                stmts.first().map_or(0, |(o, _)| *o)
+            )),
+            Err((i, e)) => {
+                let (eoff, short) = stmts
+                    .get(i)
+                    .or(stmts.last())
+                    .ok_or_else(|| anyhow!("{e}"))?;
+                Err(anyhow!("{e} (statement: {short})"))
+                    .with_context(|| format!("applying the transaction at {file}:{eoff}"))
+            }
+        },
+        Body::Each(stmts) => {
+            for (eoff, s) in stmts {
+                run(conn, s, max_packet)
+                    .await
+                    .with_context(|| format!("applying the transaction at {file}:{eoff}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads the planned segments, decides per transaction (skip / apply /
+/// stop) and sends the ones to apply, as SQL, down `tx`.
+#[allow(clippy::too_many_arguments)]
+async fn produce(
+    repo: &Repo,
+    plan: &MysqlPlan,
+    target: &MysqlTarget,
+    binlog_file: &BinlogFile,
+    replayer: &mut SqlReplayer,
+    goal: &GtidGoal,
+    maria_have: &mut MariaGtidPos,
+    mysql_have: &mut MysqlGtidSet,
+    max_packet: usize,
+    rep: &mut Produced,
+    tx: &tokio::sync::mpsc::Sender<Item>,
+) -> anyhow::Result<()> {
+    let mut tracker = TxnTracker::new();
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES));
+    let stop_pos = match target {
+        MysqlTarget::Position(p) => p.to_log_pos(),
+        _ => None,
+    };
     let mut keys: VecDeque<String> = plan.segments.iter().cloned().collect();
     let mut next = keys
         .pop_front()
@@ -263,7 +501,7 @@ pub async fn apply_log(
             let end = LogPos::new(start.hi, b.end_pos.offset);
             let events = std::mem::take(&mut pending);
             if end <= backup_start {
-                rep.transactions_skipped += 1;
+                rep.skipped += 1;
                 continue;
             }
             let stop = match target {
@@ -290,28 +528,37 @@ pub async fn apply_log(
                 rep.stopped = why;
                 break 'segments;
             }
+            let mut stmts = Vec::new();
             for (eoff, ev) in &events {
-                let stmts = replayer
+                let s = replayer
                     .event(ev)
                     .map_err(|e| anyhow!("at {file}:{eoff}: {e}"))?;
-                for s in stmts {
-                    run(&mut conn, &s, max_packet)
-                        .await
-                        .with_context(|| format!("applying the transaction at {file}:{eoff}"))?;
-                    rep.statements += 1;
-                }
+                stmts.extend(s.into_iter().map(|s| (*eoff, s)));
             }
-            rep.transactions_applied += 1;
-            rep.last_applied_position = Some(b.end_pos.to_string());
-            rep.last_applied_commit_time_us = Some(b.commit_time.0);
+            let body = Body::new(stmts, max_packet);
+            let cost = body.bytes().clamp(1, QUEUE_BYTES) as u32;
+            let Ok(room) = room.clone().acquire_many_owned(cost).await else {
+                break 'segments;
+            };
+            let job = TxnJob {
+                file: file.clone(),
+                body,
+                _room: room,
+                end_pos: b.end_pos.clone(),
+                commit_time: b.commit_time.0,
+                gtid: b.gtid,
+            };
+            if tx.send(Item::Txn(job)).await.is_err() {
+                // Applying failed; its error is reported.
+                break 'segments;
+            }
             if let Some(g) = b.gtid {
-                rep.last_applied_gtid = Some(g.to_string());
                 match g {
                     Gtid::MariaDb(m) => maria_have.update(m),
                     Gtid::MySql(m) => mysql_have.add(m),
                 }
             }
-            if goal.reached(&maria_have, &mysql_have) {
+            if goal.reached(maria_have, mysql_have) {
                 rep.stopped = "GTID target reached".into();
                 break 'segments;
             }
@@ -320,22 +567,7 @@ pub async fn apply_log(
     if let Some(h) = next.take() {
         h.abort();
     }
-    conn.shutdown().await;
-    if !matches!(goal, GtidGoal::None) && !goal.reached(&maria_have, &mysql_have) {
-        return Err(anyhow!(
-            "{target} was not reached: the archive ends after {} (applied up to GTID {})",
-            rep.last_applied_position
-                .as_deref()
-                .unwrap_or(plan.backup_position.as_str()),
-            rep.last_applied_gtid
-                .as_deref()
-                .unwrap_or(plan.backup_gtid.as_str())
-        ));
-    }
-    if rep.stopped.is_empty() {
-        rep.stopped = "end of the archived binlog".into();
-    }
-    Ok(rep)
+    Ok(())
 }
 
 async fn run(conn: &mut Conn, s: &Statement, max_packet: usize) -> anyhow::Result<()> {
@@ -364,6 +596,32 @@ async fn run(conn: &mut Conn, s: &Statement, max_packet: usize) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(s: &str) -> (u64, Statement) {
+        (4, Statement::Text(s.into()))
+    }
+
+    #[test]
+    fn joins_transaction_statements() {
+        let stmts = [
+            text("SET TIMESTAMP=1"),
+            text("INSERT INTO t VALUES (1) -- note"),
+            text("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET NEW.a=1; END; "),
+            text("COMMIT"),
+        ];
+        let q = join_statements(&stmts, 1 << 20).unwrap();
+        assert_eq!(
+            String::from_utf8(q.clone()).unwrap(),
+            "SET TIMESTAMP=1;INSERT INTO t VALUES (1) -- note\n;CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET NEW.a=1; END; COMMIT"
+        );
+        // Too big for the packet limit, or not text: sent one by one.
+        assert!(join_statements(&stmts, q.len()).is_none());
+        assert!(join_statements(&stmts, q.len() + 1).is_some());
+        let bytes = [text("BEGIN"), (9, Statement::Bytes(vec![0xff]))];
+        assert!(join_statements(&bytes, 1 << 20).is_none());
+        let unclear = [text("INSERT INTO t VALUES ('#');"), text("COMMIT")];
+        assert!(join_statements(&unclear, 1 << 20).is_none());
+    }
 
     #[test]
     fn split_by_event_length() {
