@@ -139,8 +139,9 @@ async fn populate(repo: &Repo, seed: u64) -> usize {
             let stop = starts[i + 1];
             let secs = BASE + t / 1_000 + i as i64;
             let stop_time = DateTime::from_timestamp(secs, 0).unwrap();
-            put_backup(repo, epoch, start, stop, stop_time).await;
-            backups += 1;
+            if put_backup(repo, epoch, start, stop, stop_time).await {
+                backups += 1;
+            }
         }
     }
     // An incomplete backup (crashed) at the very start, long ago.
@@ -156,10 +157,21 @@ async fn populate(repo: &Repo, seed: u64) -> usize {
     backups
 }
 
-async fn put_backup(repo: &Repo, epoch: Epoch, start: u64, stop: u64, stop_time: DateTime<Utc>) {
+/// Writes a complete backup; false when one with the same key (same start
+/// position and time, drawn twice, possibly on another timeline) exists.
+async fn put_backup(
+    repo: &Repo,
+    epoch: Epoch,
+    start: u64,
+    stop: u64,
+    stop_time: DateTime<Utc>,
+) -> bool {
     let start_time = stop_time - chrono::Duration::milliseconds(1);
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key = BackupKey::new(src(), LogPos::from_lsn(start), &id).unwrap();
+    if repo.exists(&key.to_key()).await.unwrap() {
+        return false;
+    }
     let mut parts = Vec::new();
     for p in 0..2 {
         let name = format!("base.tar.zst.{p:03}");
@@ -197,6 +209,7 @@ async fn put_backup(repo: &Repo, epoch: Epoch, start: u64, stop: u64, stop_time:
     repo.put_if_absent(&key.to_key(), Bytes::from(serde_json::to_vec(&m).unwrap()))
         .await
         .unwrap();
+    true
 }
 
 fn options(keep: usize, window: Option<u64>, dry_run: bool) -> PruneOptions {
@@ -643,4 +656,10 @@ async fn crash_between_deletions_leaves_a_consistent_repo() {
         }
     }
     assert!(crashes > 20, "only {crashes} crash points exercised");
+}
+
+/// A history once drawn the same backup key on two timelines (regression).
+#[tokio::test]
+async fn duplicate_backup_draws_are_harmless() {
+    scenario(417_086_935_282_410_172, 1, None).await;
 }
