@@ -12,6 +12,7 @@
 //! prints where it is.
 
 pub mod archiver;
+pub mod benchmarks_md;
 pub mod mysql;
 pub mod pg;
 pub mod restore_util;

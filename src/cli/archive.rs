@@ -7,6 +7,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use crate::cli::common::{parse_duration, shutdown_token};
+use crate::config::redact;
 use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
@@ -94,15 +95,4 @@ async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
     let cancel = shutdown_token();
     archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
     Ok(0)
-}
-
-/// Hides the password of a URL for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
 }

@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use crate::backup::take::{take_backup, BackupOptions, Progress};
-use crate::cli::archive::redact;
+use crate::config::redact;
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
 

@@ -35,7 +35,9 @@ use chrono::Utc;
 use pitr_postgres::conninfo::Config;
 use pitr_postgres::error::{ErrorKind, PgError};
 use pitr_postgres::lsn::{Lsn, TimelineId};
-use pitr_postgres::replication::{ReplicationClient, ReplicationMessage, ReplicationStream};
+use pitr_postgres::replication::{
+    ReplicationClient, ReplicationMessage, ReplicationStream, SystemIdentity,
+};
 use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
@@ -192,12 +194,13 @@ impl Archiver {
         }
     }
 
-    /// First connection: identity, source name, slot, uploader.
-    async fn prepare(&mut self, client: &mut ReplicationClient) -> anyhow::Result<()> {
+    /// Every connection: the server's identity and WAL segment size; on the
+    /// first one also the source name, identity check, slot name and uploader.
+    async fn prepare(&mut self, client: &mut ReplicationClient) -> anyhow::Result<SystemIdentity> {
         let ident = client.identify_system().await?;
         self.seg_size = client.wal_segment_size().await?;
         if self.source.is_some() {
-            return Ok(());
+            return Ok(ident);
         }
         let name = match &self.opts.name {
             Some(n) => n.clone(),
@@ -249,7 +252,7 @@ impl Archiver {
             self.progress.upload.clone(),
         ));
         self.source = Some(source);
-        Ok(())
+        Ok(ident)
     }
 
     async fn session(
@@ -258,8 +261,7 @@ impl Archiver {
         switch: Option<(TimelineId, Lsn)>,
     ) -> anyhow::Result<SessionEnd> {
         let mut client = ReplicationClient::connect(&self.cfg).await?;
-        self.prepare(&mut client).await?;
-        let ident = client.identify_system().await?;
+        let ident = self.prepare(&mut client).await?;
         let slot_info = match client.read_replication_slot(&self.slot).await? {
             Some(s) => Some(s),
             None => {

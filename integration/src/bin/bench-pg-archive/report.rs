@@ -8,13 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pitr_integration::{PgServer, S3Impl};
 
 use crate::sampler::percentile;
 
 pub const SECTION: &str = "## PostgreSQL WAL archiving";
-const ANALYSIS: &str = "### Analysis";
 const MIB: f64 = 1024.0 * 1024.0;
 const GB: f64 = 1e9;
 /// Goal: peak RSS of pitr.
@@ -356,58 +355,15 @@ pub fn render(
     o
 }
 
-/// Writes `section` (starting with [`SECTION`]) into `path`: replaces the existing section
-/// (up to the next `## ` heading) or appends it. A hand-written `### Analysis` subsection of
-/// the old section is kept at its end.
+/// Writes `section` (starting with [`SECTION`]) into `path`; see
+/// [`pitr_integration::benchmarks_md`].
 pub fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = match fs::read_to_string(path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let new = replace_section(&old, section);
-    fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+    pitr_integration::benchmarks_md::write_section(path, SECTION, section)
 }
 
+#[cfg(test)]
 fn replace_section(old: &str, section: &str) -> String {
-    let lines: Vec<&str> = old.split_inclusive('\n').collect();
-    let start = lines.iter().position(|l| l.trim_end() == SECTION);
-    let mut out = String::new();
-    match start {
-        None => {
-            out.push_str(old);
-            if !out.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push('\n');
-            out.push_str(section.trim_end());
-            out.push('\n');
-        }
-        Some(s) => {
-            let end = lines[s + 1..]
-                .iter()
-                .position(|l| l.starts_with("## "))
-                .map(|e| s + 1 + e)
-                .unwrap_or(lines.len());
-            let old_section: String = lines[s..end].concat();
-            let analysis = old_section
-                .find(&format!("\n{ANALYSIS}"))
-                .map(|i| old_section[i + 1..].trim_end().to_string());
-            out.extend(lines[..s].iter().copied());
-            out.push_str(section.trim_end());
-            out.push('\n');
-            if let Some(a) = analysis {
-                out.push('\n');
-                out.push_str(&a);
-                out.push('\n');
-            }
-            if end < lines.len() {
-                out.push('\n');
-                out.extend(lines[end..].iter().copied());
-            }
-        }
-    }
-    out
+    pitr_integration::benchmarks_md::replace_section(old, SECTION, section)
 }
 
 #[cfg(test)]

@@ -7,11 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pitr_integration::PgServer;
 
 pub const SECTION: &str = "## PostgreSQL restore";
-const ANALYSIS: &str = "### Analysis";
 const MB: f64 = 1e6;
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -164,54 +163,15 @@ pub fn render(s: &Settings, m: &Machine, generated: u64, runs: &[Recovery]) -> S
     o
 }
 
+/// Writes `section` (starting with [`SECTION`]) into `path`; see
+/// [`pitr_integration::benchmarks_md`].
 pub fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = match fs::read_to_string(path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    fs::write(path, replace_section(&old, section))
-        .with_context(|| format!("writing {}", path.display()))
+    pitr_integration::benchmarks_md::write_section(path, SECTION, section)
 }
 
+#[cfg(test)]
 fn replace_section(old: &str, section: &str) -> String {
-    let lines: Vec<&str> = old.split_inclusive('\n').collect();
-    let mut out = String::new();
-    match lines.iter().position(|l| l.trim_end() == SECTION) {
-        None => {
-            out.push_str(old);
-            if !out.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push('\n');
-            out.push_str(section.trim_end());
-            out.push('\n');
-        }
-        Some(s) => {
-            let end = lines[s + 1..]
-                .iter()
-                .position(|l| l.starts_with("## "))
-                .map(|e| s + 1 + e)
-                .unwrap_or(lines.len());
-            let old_section: String = lines[s..end].concat();
-            let analysis = old_section
-                .find(&format!("\n{ANALYSIS}"))
-                .map(|i| old_section[i + 1..].trim_end().to_string());
-            out.extend(lines[..s].iter().copied());
-            out.push_str(section.trim_end());
-            out.push('\n');
-            if let Some(a) = analysis {
-                out.push('\n');
-                out.push_str(&a);
-                out.push('\n');
-            }
-            if end < lines.len() {
-                out.push('\n');
-                out.extend(lines[end..].iter().copied());
-            }
-        }
-    }
-    out
+    pitr_integration::benchmarks_md::replace_section(old, SECTION, section)
 }
 
 #[cfg(test)]
