@@ -71,6 +71,11 @@ pub struct RestoreArgs {
     /// MySQL/MariaDB: drop the backup's databases on the target first.
     #[arg(long)]
     pub replace: bool,
+    /// MySQL/MariaDB: connections used to load the base backup's tables and
+    /// to apply the binlog (transactions that change different rows run at
+    /// the same time); 1 applies one transaction after another.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
@@ -96,7 +101,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             dry_run: args.dry_run,
             replace: args.replace,
             json: args.json,
-            parallel: 4,
+            parallel: usize::from(args.parallel),
         })
         .await;
     }

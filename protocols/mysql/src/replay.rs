@@ -142,6 +142,9 @@ pub struct SqlReplayer {
     ctx: DecodeCtx,
     fde: Option<Vec<u8>>,
     fde_sent: bool,
+    /// The caller sends the FORMAT_DESCRIPTION itself (one per connection
+    /// when transactions are spread over several).
+    fde_external: bool,
     rows: Vec<u8>,
     session: Session,
     in_group: bool,
@@ -156,6 +159,7 @@ impl SqlReplayer {
             ctx: DecodeCtx::default(),
             fde: None,
             fde_sent: false,
+            fde_external: false,
             rows: Vec::new(),
             session: Session::default(),
             in_group: false,
@@ -174,9 +178,31 @@ impl SqlReplayer {
         self.ctx = d.context();
         if self.fde.as_deref() != Some(fde) {
             self.fde = Some(fde.to_vec());
-            self.fde_sent = false;
+            self.fde_sent = self.fde_external;
         }
         Ok(())
+    }
+
+    /// The last FORMAT_DESCRIPTION event recorded.
+    pub fn format_description_event(&self) -> Option<&[u8]> {
+        self.fde.as_deref()
+    }
+
+    /// From now on the caller sends `BINLOG '<FORMAT_DESCRIPTION>'` itself
+    /// (see [`SqlReplayer::format_description_event`]) before any row
+    /// statement on each connection it uses; the statements returned never
+    /// hold it.
+    pub fn external_format_description(&mut self) {
+        self.fde_external = true;
+        self.fde_sent = true;
+    }
+
+    /// Forgets the session state set so far: the next QUERY event gets its
+    /// whole context (`SET TIMESTAMP`, `sql_mode`, character sets, `use db`,
+    /// ...), for a transaction that may run on a connection other than the
+    /// previous ones.
+    pub fn forget_session(&mut self) {
+        self.session = Session::default();
     }
 
     /// Statements applying `ev`, one event of a transaction being applied.

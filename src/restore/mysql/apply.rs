@@ -30,12 +30,14 @@
 //! ended with a ROTATE event (otherwise its tail was never archived).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use bytes::Bytes;
 use pitr_mysql::conn::{Conn, ConnParams};
-use pitr_mysql::event::{types, EventHeader};
+use pitr_mysql::event::{types, DecodeCtx, EventHeader};
 use pitr_mysql::replay::{SqlReplayer, Statement};
+use pitr_mysql::EventData;
 use pitr_mysql::{
     BinlogFile, BinlogPos, Flavor, Gtid, MariaGtidPos, MysqlGtidSet, RawEvent, TxnTracker,
 };
@@ -59,6 +61,13 @@ pub struct ApplyReport {
     pub last_applied_commit_time_us: Option<i64>,
     /// Why the replay stopped.
     pub stopped: String,
+    /// Connections the transactions were applied over.
+    pub connections: usize,
+    /// Transactions that ran alone (not only row changes, or rows whose keys
+    /// could not be compared).
+    pub transactions_alone: u64,
+    /// Re-runs after a lock conflict between independent transactions.
+    pub lock_retries: u64,
 }
 
 /// Fetches and decodes a segment: (start, payload).
@@ -139,6 +148,7 @@ pub async fn apply_log(
     backup: &MysqlManifest,
     flavor: Flavor,
     params: &ConnParams,
+    connections: usize,
 ) -> anyhow::Result<ApplyReport> {
     let binlog_file = &BinlogFile::new(backup.binlog_file.clone());
     let backup_gtid = backup.gtid.as_str();
@@ -162,7 +172,7 @@ pub async fn apply_log(
         rep.stopped = "the backup already is at the GTID target".into();
         return Ok(rep);
     }
-    let mut conn = Conn::connect_multi_statements(params, std::time::Duration::from_secs(15))
+    let mut conn = Conn::connect(params, std::time::Duration::from_secs(15))
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let max_packet: usize =
@@ -200,6 +210,22 @@ pub async fn apply_log(
         }
         replayer = SqlReplayer::new(flavor, on && !seen);
     }
+    let mut connections = connections.max(1);
+    if flavor == Flavor::MariaDb && connections > 1 {
+        // Transactions committed out of log order would give a binlogging
+        // target with gtid_strict_mode out-of-order sequence numbers.
+        let strict =
+            crate::backup::mysql::dump::q1(&mut conn, "SELECT @@gtid_strict_mode AND @@log_bin")
+                .await?;
+        if strict.as_deref() == Some("1") {
+            eprintln!(
+                "note: the target runs with gtid_strict_mode and a binlog; applying over one connection"
+            );
+            connections = 1;
+        }
+    }
+    conn.shutdown().await;
+    replayer.external_format_description();
 
     if let Some(k) = &plan.fde_segment {
         let (start, payload) = fetch(repo.clone(), k.clone()).await?;
@@ -214,7 +240,7 @@ pub async fn apply_log(
 
     // Decoding runs ahead of execution: transaction N+1 is turned into SQL
     // while the target executes transaction N.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(QUEUE);
     let mut prod = Produced::default();
     let producer = async {
         let r = produce(
@@ -238,28 +264,9 @@ pub async fn apply_log(
     };
     // The consumer owns the receiver: when applying fails, dropping it
     // releases a producer waiting for room in the queue.
-    let (conn_ref, rep_ref) = (&mut conn, &mut rep);
-    let consumer = async move {
-        let (conn, rep) = (conn_ref, rep_ref);
-        while let Some(item) = rx.recv().await {
-            let job = match item {
-                Item::Fail(e) => return Err(e),
-                Item::Txn(job) => job,
-            };
-            execute(conn, &job, max_packet).await?;
-            rep.statements += job.body.len() as u64;
-            rep.transactions_applied += 1;
-            rep.last_applied_position = Some(job.end_pos.to_string());
-            rep.last_applied_commit_time_us = Some(job.commit_time);
-            if let Some(g) = job.gtid {
-                rep.last_applied_gtid = Some(g.to_string());
-            }
-        }
-        Ok::<(), anyhow::Error>(())
-    };
+    let consumer = super::parallel::run(rx, params, connections, max_packet, flavor, &mut rep);
     let ((), applied) = tokio::join!(producer, consumer);
     applied?;
-    conn.shutdown().await;
     rep.events = prod.events;
     rep.transactions_skipped = prod.skipped;
     rep.stopped = prod.stopped;
@@ -287,18 +294,26 @@ const QUEUE: usize = 32;
 const QUEUE_BYTES: usize = 64 << 20;
 
 /// One transaction to execute on the target.
-struct TxnJob {
-    file: BinlogFile,
-    body: Body,
-    end_pos: BinlogPos,
-    commit_time: i64,
-    gtid: Option<Gtid>,
+pub(super) struct TxnJob {
+    pub(super) file: BinlogFile,
+    pub(super) body: Body,
+    pub(super) end_pos: BinlogPos,
+    pub(super) commit_time: i64,
+    pub(super) gtid: Option<Gtid>,
+    /// The transaction's events when it only changes rows (GTID, BEGIN,
+    /// TABLE_MAP, rows events, COMMIT/XID): their keys let it run beside
+    /// others. `None`: it runs alone.
+    pub(super) rows: Option<Vec<Bytes>>,
+    /// Decoding context of its events.
+    pub(super) ctx: DecodeCtx,
+    /// The FORMAT_DESCRIPTION event its connection must have been sent.
+    pub(super) fde: Option<Arc<Vec<u8>>>,
     /// Share of [`QUEUE_BYTES`] held until the transaction is executed.
     _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A transaction's statements, each with the offset of its event.
-enum Body {
+pub(super) enum Body {
     /// All statements as one multi-statement query, and for error messages
     /// the first 200 characters of each.
     Batch {
@@ -332,7 +347,7 @@ impl Body {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Body::Batch { stmts, .. } => stmts.len(),
             Body::Each(stmts) => stmts.len(),
@@ -348,7 +363,7 @@ impl Body {
 }
 
 /// What the decoding side hands to the executing side, in log order.
-enum Item {
+pub(super) enum Item {
     Txn(TxnJob),
     /// Decoding failed here: applying stops after the transactions before it.
     Fail(anyhow::Error),
@@ -392,39 +407,6 @@ fn join_statements(stmts: &[(u64, Statement)], max_packet: usize) -> Option<Vec<
     (out.len() < max_packet).then_some(out)
 }
 
-/// Executes one transaction's statements; errors name the event the
-/// failing statement comes from.
-async fn execute(conn: &mut Conn, job: &TxnJob, max_packet: usize) -> anyhow::Result<()> {
-    let file = &job.file;
-    match &job.body {
-        Body::Batch { stmts, .. } if stmts.is_empty() => Ok(()),
-        Body::Batch { sql, stmts } => match conn.query_multi(sql, stmts.len()).await {
-            Ok(n) if n == stmts.len() => Ok(()),
-            Ok(n) => Err(anyhow!(
-                "the target answered {n} results to the {} statements of the transaction at {file}:{}",
-                stmts.len(),
-                stmts.first().map_or(0, |(o, _)| *o)
-            )),
-            Err((i, e)) => {
-                let (eoff, short) = stmts
-                    .get(i)
-                    .or(stmts.last())
-                    .ok_or_else(|| anyhow!("{e}"))?;
-                Err(anyhow!("{e} (statement: {short})"))
-                    .with_context(|| format!("applying the transaction at {file}:{eoff}"))
-            }
-        },
-        Body::Each(stmts) => {
-            for (eoff, s) in stmts {
-                run(conn, s, max_packet)
-                    .await
-                    .with_context(|| format!("applying the transaction at {file}:{eoff}"))?;
-            }
-            Ok(())
-        }
-    }
-}
-
 /// Reads the planned segments, decides per transaction (skip / apply /
 /// stop) and sends the ones to apply, as SQL, down `tx`.
 #[allow(clippy::too_many_arguments)]
@@ -452,6 +434,9 @@ async fn produce(
         .pop_front()
         .map(|k| tokio::spawn(fetch(repo.clone(), k)));
     let mut pending: Vec<(u64, Bytes)> = Vec::new();
+    let mut fde = replayer
+        .format_description_event()
+        .map(|f| Arc::new(f.to_vec()));
     let mut prev_file: Option<(u64, bool)> = None; // (file seq, ended with ROTATE)
     let backup_start = plan.backup_start;
     'segments: while let Some(handle) = next.take() {
@@ -480,6 +465,11 @@ async fn produce(
                 replayer
                     .format_description(ev)
                     .map_err(|e| anyhow!("at {file}:{off}: {e}"))?;
+                if fde.as_deref().map(|f| &f[..]) != replayer.format_description_event() {
+                    fde = replayer
+                        .format_description_event()
+                        .map(|f| Arc::new(f.to_vec()));
+                }
             }
             let raw = RawEvent {
                 bytes: Bytes::copy_from_slice(ev),
@@ -528,6 +518,12 @@ async fn produce(
                 rep.stopped = why;
                 break 'segments;
             }
+            let ctx = replayer.ctx();
+            let rows_only = rows_only(&events, &ctx);
+            if !rows_only {
+                // It may run on any connection: give it its whole context.
+                replayer.forget_session();
+            }
             let mut stmts = Vec::new();
             for (eoff, ev) in &events {
                 let s = replayer
@@ -536,7 +532,8 @@ async fn produce(
                 stmts.extend(s.into_iter().map(|s| (*eoff, s)));
             }
             let body = Body::new(stmts, max_packet);
-            let cost = body.bytes().clamp(1, QUEUE_BYTES) as u32;
+            let raw: usize = events.iter().map(|(_, e)| e.len()).sum();
+            let cost = (body.bytes() + raw).clamp(1, QUEUE_BYTES) as u32;
             let Ok(room) = room.clone().acquire_many_owned(cost).await else {
                 break 'segments;
             };
@@ -547,6 +544,9 @@ async fn produce(
                 end_pos: b.end_pos.clone(),
                 commit_time: b.commit_time.0,
                 gtid: b.gtid,
+                rows: rows_only.then(|| events.into_iter().map(|(_, e)| e).collect()),
+                ctx,
+                fde: fde.clone(),
             };
             if tx.send(Item::Txn(job)).await.is_err() {
                 // Applying failed; its error is reported.
@@ -570,27 +570,39 @@ async fn produce(
     Ok(())
 }
 
-async fn run(conn: &mut Conn, s: &Statement, max_packet: usize) -> anyhow::Result<()> {
-    // A row statement is one BINLOG statement (see `pitr_mysql::replay`).
-    if s.as_bytes().len() + 1 > max_packet {
-        return Err(anyhow!(
-            "a statement of {} bytes exceeds the target's max_allowed_packet ({max_packet}); raise it on the target (SET GLOBAL max_allowed_packet={}) and restore again",
-            s.as_bytes().len(),
-            (s.as_bytes().len() + (1 << 20)).next_power_of_two()
-        ));
-    }
-    match s {
-        Statement::Text(t) => {
-            conn.query(t).await.map_err(|e| {
-                let short: String = t.chars().take(200).collect();
-                anyhow!("{e} (statement: {short})")
-            })?;
-            Ok(())
+/// True when a transaction's events only change rows: GTID, `BEGIN`,
+/// TABLE_MAP, (uncompressed) rows events, XID or `COMMIT`, annotations.
+fn rows_only(events: &[(u64, Bytes)], ctx: &DecodeCtx) -> bool {
+    let mut rows = false;
+    for (_, ev) in events {
+        let Some(&t) = ev.get(4) else { return false };
+        match t {
+            types::WRITE_ROWS_V1
+            | types::UPDATE_ROWS_V1
+            | types::DELETE_ROWS_V1
+            | types::WRITE_ROWS
+            | types::UPDATE_ROWS
+            | types::DELETE_ROWS => rows = true,
+            types::GTID
+            | types::ANONYMOUS_GTID
+            | types::MARIA_GTID
+            | types::TABLE_MAP
+            | types::XID
+            | types::ROWS_QUERY
+            | types::MARIA_ANNOTATE_ROWS => {}
+            types::QUERY => match pitr_mysql::event::decode(ev, ctx) {
+                Ok((_, EventData::Query(q))) => {
+                    let w = q.query.trim();
+                    if !(w.eq_ignore_ascii_case("BEGIN") || w.eq_ignore_ascii_case("COMMIT")) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            },
+            _ => return false,
         }
-        Statement::Bytes(_) => Err(anyhow!(
-            "a logged statement is not valid UTF-8 text; statements in other character sets cannot be replayed yet"
-        )),
     }
+    rows
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! * [`plan`]: backup + segment chain for a target, window checks.
 //! * [`load`]: schema and rows of the backup into the target.
 //! * [`apply`]: archived binlog events as SQL, transaction by transaction.
+//! * `parallel` / `keys`: transactions that change different rows (by
+//!   their unique-key values) applied over several connections at once.
 //!
 //! The target must be a server of the same flavour as the source that does
 //! not hold any of the backup's databases (`--replace` drops them first).
@@ -14,7 +16,9 @@
 //! runs with `gtid_mode=ON`.
 
 pub mod apply;
+mod keys;
 pub mod load;
+mod parallel;
 pub mod plan;
 
 use anyhow::anyhow;
@@ -48,7 +52,7 @@ pub struct MysqlRestoreArgs {
     pub dry_run: bool,
     pub replace: bool,
     pub json: bool,
-    /// Tables loaded at once.
+    /// Tables loaded at once, and connections the binlog is applied over.
     pub parallel: usize,
 }
 
@@ -210,10 +214,14 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
         "loaded {rows} rows; applying the archived binlog to {}",
         p.target
     );
-    let report = apply::apply_log(&repo, &p, &target, manifest, flavor, &params).await?;
+    let report =
+        apply::apply_log(&repo, &p, &target, manifest, flavor, &params, a.parallel).await?;
     eprintln!(
-        "restore complete: {} transactions applied ({} already in the backup), stopped: {}; last applied {}",
+        "restore complete: {} transactions applied over {} connection(s) ({} alone, {} lock retries; {} already in the backup), stopped: {}; last applied {}",
         report.transactions_applied,
+        report.connections,
+        report.transactions_alone,
+        report.lock_retries,
         report.transactions_skipped,
         report.stopped,
         report

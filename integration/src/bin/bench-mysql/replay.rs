@@ -90,6 +90,11 @@ pub struct PitrRun {
     pub server_cpu: f64,
     pub transactions: String,
     pub statements: String,
+    /// Connections the binlog was applied over, transactions that ran alone,
+    /// lock-conflict retries (from the JSON report).
+    pub connections: String,
+    pub alone: String,
+    pub retries: String,
 }
 
 /// The native way into target B.
@@ -114,6 +119,8 @@ pub struct ReplayResult {
     pub backup_at: String,
     pub target_time: String,
     pub pitr: PitrRun,
+    /// The same restore over one connection (`--parallel 1`).
+    pub pitr_serial: PitrRun,
     pub native: NativeRun,
     /// Reference variants of the native pipe (label, run).
     pub variants: Vec<(String, NativeRun)>,
@@ -181,11 +188,26 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
     let a = MySqlServer::start(Flavor::MariaDb)?;
     let b = MySqlServer::start(Flavor::MariaDb)?;
     eprintln!("replay: pitr restore --latest ...");
-    res.pitr = pitr_restore(&repo, &a)?;
+    res.pitr = pitr_restore(&repo, &a, "4")?;
     eprintln!(
         "  {:.1} s (load {:.1} s, apply {:.1} s)",
         res.pitr.total_secs, res.pitr.load_secs, res.pitr.apply_secs
     );
+    let serial = MySqlServer::start(Flavor::MariaDb)?;
+    eprintln!("replay: pitr restore --latest --parallel 1 ...");
+    res.pitr_serial = pitr_restore(&repo, &serial, "1")?;
+    eprintln!(
+        "  {:.1} s (load {:.1} s, apply {:.1} s)",
+        res.pitr_serial.total_secs, res.pitr_serial.load_secs, res.pitr_serial.apply_secs
+    );
+    let got = checksums(&serial, "bench")?;
+    if got != res.checksums {
+        bail!(
+            "checksums differ: source {}, pitr restore --parallel 1 {got}",
+            res.checksums
+        );
+    }
+    drop(serial);
 
     eprintln!(
         "replay: native: base via pitr restore --to-position {} ...",
@@ -308,13 +330,21 @@ fn wait_archived(src: &MySqlServer, repo: &Path, archiver: &mut Bg) -> Result<()
     })
 }
 
-/// Times `pitr restore --latest` into `a`, splitting load and apply at the stderr line
-/// that ends the load.
-fn pitr_restore(repo: &Path, a: &MySqlServer) -> Result<PitrRun> {
+/// Times `pitr restore --latest --parallel N` into `a`, splitting load and apply at the
+/// stderr line that ends the load.
+fn pitr_restore(repo: &Path, a: &MySqlServer, parallel: &str) -> Result<PitrRun> {
     let t0 = Instant::now();
     let mut child = pitr(
         repo,
-        &["restore", "--latest", "--target", &a.url(), "--json"],
+        &[
+            "restore",
+            "--latest",
+            "--target",
+            &a.url(),
+            "--parallel",
+            parallel,
+            "--json",
+        ],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -374,6 +404,9 @@ fn pitr_restore(repo: &Path, a: &MySqlServer) -> Result<PitrRun> {
         server_cpu: server_cpu - server_cpu0,
         transactions: json_field(&json, "transactions_applied").unwrap_or_default(),
         statements: json_field(&json, "statements").unwrap_or_default(),
+        connections: json_field(&json, "connections").unwrap_or_default(),
+        alone: json_field(&json, "transactions_alone").unwrap_or_default(),
+        retries: json_field(&json, "lock_retries").unwrap_or_default(),
     })
 }
 
