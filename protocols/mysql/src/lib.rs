@@ -7,6 +7,8 @@
 //!   authentication, queries, replication commands).
 //! * [`event`]: sans-IO decoders for the events indexing needs (FORMAT_DESCRIPTION,
 //!   ROTATE, GTIDs of both flavours, XID, QUERY, TABLE_MAP, rows, ...).
+//! * [`rows`]: sans-IO decoding of TABLE_MAP events and of rows events into
+//!   row images and column values (for comparing primary / unique keys).
 //! * [`txn`]: sans-IO transaction-boundary tracker (safe segment cut points
 //!   and commit times).
 //! * [`replay`] / [`status_vars`]: binlog events as SQL statements that apply
@@ -23,6 +25,7 @@ pub mod file;
 pub mod gtid;
 pub mod pos;
 pub mod replay;
+pub mod rows;
 pub mod status_vars;
 pub mod txn;
 
