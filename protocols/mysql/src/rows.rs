@@ -164,14 +164,12 @@ fn event_body<'a>(ev: &'a [u8], ctx: &DecodeCtx) -> Result<(u8, &'a [u8]), Decod
     let h = EventHeader::parse(ev)?;
     let t = h.type_code;
     if ev.len() != h.event_size as usize {
-        return Err(DecodeError::new(
-            t,
-            format!(
-                "event_size says {} bytes but {} were given",
-                h.event_size,
-                ev.len()
-            ),
-        ));
+        let msg = format!(
+            "event_size is {} but {} bytes given",
+            h.event_size,
+            ev.len()
+        );
+        return Err(DecodeError::new(t, msg));
     }
     let end = if ctx.checksum {
         ev.len()
@@ -335,26 +333,18 @@ impl<'a> RowsEvent<'a> {
     /// (see [`Images::next_into`]); same checks as [`RowsEvent::images`].
     pub fn image_iter(&self, map: &TableMap) -> Result<Images<'a>, DecodeError> {
         let t = self.type_code;
-        if map.table_id != self.table_id {
-            return Err(DecodeError::new(
-                t,
-                format!(
-                    "rows event of table id {} given the TABLE_MAP of table id {}",
-                    self.table_id, map.table_id
-                ),
-            ));
-        }
-        if map.columns.len() != self.column_count {
-            return Err(DecodeError::new(
-                t,
-                format!(
-                    "rows event has {} columns but the TABLE_MAP of `{}`.`{}` has {}",
-                    self.column_count,
-                    map.db,
-                    map.table,
-                    map.columns.len()
-                ),
-            ));
+        if map.table_id != self.table_id || map.columns.len() != self.column_count {
+            let msg = format!(
+                "rows event of table id {} with {} columns given the TABLE_MAP of `{}`.`{}`: \
+                 table id {}, {} columns",
+                self.table_id,
+                self.column_count,
+                map.db,
+                map.table,
+                map.table_id,
+                map.columns.len()
+            );
+            return Err(DecodeError::new(t, msg));
         }
         let widths = map
             .columns
@@ -412,19 +402,16 @@ impl<'a> Images<'a> {
         }
         let which = usize::from(self.update && self.index % 2 == 1);
         let (present, npresent) = (self.present[which], self.present_count[which]);
-        match self.decode_image(present, npresent, cells) {
-            Ok(end) if end > self.pos => {
+        let decoded = self.decode_image(present, npresent, cells).and_then(|end| {
+            (end > self.pos).then_some(end).ok_or_else(|| {
+                DecodeError::new(t, "image without present columns cannot be delimited")
+            })
+        });
+        match decoded {
+            Ok(end) => {
                 self.pos = end;
                 self.index += 1;
                 Ok(true)
-            }
-            Ok(_) => {
-                self.failed = true;
-                cells.clear();
-                Err(DecodeError::new(
-                    t,
-                    "image without present columns cannot be delimited",
-                ))
             }
             Err(e) => {
                 self.failed = true;
