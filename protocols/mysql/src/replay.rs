@@ -15,7 +15,8 @@
 //!   character sets, time zone, `lc_time_names`, `collation_database`, and
 //!   the MySQL-only variables), each only when it changed, then `use db` and
 //!   the statement bytes unchanged;
-//! * GTID events: MariaDB `SET @@session.gtid_domain_id/server_id/gtid_seq_no`
+//! * GTID events: MariaDB `SET @@session.gtid_domain_id, server_id, gtid_seq_no`
+//!   (one statement)
 //!   plus `START TRANSACTION` for a transactional group; MySQL
 //!   `SET @@SESSION.GTID_NEXT='uuid:n'` (reset to `AUTOMATIC` after the
 //!   group) — both only when GTIDs are preserved; otherwise MySQL gets
@@ -53,35 +54,53 @@ const USER_VAR_EVENT: u8 = 14;
 /// Standard base64 (with padding) in lines of 76 characters, as the binlog
 /// tools print `BINLOG` statements.
 pub fn base64_lines(data: &[u8]) -> String {
+    let mut out = Vec::with_capacity(base64_lines_len(data.len()));
+    base64_lines_into(data, &mut out);
+    // Only ASCII was written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Length of [`base64_lines`] for `n` input bytes.
+fn base64_lines_len(n: usize) -> usize {
+    let lines = n.div_ceil(57);
+    n.div_ceil(3) * 4 + lines.saturating_sub(1)
+}
+
+/// Appends [`base64_lines`] of `data` to `out`.
+fn base64_lines_into(data: &[u8], out: &mut Vec<u8>) {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len() * 4 / 3 + data.len() / 57 + 8);
-    for (i, chunk) in data.chunks(57).enumerate() {
+    let sym = |n: u32, shift: u32| A[((n >> shift) & 63) as usize];
+    for (i, line) in data.chunks(57).enumerate() {
         if i > 0 {
-            out.push('\n');
+            out.push(b'\n');
         }
-        for c in chunk.chunks(3) {
-            let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-            out.push(char::from(A[(n >> 18) as usize & 63]));
-            out.push(char::from(A[(n >> 12) as usize & 63]));
-            out.push(if c.len() > 1 {
-                char::from(A[(n >> 6) as usize & 63])
-            } else {
-                '='
-            });
-            out.push(if c.len() > 2 {
-                char::from(A[n as usize & 63])
-            } else {
-                '='
-            });
+        let mut groups = line.chunks_exact(3);
+        for c in &mut groups {
+            let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+            out.extend_from_slice(&[sym(n, 18), sym(n, 12), sym(n, 6), sym(n, 0)]);
+        }
+        match *groups.remainder() {
+            [a] => {
+                let n = u32::from(a) << 16;
+                out.extend_from_slice(&[sym(n, 18), sym(n, 12), b'=', b'=']);
+            }
+            [a, b] => {
+                let n = u32::from(a) << 16 | u32::from(b) << 8;
+                out.extend_from_slice(&[sym(n, 18), sym(n, 12), sym(n, 6), b'=']);
+            }
+            _ => {}
         }
     }
-    out
 }
 
 /// `BINLOG '<base64 of events>'`.
 pub fn binlog_statement(events: &[u8]) -> String {
-    format!("BINLOG '\n{}\n'", base64_lines(events))
+    let mut out = Vec::with_capacity(base64_lines_len(events.len()) + 12);
+    out.extend_from_slice(b"BINLOG '\n");
+    base64_lines_into(events, &mut out);
+    out.extend_from_slice(b"\n'");
+    // Only ASCII was written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Backtick-quotes an identifier.
@@ -360,16 +379,8 @@ impl SqlReplayer {
             EventData::MariaGtid(g) => {
                 if self.preserve_gtids {
                     out.push(Statement::Text(format!(
-                        "SET @@session.gtid_domain_id={}",
-                        g.gtid.domain
-                    )));
-                    out.push(Statement::Text(format!(
-                        "SET @@session.server_id={}",
-                        g.gtid.server
-                    )));
-                    out.push(Statement::Text(format!(
-                        "SET @@session.gtid_seq_no={}",
-                        g.gtid.seq
+                        "SET @@session.gtid_domain_id={}, @@session.server_id={}, @@session.gtid_seq_no={}",
+                        g.gtid.domain, g.gtid.server, g.gtid.seq
                     )));
                 }
                 if !g.is_standalone() {

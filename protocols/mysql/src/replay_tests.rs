@@ -111,6 +111,12 @@ fn base64_matches_rfc4648_vectors_and_wraps() {
     assert!(enc.lines().all(|l| l.len() <= 76));
     assert_eq!(enc.lines().count(), 1000usize.div_ceil(57));
     assert_eq!(unbase64(&enc), data);
+    for n in 0..400 {
+        let enc = base64_lines(&data[..n]);
+        assert_eq!(enc.len(), base64_lines_len(n), "{n}");
+        assert_eq!(unbase64(&enc), &data[..n], "{n}");
+        assert_eq!(binlog_statement(&data[..n]), format!("BINLOG '\n{enc}\n'"));
+    }
 }
 
 #[test]
@@ -124,9 +130,7 @@ fn rows_statement_carries_fde_once_then_table_map_and_rows() {
     assert_eq!(
         gtid,
         [
-            "SET @@session.gtid_domain_id=0",
-            "SET @@session.server_id=3",
-            "SET @@session.gtid_seq_no=42",
+            "SET @@session.gtid_domain_id=0, @@session.server_id=3, @@session.gtid_seq_no=42",
             "START TRANSACTION"
         ]
     );

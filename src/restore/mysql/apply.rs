@@ -457,6 +457,7 @@ async fn produce(
         let file = binlog_file
             .with_sequence(start.hi)
             .ok_or_else(|| anyhow!("cannot name binlog file {} after {binlog_file}", start.hi))?;
+        let payload = Bytes::from(payload);
         for (off, ev) in split_events(&payload, start)? {
             let header = EventHeader::parse(ev).map_err(|e| anyhow!("at {file}:{off}: {e}"))?;
             rep.events += 1;
@@ -472,7 +473,7 @@ async fn produce(
                 }
             }
             let raw = RawEvent {
-                bytes: Bytes::copy_from_slice(ev),
+                bytes: payload.slice_ref(ev),
                 header,
                 next_pos: BinlogPos {
                     file: file.clone(),

@@ -30,7 +30,7 @@ use pitr_integration::{mysql, Flavor, MySqlServer};
 use report::{Machine, Settings};
 
 const USAGE: &str = "usage: bench-mysql [--replay-mb N] [--seconds N] [--clients N] \
-[--only replay|archive] [--no-variants] [--no-write] [--out FILE]";
+[--only replay|archive] [--no-variants] [--no-write] [--out FILE] [--more-parallel N,N...]";
 
 fn main() {
     if let Err(e) = run() {
@@ -49,6 +49,7 @@ fn parse_args() -> Result<Settings> {
         variants: true,
         write: true,
         out: pitr_integration::workspace_dir().join("BENCHMARKS.md"),
+        more_parallel: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -68,6 +69,12 @@ fn parse_args() -> Result<Settings> {
             "--no-write" => s.write = false,
             "--no-variants" => s.variants = false,
             "--out" => s.out = PathBuf::from(val()?),
+            "--more-parallel" => {
+                s.more_parallel = val()?
+                    .split(',')
+                    .map(|n| n.trim().parse::<u16>().context("--more-parallel"))
+                    .collect::<Result<_>>()?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

@@ -121,6 +121,8 @@ pub struct ReplayResult {
     pub pitr: PitrRun,
     /// The same restore over one connection (`--parallel 1`).
     pub pitr_serial: PitrRun,
+    /// The same restore with the `--more-parallel` values.
+    pub pitr_more: Vec<(u16, PitrRun)>,
     pub native: NativeRun,
     /// Reference variants of the native pipe (label, run).
     pub variants: Vec<(String, NativeRun)>,
@@ -208,6 +210,20 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
         );
     }
     drop(serial);
+    for n in &s.more_parallel {
+        let t = MySqlServer::start(Flavor::MariaDb)?;
+        eprintln!("replay: pitr restore --latest --parallel {n} ...");
+        let run = pitr_restore(&repo, &t, &n.to_string())?;
+        eprintln!("  apply {:.1} s", run.apply_secs);
+        let got = checksums(&t, "bench")?;
+        if got != res.checksums {
+            bail!(
+                "checksums differ: source {}, pitr restore --parallel {n} {got}",
+                res.checksums
+            );
+        }
+        res.pitr_more.push((*n, run));
+    }
 
     eprintln!(
         "replay: native: base via pitr restore --to-position {} ...",

@@ -28,6 +28,8 @@ pub struct Settings {
     pub variants: bool,
     pub write: bool,
     pub out: PathBuf,
+    /// Further `pitr restore --parallel` values to run (beside 4 and 1).
+    pub more_parallel: Vec<u16>,
 }
 
 /// Facts about where the numbers were taken.
@@ -164,7 +166,14 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
     for (label, p) in [
         ("pitr restore --latest (A, 4 connections)", p),
         ("pitr restore --latest --parallel 1 (A1)", &r.pitr_serial),
-    ] {
+    ]
+    .into_iter()
+    .map(|(l, p)| (l.to_string(), p))
+    .chain(
+        r.pitr_more
+            .iter()
+            .map(|(n, p)| (format!("pitr restore --latest --parallel {n}"), p)),
+    ) {
         let _ = writeln!(
             o,
             "| {label} | {:.1} | (in apply) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
