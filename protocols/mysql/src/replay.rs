@@ -6,7 +6,9 @@
 //! * row events: the current FORMAT_DESCRIPTION once per session (before
 //!   the next transaction starts) as `BINLOG '<base64>'`, then one `BINLOG '<base64>'` per statement holding
 //!   its TABLE_MAP events and rows events up to the one flagged
-//!   `STMT_END_F` (the server decodes and applies them itself). A statement
+//!   `STMT_END_F` (the server decodes and applies them itself; with
+//!   [`SqlReplayer::merge_row_statements`] consecutive small statements of
+//!   one transaction share one `BINLOG`). A statement
 //!   is never split: servers drop their table maps at the end of each
 //!   `BINLOG` statement (MariaDB then silently ignores the orphan rows
 //!   events), so the target's `max_allowed_packet` must hold the largest one;
@@ -165,6 +167,10 @@ pub struct SqlReplayer {
     /// when transactions are spread over several).
     fde_external: bool,
     rows: Vec<u8>,
+    /// Whole statements' row events of the current transaction not sent
+    /// yet, and the size up to which they are gathered into one `BINLOG`.
+    merged: Vec<u8>,
+    merge_limit: usize,
     session: Session,
     in_group: bool,
     gtid_next_set: bool,
@@ -180,6 +186,8 @@ impl SqlReplayer {
             fde_sent: false,
             fde_external: false,
             rows: Vec::new(),
+            merged: Vec::new(),
+            merge_limit: 0,
             session: Session::default(),
             in_group: false,
             gtid_next_set: false,
@@ -214,6 +222,17 @@ impl SqlReplayer {
     pub fn external_format_description(&mut self) {
         self.fde_external = true;
         self.fde_sent = true;
+    }
+
+    /// Gathers the row events of consecutive statements of one transaction
+    /// into one `BINLOG` statement while they hold at most `limit` bytes
+    /// (each statement's events still end with their `STMT_END_F` rows
+    /// event, where the server closes the statement's tables; one statement
+    /// bigger than `limit` is sent alone, as without gathering). Fewer,
+    /// larger statements cost the target less to parse. 0: one `BINLOG`
+    /// per statement.
+    pub fn merge_row_statements(&mut self, limit: usize) {
+        self.merge_limit = limit;
     }
 
     /// Forgets the session state set so far: the next QUERY event gets its
@@ -264,7 +283,7 @@ impl SqlReplayer {
                     .map(|b| u16::from_le_bytes([b[0], b[1]]))
                     .ok_or_else(|| DecodeError::new(t, "rows event too short for its flags"))?;
                 if flags & STMT_END_F != 0 {
-                    self.flush_rows(&mut out)?;
+                    self.end_statement(&mut out)?;
                 }
             }
             types::QUERY | types::MARIA_QUERY_COMPRESSED => self.query(ev, &mut out)?,
@@ -344,8 +363,34 @@ impl SqlReplayer {
         Ok(out)
     }
 
+    /// A statement's last rows event was seen: gather or send its events.
+    fn end_statement(&mut self, out: &mut Vec<Statement>) -> Result<(), DecodeError> {
+        if self.merge_limit == 0 || !self.in_group {
+            return self.flush_rows(out);
+        }
+        if !self.merged.is_empty() && self.merged.len() + self.rows.len() > self.merge_limit {
+            let merged = std::mem::take(&mut self.merged);
+            self.emit_rows(&merged, out)?;
+        }
+        self.merged.append(&mut self.rows);
+        if self.merged.len() >= self.merge_limit {
+            let merged = std::mem::take(&mut self.merged);
+            self.emit_rows(&merged, out)?;
+        }
+        Ok(())
+    }
+
+    /// Sends every row event held (gathered statements, then a statement
+    /// without its end).
     fn flush_rows(&mut self, out: &mut Vec<Statement>) -> Result<(), DecodeError> {
-        if self.rows.is_empty() {
+        let merged = std::mem::take(&mut self.merged);
+        self.emit_rows(&merged, out)?;
+        let rows = std::mem::take(&mut self.rows);
+        self.emit_rows(&rows, out)
+    }
+
+    fn emit_rows(&mut self, rows: &[u8], out: &mut Vec<Statement>) -> Result<(), DecodeError> {
+        if rows.is_empty() {
             return Ok(());
         }
         if !self.fde_sent {
@@ -358,8 +403,7 @@ impl SqlReplayer {
             out.push(Statement::Text(binlog_statement(fde)));
             self.fde_sent = true;
         }
-        out.push(Statement::Text(binlog_statement(&self.rows)));
-        self.rows.clear();
+        out.push(Statement::Text(binlog_statement(rows)));
         Ok(())
     }
 

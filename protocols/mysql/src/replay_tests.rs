@@ -274,3 +274,51 @@ fn rows_without_fde_is_an_error() {
     let mut r = SqlReplayer::new(Flavor::MariaDb, false);
     assert!(r.event(&rows(types::WRITE_ROWS_V1, STMT_END_F)).is_err());
 }
+
+#[test]
+fn small_row_statements_of_a_transaction_share_one_binlog() {
+    let body = |s: &str| {
+        unbase64(
+            s.strip_prefix("BINLOG '")
+                .unwrap()
+                .strip_suffix('\'')
+                .unwrap(),
+        )
+    };
+    let tm = build(types::TABLE_MAP, 1, &[5, 0, 0, 0, 0, 0, 1, 0]);
+    let end = rows(types::WRITE_ROWS_V1, STMT_END_F);
+    let stmt = [tm.clone(), end.clone()].concat();
+    // Room for two statements: three statements give two BINLOGs, the
+    // first with two whole statements, each still ending in STMT_END_F.
+    let mut r = SqlReplayer::new(Flavor::MariaDb, false);
+    r.format_description(&fde("10.11.6-MariaDB")).unwrap();
+    r.external_format_description();
+    r.merge_row_statements(2 * stmt.len());
+    assert_eq!(texts(r.event(&maria_gtid(1, 0)).unwrap()), ["START TRANSACTION"]);
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        r.event(&tm).unwrap();
+        sent.extend(texts(r.event(&end).unwrap()));
+    }
+    sent.extend(texts(
+        r.event(&build(types::XID, 1, &7u64.to_le_bytes())).unwrap(),
+    ));
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(body(&sent[0]), [stmt.clone(), stmt.clone()].concat());
+    assert_eq!(body(&sent[1]), stmt);
+    assert_eq!(sent[2], "COMMIT");
+    // A statement bigger than the limit goes alone, unsplit.
+    r.merge_row_statements(stmt.len() - 1);
+    r.event(&maria_gtid(2, 0)).unwrap();
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        r.event(&tm).unwrap();
+        sent.extend(texts(r.event(&end).unwrap()));
+    }
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|s| body(s) == stmt));
+    // Without gathering: one BINLOG per statement, as before.
+    r.merge_row_statements(0);
+    r.event(&tm).unwrap();
+    assert_eq!(texts(r.event(&end).unwrap()).len(), 1);
+}

@@ -226,6 +226,9 @@ pub async fn apply_log(
     }
     conn.shutdown().await;
     replayer.external_format_description();
+    // Small statements of a transaction share one BINLOG statement, well
+    // inside the packet limit (base64 adds a third).
+    replayer.merge_row_statements((max_packet / 4).min(1 << 20));
 
     if let Some(k) = &plan.fde_segment {
         let (start, payload) = fetch(repo.clone(), k.clone()).await?;
@@ -335,7 +338,8 @@ impl Body {
                     .map(|(o, s)| {
                         (
                             o,
-                            String::from_utf8_lossy(s.as_bytes())
+                            // 200 characters are at most 800 bytes.
+                            String::from_utf8_lossy(&s.as_bytes()[..s.as_bytes().len().min(800)])
                                 .chars()
                                 .take(200)
                                 .collect(),

@@ -20,7 +20,8 @@
 //! index, a foreign key (either side), a non-InnoDB engine, a prefix,
 //! expression, float, text/blob or JSON key column, a column count other
 //! than the TABLE_MAP's, or when an image lacks a key column (minimal row
-//! images) or cannot be decoded.
+//! images) or cannot be decoded, and when it changes more than
+//! [`MAX_KEYS`] key values.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -32,6 +33,10 @@ use pitr_mysql::event::{types, DecodeCtx, EventHeader};
 use pitr_mysql::rows::{decode_rows, decode_table_map, Cell, TableMap};
 
 use crate::backup::mysql::dump::{q, sql_str};
+
+/// Key hashes kept for one transaction; a bigger one runs alone (its
+/// writeset would cost more memory than its parallelism is worth).
+const MAX_KEYS: usize = 1 << 18;
 
 /// How a key column's value is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +120,9 @@ impl KeyCache {
                     let mut cells = Vec::with_capacity(*columns);
                     while images.next_into(&mut cells).ok()? {
                         image_keys(*table, uniques, &cells, &mut out)?;
+                    }
+                    if out.len() > MAX_KEYS {
+                        return None;
                     }
                 }
                 // Only row-change transactions come here (see `apply`):

@@ -29,6 +29,7 @@
 //! out of the statements.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -149,7 +150,29 @@ impl Shared {
 /// The last transaction that changed each key hash.
 #[derive(Default)]
 struct Writers {
-    last: HashMap<u64, u64>,
+    last: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
+    /// Size above which finished writers are dropped.
+    limit: usize,
+}
+
+/// The keys are hashes already: used as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Writers {
@@ -166,8 +189,10 @@ impl Writers {
         }
         deps.sort_unstable();
         deps.dedup();
-        if self.last.len() > WRITERS_LIMIT {
+        if self.last.len() > self.limit.max(WRITERS_LIMIT) {
             self.last.retain(|_, w| *w >= below);
+            // Unfinished writers stay: prune again only after as many more.
+            self.limit = 2 * self.last.len();
         }
         deps
     }
