@@ -262,6 +262,32 @@ fn parallel_apply(f: Flavor) {
         "gtid mid, 4 connections",
     );
 
+    // --skip-target-binlog: the same contents; the target's binlog and GTID
+    // state record none of the source's transactions.
+    let quiet = MySqlServer::start(f).unwrap();
+    ok(&pitr(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--latest",
+        "--target",
+        &quiet.url(),
+        "--skip-target-binlog",
+    ]));
+    same(&contents(&quiet), &end, "latest, --skip-target-binlog");
+    let quiet_gtids = gtid_state(&quiet);
+    for want in end_gtid.split(',') {
+        let source = match f {
+            Flavor::MariaDb => want.rsplit_once('-').unwrap().0,
+            Flavor::MySql => want.split_once(':').unwrap().0,
+        };
+        assert!(
+            !quiet_gtids.contains(source),
+            "{quiet_gtids} records {want} although the target was told not to binlog"
+        );
+    }
+    drop(quiet);
+
     // One connection: the same result, nothing runs alone or in parallel.
     let one = restore(f, &repo, &["--latest"], "1", &end, "latest, 1 connection");
     assert_eq!(one["connections"], 1, "{one}");

@@ -76,6 +76,11 @@ pub struct RestoreArgs {
     /// the same time); 1 applies one transaction after another.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
+    /// MySQL/MariaDB: the target does not write the restore to its own
+    /// binlog (SET SESSION sql_log_bin=0; faster): its binlog and GTID state
+    /// then record nothing of the restored transactions.
+    #[arg(long)]
+    pub skip_target_binlog: bool,
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
@@ -102,6 +107,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             replace: args.replace,
             json: args.json,
             parallel: usize::from(args.parallel),
+            skip_binlog: args.skip_target_binlog,
         })
         .await;
     }

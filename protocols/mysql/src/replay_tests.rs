@@ -294,7 +294,10 @@ fn small_row_statements_of_a_transaction_share_one_binlog() {
     r.format_description(&fde("10.11.6-MariaDB")).unwrap();
     r.external_format_description();
     r.merge_row_statements(2 * stmt.len());
-    assert_eq!(texts(r.event(&maria_gtid(1, 0)).unwrap()), ["START TRANSACTION"]);
+    assert_eq!(
+        texts(r.event(&maria_gtid(1, 0)).unwrap()),
+        ["START TRANSACTION"]
+    );
     let mut sent = Vec::new();
     for _ in 0..3 {
         r.event(&tm).unwrap();

@@ -70,6 +70,15 @@ pub struct ApplyReport {
     pub lock_retries: u64,
 }
 
+/// How to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Connections transactions are applied over (1: one after another).
+    pub connections: usize,
+    /// `SET SESSION sql_log_bin=0` on the target.
+    pub skip_binlog: bool,
+}
+
 /// Fetches and decodes a segment: (start, payload).
 async fn fetch(repo: Repo, key: String) -> anyhow::Result<(LogPos, Vec<u8>)> {
     let sk = SegmentKey::parse(&key).map_err(|e| anyhow!("{e}"))?;
@@ -148,13 +157,18 @@ pub async fn apply_log(
     backup: &MysqlManifest,
     flavor: Flavor,
     params: &ConnParams,
-    connections: usize,
+    opts: ApplyOptions,
 ) -> anyhow::Result<ApplyReport> {
+    let ApplyOptions {
+        connections,
+        skip_binlog: no_binlog,
+    } = opts;
     let binlog_file = &BinlogFile::new(backup.binlog_file.clone());
     let backup_gtid = backup.gtid.as_str();
     let source_system_id = backup.system_id.as_str();
     let mut rep = ApplyReport::default();
-    let mut replayer = SqlReplayer::new(flavor, true);
+    // Without the target's binlog there are no GTIDs to keep.
+    let mut replayer = SqlReplayer::new(flavor, !no_binlog);
     let goal = match target {
         MysqlTarget::MariaGtid(g) => GtidGoal::Maria(g.clone()),
         MysqlTarget::MysqlGtid(g) => GtidGoal::Mysql(g.clone()),
@@ -180,7 +194,7 @@ pub async fn apply_log(
             .await?
             .and_then(|v| v.parse().ok())
             .unwrap_or(usize::MAX);
-    if flavor == Flavor::MySql {
+    if flavor == Flavor::MySql && !no_binlog {
         // GTID_NEXT needs gtid_mode=ON on the target, and a target that already
         // executed GTIDs of the source would silently skip those transactions:
         // then let the target assign its own GTIDs.
@@ -211,7 +225,7 @@ pub async fn apply_log(
         replayer = SqlReplayer::new(flavor, on && !seen);
     }
     let mut connections = connections.max(1);
-    if flavor == Flavor::MariaDb && connections > 1 {
+    if flavor == Flavor::MariaDb && connections > 1 && !no_binlog {
         // Transactions committed out of log order would give a binlogging
         // target with gtid_strict_mode out-of-order sequence numbers.
         let strict =
@@ -267,7 +281,17 @@ pub async fn apply_log(
     };
     // The consumer owns the receiver: when applying fails, dropping it
     // releases a producer waiting for room in the queue.
-    let consumer = super::parallel::run(rx, params, connections, max_packet, flavor, &mut rep);
+    let consumer = super::parallel::run(
+        rx,
+        params,
+        super::parallel::Settings {
+            connections,
+            max_packet,
+            flavor,
+            no_binlog,
+        },
+        &mut rep,
+    );
     let ((), applied) = tokio::join!(producer, consumer);
     applied?;
     rep.events = prod.events;

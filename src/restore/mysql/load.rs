@@ -22,8 +22,20 @@ use crate::backup::mysql::dump::{q, sql_str};
 use crate::backup::mysql::manifest::{MysqlManifest, Schema, Stream};
 use crate::storage::Repo;
 
+/// `SET SESSION sql_log_bin=0`, with a plain error when the target's user
+/// may not do it.
+pub async fn skip_binlog(conn: &mut Conn) -> anyhow::Result<()> {
+    conn.query("SET SESSION sql_log_bin=0").await.map_err(|e| {
+        anyhow!("the target refused SET SESSION sql_log_bin=0 ({e}); --skip-target-binlog needs the SUPER or BINLOG ADMIN privilege (MariaDB) or SYSTEM_VARIABLES_ADMIN (MySQL)")
+    })?;
+    Ok(())
+}
+
 /// Session settings for loading.
-pub async fn load_session(conn: &mut Conn) -> anyhow::Result<()> {
+pub async fn load_session(conn: &mut Conn, no_binlog: bool) -> anyhow::Result<()> {
+    if no_binlog {
+        skip_binlog(conn).await?;
+    }
     for s in [
         "SET SESSION sql_mode='NO_AUTO_VALUE_ON_ZERO'",
         "SET SESSION time_zone='+00:00'",
@@ -154,13 +166,14 @@ pub async fn load_backup(
     m: &MysqlManifest,
     params: &ConnParams,
     parallel: usize,
+    no_binlog: bool,
 ) -> anyhow::Result<u64> {
     let schema = read_schema(repo, key, m).await?;
     let timeout = std::time::Duration::from_secs(15);
     let mut conn = Conn::connect(params, timeout)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    load_session(&mut conn).await?;
+    load_session(&mut conn, no_binlog).await?;
     for db in &schema.databases {
         exec(&mut conn, &db.create, &format!("database {}", db.name)).await?;
         q(&mut conn, &format!("use {}", quote_ident(&db.name))).await?;
@@ -188,7 +201,7 @@ pub async fn load_backup(
             let mut c = Conn::connect(&params, timeout)
                 .await
                 .map_err(|e| anyhow!("{e}"))?;
-            load_session(&mut c).await?;
+            load_session(&mut c, no_binlog).await?;
             let mut rows = 0u64;
             loop {
                 let t = queue.lock().await.pop_front();

@@ -13,7 +13,9 @@
 //! not hold any of the backup's databases (`--replace` drops them first).
 //! MariaDB transactions keep their GTIDs (`gtid_domain_id`/`server_id`/
 //! `gtid_seq_no` are set per transaction); on MySQL they do when the target
-//! runs with `gtid_mode=ON`.
+//! runs with `gtid_mode=ON`. With `--skip-target-binlog` the target writes
+//! neither the load nor the replayed transactions to its binlog
+//! (`sql_log_bin=0`), so its binlog and GTID state record nothing of them.
 
 pub mod apply;
 mod keys;
@@ -54,6 +56,8 @@ pub struct MysqlRestoreArgs {
     pub json: bool,
     /// Tables loaded at once, and connections the binlog is applied over.
     pub parallel: usize,
+    /// `--skip-target-binlog`: the target does not binlog the restore.
+    pub skip_binlog: bool,
 }
 
 /// Parses the target options; `flavor` decides the GTID syntax.
@@ -209,13 +213,32 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
         manifest.tables.len(),
         pitr_mysql::redact_url(&url)
     );
-    let rows = load::load_backup(&repo, key, manifest, &params, a.parallel.max(1)).await?;
+    let rows = load::load_backup(
+        &repo,
+        key,
+        manifest,
+        &params,
+        a.parallel.max(1),
+        a.skip_binlog,
+    )
+    .await?;
     eprintln!(
         "loaded {rows} rows; applying the archived binlog to {}",
         p.target
     );
-    let report =
-        apply::apply_log(&repo, &p, &target, manifest, flavor, &params, a.parallel).await?;
+    let report = apply::apply_log(
+        &repo,
+        &p,
+        &target,
+        manifest,
+        flavor,
+        &params,
+        apply::ApplyOptions {
+            connections: a.parallel,
+            skip_binlog: a.skip_binlog,
+        },
+    )
+    .await?;
     eprintln!(
         "restore complete: {} transactions applied over {} connection(s) ({} alone, {} lock retries; {} already in the backup), stopped: {}; last applied {}",
         report.transactions_applied,

@@ -198,24 +198,39 @@ impl Writers {
     }
 }
 
+/// How to apply.
+pub(super) struct Settings {
+    pub(super) connections: usize,
+    pub(super) max_packet: usize,
+    pub(super) flavor: Flavor,
+    /// `SET SESSION sql_log_bin=0` on every connection.
+    pub(super) no_binlog: bool,
+}
+
 /// Executes the transactions from `rx` on `connections` connections (see
 /// the module docs); counts into `rep`.
 pub(super) async fn run(
     mut rx: mpsc::Receiver<Item>,
     params: &ConnParams,
-    connections: usize,
-    max_packet: usize,
-    flavor: Flavor,
+    settings: Settings,
     rep: &mut ApplyReport,
 ) -> anyhow::Result<()> {
+    let Settings {
+        connections,
+        max_packet,
+        flavor,
+        no_binlog,
+    } = settings;
     let n = connections.max(1);
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        conns.push(
-            Conn::connect_multi_statements(params, Duration::from_secs(15))
-                .await
-                .map_err(|e| anyhow!("{e}"))?,
-        );
+        let mut c = Conn::connect_multi_statements(params, Duration::from_secs(15))
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        if no_binlog {
+            super::load::skip_binlog(&mut c).await?;
+        }
+        conns.push(c);
     }
     let keys = if n > 1 {
         Some(KeyCache::new(

@@ -123,6 +123,8 @@ pub struct ReplayResult {
     pub pitr_serial: PitrRun,
     /// The same restore with the `--more-parallel` values.
     pub pitr_more: Vec<(u16, PitrRun)>,
+    /// With `--skip-target-binlog` (with the variants).
+    pub pitr_no_binlog: Option<PitrRun>,
     pub native: NativeRun,
     /// Reference variants of the native pipe (label, run).
     pub variants: Vec<(String, NativeRun)>,
@@ -190,14 +192,14 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
     let a = MySqlServer::start(Flavor::MariaDb)?;
     let b = MySqlServer::start(Flavor::MariaDb)?;
     eprintln!("replay: pitr restore --latest ...");
-    res.pitr = pitr_restore(&repo, &a, "4")?;
+    res.pitr = pitr_restore(&repo, &a, "4", &[])?;
     eprintln!(
         "  {:.1} s (load {:.1} s, apply {:.1} s)",
         res.pitr.total_secs, res.pitr.load_secs, res.pitr.apply_secs
     );
     let serial = MySqlServer::start(Flavor::MariaDb)?;
     eprintln!("replay: pitr restore --latest --parallel 1 ...");
-    res.pitr_serial = pitr_restore(&repo, &serial, "1")?;
+    res.pitr_serial = pitr_restore(&repo, &serial, "1", &[])?;
     eprintln!(
         "  {:.1} s (load {:.1} s, apply {:.1} s)",
         res.pitr_serial.total_secs, res.pitr_serial.load_secs, res.pitr_serial.apply_secs
@@ -213,7 +215,7 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
     for n in &s.more_parallel {
         let t = MySqlServer::start(Flavor::MariaDb)?;
         eprintln!("replay: pitr restore --latest --parallel {n} ...");
-        let run = pitr_restore(&repo, &t, &n.to_string())?;
+        let run = pitr_restore(&repo, &t, &n.to_string(), &[])?;
         eprintln!("  apply {:.1} s", run.apply_secs);
         let got = checksums(&t, "bench")?;
         if got != res.checksums {
@@ -279,6 +281,19 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
     // Reference variants of the native pipe: what the target's own binlog and its
     // per-commit log flush cost (where a faster apply would have to save).
     if s.variants {
+        let t = MySqlServer::start(Flavor::MariaDb)?;
+        eprintln!("replay: pitr restore --latest --skip-target-binlog ...");
+        let run = pitr_restore(&repo, &t, "4", &["--skip-target-binlog"])?;
+        eprintln!("  apply {:.1} s", run.apply_secs);
+        let got = checksums(&t, "bench")?;
+        if got != res.checksums {
+            bail!(
+                "checksums differ: source {}, pitr restore --skip-target-binlog {got}",
+                res.checksums
+            );
+        }
+        res.pitr_no_binlog = Some(run);
+        drop(t);
         let variants: [(&str, &[&str], &str); 2] = [
             (
                 "mariadb-binlog --disable-log-bin \\| mariadb (target writes no binlog)",
@@ -348,24 +363,24 @@ fn wait_archived(src: &MySqlServer, repo: &Path, archiver: &mut Bg) -> Result<()
 
 /// Times `pitr restore --latest --parallel N` into `a`, splitting load and apply at the
 /// stderr line that ends the load.
-fn pitr_restore(repo: &Path, a: &MySqlServer, parallel: &str) -> Result<PitrRun> {
+fn pitr_restore(repo: &Path, a: &MySqlServer, parallel: &str, extra: &[&str]) -> Result<PitrRun> {
     let t0 = Instant::now();
-    let mut child = pitr(
-        repo,
-        &[
-            "restore",
-            "--latest",
-            "--target",
-            &a.url(),
-            "--parallel",
-            parallel,
-            "--json",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .context("spawning pitr restore")?;
+    let url = a.url();
+    let mut args = vec![
+        "restore",
+        "--latest",
+        "--target",
+        &url,
+        "--parallel",
+        parallel,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = pitr(repo, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning pitr restore")?;
     // (when the load ended, pitr's CPU then, the target server's CPU then)
     let loaded: Arc<Mutex<Option<(Instant, f64, f64)>>> = Arc::default();
     let stderr = child.stderr.take().context("no stderr")?;

@@ -173,7 +173,13 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
         r.pitr_more
             .iter()
             .map(|(n, p)| (format!("pitr restore --latest --parallel {n}"), p)),
-    ) {
+    )
+    .chain(r.pitr_no_binlog.iter().map(|p| {
+        (
+            "pitr restore --latest --skip-target-binlog (target writes no binlog)".to_string(),
+            p,
+        )
+    })) {
         let _ = writeln!(
             o,
             "| {label} | {:.1} | (in apply) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
@@ -212,6 +218,19 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
         native_total / p.total_secs.max(1e-9),
         n.pipe_secs / (mb / 1000.0).max(1e-9)
     );
+    let no_binlog_pipe = r
+        .variants
+        .iter()
+        .find(|(l, _)| l.contains("--disable-log-bin"))
+        .map(|(_, v)| v);
+    if let (Some(q), Some(v)) = (&r.pitr_no_binlog, no_binlog_pipe) {
+        let _ = writeln!(
+            o,
+            "Without the target's binlog on both sides (`pitr restore --skip-target-binlog` \
+             vs `mariadb-binlog --disable-log-bin | mariadb`): **{:.2}×** (apply phase).\n",
+            v.pipe_secs / q.apply_secs.max(1e-9)
+        );
+    }
 }
 
 fn native_row(o: &mut String, label: &str, n: &NativeRun, mb: f64) {
