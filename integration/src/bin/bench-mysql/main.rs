@@ -110,7 +110,14 @@ fn run() -> Result<()> {
     let md = report::render(&settings, &machine, replay.as_ref(), archive.as_ref());
     println!("{md}");
     if settings.write {
-        report::write_section(&settings.out, &md)?;
+        let mut keep = Vec::new();
+        if replay.is_none() {
+            keep.push("### Binlog replay");
+        }
+        if archive.is_none() {
+            keep.push("### Archive throughput");
+        }
+        report::write_section(&settings.out, &md, &keep)?;
         eprintln!("wrote the section into {}", settings.out.display());
     }
     Ok(())
