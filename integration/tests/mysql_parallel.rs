@@ -11,11 +11,12 @@
 //! and over 1 connection must both equal the source's contents at the
 //! target, and the report must show that transactions did run in parallel.
 
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
 use pitr_integration::archiver::Archiver;
-use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
+use pitr_integration::mysql_restore_util::{
+    assert_has_gtids, binlog_position, gtid_state, ok, same, wait_archived,
+};
+use pitr_integration::restore_util::pitr;
+use pitr_integration::{mysql, require, Flavor, MySqlServer};
 
 /// Every table of `par`, row by row (the oracle).
 fn contents(s: &MySqlServer) -> String {
@@ -32,51 +33,6 @@ fn contents(s: &MySqlServer) -> String {
         out.push('\n');
     }
     out
-}
-
-fn gtid_state(s: &MySqlServer) -> String {
-    let q = match s.flavor() {
-        Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
-        Flavor::MySql => "SELECT @@gtid_executed",
-    };
-    s.sql(q)
-        .unwrap()
-        .replace("\\n", "")
-        .split_whitespace()
-        .collect()
-}
-
-fn pitr(args: &[&str]) -> Output {
-    Command::new(pitr_bin()).args(args).output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "pitr failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn same(got: &str, want: &str, what: &str) {
-    if got == want {
-        return;
-    }
-    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
-    let i = g
-        .iter()
-        .zip(&w)
-        .position(|(a, b)| a != b)
-        .unwrap_or(g.len().min(w.len()));
-    panic!(
-        "{what}: restored contents differ at line {i} ({} vs {} lines): got {:?}, want {:?}",
-        g.len(),
-        w.len(),
-        g.get(i),
-        w.get(i)
-    );
 }
 
 const SETUP: &str = "CREATE DATABASE par; \
@@ -122,41 +78,6 @@ BEGIN
     SET r = r + 1;
   END WHILE;
 END";
-
-fn wait_archived(repo: &str, url: &str, position: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = pitr(&[
-            "restore",
-            "--repo",
-            repo,
-            "--to-position",
-            position,
-            "--target",
-            url,
-            "--dry-run",
-        ]);
-        if o.status.success() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{position} not archived: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn position(s: &MySqlServer) -> String {
-    let q = match s.flavor() {
-        Flavor::MariaDb => "SHOW MASTER STATUS",
-        Flavor::MySql => "SHOW BINARY LOG STATUS",
-    };
-    let status = s.sql(q).unwrap();
-    let cols: Vec<&str> = status.split('\t').collect();
-    format!("{}:{}", cols[0], cols[1])
-}
 
 /// Restores into a fresh server and checks the contents; returns the
 /// report's `apply` object.
@@ -235,7 +156,7 @@ fn parallel_apply(f: Flavor) {
     src.sql("CALL par.work(121, 240, 2)").unwrap();
     let end = contents(&src);
     let end_gtid = gtid_state(&src);
-    wait_archived(&repo, &url, &position(&src));
+    wait_archived(&repo, &url, &binlog_position(&src));
     archiver.terminate();
 
     // Over 4 connections: the same contents, and many transactions ran
@@ -308,28 +229,5 @@ fn parallel_apply(f: Flavor) {
         &target.url(),
     ]));
     same(&contents(&target), &end, "latest, default connections");
-    let have = gtid_state(&target);
-    match f {
-        Flavor::MariaDb => {
-            for want in end_gtid.split(',') {
-                assert!(
-                    have.split(',').any(|g| g == want),
-                    "restored GTID state {have} lacks {want}"
-                );
-            }
-        }
-        Flavor::MySql => {
-            // uuid:1-N of the source must be in the target's set as a whole
-            // interval ending at N.
-            for want in end_gtid.split(',') {
-                let (uuid, ivs) = want.split_once(':').unwrap();
-                let last = ivs.rsplit(['-', ':']).next().unwrap();
-                assert!(
-                    have.split(',')
-                        .any(|g| g.starts_with(uuid) && g.rsplit(['-', ':']).next() == Some(last)),
-                    "restored GTID state {have} lacks {want}"
-                );
-            }
-        }
-    }
+    assert_has_gtids(&target, &end_gtid);
 }

@@ -9,9 +9,13 @@
 //! recorded contents for every kind of target; targets outside the window
 //! and non-empty targets are refused clearly.
 
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use pitr_integration::mysql_restore_util::{
+    assert_has_gtids, binlog_position, gtid_state, ok, same, wait_archived,
+};
+use pitr_integration::restore_util::pitr;
 use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
 
 /// The ledger contents as the client prints them (the oracle).
@@ -39,19 +43,8 @@ struct Mark {
 }
 
 fn mark(s: &MySqlServer) -> Mark {
-    let (status, gtid) = match s.flavor() {
-        Flavor::MariaDb => ("SHOW MASTER STATUS", "SELECT @@gtid_binlog_pos"),
-        Flavor::MySql => ("SHOW BINARY LOG STATUS", "SELECT @@gtid_executed"),
-    };
-    let status = s.sql(status).unwrap();
-    let cols: Vec<&str> = status.split('\t').collect();
-    let position = format!("{}:{}", cols[0], cols[1]);
-    let gtid = s
-        .sql(gtid)
-        .unwrap()
-        .replace("\\n", "")
-        .split_whitespace()
-        .collect();
+    let position = binlog_position(s);
+    let gtid = gtid_state(s);
     let ledger = ledger(s);
     // The burst committed within the previous second(s); MariaDB records commit
     // times in whole seconds, so the target lies in a quiet second after it.
@@ -67,20 +60,6 @@ fn mark(s: &MySqlServer) -> Mark {
         time,
         ledger,
     }
-}
-
-fn pitr(args: &[&str]) -> Output {
-    Command::new(pitr_bin()).args(args).output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "pitr failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn burst(s: &MySqlServer, k: u32) {
@@ -105,80 +84,6 @@ fn burst(s: &MySqlServer, k: u32) {
         k + 2
     ));
     s.sql(&sql).unwrap();
-}
-
-fn wait_archived(repo: &str, url: &str, position: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = pitr(&[
-            "restore",
-            "--repo",
-            repo,
-            "--to-position",
-            position,
-            "--target",
-            url,
-            "--dry-run",
-        ]);
-        if o.status.success() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the archive did not reach {position}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// The restored server's GTID state ends with the source's last GTID (the
-/// transactions replayed from the binlog keep their GTIDs).
-fn assert_has_gtids(target: &MySqlServer, source_state: &str) {
-    let (var, sep) = match target.flavor() {
-        Flavor::MariaDb => ("SELECT @@gtid_binlog_pos", '-'),
-        Flavor::MySql => ("SELECT @@gtid_executed", ':'),
-    };
-    let have: String = target
-        .sql(var)
-        .unwrap()
-        .replace("\\n", "")
-        .split_whitespace()
-        .collect();
-    for want in source_state.split(',') {
-        // MariaDB d-s-n must be present as is; MySQL uuid:1-n must end the
-        // target's interval list for that uuid at n.
-        let ok = match target.flavor() {
-            Flavor::MariaDb => have.split(',').any(|g| g == want),
-            Flavor::MySql => {
-                let (uuid, ivs) = want.split_once(sep).unwrap();
-                let last = ivs.rsplit(['-', ':']).next().unwrap();
-                have.split(',')
-                    .any(|g| g.starts_with(uuid) && g.rsplit(['-', ':']).next() == Some(last))
-            }
-        };
-        assert!(ok, "restored GTID state {have} lacks {want}");
-    }
-}
-
-/// Compares ledgers, reporting the first differing line (not the whole dump).
-fn same(got: &str, want: &str, what: &str) {
-    if got == want {
-        return;
-    }
-    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
-    let i = g
-        .iter()
-        .zip(&w)
-        .position(|(a, b)| a != b)
-        .unwrap_or(g.len().min(w.len()));
-    panic!(
-        "{what}: restored ledger differs at line {i} ({} vs {} lines): got {:?}, want {:?}",
-        g.len(),
-        w.len(),
-        g.get(i),
-        w.get(i)
-    );
 }
 
 fn restore_and_check(f: Flavor, repo: &str, flag: &str, value: &str, want: &str, what: &str) {

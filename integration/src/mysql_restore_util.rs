@@ -1,0 +1,111 @@
+//! Helpers for end-to-end MySQL/MariaDB restore tests: run `pitr` and
+//! require success, wait until the archive reaches a binlog position, read
+//! a server's binlog position and GTID state, and compare dumps line by line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::restore_util::pitr;
+use crate::{Flavor, MySqlServer};
+
+/// The stdout of a `pitr` run that must have succeeded.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "pitr failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits (up to 60 s) until `repo` holds the binlog up to `position`: a
+/// `restore --dry-run --to-position` plans without error.
+pub fn wait_archived(repo: &str, url: &str, position: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = pitr(&[
+            "restore",
+            "--repo",
+            repo,
+            "--to-position",
+            position,
+            "--target",
+            url,
+            "--dry-run",
+        ]);
+        if o.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive did not reach {position}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The server's current binlog position, `FILE:POS`.
+pub fn binlog_position(s: &MySqlServer) -> String {
+    let q = match s.flavor() {
+        Flavor::MariaDb => "SHOW MASTER STATUS",
+        Flavor::MySql => "SHOW BINARY LOG STATUS",
+    };
+    let status = s.sql(q).unwrap();
+    let cols: Vec<&str> = status.split('\t').collect();
+    format!("{}:{}", cols[0], cols[1])
+}
+
+/// The server's GTID state (MariaDB `gtid_binlog_pos`, MySQL
+/// `gtid_executed`) without whitespace.
+pub fn gtid_state(s: &MySqlServer) -> String {
+    let q = match s.flavor() {
+        Flavor::MariaDb => "SELECT @@gtid_binlog_pos",
+        Flavor::MySql => "SELECT @@gtid_executed",
+    };
+    s.sql(q)
+        .unwrap()
+        .replace("\\n", "")
+        .split_whitespace()
+        .collect()
+}
+
+/// The target's GTID state holds the source's: MariaDB `d-s-n` as is; MySQL
+/// `uuid:1-n` as an interval list for that uuid ending at `n`.
+pub fn assert_has_gtids(target: &MySqlServer, source_state: &str) {
+    let have = gtid_state(target);
+    for want in source_state.split(',') {
+        let ok = match target.flavor() {
+            Flavor::MariaDb => have.split(',').any(|g| g == want),
+            Flavor::MySql => {
+                let (uuid, ivs) = want.split_once(':').unwrap();
+                let last = ivs.rsplit(['-', ':']).next().unwrap();
+                have.split(',')
+                    .any(|g| g.starts_with(uuid) && g.rsplit(['-', ':']).next() == Some(last))
+            }
+        };
+        assert!(ok, "restored GTID state {have} lacks {want}");
+    }
+}
+
+/// Compares two dumps, reporting the first differing line (not the whole dump).
+pub fn same(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: restored contents differ at line {i} ({} vs {} lines): got {:?}, want {:?}",
+        g.len(),
+        w.len(),
+        g.get(i),
+        w.get(i)
+    );
+}
