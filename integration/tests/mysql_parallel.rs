@@ -209,6 +209,32 @@ fn parallel_apply(f: Flavor) {
     }
     drop(quiet);
 
+    // A user that may not turn the binlog off gets one plain sentence, and
+    // nothing is created on the target.
+    let limited = MySqlServer::start(f).unwrap();
+    limited
+        .sql("CREATE USER 'reader'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON *.* TO 'reader'@'%'")
+        .unwrap();
+    let o = pitr(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--latest",
+        "--target",
+        &limited.url_as("reader", "pw"),
+        "--skip-target-binlog",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--skip-target-binlog needs"), "{err}");
+    assert_eq!(
+        limited
+            .sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='par'")
+            .unwrap(),
+        "0"
+    );
+    drop(limited);
+
     // One connection: the same result, nothing runs alone or in parallel.
     let one = restore(f, &repo, &["--latest"], "1", &end, "latest, 1 connection");
     assert_eq!(one["connections"], 1, "{one}");
