@@ -16,6 +16,7 @@ pub mod benchmarks_md;
 pub mod mysql;
 pub mod mysql_restore_util;
 pub mod pg;
+pub mod procstat;
 pub mod restore_util;
 pub mod s3;
 pub mod signal;

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end MySQL/MariaDB restore tests: run `pitr` and
 //! require success, wait until the archive reaches a binlog position, read
-//! a server's binlog position and GTID state, and compare dumps line by line.
+//! a server's binlog position and GTID state, dump a database and compare
+//! dumps line by line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Output;
@@ -88,6 +89,26 @@ pub fn assert_has_gtids(target: &MySqlServer, source_state: &str) {
         };
         assert!(ok, "restored GTID state {have} lacks {want}");
     }
+}
+
+/// Every table (and view) of database `db`, row by row, as the client
+/// prints them: the oracle restored servers are compared with.
+pub fn dump(s: &MySqlServer, db: &str) -> String {
+    let tables = s
+        .sql(&format!(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}' ORDER BY TABLE_NAME"
+        ))
+        .unwrap();
+    let mut out = String::new();
+    for t in tables.lines() {
+        out.push_str(&format!("== {t}\n"));
+        out.push_str(
+            &s.sql(&format!("SELECT * FROM {db}.`{t}` ORDER BY 1"))
+                .unwrap(),
+        );
+        out.push('\n');
+    }
+    out
 }
 
 /// Compares two dumps, reporting the first differing line (not the whole dump).

@@ -13,26 +13,14 @@
 
 use pitr_integration::archiver::Archiver;
 use pitr_integration::mysql_restore_util::{
-    assert_has_gtids, binlog_position, gtid_state, ok, same, wait_archived,
+    assert_has_gtids, binlog_position, dump, gtid_state, ok, same, wait_archived,
 };
 use pitr_integration::restore_util::pitr;
 use pitr_integration::{mysql, require, Flavor, MySqlServer};
 
 /// Every table of `par`, row by row (the oracle).
 fn contents(s: &MySqlServer) -> String {
-    let tables = s
-        .sql("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA='par' ORDER BY TABLE_NAME")
-        .unwrap();
-    let mut out = String::new();
-    for t in tables.lines() {
-        out.push_str(&format!("== {t}\n"));
-        out.push_str(
-            &s.sql(&format!("SELECT * FROM par.`{t}` ORDER BY 1"))
-                .unwrap(),
-        );
-        out.push('\n');
-    }
-    out
+    dump(s, "par")
 }
 
 const SETUP: &str = "CREATE DATABASE par; \

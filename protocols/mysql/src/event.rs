@@ -70,6 +70,28 @@ pub mod types {
     pub const MARIA_WRITE_ROWS_COMPRESSED: u8 = 169;
     pub const MARIA_UPDATE_ROWS_COMPRESSED: u8 = 170;
     pub const MARIA_DELETE_ROWS_COMPRESSED: u8 = 171;
+
+    /// Any rows event: WRITE/UPDATE/DELETE v1 and v2, MySQL PARTIAL_UPDATE,
+    /// MariaDB compressed.
+    pub const fn is_rows(t: u8) -> bool {
+        is_plain_rows(t)
+            || t == PARTIAL_UPDATE_ROWS
+            || (t >= MARIA_WRITE_ROWS_COMPRESSED_V1 && t <= MARIA_DELETE_ROWS_COMPRESSED)
+    }
+
+    /// Uncompressed WRITE/UPDATE/DELETE rows events, v1 and v2 (the ones
+    /// whose row images `rows::decode_rows` reads).
+    pub const fn is_plain_rows(t: u8) -> bool {
+        matches!(
+            t,
+            WRITE_ROWS_V1
+                | UPDATE_ROWS_V1
+                | DELETE_ROWS_V1
+                | WRITE_ROWS
+                | UPDATE_ROWS
+                | DELETE_ROWS
+        )
+    }
 }
 
 /// The common event header.
@@ -404,19 +426,7 @@ pub fn decode(event: &[u8], ctx: &DecodeCtx) -> Result<(EventHeader, EventData),
                 table,
             }
         }
-        types::WRITE_ROWS_V1
-        | types::UPDATE_ROWS_V1
-        | types::DELETE_ROWS_V1
-        | types::WRITE_ROWS
-        | types::UPDATE_ROWS
-        | types::DELETE_ROWS
-        | types::PARTIAL_UPDATE_ROWS
-        | types::MARIA_WRITE_ROWS_COMPRESSED_V1
-        | types::MARIA_UPDATE_ROWS_COMPRESSED_V1
-        | types::MARIA_DELETE_ROWS_COMPRESSED_V1
-        | types::MARIA_WRITE_ROWS_COMPRESSED
-        | types::MARIA_UPDATE_ROWS_COMPRESSED
-        | types::MARIA_DELETE_ROWS_COMPRESSED => {
+        t if types::is_rows(t) => {
             let (kind, version) = rows_kind(t);
             EventData::Rows {
                 kind,

@@ -263,19 +263,7 @@ impl SqlReplayer {
         match t {
             types::FORMAT_DESCRIPTION => self.format_description(ev)?,
             types::TABLE_MAP => self.rows.extend_from_slice(ev),
-            types::WRITE_ROWS_V1
-            | types::UPDATE_ROWS_V1
-            | types::DELETE_ROWS_V1
-            | types::WRITE_ROWS
-            | types::UPDATE_ROWS
-            | types::DELETE_ROWS
-            | types::PARTIAL_UPDATE_ROWS
-            | types::MARIA_WRITE_ROWS_COMPRESSED_V1
-            | types::MARIA_UPDATE_ROWS_COMPRESSED_V1
-            | types::MARIA_DELETE_ROWS_COMPRESSED_V1
-            | types::MARIA_WRITE_ROWS_COMPRESSED
-            | types::MARIA_UPDATE_ROWS_COMPRESSED
-            | types::MARIA_DELETE_ROWS_COMPRESSED => {
+            t if types::is_rows(t) => {
                 self.rows.extend_from_slice(ev);
                 let at = HEADER_LEN + self.ctx.table_id_len;
                 let flags = ev

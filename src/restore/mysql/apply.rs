@@ -238,7 +238,6 @@ pub async fn apply_log(
             connections = 1;
         }
     }
-    conn.shutdown().await;
     replayer.external_format_description();
     // Small statements of a transaction share one BINLOG statement, well
     // inside the packet limit (base64 adds a third).
@@ -289,6 +288,7 @@ pub async fn apply_log(
             max_packet,
             flavor,
             no_binlog,
+            checks: conn,
         },
         &mut rep,
     );
@@ -606,12 +606,7 @@ fn rows_only(events: &[(u64, Bytes)], ctx: &DecodeCtx) -> bool {
     for (_, ev) in events {
         let Some(&t) = ev.get(4) else { return false };
         match t {
-            types::WRITE_ROWS_V1
-            | types::UPDATE_ROWS_V1
-            | types::DELETE_ROWS_V1
-            | types::WRITE_ROWS
-            | types::UPDATE_ROWS
-            | types::DELETE_ROWS => rows = true,
+            t if types::is_plain_rows(t) => rows = true,
             types::GTID
             | types::ANONYMOUS_GTID
             | types::MARIA_GTID

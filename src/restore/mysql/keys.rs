@@ -97,12 +97,7 @@ impl KeyCache {
                     let keys = self.table(&map.db, &map.table).await;
                     maps.insert(map.table_id, (map, keys));
                 }
-                types::WRITE_ROWS_V1
-                | types::UPDATE_ROWS_V1
-                | types::DELETE_ROWS_V1
-                | types::WRITE_ROWS
-                | types::UPDATE_ROWS
-                | types::DELETE_ROWS => {
+                t if types::is_plain_rows(t) => {
                     let rows = decode_rows(ev, ctx).ok()?;
                     let (map, keys) = maps.get(&rows.table_id)?;
                     let TableKeys::Keys {

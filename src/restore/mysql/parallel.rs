@@ -205,6 +205,9 @@ pub(super) struct Settings {
     pub(super) flavor: Flavor,
     /// `SET SESSION sql_log_bin=0` on every connection.
     pub(super) no_binlog: bool,
+    /// The connection the target was checked over; it reads the tables'
+    /// keys when there are several connections.
+    pub(super) checks: Conn,
 }
 
 /// Executes the transactions from `rx` on `connections` connections (see
@@ -220,6 +223,7 @@ pub(super) async fn run(
         max_packet,
         flavor,
         no_binlog,
+        checks,
     } = settings;
     let n = connections.max(1);
     let mut conns = Vec::with_capacity(n);
@@ -233,12 +237,9 @@ pub(super) async fn run(
         conns.push(c);
     }
     let keys = if n > 1 {
-        Some(KeyCache::new(
-            Conn::connect(params, Duration::from_secs(15))
-                .await
-                .map_err(|e| anyhow!("{e}"))?,
-        ))
+        Some(KeyCache::new(checks))
     } else {
+        checks.shutdown().await;
         None
     };
     let shared = Arc::new(Shared::default());

@@ -334,10 +334,9 @@ fn bench_run(
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let clk = procs::clk_tck();
     let cpu0: Vec<f64> = archivers
         .iter()
-        .map(|a| a.cpu_seconds(clk))
+        .map(|a| a.cpu_seconds())
         .collect::<Result<_>>()?;
     let machine0 = procs::machine_cpu()?;
     let load_before = procs::loadavg();
@@ -398,7 +397,7 @@ fn bench_run(
     }
     let cpu1: Vec<f64> = archivers
         .iter()
-        .map(|a| a.cpu_seconds(clk))
+        .map(|a| a.cpu_seconds())
         .collect::<Result<_>>()?;
     let rss: Vec<u64> = archivers
         .iter()

@@ -1,10 +1,8 @@
 //! The processes under test: `pg_receivewal` and `pitr archive` children, and what
 //! `/proc` says about them.
 //!
-//! CPU time is `utime + stime` (fields 14 and 15 of `/proc/PID/stat`, in clock ticks of
-//! `getconf CLK_TCK`); peak memory is `VmHWM` of `/proc/PID/status` (the resident-set
-//! high-water mark over the process's whole life). Machine load comes from `/proc/stat`
-//! (aggregate `cpu` line) and `/proc/loadavg`.
+//! CPU time and peak memory per process come from [`pitr_integration::procstat`];
+//! machine load from `/proc/stat` (aggregate `cpu` line) and `/proc/loadavg`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+pub use pitr_integration::procstat::log_tail;
+use pitr_integration::procstat::{cpu_seconds, peak_rss};
 
 /// What kind of archiver a child is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,20 +93,13 @@ impl Archiver {
     }
 
     /// CPU seconds used so far.
-    pub fn cpu_seconds(&self, clk_tck: f64) -> Result<f64> {
-        cpu_seconds(self.pid(), clk_tck)
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(self.pid())
     }
 
     /// Peak resident set (VmHWM) in bytes.
     pub fn peak_rss(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .with_context(|| format!("no VmHWM in {path}"))
+        peak_rss(self.pid())
     }
 
     /// Asks it to stop (pitr: SIGTERM, it stores what it received first; pg_receivewal:
@@ -151,39 +144,6 @@ fn send_signal(pid: u32, sig: &str) -> Result<()> {
     Ok(())
 }
 
-/// `utime + stime` of a process, in seconds.
-pub fn cpu_seconds(pid: u32, clk_tck: f64) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name (field 2) may contain spaces: count fields after its closing ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("malformed {path}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
-    let tick = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|t| t as f64 / clk_tck)
-            .with_context(|| format!("malformed {path}"))
-    };
-    Ok(tick(11)? + tick(12)?)
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`, 100 on every Linux seen).
-pub fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
 /// Aggregate CPU counters of the machine: (busy, total) ticks.
 pub fn machine_cpu() -> Result<(u64, u64)> {
     let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
@@ -225,11 +185,4 @@ pub fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// The last `n` lines of a log file.
-pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

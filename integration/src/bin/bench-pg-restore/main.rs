@@ -24,10 +24,11 @@
 mod report;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use pitr_integration::procstat::Bg;
 use pitr_integration::{pg, pitr_bin, s3, PgServer, PgVersion, S3Impl, S3Server};
 
 use report::{Machine, Recovery, Settings};
@@ -72,61 +73,6 @@ fn parse_args() -> Result<Settings> {
         }
     }
     Ok(s)
-}
-
-/// A child process stopped (signal, then kill) when dropped.
-struct Bg {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Bg {
-    fn spawn(cmd: &mut Command, log: PathBuf) -> Result<Bg> {
-        let out = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
-        Ok(Bg { child, log })
-    }
-
-    fn ensure_running(&mut self) -> Result<()> {
-        if let Some(s) = self.child.try_wait()? {
-            bail!(
-                "{} exited with {s}:\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-
-    /// Sends `sig` and waits up to a minute for the exit.
-    fn stop(mut self, sig: &str) -> Result<()> {
-        Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(60) {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("{} did not stop", self.log.display())
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn pgbench(pg: &PgServer, args: &[&str]) -> Result<()> {
