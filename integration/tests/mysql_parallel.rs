@@ -223,6 +223,35 @@ fn parallel_apply(f: Flavor) {
     );
     drop(limited);
 
+    // A MariaDB user without SUPER or BINLOG ADMIN may not turn the
+    // annotations off: a note, and the same restore.
+    if f == Flavor::MariaDb {
+        let plain = MySqlServer::start(f).unwrap();
+        plain
+            .sql(
+                "CREATE USER 'plain'@'%' IDENTIFIED BY 'pw'; \
+                 GRANT ALL PRIVILEGES ON *.* TO 'plain'@'%'; \
+                 REVOKE SUPER, BINLOG ADMIN ON *.* FROM 'plain'@'%'",
+            )
+            .unwrap();
+        let o = pitr(&[
+            "restore",
+            "--repo",
+            &repo,
+            "--latest",
+            "--target",
+            &plain.url_as("plain", "pw"),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("refused SET SESSION binlog_annotate_row_events=0"),
+            "{err}"
+        );
+        same(&contents(&plain), &end, "latest, user without BINLOG ADMIN");
+        assert!(annotations(&plain).1 > 0);
+    }
+
     // One connection: the same result, nothing runs alone or in parallel.
     let one = restore(f, &repo, &["--latest"], "1", &end, "latest, 1 connection");
     assert_eq!(one["connections"], 1, "{one}");
@@ -233,7 +262,23 @@ fn parallel_apply(f: Flavor) {
 
     // The restored server ends with the source's GTID state for its domain
     // or uuid (the last transaction runs alone, after all others).
+    // Its binlog annotates row changes with their statements (MariaDB's
+    // default; switched on for MySQL), but not the replayed ones with their
+    // BINLOG '<base64>' text.
     let target = MySqlServer::start(f).unwrap();
+    match f {
+        Flavor::MariaDb => assert_eq!(
+            target
+                .sql("SELECT @@global.binlog_annotate_row_events")
+                .unwrap(),
+            "1"
+        ),
+        Flavor::MySql => {
+            target
+                .sql("SET GLOBAL binlog_rows_query_log_events=ON")
+                .unwrap();
+        }
+    }
     ok(&pitr(&[
         "restore",
         "--repo",
@@ -244,4 +289,36 @@ fn parallel_apply(f: Flavor) {
     ]));
     same(&contents(&target), &end, "latest, default connections");
     assert_has_gtids(&target, &end_gtid);
+    let (annotations, of_binlog) = annotations(&target);
+    assert!(
+        annotations > 0,
+        "the base load's statements should be annotated"
+    );
+    assert_eq!(
+        of_binlog, 0,
+        "{of_binlog} of {annotations} annotations hold a BINLOG statement"
+    );
+}
+
+/// Statement annotations of row events in the server's binlog (MariaDB
+/// ANNOTATE_ROWS, MySQL ROWS_QUERY): (all, those of a `BINLOG` statement).
+fn annotations(s: &MySqlServer) -> (usize, usize) {
+    let (mut all, mut of_binlog) = (0, 0);
+    for log in s.sql("SHOW BINARY LOGS").unwrap().lines() {
+        let file = log.split('\t').next().unwrap();
+        for ev in s
+            .sql(&format!("SHOW BINLOG EVENTS IN '{file}'"))
+            .unwrap()
+            .lines()
+        {
+            let cols: Vec<&str> = ev.split('\t').collect();
+            if matches!(cols.get(2), Some(&("Annotate_rows" | "Rows_query"))) {
+                all += 1;
+                if cols.get(5).is_some_and(|i| i.contains("BINLOG")) {
+                    of_binlog += 1;
+                }
+            }
+        }
+    }
+    (all, of_binlog)
 }

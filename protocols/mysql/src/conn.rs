@@ -55,8 +55,9 @@ const COM_BINLOG_DUMP: u8 = 0x12;
 const COM_REGISTER_SLAVE: u8 = 0x15;
 const COM_BINLOG_DUMP_GTID: u8 = 0x1e;
 
+/// The connection's character set and collation, sent in the handshake:
 /// `utf8mb4_general_ci`, known to both flavours.
-const CHARSET: u8 = 45;
+pub const CHARSET: u8 = 45;
 
 /// Where to connect and as whom (parsed from `mysql://user:pass@host:port/db`).
 #[derive(Clone)]
