@@ -30,8 +30,8 @@ use pitr_integration::{Flavor, MySqlServer};
 
 use crate::report::Settings;
 use crate::util::{
-    archived, binary_logs, bytes_since, checksums, cpu_seconds, json_field, master_status, pitr,
-    run_ok, sql_script, wait_until, Bg,
+    archived, binary_logs, binlog_total, bytes_since, checksums, cpu_seconds, json_field,
+    master_status, pitr, run_ok, sql_script, wait_until, Bg,
 };
 
 /// Source name in the benchmark repositories.
@@ -95,6 +95,8 @@ pub struct PitrRun {
     pub connections: String,
     pub alone: String,
     pub retries: String,
+    /// Size of the target's binlog at the end (base load included), bytes.
+    pub target_binlog: u64,
 }
 
 /// The native way into target B.
@@ -108,6 +110,8 @@ pub struct NativeRun {
     pub binlog_cpu: f64,
     pub client_cpu: f64,
     pub server_cpu: f64,
+    /// Size of the target's binlog at the end (base load included), bytes.
+    pub target_binlog: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -294,7 +298,7 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
         }
         res.pitr_no_binlog = Some(run);
         drop(t);
-        let variants: [(&str, &[&str], &str); 2] = [
+        let variants: [(&str, &[&str], &str); 3] = [
             (
                 "mariadb-binlog --disable-log-bin \\| mariadb (target writes no binlog)",
                 &["--disable-log-bin"],
@@ -304,6 +308,11 @@ pub fn run(s: &Settings, work: &Path) -> Result<ReplayResult> {
                 "mariadb-binlog \\| mariadb, target `innodb_flush_log_at_trx_commit=2`",
                 &[],
                 "SET GLOBAL innodb_flush_log_at_trx_commit=2",
+            ),
+            (
+                "mariadb-binlog \\| mariadb, target `binlog_annotate_row_events=OFF` (as pitr sets it)",
+                &[],
+                "SET GLOBAL binlog_annotate_row_events=OFF",
             ),
         ];
         for (label, extra, setup) in variants {
@@ -438,6 +447,7 @@ fn pitr_restore(repo: &Path, a: &MySqlServer, parallel: &str, extra: &[&str]) ->
         connections: json_field(&json, "connections").unwrap_or_default(),
         alone: json_field(&json, "transactions_alone").unwrap_or_default(),
         retries: json_field(&json, "lock_retries").unwrap_or_default(),
+        target_binlog: binlog_total(a)?,
     })
 }
 
@@ -489,6 +499,7 @@ fn native_pipe(
     }
     n.pipe_secs = t.elapsed().as_secs_f64();
     n.server_cpu = cpu_seconds(server)? - server_cpu0;
+    n.target_binlog = binlog_total(b)?;
     if !matches!((dump_st, client_st), (Some(d), Some(c)) if d.success() && c.success()) {
         bail!(
             "mariadb-binlog ({dump_st:?}) | mariadb ({client_st:?}) failed: {}{}",

@@ -158,9 +158,9 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
     );
     let _ = writeln!(
         o,
-        "| method | base load s | binlog fetch s | log apply s | total s | apply MB/s of binlog | client CPU s during apply | target server CPU s during apply |"
+        "| method | base load s | binlog fetch s | log apply s | total s | apply MB/s of binlog | client CPU s during apply | target server CPU s during apply | target binlog MB at end |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let p = &r.pitr;
     let n = &r.native;
     for (label, p) in [
@@ -182,13 +182,14 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
     })) {
         let _ = writeln!(
             o,
-            "| {label} | {:.1} | (in apply) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {label} | {:.1} | (in apply) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
             p.load_secs,
             p.apply_secs,
             p.total_secs,
             mb / p.apply_secs.max(1e-9),
             p.client_cpu,
-            p.server_cpu
+            p.server_cpu,
+            p.target_binlog as f64 / MB
         );
     }
     let native_total = n.load_secs + n.fetch_secs + n.pipe_secs;
@@ -202,8 +203,10 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
         let _ = writeln!(
             o,
             "\nThe last rows are reference variants of the native pipe (same base, same \
-             files, fresh targets), showing what the target's own binlog and its per-commit \
-             redo-log flush cost; client CPU = mariadb-binlog + mariadb."
+             files, fresh targets), showing what the target's own binlog, its per-commit \
+             redo-log flush and its statement annotations of row events (by default the \
+             server logs each `BINLOG` statement's base64 text beside the row events it \
+             applies) cost; client CPU = mariadb-binlog + mariadb."
         );
     }
     let _ = writeln!(
@@ -238,7 +241,7 @@ fn render_replay(o: &mut String, r: &ReplayResult) {
 fn native_row(o: &mut String, label: &str, n: &NativeRun, mb: f64) {
     let _ = writeln!(
         o,
-        "| {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} + {:.1} | {:.1} |",
+        "| {label} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} + {:.1} | {:.1} | {:.0} |",
         n.load_secs,
         n.fetch_secs,
         n.pipe_secs,
@@ -246,7 +249,8 @@ fn native_row(o: &mut String, label: &str, n: &NativeRun, mb: f64) {
         mb / n.pipe_secs.max(1e-9),
         n.binlog_cpu,
         n.client_cpu,
-        n.server_cpu
+        n.server_cpu,
+        n.target_binlog as f64 / MB
     );
 }
 
