@@ -386,6 +386,14 @@ impl MySqlServer {
     /// Runs SQL with the batch client (`-N -B`) as root over the socket (several statements
     /// allowed; stops at the first error) and returns stdout, trimmed.
     pub fn sql(&self, sql: &str) -> Result<String> {
+        let mut cmd = self.client_command();
+        cmd.arg("-e").arg(sql);
+        util::run(&mut cmd)
+    }
+
+    /// The server's command-line client as root over the socket, batch mode
+    /// without column names; add `-e SQL`.
+    pub fn client_command(&self) -> Command {
         let client = match self.flavor {
             Flavor::MariaDb => "/usr/bin/mariadb",
             Flavor::MySql => "/usr/bin/mysql",
@@ -393,9 +401,8 @@ impl MySqlServer {
         let mut cmd = self.command(client);
         cmd.arg("--no-defaults")
             .arg(format!("--socket={}", self.inner(&self.socket).display()))
-            .args(["-u", "root", "-N", "-B", "-e"])
-            .arg(sql);
-        util::run(&mut cmd)
+            .args(["-u", "root", "-N", "-B"]);
+        cmd
     }
 
     /// Stops the server (SIGTERM, clean shutdown). Idempotent.

@@ -369,9 +369,14 @@ mod tests {
         let ports: Vec<u16> = (0..64).map(|_| free_port().unwrap()).collect();
         let set: HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(set.len(), ports.len());
-        for p in ports.iter().take(8) {
-            TcpListener::bind(("127.0.0.1", *p)).unwrap();
-        }
+        // Free when handed out; any other process on the machine may take
+        // one of them since, so most, not all, must still be bindable.
+        let bindable = ports
+            .iter()
+            .take(8)
+            .filter(|p| TcpListener::bind(("127.0.0.1", **p)).is_ok())
+            .count();
+        assert!(bindable >= 6, "only {bindable} of 8 ports were still free");
     }
 
     #[test]
