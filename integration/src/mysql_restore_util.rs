@@ -1,5 +1,5 @@
 //! Helpers for end-to-end MySQL/MariaDB restore tests: run `pitr` and
-//! require success, wait until the archive reaches a binlog position, read
+//! require success, restore the whole archive into a server, wait until the archive reaches a binlog position, read
 //! a server's binlog position and GTID state, dump a database and compare
 //! dumps line by line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,6 +19,15 @@ pub fn ok(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `pitr restore --repo REPO --latest --target URL` plus `extra` arguments.
+pub fn restore_latest(repo: &str, target_url: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "restore", "--repo", repo, "--latest", "--target", target_url,
+    ];
+    args.extend_from_slice(extra);
+    pitr(&args)
 }
 
 /// Waits (up to 60 s) until `repo` holds the binlog up to `position`: a

@@ -13,7 +13,7 @@
 
 use pitr_integration::archiver::Archiver;
 use pitr_integration::mysql_restore_util::{
-    assert_has_gtids, binlog_position, dump, gtid_state, ok, same, wait_archived,
+    assert_has_gtids, binlog_position, dump, gtid_state, ok, restore_latest, same, wait_archived,
 };
 use pitr_integration::restore_util::pitr;
 use pitr_integration::{mysql, require, Flavor, MySqlServer};
@@ -174,15 +174,11 @@ fn parallel_apply(f: Flavor) {
     // --skip-target-binlog: the same contents; the target's binlog and GTID
     // state record none of the source's transactions.
     let quiet = MySqlServer::start(f).unwrap();
-    ok(&pitr(&[
-        "restore",
-        "--repo",
+    ok(&restore_latest(
         &repo,
-        "--latest",
-        "--target",
         &quiet.url(),
-        "--skip-target-binlog",
-    ]));
+        &["--skip-target-binlog"],
+    ));
     same(&contents(&quiet), &end, "latest, --skip-target-binlog");
     let quiet_gtids = gtid_state(&quiet);
     for want in end_gtid.split(',') {
@@ -203,15 +199,11 @@ fn parallel_apply(f: Flavor) {
     limited
         .sql("CREATE USER 'reader'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON *.* TO 'reader'@'%'")
         .unwrap();
-    let o = pitr(&[
-        "restore",
-        "--repo",
+    let o = restore_latest(
         &repo,
-        "--latest",
-        "--target",
         &limited.url_as("reader", "pw"),
-        "--skip-target-binlog",
-    ]);
+        &["--skip-target-binlog"],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("--skip-target-binlog needs"), "{err}");
@@ -234,14 +226,7 @@ fn parallel_apply(f: Flavor) {
                  REVOKE SUPER, BINLOG ADMIN ON *.* FROM 'plain'@'%'",
             )
             .unwrap();
-        let o = pitr(&[
-            "restore",
-            "--repo",
-            &repo,
-            "--latest",
-            "--target",
-            &plain.url_as("plain", "pw"),
-        ]);
+        let o = restore_latest(&repo, &plain.url_as("plain", "pw"), &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");
         assert!(
@@ -279,14 +264,7 @@ fn parallel_apply(f: Flavor) {
                 .unwrap();
         }
     }
-    ok(&pitr(&[
-        "restore",
-        "--repo",
-        &repo,
-        "--latest",
-        "--target",
-        &target.url(),
-    ]));
+    ok(&restore_latest(&repo, &target.url(), &[]));
     same(&contents(&target), &end, "latest, default connections");
     assert_has_gtids(&target, &end_gtid);
     let (annotations, of_binlog) = annotations(&target);

@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use pitr_integration::mysql_restore_util::{
-    assert_has_gtids, binlog_position, dump, gtid_state, ok, same, wait_archived,
+    assert_has_gtids, binlog_position, dump, gtid_state, ok, restore_latest, same, wait_archived,
 };
 use pitr_integration::restore_util::pitr;
 use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
@@ -267,14 +267,7 @@ fn point_in_time_restore(f: Flavor) {
 
     // The restored server carries the source's GTIDs.
     let target = MySqlServer::start(f).unwrap();
-    ok(&pitr(&[
-        "restore",
-        "--repo",
-        &repo,
-        "--latest",
-        "--target",
-        &target.url(),
-    ]));
+    ok(&restore_latest(&repo, &target.url(), &[]));
     same(&ledger(&target), &m4.ledger, "latest");
     assert_has_gtids(&target, &m4.gtid);
     // Views and triggers came back.
@@ -429,14 +422,7 @@ fn bench_mariadb_binlog_replay() {
 
     let a = MySqlServer::start(Flavor::MariaDb).unwrap();
     let t = Instant::now();
-    ok(&pitr(&[
-        "restore",
-        "--repo",
-        &repo,
-        "--latest",
-        "--target",
-        &a.url(),
-    ]));
+    ok(&restore_latest(&repo, &a.url(), &[]));
     let pitr_time = t.elapsed();
     assert_eq!(a.sql("CHECKSUM TABLE bench.t").unwrap(), want);
 

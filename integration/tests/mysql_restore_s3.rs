@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use pitr_integration::archiver::Archiver;
-use pitr_integration::mysql_restore_util::{binlog_position, dump, ok, same, wait_archived};
+use pitr_integration::mysql_restore_util::{
+    binlog_position, dump, ok, restore_latest, same, wait_archived,
+};
 use pitr_integration::restore_util::pitr;
 use pitr_integration::{mysql, require, s3, Flavor, MySqlServer, S3Impl, S3Server};
 
@@ -50,15 +52,6 @@ fn mariadb_restore_from_s3() {
     archiver.terminate();
 
     let target = MySqlServer::start(Flavor::MariaDb).unwrap();
-    ok(&pitr(&[
-        "restore",
-        "--repo",
-        &repo,
-        "--latest",
-        "--target",
-        &target.url(),
-        "--parallel",
-        "4",
-    ]));
+    ok(&restore_latest(&repo, &target.url(), &["--parallel", "4"]));
     same(&dump(&target, "s3t"), &want, "restore from S3");
 }

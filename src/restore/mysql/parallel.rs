@@ -234,15 +234,18 @@ pub(super) async fn run(
     } = settings;
     let n = connections.max(1);
     let mut conns = Vec::with_capacity(n);
+    // Refused on one connection, the setting is refused on all (same user).
+    let mut annotations_refused = false;
     for _ in 0..n {
         let mut c = Conn::connect_multi_statements(params, Duration::from_secs(15))
             .await
             .map_err(|e| anyhow!("{e}"))?;
         if no_binlog {
             super::load::skip_binlog(&mut c).await?;
-        } else if let Some(note) = no_statement_annotations(&mut c, flavor).await {
-            if conns.is_empty() {
+        } else if !annotations_refused {
+            if let Some(note) = no_statement_annotations(&mut c, flavor).await {
                 eprintln!("{note}");
+                annotations_refused = true;
             }
         }
         conns.push(c);
