@@ -14,10 +14,14 @@
 //!
 //! # Which log goes
 //!
-//! Let the oldest kept backup be on epoch (timeline) E, and `cut` its start
-//! position rounded down to a multiple of `log_alignment` (the PostgreSQL
-//! WAL file size: `restore_command` fetches whole WAL files, and the
-//! archiver never lets a segment cross a WAL-file boundary). Deleted: on E,
+//! Every engine reduces its backups to an engine-neutral summary (see
+//! `engine`): the epoch and first log position a restore of the backup
+//! reads, and the position where it is consistent. Let the oldest kept
+//! backup need the log from `cut` on epoch E (PostgreSQL: its start LSN
+//! rounded down to a multiple of `log_alignment`, the WAL file size, because
+//! `restore_command` fetches whole WAL files and the archiver never lets a
+//! segment cross a WAL-file boundary; MySQL/MariaDB: the start of its binlog
+//! file, whose FORMAT_DESCRIPTION event the replay needs). Deleted: on E,
 //! every segment (also redundant or conflicting ones) and gap record ending
 //! at or before `cut`; every segment, gap record and index object of epochs
 //! older than E. History objects are kept (a few bytes each). Epochs newer
@@ -43,13 +47,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use pitr_segment::{Epoch, LogPos};
+use pitr_segment::LogPos;
 use serde::Serialize;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::index::{self, list_index_keys};
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::engine::{list_backups, BackupSummary};
 use crate::storage::Repo;
 
 /// Default `log_alignment`: the default PostgreSQL WAL file size.
@@ -175,15 +179,7 @@ pub fn select(backups: &[Candidate], policy: &Policy, now: DateTime<Utc>) -> Vec
     keep
 }
 
-/// `p` rounded down to a multiple of `a` (positions of one epoch).
-pub fn align_down(p: LogPos, a: u64) -> LogPos {
-    let a = a.max(1);
-    LogPos::new(p.hi, p.lo - p.lo % a)
-}
-
-fn backup_epoch(m: &BackupManifest) -> Epoch {
-    Epoch(u64::from(m.timeline))
-}
+pub use crate::engine::align_down;
 
 /// The start time encoded in a backup id (`20240101T120000123Z`).
 fn id_time(id: &str) -> Option<DateTime<Utc>> {
@@ -254,42 +250,42 @@ pub async fn prune(
     let align = opts.log_alignment;
     let candidates: Vec<Candidate> = backups
         .iter()
-        .map(|(k, m)| Candidate {
-            stop_time: m.stop_time,
-            restorable: catalog
-                .segments_covering(
-                    backup_epoch(m),
-                    align_down(k.start, align),
-                    LogPos::from_lsn(m.stop_lsn.0),
-                )
-                .is_ok(),
+        .map(|b| {
+            let (epoch, from, to) = b.log_needed(align);
+            Candidate {
+                stop_time: b.stop_time,
+                restorable: catalog.segments_covering(epoch, from, to).is_ok(),
+            }
         })
         .collect();
     let keep = select(&candidates, &opts.policy, opts.now);
-    let kept: Vec<&(BackupKey, BackupManifest)> = backups
+    let kept: Vec<&BackupSummary> = backups
         .iter()
         .zip(&keep)
         .filter_map(|(b, k)| k.then_some(b))
         .collect();
-    rep.kept_backups = kept.iter().map(|(k, _)| k.dir()).collect();
+    rep.kept_backups = kept.iter().map(|b| b.key.dir()).collect();
     let Some((cut_epoch, cut)) = kept
         .iter()
-        .map(|(k, m)| (backup_epoch(m), align_down(k.start, align)))
+        .map(|b| {
+            let (epoch, from, _) = b.log_needed(align);
+            (epoch, from)
+        })
         .min()
     else {
         rep.note = Some("no backup would be kept; refusing to prune".into());
         return Ok(rep);
     };
-    let oldest_kept_stop = kept.iter().map(|(_, m)| m.stop_time).min();
+    let oldest_kept_stop = kept.iter().map(|b| b.stop_time).min();
 
     // 1. Backups.
-    for ((k, _), keep) in backups.iter().zip(&keep) {
+    for (b, keep) in backups.iter().zip(&keep) {
         if !keep {
-            delete_backup(repo, &mut rep, k, dry).await?;
+            delete_backup(repo, &mut rep, &b.key, dry).await?;
         }
     }
     for k in catalog.backups() {
-        if backups.iter().any(|(b, _)| b == k) {
+        if backups.iter().any(|b| &b.key == k) {
             continue;
         }
         let old_enough = id_time(&k.id).is_some_and(|t| {
@@ -409,10 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn alignment() {
-        let p = LogPos::from_lsn(0x0300_0028);
-        assert_eq!(align_down(p, 16 << 20), LogPos::from_lsn(0x0300_0000));
-        assert_eq!(align_down(p, 1), p);
+    fn backup_ids_carry_their_start_time() {
         assert_eq!(
             id_time("20240101T120000123Z"),
             DateTime::from_timestamp_millis(1_704_110_400_123)

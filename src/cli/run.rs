@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
-use crate::backup::manifest::list_backups;
 use crate::backup::take::{take_backup, BackupOptions};
 use crate::cli::common::shutdown_token;
 use crate::config::{Config, Retention, SourceConfig};
@@ -196,11 +195,13 @@ async fn supervise(s: SourceConfig, repo: Repo, m: Arc<SourceMetrics>, cancel: C
     }
 }
 
-/// Time until the next base backup of `s` is due (zero when overdue).
+/// Time until the next base backup of a source is due (zero when overdue):
+/// `every` after the newest complete backup in the repository, of any
+/// engine, so a restart does not take a new one.
 async fn backup_due(repo: &Repo, name: &SourceName, every: Duration) -> anyhow::Result<Duration> {
     let catalog = Catalog::load(repo, name).await?;
-    let backups = list_backups(repo, name, catalog.backups()).await?;
-    let newest = backups.iter().map(|(_, m)| m.stop_time).max();
+    let backups = crate::engine::list_backups(repo, name, catalog.backups()).await?;
+    let newest = backups.iter().map(|b| b.stop_time).max();
     Ok(match newest {
         None => Duration::ZERO,
         Some(t) => {
@@ -208,6 +209,23 @@ async fn backup_due(repo: &Repo, name: &SourceName, every: Duration) -> anyhow::
             every.saturating_sub(age)
         }
     })
+}
+
+/// The next wait of the backup schedule: the repository says when the next
+/// backup is due, and a backup this process took (or a failure it is
+/// backing off from) holds it back too, even when the repository cannot
+/// show it (a listing that misses it must never turn into a loop).
+fn next_wait(repo_due: Duration, held_until: Option<Instant>, now: Instant) -> Duration {
+    let held = held_until.map_or(Duration::ZERO, |h| h.saturating_duration_since(now));
+    repo_due.max(held)
+}
+
+/// Backoff after the `failures`-th consecutive failed backup: 30 s doubling,
+/// at most an hour and at most the interval.
+fn failure_backoff(failures: u32, every: Duration) -> Duration {
+    let exp = Duration::from_secs(30).saturating_mul(1 << failures.saturating_sub(1).min(7));
+    exp.min(Duration::from_secs(3600))
+        .min(every.max(Duration::from_secs(30)))
 }
 
 /// Takes a base backup of `s` whenever the newest one is `every` old.
@@ -221,14 +239,19 @@ async fn schedule_backups(
     maintenance: Arc<tokio::sync::Mutex<()>>,
 ) {
     let retry = every.min(Duration::from_secs(300));
+    // Until when this process holds the next backup back (after a backup
+    // it took: `every`; after a failure: the backoff).
+    let mut held_until: Option<Instant> = None;
+    let mut failures: u32 = 0;
     loop {
-        let wait = match backup_due(&repo, &m.name, every).await {
+        let due = match backup_due(&repo, &m.name, every).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(source = %s.name, "cannot tell when the last base backup was taken: {e:#}");
                 retry
             }
         };
+        let wait = next_wait(due, held_until, Instant::now());
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -265,18 +288,19 @@ async fn schedule_backups(
         };
         match r {
             Ok(key) => {
+                failures = 0;
+                held_until = Some(Instant::now() + every);
                 m.backups_taken.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %s.name, backup = %key.dir(), "base backup stored");
                 let _guard = maintenance.lock().await;
                 apply_retention(&s, &retention, &repo, &m.name).await;
             }
             Err(e) => {
+                failures += 1;
+                let backoff = failure_backoff(failures, every);
+                held_until = Some(Instant::now() + backoff);
                 m.backup_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(source = %s.name, "scheduled base backup failed, retrying in {retry:?}: {e:#}");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(retry) => {}
-                }
+                tracing::error!(source = %s.name, "scheduled base backup failed ({failures} in a row), retrying in {backoff:?}: {e:#}");
             }
         }
     }
@@ -346,9 +370,15 @@ async fn apply_retention(s: &SourceConfig, retention: &Retention, repo: &Repo, n
     if !policy.is_set() {
         return;
     }
+    let aligns = crate::engine::by_url(s.url.expose()).is_some_and(|e| e.aligns_log_to_files());
+    let log_alignment = if aligns {
+        wal_segment_size(s.url.expose()).await
+    } else {
+        1
+    };
     let opts = PruneOptions {
         policy,
-        log_alignment: wal_segment_size(s.url.expose()).await,
+        log_alignment,
         ..PruneOptions::default()
     };
     match prune(repo, name, &opts).await {
@@ -364,5 +394,36 @@ async fn apply_retention(s: &SourceConfig, retention: &Retention, repo: &Repo, n
         Err(e) => {
             tracing::error!(source = %s.name, "retention failed (the repository stays consistent; retried after the next backup): {e:#}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_taken_here_holds_the_next_one_back() {
+        let now = Instant::now();
+        let day = Duration::from_secs(86_400);
+        // The repository does not show the backup just taken (due now): the
+        // local hold still waits a whole interval.
+        assert_eq!(next_wait(Duration::ZERO, Some(now + day), now), day);
+        // Nothing held: the repository decides.
+        assert_eq!(
+            next_wait(Duration::from_secs(5), None, now),
+            Duration::from_secs(5)
+        );
+        // A hold in the past does not delay an overdue backup.
+        assert_eq!(next_wait(Duration::ZERO, Some(now), now), Duration::ZERO);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_within_bounds() {
+        let day = Duration::from_secs(86_400);
+        let b: Vec<u64> = (1..=9).map(|f| failure_backoff(f, day).as_secs()).collect();
+        assert_eq!(b, vec![30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        // Never longer than the interval (but at least 30 s).
+        assert_eq!(failure_backoff(5, Duration::from_secs(60)).as_secs(), 60);
+        assert_eq!(failure_backoff(1, Duration::from_secs(1)).as_secs(), 30);
     }
 }

@@ -1,0 +1,188 @@
+//! The engine model: what differs between PostgreSQL, MySQL/MariaDB (and
+//! MongoDB next) sits behind [`EngineOps`]; catalog, retention, status,
+//! verify, run and metrics speak to it and never ask "which engine?".
+//!
+//! An engine plugs in with one module here implementing [`EngineOps`] and
+//! one line in [`ENGINES`]. What an engine tells the rest of pitr:
+//!
+//! * which source URLs and repository identities are its own
+//!   ([`EngineOps::handles_url`], [`EngineOps::codes`]);
+//! * how a log position prints ([`EngineOps::format_position`]);
+//! * what its base-backup manifest says, reduced to an engine-neutral
+//!   [`BackupSummary`]: the first log position a restore of the backup
+//!   reads and the position where the restored database is consistent
+//!   ([`EngineOps::backup_summary`]); retention and status need nothing else
+//!   to decide whether a backup is restorable and which log it needs;
+//! * whether the log start of a backup is rounded down to the server's log
+//!   file size ([`EngineOps::aligns_log_to_files`]: PostgreSQL fetches whole
+//!   WAL files).
+//!
+//! Archiving, backup and restore are run per engine by the CLI verbs (see
+//! `docs/architecture.md` for both paths in one picture each).
+
+pub mod mysql;
+pub mod postgres;
+
+use chrono::{DateTime, Utc};
+use pitr_segment::{Epoch, LogPos};
+
+use crate::archive::keys::{BackupKey, SourceName};
+use crate::storage::{Repo, StorageError};
+
+/// What one engine provides to the engine-neutral parts of pitr.
+pub trait EngineOps: Send + Sync + std::fmt::Debug {
+    /// Short lower-case name (`postgres`, `mysql`).
+    fn name(&self) -> &'static str;
+    /// The segment-format engine codes of its sources.
+    fn codes(&self) -> &'static [pitr_segment::Engine];
+    /// Whether a database URL is one of this engine's.
+    fn handles_url(&self, url: &str) -> bool;
+    /// A log position as the engine's users write it.
+    fn format_position(&self, epoch: Epoch, pos: LogPos) -> String;
+    /// Whether a backup's log start is rounded down to a log-file boundary
+    /// before it is looked up (PostgreSQL: whole WAL files are fetched).
+    fn aligns_log_to_files(&self) -> bool {
+        false
+    }
+    /// Reduces a `manifest.json` (already parsed as JSON) to a summary;
+    /// `Ok(None)` when the manifest is another engine's.
+    fn backup_summary(
+        &self,
+        key: &BackupKey,
+        manifest: &serde_json::Value,
+    ) -> anyhow::Result<Option<BackupSummary>>;
+}
+
+/// Every engine pitr knows, in the order URLs and manifests are tried.
+pub static ENGINES: &[&dyn EngineOps] = &[&postgres::Postgres, &mysql::MySql];
+
+/// The engine whose identities carry `code`.
+pub fn by_code(code: pitr_segment::Engine) -> Option<&'static dyn EngineOps> {
+    ENGINES.iter().copied().find(|e| e.codes().contains(&code))
+}
+
+/// The engine of a database URL.
+pub fn by_url(url: &str) -> Option<&'static dyn EngineOps> {
+    ENGINES.iter().copied().find(|e| e.handles_url(url))
+}
+
+/// Engine-neutral facts of one complete base backup.
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    pub key: BackupKey,
+    pub engine: &'static dyn EngineOps,
+    /// The engine code recorded for the server (`mysql` or `mariadb`...).
+    pub server_engine: pitr_segment::Engine,
+    pub label: String,
+    pub server_version: String,
+    pub system_id: String,
+    /// The epoch (timeline, lineage) the backup's log starts on.
+    pub epoch: Epoch,
+    /// The first log position a restore of this backup reads.
+    pub log_start: LogPos,
+    /// The restored database is consistent once the log is applied up to
+    /// here (the backup's stop position; a logical snapshot's own position).
+    pub consistent_at: LogPos,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// Bytes stored for the backup's parts.
+    pub stored_bytes: u64,
+}
+
+impl BackupSummary {
+    /// The log range `[from, to)` of [`BackupSummary::epoch`] that must be
+    /// archived for this backup to be restorable; `alignment` is the
+    /// server's log-file size for engines that fetch whole files.
+    pub fn log_needed(&self, alignment: u64) -> (Epoch, LogPos, LogPos) {
+        let from = if self.engine.aligns_log_to_files() {
+            align_down(self.log_start, alignment)
+        } else {
+            self.log_start
+        };
+        (self.epoch, from, self.consistent_at)
+    }
+}
+
+/// `p` rounded down to a multiple of `a` (positions of one epoch).
+pub fn align_down(p: LogPos, a: u64) -> LogPos {
+    let a = a.max(1);
+    LogPos::new(p.hi, p.lo - p.lo % a)
+}
+
+/// Reads the summary of one backup: `Ok(None)` when it is incomplete (no
+/// manifest yet) or of an engine this pitr does not know.
+pub async fn read_backup(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<BackupSummary>> {
+    let k = key.to_key();
+    let body = match repo.get(&k).await {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("backup manifest {k} is not valid JSON: {e}"))?;
+    for engine in ENGINES {
+        if let Some(s) = engine.backup_summary(key, &v)? {
+            return Ok(Some(s));
+        }
+    }
+    tracing::warn!(backup = %key.dir(), "backup manifest of an unknown engine, skipped");
+    Ok(None)
+}
+
+/// All complete backups among `keys` (the catalog's backup directories of
+/// `source`), oldest stop time first.
+pub async fn list_backups(
+    repo: &Repo,
+    source: &SourceName,
+    keys: &[BackupKey],
+) -> anyhow::Result<Vec<BackupSummary>> {
+    let mut out = Vec::new();
+    for k in keys {
+        debug_assert_eq!(&k.source, source);
+        match read_backup(repo, k).await? {
+            Some(s) => out.push(s),
+            None => tracing::debug!(backup = %k.dir(), "no manifest (incomplete), skipped"),
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.stop_time, a.epoch, a.log_start, &a.key.id).cmp(&(
+            b.stop_time,
+            b.epoch,
+            b.log_start,
+            &b.key.id,
+        ))
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_find_their_engine() {
+        assert_eq!(
+            by_url("postgres://u@h/db").map(|e| e.name()),
+            Some("postgres")
+        );
+        assert_eq!(by_url("host=h user=u").map(|e| e.name()), Some("postgres"));
+        assert_eq!(by_url("mariadb://u@h").map(|e| e.name()), Some("mysql"));
+        assert_eq!(by_url("mysql://u@h").map(|e| e.name()), Some("mysql"));
+        assert!(by_url("http://h").is_none());
+        assert_eq!(
+            by_code(pitr_segment::Engine::MariaDb).map(|e| e.name()),
+            Some("mysql")
+        );
+        assert_eq!(
+            by_code(pitr_segment::Engine::Postgres).map(|e| e.name()),
+            Some("postgres")
+        );
+    }
+
+    #[test]
+    fn alignment() {
+        let p = LogPos::from_lsn(0x0300_0028);
+        assert_eq!(align_down(p, 16 << 20), LogPos::from_lsn(0x0300_0000));
+        assert_eq!(align_down(p, 1), p);
+    }
+}

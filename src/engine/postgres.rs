@@ -1,0 +1,72 @@
+//! The PostgreSQL engine: positions are LSNs on a timeline (the epoch);
+//! a base backup (`BASE_BACKUP`, see `backup::manifest`) needs the WAL from
+//! its start LSN, rounded down to a WAL-file boundary, to its stop LSN.
+
+use pitr_postgres::lsn::Lsn;
+use pitr_segment::{Epoch, LogPos};
+
+use super::{BackupSummary, EngineOps};
+use crate::archive::keys::BackupKey;
+use crate::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+use crate::source::{url_kind, UrlKind};
+
+/// PostgreSQL physical streaming replication and base backups.
+#[derive(Debug)]
+pub struct Postgres;
+
+impl EngineOps for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn codes(&self) -> &'static [pitr_segment::Engine] {
+        &[pitr_segment::Engine::Postgres]
+    }
+
+    fn handles_url(&self, url: &str) -> bool {
+        url_kind(url) == Some(UrlKind::Postgres)
+    }
+
+    fn format_position(&self, epoch: Epoch, pos: LogPos) -> String {
+        format!("timeline {} LSN {}", epoch.0, Lsn(pos.lo))
+    }
+
+    fn aligns_log_to_files(&self) -> bool {
+        true
+    }
+
+    fn backup_summary(
+        &self,
+        key: &BackupKey,
+        manifest: &serde_json::Value,
+    ) -> anyhow::Result<Option<BackupSummary>> {
+        if manifest.get("kind").is_some()
+            || manifest.get("engine").and_then(|e| e.as_str()) != Some("postgres")
+        {
+            return Ok(None);
+        }
+        let k = key.to_key();
+        let m: BackupManifest = serde_json::from_value(manifest.clone())
+            .map_err(|e| anyhow::anyhow!("backup manifest {k} is not valid: {e}"))?;
+        if m.format_version > MANIFEST_FORMAT_VERSION {
+            anyhow::bail!(
+                "backup manifest {k} has format version {} (this pitr reads up to {MANIFEST_FORMAT_VERSION}); upgrade pitr",
+                m.format_version
+            );
+        }
+        Ok(Some(BackupSummary {
+            key: key.clone(),
+            engine: &Postgres,
+            server_engine: pitr_segment::Engine::Postgres,
+            stored_bytes: m.stored_bytes(),
+            label: m.label,
+            server_version: m.server_version,
+            system_id: m.system_id,
+            epoch: Epoch(u64::from(m.timeline)),
+            log_start: key.start,
+            consistent_at: LogPos::from_lsn(m.stop_lsn.0),
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+        }))
+    }
+}
