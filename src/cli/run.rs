@@ -21,13 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
-use crate::backup::take::{take_backup, BackupOptions};
 use crate::cli::common::shutdown_token;
 use crate::config::{Config, Retention, SourceConfig};
+use crate::engine::{ArchiveRequest, BackupRequest, EngineOps};
 use crate::monitor::metrics::{serve, Metrics, SourceMetrics};
 use crate::retention::{prune, Policy, PruneOptions, DEFAULT_LOG_ALIGNMENT};
-use crate::source::postgres::{archive, PgArchiveOptions};
-use crate::source::UrlKind;
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
@@ -96,8 +94,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let mut tasks = Vec::new();
     for (s, m) in cfg.sources.iter().zip(&sources) {
+        let Some(engine) = crate::engine::by_url(s.url.expose()) else {
+            eprintln!(
+                "error: source {}: no engine of this pitr archives this kind of URL",
+                s.name
+            );
+            return Ok(2);
+        };
         tasks.push(tokio::spawn(supervise(
             s.clone(),
+            engine,
             repo.clone(),
             m.clone(),
             cancel.clone(),
@@ -107,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         if let Some(every) = s.backup_interval {
             tasks.push(tokio::spawn(schedule_backups(
                 s.clone(),
+                engine,
                 every,
                 cfg.retention.clone(),
                 repo.clone(),
@@ -138,36 +145,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// Runs one source's archiver until cancelled, restarting it on failure.
-async fn supervise(s: SourceConfig, repo: Repo, m: Arc<SourceMetrics>, cancel: CancellationToken) {
+async fn supervise(
+    s: SourceConfig,
+    engine: &'static dyn EngineOps,
+    repo: Repo,
+    m: Arc<SourceMetrics>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Duration::from_secs(1);
     while !cancel.is_cancelled() {
-        let opts = PgArchiveOptions {
+        let req = ArchiveRequest {
             url: s.url.expose().to_string(),
-            name: Some(s.name.clone()),
+            name: s.name.clone(),
             slot: s.slot.clone(),
             flush_interval: s.flush_interval,
-            ..Default::default()
         };
         let started = Instant::now();
         m.up.store(true, Ordering::Relaxed);
-        let r = match s.kind {
-            UrlKind::MySql => {
-                let opts = crate::source::mysql::MysqlArchiveOptions {
-                    url: opts.url,
-                    name: opts.name,
-                    flush_interval: opts.flush_interval,
-                    ..Default::default()
-                };
-                crate::source::mysql::archive(
-                    opts,
-                    repo.clone(),
-                    cancel.clone(),
-                    m.progress.clone(),
-                )
-                .await
-            }
-            _ => archive(opts, repo.clone(), cancel.clone(), m.progress.clone()).await,
-        };
+        let r = engine
+            .archive(req, repo.clone(), cancel.clone(), m.progress.clone())
+            .await;
         m.up.store(false, Ordering::Relaxed);
         if cancel.is_cancelled() {
             if let Err(e) = r {
@@ -229,8 +226,10 @@ fn failure_backoff(failures: u32, every: Duration) -> Duration {
 }
 
 /// Takes a base backup of `s` whenever the newest one is `every` old.
+#[allow(clippy::too_many_arguments)]
 async fn schedule_backups(
     s: SourceConfig,
+    engine: &'static dyn EngineOps,
     every: Duration,
     retention: Retention,
     repo: Repo,
@@ -259,29 +258,13 @@ async fn schedule_backups(
         if !wait.is_zero() {
             continue; // re-check: a backup may have been taken meanwhile
         }
-        let opts = BackupOptions {
+        let req = BackupRequest {
             url: s.url.expose().to_string(),
-            name: Some(s.name.clone()),
-            label: Some(format!("pitr run scheduled backup of {}", s.name)),
-            ..Default::default()
+            name: s.name.clone(),
+            label: format!("pitr run scheduled backup of {}", s.name),
         };
         tracing::info!(source = %s.name, "taking a scheduled base backup");
-        let backup = async {
-            match s.kind {
-                UrlKind::MySql => {
-                    let o = crate::backup::mysql::MysqlBackupOptions {
-                        url: opts.url.clone(),
-                        name: opts.name.clone(),
-                        label: opts.label.clone(),
-                        ..Default::default()
-                    };
-                    crate::backup::mysql::take_mysql_backup(&o, &repo)
-                        .await
-                        .map(|r| r.key)
-                }
-                _ => take_backup(&opts, &repo, &|_| {}).await.map(|r| r.key),
-            }
-        };
+        let backup = engine.backup(req, repo.clone());
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = backup => r,

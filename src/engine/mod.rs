@@ -23,11 +23,40 @@
 pub mod mysql;
 pub mod postgres;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use pitr_segment::{Epoch, LogPos};
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::source::postgres::ArchiveProgress;
 use crate::storage::{Repo, StorageError};
+
+/// A boxed engine operation (object-safe async).
+pub type EngineFuture<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'static>>;
+
+/// What `pitr run` asks of any engine's archiver.
+#[derive(Debug, Clone)]
+pub struct ArchiveRequest {
+    pub url: String,
+    pub name: String,
+    /// PostgreSQL: the replication slot (others ignore it).
+    pub slot: Option<String>,
+    /// A segment is stored at least this often while the log flows.
+    pub flush_interval: Duration,
+}
+
+/// What `pitr run` asks of any engine's base backup.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub url: String,
+    pub name: String,
+    pub label: String,
+}
 
 /// What one engine provides to the engine-neutral parts of pitr.
 pub trait EngineOps: Send + Sync + std::fmt::Debug {
@@ -51,6 +80,17 @@ pub trait EngineOps: Send + Sync + std::fmt::Debug {
         key: &BackupKey,
         manifest: &serde_json::Value,
     ) -> anyhow::Result<Option<BackupSummary>>;
+    /// Streams the source's log into `repo` until `cancel` (then stores what
+    /// was received and returns `Ok`), or fails.
+    fn archive(
+        &self,
+        req: ArchiveRequest,
+        repo: Repo,
+        cancel: CancellationToken,
+        progress: Arc<ArchiveProgress>,
+    ) -> EngineFuture<()>;
+    /// Takes one complete base backup; returns its key.
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey>;
 }
 
 /// Every engine pitr knows, in the order URLs and manifests are tried.

@@ -6,14 +6,21 @@
 //! start (offset 4, after the magic) is the first position it needs, and the snapshot position is where
 //! the loaded data is consistent.
 
-use pitr_segment::{Epoch, LogPos};
+use std::sync::Arc;
 
-use super::{BackupSummary, EngineOps};
+use pitr_segment::{Epoch, LogPos};
+use tokio_util::sync::CancellationToken;
+
+use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps};
 use crate::archive::keys::BackupKey;
 use crate::backup::mysql::manifest::{
     MysqlManifest, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
 };
+use crate::backup::mysql::{take_mysql_backup, MysqlBackupOptions};
+use crate::source::mysql::{archive, MysqlArchiveOptions};
+use crate::source::postgres::ArchiveProgress;
 use crate::source::{url_kind, UrlKind};
+use crate::storage::Repo;
 
 /// MySQL and MariaDB binlog streaming and logical base backups.
 #[derive(Debug)]
@@ -79,5 +86,31 @@ impl EngineOps for MySql {
             start_time: m.start_time,
             stop_time: m.stop_time,
         }))
+    }
+
+    fn archive(
+        &self,
+        req: ArchiveRequest,
+        repo: Repo,
+        cancel: CancellationToken,
+        progress: Arc<ArchiveProgress>,
+    ) -> EngineFuture<()> {
+        let opts = MysqlArchiveOptions {
+            url: req.url,
+            name: Some(req.name),
+            flush_interval: req.flush_interval,
+            ..Default::default()
+        };
+        Box::pin(async move { archive(opts, repo, cancel, progress).await })
+    }
+
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey> {
+        let opts = MysqlBackupOptions {
+            url: req.url,
+            name: Some(req.name),
+            label: Some(req.label),
+            ..Default::default()
+        };
+        Box::pin(async move { take_mysql_backup(&opts, &repo).await.map(|r| r.key) })
     }
 }

@@ -2,13 +2,19 @@
 //! a base backup (`BASE_BACKUP`, see `backup::manifest`) needs the WAL from
 //! its start LSN, rounded down to a WAL-file boundary, to its stop LSN.
 
+use std::sync::Arc;
+
 use pitr_postgres::lsn::Lsn;
 use pitr_segment::{Epoch, LogPos};
+use tokio_util::sync::CancellationToken;
 
-use super::{BackupSummary, EngineOps};
+use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps};
 use crate::archive::keys::BackupKey;
 use crate::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+use crate::backup::take::{take_backup, BackupOptions};
+use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
 use crate::source::{url_kind, UrlKind};
+use crate::storage::Repo;
 
 /// PostgreSQL physical streaming replication and base backups.
 #[derive(Debug)]
@@ -68,5 +74,32 @@ impl EngineOps for Postgres {
             start_time: m.start_time,
             stop_time: m.stop_time,
         }))
+    }
+
+    fn archive(
+        &self,
+        req: ArchiveRequest,
+        repo: Repo,
+        cancel: CancellationToken,
+        progress: Arc<ArchiveProgress>,
+    ) -> EngineFuture<()> {
+        let opts = PgArchiveOptions {
+            url: req.url,
+            name: Some(req.name),
+            slot: req.slot,
+            flush_interval: req.flush_interval,
+            ..Default::default()
+        };
+        Box::pin(async move { archive(opts, repo, cancel, progress).await })
+    }
+
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey> {
+        let opts = BackupOptions {
+            url: req.url,
+            name: Some(req.name),
+            label: Some(req.label),
+            ..Default::default()
+        };
+        Box::pin(async move { take_backup(&opts, &repo, &|_| {}).await.map(|r| r.key) })
     }
 }
