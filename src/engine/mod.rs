@@ -125,6 +125,10 @@ pub struct BackupSummary {
     pub consistent_at: LogPos,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
+    /// The instant the restored database is consistent at: the earliest
+    /// restore target this backup serves (PostgreSQL: the backup's stop
+    /// time; a logical snapshot: the snapshot's server time).
+    pub consistent_time: DateTime<Utc>,
     /// Bytes stored for the backup's parts.
     pub stored_bytes: u64,
 }

@@ -84,6 +84,8 @@ impl EngineOps for MySql {
             log_start: LogPos::new(key.start.hi, FIRST_EVENT_OFFSET),
             consistent_at: key.start,
             start_time: m.start_time,
+            consistent_time: chrono::DateTime::from_timestamp_micros(m.snapshot_time_us)
+                .unwrap_or(m.stop_time),
             stop_time: m.stop_time,
         }))
     }

@@ -72,6 +72,7 @@ impl EngineOps for Postgres {
             log_start: key.start,
             consistent_at: LogPos::from_lsn(m.stop_lsn.0),
             start_time: m.start_time,
+            consistent_time: m.stop_time,
             stop_time: m.stop_time,
         }))
     }

@@ -22,14 +22,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
+use pitr_segment::{Epoch, LogPos, TimestampMicros};
 use serde::Serialize;
 
 use crate::archive::catalog::{Catalog, EpochCatalog};
 use crate::archive::gaps::read_gap;
 use crate::archive::identity::read_identity;
 use crate::archive::keys::SourceName;
-use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::engine::{self, list_backups};
 use crate::storage::{Repo, StorageError};
 
 /// A time range, inclusive.
@@ -208,19 +208,7 @@ pub async fn source_status(
             ));
         }
     }
-    let is_mysql = matches!(identity.engine, Engine::MySql | Engine::MariaDb);
-    let mysql_backups = if is_mysql {
-        crate::backup::mysql::manifest::list_mysql_backups(repo, catalog.backups()).await?
-    } else {
-        Vec::new()
-    };
-    let first_backup = if is_mysql {
-        mysql_backups.first().map(|(k, _)| (Epoch(1), k.start))
-    } else {
-        backups
-            .first()
-            .map(|(k, m)| (Epoch(u64::from(m.timeline)), k.start))
-    };
+    let first_backup = backups.iter().map(|b| (b.epoch, b.key.start)).min();
     let gaps = gaps
         .into_iter()
         .map(|(e, start, end, reason, recorded)| GapStatus {
@@ -267,25 +255,14 @@ pub async fn source_status(
     };
     let lag_seconds = last_commit.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
 
-    let (mut window, mut note) = recoverable_window(&catalog, &backups);
-    let mut base_backups = backups.len();
-    let mut newest_backup = backups.last().map(|(k, m)| BackupSummary {
-        id: k.id.clone(),
-        start_time: m.start_time,
-        stop_time: m.stop_time,
-        stored_bytes: m.stored_bytes(),
+    let (window, note) = recoverable_window(&catalog, &backups);
+    let base_backups = backups.len();
+    let newest_backup = backups.last().map(|b| BackupSummary {
+        id: b.key.id.clone(),
+        start_time: b.start_time,
+        stop_time: b.stop_time,
+        stored_bytes: b.stored_bytes,
     });
-    if is_mysql {
-        let mysql = mysql_backups;
-        base_backups = mysql.len();
-        newest_backup = mysql.last().map(|(k, m)| BackupSummary {
-            id: k.id.clone(),
-            start_time: m.start_time,
-            stop_time: m.stop_time,
-            stored_bytes: m.stored_bytes(),
-        });
-        (window, note) = mysql_window(&catalog, &mysql);
-    }
     Ok(SourceStatus {
         name: source.to_string(),
         engine: identity.engine.name().to_string(),
@@ -303,63 +280,6 @@ pub async fn source_status(
         lag_seconds,
         note,
     })
-}
-
-/// Recoverable window of a MySQL/MariaDB source: from the oldest backup's
-/// snapshot to the newest commit archived contiguously after its binlog
-/// coordinates (bridges make rotations contiguous; a hole ends the window).
-fn mysql_window(
-    catalog: &Catalog,
-    backups: &[(
-        crate::archive::keys::BackupKey,
-        crate::backup::mysql::manifest::MysqlManifest,
-    )],
-) -> (Option<Window>, Option<String>) {
-    let Some((oldest_key, oldest)) = backups.first() else {
-        return (
-            None,
-            Some("no base backup: nothing is restorable until one is taken (pitr backup)".into()),
-        );
-    };
-    let epoch = Epoch(1);
-    let Some(ec) = catalog.epoch(epoch) else {
-        return (None, Some("no binlog archived yet".into()));
-    };
-    let start = oldest_key.start;
-    let mut reach = None::<LogPos>;
-    let mut end: Option<i64> = None;
-    for s in ec.segments() {
-        if s.key.end <= start {
-            continue;
-        }
-        match reach {
-            None if s.key.start > start => break,
-            Some(r) if s.key.start > r => break,
-            _ => {}
-        }
-        reach = Some(s.key.end);
-        if let Some(t) = s.key.tmax {
-            end = Some(end.map_or(t.0, |e| e.max(t.0)));
-        }
-    }
-    let begin = chrono::DateTime::from_timestamp_micros(oldest.snapshot_time_us)
-        .unwrap_or(oldest.stop_time);
-    match end {
-        Some(e) => (
-            Some(Window {
-                start: begin,
-                end: to_datetime(TimestampMicros(e)).max(begin),
-            }),
-            None,
-        ),
-        None => (
-            Some(Window {
-                start: begin,
-                end: begin,
-            }),
-            Some("no transaction archived after the oldest backup yet".into()),
-        ),
-    }
 }
 
 /// Holes between the chain's contiguous runs that no gap record covers.
@@ -428,7 +348,7 @@ fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 /// The recoverable window from the backups and the log (see module docs).
 pub fn recoverable_window(
     catalog: &Catalog,
-    backups: &[(crate::archive::keys::BackupKey, BackupManifest)],
+    backups: &[engine::BackupSummary],
 ) -> (Option<Window>, Option<String>) {
     if backups.is_empty() {
         return (
@@ -438,20 +358,19 @@ pub fn recoverable_window(
     }
     let mut start: Option<DateTime<Utc>> = None;
     let mut end: Option<DateTime<Utc>> = None;
-    for (key, m) in backups {
-        let epoch = Epoch(u64::from(m.timeline));
-        let stop = LogPos::from_lsn(m.stop_lsn.0);
-        let Some((rep, rend, rt)) = reach(catalog, epoch, key.start) else {
+    for b in backups {
+        let Some((rep, rend, rt)) = reach(catalog, b.epoch, b.log_start) else {
             continue;
         };
-        if rep == epoch && rend < stop {
-            continue; // the backup's own WAL is not archived (yet)
+        if rep == b.epoch && rend < b.consistent_at {
+            continue; // the backup's own log is not archived (yet)
         }
+        let begin = b.consistent_time;
         let reach_end = rt
             .map(|t| to_datetime(TimestampMicros(t)))
-            .unwrap_or(m.stop_time)
-            .max(m.stop_time);
-        start = Some(start.map_or(m.stop_time, |s| s.min(m.stop_time)));
+            .unwrap_or(begin)
+            .max(begin);
+        start = Some(start.map_or(begin, |s| s.min(begin)));
         end = Some(end.map_or(reach_end, |e| e.max(reach_end)));
     }
     match (start, end) {
@@ -459,7 +378,7 @@ pub fn recoverable_window(
         _ => (
             None,
             Some(format!(
-                "{} base backup(s), but none has its WAL archived up to its stop position",
+                "{} base backup(s), but none has its log archived up to the point where it is consistent",
                 backups.len()
             )),
         ),
