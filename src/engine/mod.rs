@@ -131,6 +131,18 @@ pub struct BackupSummary {
     pub consistent_time: DateTime<Utc>,
     /// Bytes stored for the backup's parts.
     pub stored_bytes: u64,
+    /// Every stored object of the backup but its manifest.
+    pub parts: Vec<StoredPart>,
+}
+
+/// One stored object of a backup, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    /// Name inside the backup directory.
+    pub name: String,
+    /// Stored (compressed) size and its sha256 (hex).
+    pub size: u64,
+    pub sha256: String,
 }
 
 impl BackupSummary {

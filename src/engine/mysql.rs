@@ -11,7 +11,7 @@ use std::sync::Arc;
 use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps};
+use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
 use crate::archive::keys::BackupKey;
 use crate::backup::mysql::manifest::{
     MysqlManifest, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
@@ -72,9 +72,19 @@ impl EngineOps for MySql {
         } else {
             pitr_segment::Engine::MySql
         };
+        let parts = std::iter::once(&m.schema)
+            .chain(m.tables.iter().map(|t| &t.data))
+            .flat_map(|s| s.parts.iter())
+            .map(|p| StoredPart {
+                name: p.key.clone(),
+                size: p.size,
+                sha256: p.sha256.clone(),
+            })
+            .collect();
         Ok(Some(BackupSummary {
             key: key.clone(),
             engine: &MySql,
+            parts,
             server_engine,
             stored_bytes: m.stored_bytes(),
             label: m.label,

@@ -8,7 +8,7 @@ use pitr_postgres::lsn::Lsn;
 use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps};
+use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
 use crate::archive::keys::BackupKey;
 use crate::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
 use crate::backup::take::{take_backup, BackupOptions};
@@ -60,9 +60,21 @@ impl EngineOps for Postgres {
                 m.format_version
             );
         }
+        let parts = m
+            .archives
+            .iter()
+            .chain(m.backup_manifest.iter())
+            .flat_map(|a| a.parts.iter())
+            .map(|p| StoredPart {
+                name: p.key.clone(),
+                size: p.size,
+                sha256: p.sha256.clone(),
+            })
+            .collect();
         Ok(Some(BackupSummary {
             key: key.clone(),
             engine: &Postgres,
+            parts,
             server_engine: pitr_segment::Engine::Postgres,
             stored_bytes: m.stored_bytes(),
             label: m.label,

@@ -17,7 +17,7 @@
 //! and, where one applies, the log position.
 
 use futures::stream::{self, StreamExt};
-use pitr_segment::{Engine, SegmentReader};
+use pitr_segment::SegmentReader;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -25,7 +25,6 @@ use crate::archive::catalog::{Catalog, SegmentEntry};
 use crate::archive::gaps::read_gap;
 use crate::archive::identity::{read_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::backup::manifest::read_manifest;
 use crate::storage::Repo;
 
 /// One thing wrong with the repository.
@@ -305,40 +304,13 @@ async fn verify_backup(
 ) {
     let mkey = b.to_key();
     let at = Some(b.start.to_hex());
-    let manifest = match read_manifest(repo, b).await {
+    let summary = match crate::engine::read_backup(repo, b).await {
         Ok(Some(m)) => m,
         Ok(None) => {
-            match crate::backup::mysql::manifest::read_mysql_manifest(repo, b).await {
-                Ok(Some(m)) => {
-                    report.backups += 1;
-                    if let Some(id) = identity {
-                        if m.system_id != id.system_id {
-                            report.problems.push(problem(
-                                source,
-                                &mkey,
-                                at.clone(),
-                                format!(
-                                    "manifest is of system id {}, the source is system id {}",
-                                    m.system_id, id.system_id
-                                ),
-                            ));
-                        }
-                    }
-                    let parts: Vec<(String, u64, String)> = std::iter::once(&m.schema)
-                        .chain(m.tables.iter().map(|t| &t.data))
-                        .flat_map(|s| s.parts.iter())
-                        .map(|p| (p.key.clone(), p.size, p.sha256.clone()))
-                        .collect();
-                    check_parts(repo, source, b, parts, at, parallelism, report).await;
-                }
-                Ok(None) => report.notes.push(format!(
-                    "{}: no manifest.json, an incomplete backup (ignored by restore)",
-                    b.dir()
-                )),
-                Err(e) => report
-                    .problems
-                    .push(problem(source, &mkey, at, format!("{e:#}"))),
-            }
+            report.notes.push(format!(
+                "{}: no manifest.json, an incomplete backup (ignored by restore)",
+                b.dir()
+            ));
             return;
         }
         Err(e) => {
@@ -350,28 +322,25 @@ async fn verify_backup(
     };
     report.backups += 1;
     if let Some(id) = identity {
-        let engine_ok = manifest.engine.parse::<Engine>().ok() == Some(id.engine);
-        if !engine_ok || manifest.system_id != id.system_id {
+        if summary.server_engine != id.engine || summary.system_id != id.system_id {
             report.problems.push(problem(
                 source,
                 &mkey,
                 at.clone(),
                 format!(
                     "manifest is of {} system id {}, the source is {} system id {}",
-                    manifest.engine,
-                    manifest.system_id,
+                    summary.server_engine.name(),
+                    summary.system_id,
                     id.engine.name(),
                     id.system_id
                 ),
             ));
         }
     }
-    let parts: Vec<(String, u64, String)> = manifest
-        .archives
-        .iter()
-        .chain(manifest.backup_manifest.iter())
-        .flat_map(|a| a.parts.iter())
-        .map(|p| (p.key.clone(), p.size, p.sha256.clone()))
+    let parts: Vec<(String, u64, String)> = summary
+        .parts
+        .into_iter()
+        .map(|p| (p.name, p.size, p.sha256))
         .collect();
     check_parts(repo, source, b, parts, at, parallelism, report).await;
 }
