@@ -7,5 +7,7 @@
 //!   stop position is archived.
 
 pub mod manifest;
+pub mod mongodb;
 pub mod mysql;
+pub mod parts;
 pub mod take;

@@ -39,23 +39,7 @@ pub const MYSQL_MANIFEST_FORMAT_VERSION: u32 = 1;
 /// `kind` of MySQL/MariaDB logical backups.
 pub const MYSQL_BACKUP_KIND: &str = "mysql-logical";
 
-/// One stored object of a stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Part {
-    pub key: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// A zstd stream stored as parts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stream {
-    pub name: String,
-    /// Uncompressed size and sha256 (hex).
-    pub size: u64,
-    pub sha256: String,
-    pub parts: Vec<Part>,
-}
+pub use crate::backup::parts::{Part, Stream};
 
 /// The dump of one table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
