@@ -162,3 +162,30 @@ pub async fn ensure_identity(
         Err(e) => Err(e.into()),
     }
 }
+
+/// The `--name` given, or the only source in the repository.
+pub async fn resolve_source(repo: &Repo, name: Option<&str>) -> anyhow::Result<SourceName> {
+    if let Some(n) = name {
+        return SourceName::new(n).map_err(|e| anyhow::anyhow!("invalid --name: {e}"));
+    }
+    let dirs = repo
+        .list_dirs("")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut names: Vec<String> = dirs
+        .into_iter()
+        .map(|d| d.trim_end_matches('/').to_string())
+        .filter(|d| !d.starts_with('.') && SourceName::new(d).is_ok())
+        .collect();
+    names.sort();
+    match names.len() {
+        1 => SourceName::new(&names[0]).map_err(|e| anyhow::anyhow!("{e}")),
+        0 => Err(anyhow::anyhow!(
+            "the repository holds no source yet; check --repo or run `pitr archive` first"
+        )),
+        _ => Err(anyhow::anyhow!(
+            "the repository holds several sources ({}); choose one with --name",
+            names.join(", ")
+        )),
+    }
+}

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use clap::Args;
 use pitr_segment::TimestampMicros;
 
-use crate::cli::wal_fetch::resolve_source;
+use crate::archive::identity::resolve_source;
 use crate::restore::binlog_fetch::{fetch_binlog_file, list_binlog_files, BinlogFetchOutcome};
 use crate::storage::Repo;
 

@@ -9,8 +9,8 @@ use anyhow::{anyhow, Context as _};
 use clap::Args;
 
 use crate::archive::catalog::Catalog;
+use crate::archive::identity::resolve_source;
 use crate::backup::manifest::list_backups;
-use crate::cli::wal_fetch::resolve_source;
 use crate::restore::pg;
 use crate::restore::plan::{plan, plan_on, timeline_path, Target};
 use crate::restore::time::{parse_time, utc_text};

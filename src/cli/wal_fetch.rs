@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 
-use crate::archive::keys::SourceName;
 use crate::restore::prefetch::{self, Spool};
 use crate::restore::wal_fetch::{FetchOptions, FetchOutcome};
 use crate::storage::Repo;
@@ -144,26 +143,4 @@ fn spawn_worker(args: &WalFetchArgs, source: &str, spool: &Spool) -> anyhow::Res
     Ok(())
 }
 
-/// The `--name` given, or the only source in the repository.
-pub async fn resolve_source(repo: &Repo, name: Option<&str>) -> anyhow::Result<SourceName> {
-    if let Some(n) = name {
-        return SourceName::new(n).map_err(|e| anyhow!("invalid --name: {e}"));
-    }
-    let dirs = repo.list_dirs("").await.map_err(|e| anyhow!("{e}"))?;
-    let mut names: Vec<String> = dirs
-        .into_iter()
-        .map(|d| d.trim_end_matches('/').to_string())
-        .filter(|d| !d.starts_with('.') && SourceName::new(d).is_ok())
-        .collect();
-    names.sort();
-    match names.len() {
-        1 => SourceName::new(&names[0]).map_err(|e| anyhow!("{e}")),
-        0 => Err(anyhow!(
-            "the repository holds no source yet; check --repo or run `pitr archive` first"
-        )),
-        _ => Err(anyhow!(
-            "the repository holds several sources ({}); choose one with --name",
-            names.join(", ")
-        )),
-    }
-}
+pub use crate::archive::identity::resolve_source;

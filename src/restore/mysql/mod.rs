@@ -30,9 +30,9 @@ use pitr_mysql::{BinlogPos, Flavor};
 use pitr_segment::Epoch;
 
 use crate::archive::catalog::Catalog;
+use crate::archive::identity::resolve_source;
 use crate::backup::mysql::dump::{q, q1};
 use crate::backup::mysql::manifest::list_mysql_backups;
-use crate::cli::wal_fetch::resolve_source;
 use crate::restore::time::{parse_time, to_micros, utc_text};
 use crate::storage::Repo;
 use plan::{plan_mysql, MysqlTarget};
