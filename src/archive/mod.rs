@@ -8,4 +8,5 @@ pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod pipeline;
+pub mod progress;
 pub mod sink;

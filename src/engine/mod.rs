@@ -33,7 +33,7 @@ use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::source::postgres::ArchiveProgress;
+use crate::archive::progress::ArchiveProgress;
 use crate::storage::{Repo, StorageError};
 
 /// A boxed engine operation (object-safe async).

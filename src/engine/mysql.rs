@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
 use crate::archive::keys::BackupKey;
+use crate::archive::progress::ArchiveProgress;
 use crate::backup::mysql::manifest::{
     MysqlManifest, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
 };
 use crate::backup::mysql::{take_mysql_backup, MysqlBackupOptions};
 use crate::source::mysql::{archive, MysqlArchiveOptions};
-use crate::source::postgres::ArchiveProgress;
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
 

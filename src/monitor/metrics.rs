@@ -32,8 +32,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::SourceName;
+use crate::archive::progress::ArchiveProgress;
 use crate::monitor::status::{source_status, SourceStatus};
-use crate::source::postgres::ArchiveProgress;
 use crate::storage::Repo;
 
 /// Live state of one archived source, shared with its supervisor.

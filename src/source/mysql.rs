@@ -48,12 +48,12 @@ use crate::archive::gaps::{write_gap, GapError, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SourceName};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
+use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::RepoSink;
 use crate::source::mysql_segment::{
     default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
     FIRST_EVENT_OFFSET, MYSQL_EPOCH,
 };
-use crate::source::postgres::ArchiveProgress;
 use crate::storage::{Repo, StorageError};
 
 /// Settings of one MySQL/MariaDB archiver.

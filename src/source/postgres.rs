@@ -25,7 +25,7 @@
 //! stretch, a loud error is logged, and archiving continues from the oldest
 //! WAL the server still has.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::gaps::{write_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
-use crate::archive::pipeline::{Durable, SealedSegment, UploadStats, Uploader, UploaderOptions};
+use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
 use crate::archive::sink::RepoSink;
 use crate::source::pg_index::{Commit, CommitIndexer};
 use crate::storage::Repo;
@@ -81,17 +81,7 @@ impl Default for PgArchiveOptions {
     }
 }
 
-/// Live numbers of an archiver, read by `/metrics` and logs.
-#[derive(Debug, Default)]
-pub struct ArchiveProgress {
-    pub upload: Arc<UploadStats>,
-    pub received_lsn: AtomicU64,
-    pub durable_lsn: AtomicU64,
-    pub timeline: AtomicU64,
-    /// Last durable commit time, µs since the Unix epoch (0 = none yet).
-    pub last_commit_micros: AtomicI64,
-    pub gaps: AtomicU64,
-}
+pub use crate::archive::progress::ArchiveProgress;
 
 /// Outcome of one streaming session.
 enum SessionEnd {

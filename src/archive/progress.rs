@@ -1,0 +1,20 @@
+//! Live numbers of a running archiver of any engine, shared with `/metrics`
+//! and logs. Positions are the engine-neutral `LogPos::lo` of the epoch in
+//! `timeline` (PostgreSQL LSN; other engines their own `lo`).
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
+
+use crate::archive::pipeline::UploadStats;
+
+/// Live numbers of an archiver, read by `/metrics` and logs.
+#[derive(Debug, Default)]
+pub struct ArchiveProgress {
+    pub upload: Arc<UploadStats>,
+    pub received_lsn: AtomicU64,
+    pub durable_lsn: AtomicU64,
+    pub timeline: AtomicU64,
+    /// Last durable commit time, µs since the Unix epoch (0 = none yet).
+    pub last_commit_micros: AtomicI64,
+    pub gaps: AtomicU64,
+}
