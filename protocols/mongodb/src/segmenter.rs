@@ -325,6 +325,16 @@ impl Segmenter {
         })
     }
 
+    /// The input ended (a bounded source such as a file, not a live
+    /// oplog): a pending chain of linked batches cannot continue, so the
+    /// buffered bytes become sealable unless a transaction is still open.
+    pub fn end_of_input(&mut self, now: Instant) {
+        if self.tracker.open_transactions() == 0 {
+            self.tracker = TxnTracker::new();
+            self.mark_safe(now);
+        }
+    }
+
     /// Drops the bytes of an unfinished unit (after a connection failure);
     /// the stream must resume right after [`Segmenter::safe_last_ts`] (or
     /// the last sealed segment).
