@@ -15,7 +15,7 @@
 //! onto [`pitr_segment::LogPos`] as `hi = 0, lo = seconds << 32 | increment`.
 //! The epoch of a segment is the replica-set term `t` of its entries.
 
-//TMP pub mod apply;
+pub mod apply;
 pub mod entry;
 pub mod error;
 pub mod oplog_file;
@@ -24,7 +24,9 @@ pub mod segmenter;
 //TMP pub mod tail;
 pub mod txn;
 
-//TMP pub use apply::{ApplyLimits, ApplyOptions, ApplyPlanner, ApplyRequest, ApplyStats, BatchKind};
+pub use apply::{
+    plan, ApplyLimits, ApplyOptions, ApplyPlanner, ApplyRequest, ApplyStats, BatchKind, Pushed,
+};
 pub use entry::{CommandKind, EntryMeta, OpKind, OpTime, OplogEntry, OplogEntryRef};
 pub use error::DecodeError;
 pub use oplog_file::{OplogFileReader, OplogFileWriter, MAX_ENTRY_LEN};

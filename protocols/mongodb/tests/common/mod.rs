@@ -78,3 +78,158 @@ pub fn real_stream() -> Vec<(OplogTs, Vec<u8>)> {
     all.dedup_by_key(|(ts, _)| *ts);
     all
 }
+
+use bson::{doc, Binary, Bson, DateTime, Document, RawDocumentBuf};
+
+/// A unit of several entries inserted into the real stream.
+#[derive(Debug, Clone, Copy)]
+pub enum UnitKind {
+    /// `k` entries with `partialTxn` then the committing `applyOps`.
+    LargeTxn,
+    /// `prepare` entry, then (`span` gaps later) `commitTransaction`.
+    PreparedCommit,
+    /// Same, ending with `abortTransaction`.
+    PreparedAbort,
+    /// `k` linked batches (`multiOpType: 1`).
+    Chain,
+}
+
+/// Where a synthetic unit landed in the final stream.
+#[derive(Debug, Clone)]
+pub struct UnitSpan {
+    pub kind: UnitKind,
+    /// Indices of its first and last entry.
+    pub first: usize,
+    pub last: usize,
+    /// `_id`s of its inner operations, in order.
+    pub ids: Vec<String>,
+}
+
+/// One entry of the mixed stream.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub ts: OplogTs,
+    pub bytes: Vec<u8>,
+    /// Index of the synthetic unit it belongs to.
+    pub unit: Option<usize>,
+}
+
+fn uuid(n: u8) -> Bson {
+    Bson::Binary(Binary {
+        subtype: bson::spec::BinarySubtype::Uuid,
+        bytes: vec![n; 16],
+    })
+}
+
+fn inner(unit: usize, e: usize, n: usize, ids: &mut Vec<String>) -> Vec<Bson> {
+    (0..n)
+        .map(|j| {
+            let id = format!("u{unit}-e{e}-op{j}");
+            ids.push(id.clone());
+            Bson::Document(doc! {
+                "op": "i", "ns": "synthetic.coll", "ui": uuid(7), "o": {"_id": id.clone(), "pad": "x".repeat(40)},
+                "o2": {"_id": id}, "stmtId": j as i32,
+            })
+        })
+        .collect()
+}
+
+/// An entry in the field order of a real transaction entry.
+fn txn_entry(unit: usize, ts: OplogTs, term: Option<i64>, prev: Option<OplogTs>, o: Document, multi: bool) -> Vec<u8> {
+    let mut d = doc! {
+        "lsid": {"id": uuid(unit as u8), "uid": Binary{subtype: bson::spec::BinarySubtype::Generic, bytes: vec![3; 32]}},
+        "txnNumber": 1i64, "op": "c", "ns": "admin.$cmd", "o": o, "ts": ts.to_bson(),
+    };
+    if let Some(t) = term {
+        d.insert("t", t);
+    }
+    d.insert("v", 2i64);
+    d.insert("wall", DateTime::from_millis(i64::from(ts.secs) * 1000));
+    let p = prev.unwrap_or(OplogTs { secs: 0, inc: 0 });
+    d.insert("prevOpTime", doc! {"ts": p.to_bson(), "t": if prev.is_some() { term.unwrap_or(1) } else { -1 }});
+    if multi {
+        d.insert("multiOpType", 1);
+    }
+    RawDocumentBuf::from_document(&d).unwrap().into_bytes()
+}
+
+/// The real stream with synthetic units inserted into the gaps between
+/// real entries of different seconds. `units`: (gap choice, kind, size,
+/// span in gaps for prepared transactions).
+pub fn mixed_stream(units: &[(usize, UnitKind, usize, usize)]) -> (Vec<Item>, Vec<UnitSpan>) {
+    let real = real_stream();
+    let gaps: Vec<usize> = (0..real.len())
+        .filter(|&i| i + 1 == real.len() || real[i + 1].0.secs > real[i].0.secs)
+        .collect();
+    // Per real index: synthetic entries (unit, bytes builder) after it.
+    type Pending = (usize, Box<dyn Fn(OplogTs, Option<i64>, Option<OplogTs>) -> Vec<u8>>);
+    let mut after: Vec<Vec<Pending>> = (0..real.len()).map(|_| Vec::new()).collect();
+    let mut ids: Vec<Vec<String>> = Vec::new();
+    for (u, &(g, kind, size, span)) in units.iter().enumerate() {
+        let gi = gaps[g % gaps.len()];
+        let mut unit_ids = Vec::new();
+        let k = size.max(1);
+        match kind {
+            UnitKind::LargeTxn | UnitKind::Chain => {
+                let multi = matches!(kind, UnitKind::Chain);
+                for e in 0..k {
+                    let ops = inner(u, e, 2, &mut unit_ids);
+                    let last = e + 1 == k;
+                    after[gi].push((
+                        u,
+                        Box::new(move |ts, t, prev| {
+                            let mut o = doc! {"applyOps": ops.clone()};
+                            if !last && !multi {
+                                o.insert("partialTxn", true);
+                            }
+                            txn_entry(u, ts, t, prev, o, multi)
+                        }),
+                    ));
+                }
+            }
+            UnitKind::PreparedCommit | UnitKind::PreparedAbort => {
+                let ops = inner(u, 0, k, &mut unit_ids);
+                after[gi].push((
+                    u,
+                    Box::new(move |ts, t, prev| {
+                        txn_entry(u, ts, t, prev, doc! {"applyOps": ops.clone(), "prepare": true}, false)
+                    }),
+                ));
+                let gj = gaps[(g % gaps.len() + span).min(gaps.len() - 1)];
+                let commit = matches!(kind, UnitKind::PreparedCommit);
+                after[gj].push((
+                    u,
+                    Box::new(move |ts, t, prev| {
+                        let o = if commit {
+                            doc! {"commitTransaction": 1, "commitTimestamp": ts.to_bson()}
+                        } else {
+                            doc! {"abortTransaction": 1}
+                        };
+                        txn_entry(u, ts, t, prev, o, false)
+                    }),
+                ));
+            }
+        }
+        ids.push(unit_ids);
+    }
+    let mut out = Vec::new();
+    let mut last_of: Vec<Option<OplogTs>> = vec![None; units.len()];
+    let mut spans: Vec<UnitSpan> = units
+        .iter()
+        .enumerate()
+        .map(|(u, &(_, kind, _, _))| UnitSpan { kind, first: usize::MAX, last: 0, ids: ids[u].clone() })
+        .collect();
+    for (i, (ts, bytes)) in real.iter().enumerate() {
+        out.push(Item { ts: *ts, bytes: bytes.clone(), unit: None });
+        let term = pitr_mongodb::OplogEntryRef::from_bytes(bytes).unwrap().term();
+        for (j, (u, build)) in after[i].iter().enumerate() {
+            let sts = OplogTs { secs: ts.secs, inc: ts.inc + 1 + j as u32 };
+            let b = build(sts, term, last_of[*u]);
+            last_of[*u] = Some(sts);
+            spans[*u].first = spans[*u].first.min(out.len());
+            spans[*u].last = out.len();
+            out.push(Item { ts: sts, bytes: b, unit: Some(*u) });
+        }
+    }
+    (out, spans)
+}
