@@ -20,8 +20,8 @@ pub mod entry;
 pub mod error;
 pub mod oplog_file;
 pub mod segmenter;
-//TMPCFG
-//TMP pub mod tail;
+#[cfg(feature = "driver")]
+pub mod tail;
 pub mod txn;
 
 pub use apply::{
