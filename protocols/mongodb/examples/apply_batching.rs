@@ -32,18 +32,32 @@ fn entry(i: u32) -> Vec<u8> {
             o.insert("partialTxn", true);
         }
         let prev = if i % 1_000 == 500 {
-            Timestamp { time: 0, increment: 0 }
+            Timestamp {
+                time: 0,
+                increment: 0,
+            }
         } else {
-            Timestamp { time: 1_700_000_000 + (i - 1) / 100, increment: (i - 1) % 100 + 1 }
+            Timestamp {
+                time: 1_700_000_000 + (i - 1) / 100,
+                increment: (i - 1) % 100 + 1,
+            }
         };
         doc! {"lsid": {"id": ui.clone()}, "txnNumber": i64::from(i / 1_000), "op": "c", "ns": "admin.$cmd", "o": o,
-              "ts": ts, "t": 1i64, "v": 2i64, "wall": wall, "prevOpTime": {"ts": prev, "t": 1i64}}
+        "ts": ts, "t": 1i64, "v": 2i64, "wall": wall, "prevOpTime": {"ts": prev, "t": 1i64}}
     } else {
         match i % 7 {
-            0 | 1 | 2 => doc! {"op": "i", "ns": "bench.c", "ui": ui, "o": {"_id": i64::from(i), "name": format!("user {i}"), "score": f64::from(i), "tags": ["a", "b"]}, "o2": {"_id": i64::from(i)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall},
-            3 | 4 => doc! {"op": "u", "ns": "bench.c", "ui": ui, "o": {"$v": 2, "diff": {"u": {"score": f64::from(i) * 2.0}}}, "o2": {"_id": i64::from(i - 3)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall},
-            5 => doc! {"op": "d", "ns": "bench.c", "ui": ui, "o": {"_id": i64::from(i - 5)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall},
-            _ => doc! {"op": "n", "ns": "", "o": {"msg": "periodic noop"}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall},
+            0 | 1 | 2 => {
+                doc! {"op": "i", "ns": "bench.c", "ui": ui, "o": {"_id": i64::from(i), "name": format!("user {i}"), "score": f64::from(i), "tags": ["a", "b"]}, "o2": {"_id": i64::from(i)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall}
+            }
+            3 | 4 => {
+                doc! {"op": "u", "ns": "bench.c", "ui": ui, "o": {"$v": 2, "diff": {"u": {"score": f64::from(i) * 2.0}}}, "o2": {"_id": i64::from(i - 3)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall}
+            }
+            5 => {
+                doc! {"op": "d", "ns": "bench.c", "ui": ui, "o": {"_id": i64::from(i - 5)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall}
+            }
+            _ => {
+                doc! {"op": "n", "ns": "", "o": {"msg": "periodic noop"}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall}
+            }
         }
     };
     RawDocumentBuf::from_document(&d).unwrap().into_bytes()
@@ -54,7 +68,10 @@ fn main() {
     let stream: Vec<Vec<u8>> = (0..n).map(entry).collect();
     let bytes: usize = stream.iter().map(Vec::len).sum();
     let entries = || stream.iter().map(|b| OplogEntryRef::from_bytes(b).unwrap());
-    let target = OplogTs::from_bson(bson::Timestamp { time: u32::MAX, increment: 0 });
+    let target = OplogTs::from_bson(bson::Timestamp {
+        time: u32::MAX,
+        increment: 0,
+    });
     println!("stream: {n} entries, {bytes} bytes");
 
     let t = Instant::now();
@@ -76,8 +93,20 @@ fn main() {
     );
 
     for (name, limits) in [
-        ("one entry per request", ApplyLimits { max_ops: 1, max_bytes: 16 << 20 }),
-        ("batched, 1000 ops", ApplyLimits { max_ops: 1000, max_bytes: 16 << 20 }),
+        (
+            "one entry per request",
+            ApplyLimits {
+                max_ops: 1,
+                max_bytes: 16 << 20,
+            },
+        ),
+        (
+            "batched, 1000 ops",
+            ApplyLimits {
+                max_ops: 1000,
+                max_bytes: 16 << 20,
+            },
+        ),
         ("batched, default", ApplyLimits::default()),
     ] {
         let mut opts = ApplyOptions::new(target);

@@ -282,7 +282,8 @@ impl OplogTailer {
             }
             StartAt::Oldest | StartAt::Latest => doc! {},
         };
-        let mut find = oplog(client)
+        let coll = oplog(client);
+        let mut find = coll
             .find(filter)
             .cursor_type(CursorType::TailableAwait)
             .max_await_time(opts.max_await);
@@ -351,7 +352,9 @@ mod tests {
         };
         assert!(check_first(&after, &meta(10, 2, 3)).unwrap());
         let gap = check_first(&after, &meta(10, 5, 3)).unwrap_err();
-        assert!(matches!(gap, TailError::Gap { wanted, found } if wanted == l && found == OplogTs { secs: 10, inc: 5 }));
+        assert!(
+            matches!(gap, TailError::Gap { wanted, found } if wanted == l && found == OplogTs { secs: 10, inc: 5 })
+        );
         assert!(!gap.is_transient());
         let div = check_first(&after, &meta(10, 2, 4)).unwrap_err();
         assert!(matches!(div, TailError::Diverged { .. }) && !div.is_transient());

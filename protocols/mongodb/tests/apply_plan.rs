@@ -7,7 +7,9 @@ mod common;
 use bson::raw::{RawBsonRef, RawDocument};
 use common::{Item, UnitKind, UnitSpan};
 use pitr_mongodb::apply::{plan, skip_ns};
-use pitr_mongodb::{ApplyLimits, ApplyOptions, ApplyRequest, BatchKind, OpKind, OplogEntryRef, OplogTs};
+use pitr_mongodb::{
+    ApplyLimits, ApplyOptions, ApplyRequest, BatchKind, OpKind, OplogEntryRef, OplogTs,
+};
 use proptest::prelude::*;
 
 /// What the target must receive, in order.
@@ -27,7 +29,11 @@ fn op_of(d: &RawDocument) -> Expect {
     if ns == "synthetic.coll" {
         return Expect::Id(o.get_str("_id").unwrap().to_string());
     }
-    Expect::Op(d.get_str("op").unwrap().to_string(), ns, o.as_bytes().to_vec())
+    Expect::Op(
+        d.get_str("op").unwrap().to_string(),
+        ns,
+        o.as_bytes().to_vec(),
+    )
 }
 
 fn command_ns(e: &OplogEntryRef) -> String {
@@ -53,7 +59,10 @@ fn oracle(items: &[Item], spans: &[UnitSpan], target: OplogTs) -> Vec<Expect> {
             seen[u] += 1;
             match s.kind {
                 UnitKind::Chain => out.extend(
-                    s.ids.iter().filter(|id| id.contains(&format!("-e{e_idx}-"))).map(|id| Expect::Id(id.clone())),
+                    s.ids
+                        .iter()
+                        .filter(|id| id.contains(&format!("-e{e_idx}-")))
+                        .map(|id| Expect::Id(id.clone())),
                 ),
                 UnitKind::LargeTxn | UnitKind::PreparedCommit if i == s.last => {
                     out.extend(s.ids.iter().map(|id| Expect::Id(id.clone())))
@@ -78,9 +87,9 @@ fn oracle(items: &[Item], spans: &[UnitSpan], target: OplogTs) -> Vec<Expect> {
                     }
                 }
                 "startIndexBuild" | "abortIndexBuild" => {}
-                "commitIndexBuild" | "createIndexes" => {
-                    out.push(Expect::CreateIndexes(e.ns().unwrap().split('.').next().unwrap().into()))
-                }
+                "commitIndexBuild" | "createIndexes" => out.push(Expect::CreateIndexes(
+                    e.ns().unwrap().split('.').next().unwrap().into(),
+                )),
                 _ => {
                     if !skip_ns(&command_ns(&e)) {
                         out.push(op_of(e.doc()));
@@ -106,10 +115,17 @@ fn actual(reqs: &[ApplyRequest]) -> Vec<(usize, Expect)> {
         for op in ops {
             let op = op.unwrap().as_document().unwrap();
             for (k, _) in op.iter().map(|x| x.unwrap()) {
-                assert!(["op", "ns", "o", "o2", "b"].contains(&k), "field {k} sent to applyOps");
+                assert!(
+                    ["op", "ns", "o", "o2", "b"].contains(&k),
+                    "field {k} sent to applyOps"
+                );
             }
             if op.get_str("op").unwrap() == "c" {
-                assert_eq!((req.kind, req.ops), (BatchKind::Command, 1), "commands run alone");
+                assert_eq!(
+                    (req.kind, req.ops),
+                    (BatchKind::Command, 1),
+                    "commands run alone"
+                );
             }
             out.push((r, op_of(op)));
             n += 1;
@@ -122,13 +138,18 @@ fn actual(reqs: &[ApplyRequest]) -> Vec<(usize, Expect)> {
 fn check(items: &[Item], spans: &[UnitSpan], target: OplogTs, limits: ApplyLimits) {
     let mut opts = ApplyOptions::new(target);
     opts.limits = limits;
-    let entries = items.iter().map(|i| OplogEntryRef::from_bytes(&i.bytes).unwrap());
+    let entries = items
+        .iter()
+        .map(|i| OplogEntryRef::from_bytes(&i.bytes).unwrap());
     let (reqs, stats) = plan(entries, opts).unwrap();
     let got = actual(&reqs);
     let want = oracle(items, spans, target);
     let got_ops: Vec<Expect> = got.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(got_ops, want, "target {target}");
-    assert_eq!(stats.entries as usize, items.iter().filter(|i| i.ts <= target).count());
+    assert_eq!(
+        stats.entries as usize,
+        items.iter().filter(|i| i.ts <= target).count()
+    );
     assert_eq!(stats.requests as usize, reqs.len());
     for r in &reqs {
         assert!(r.last_ts <= target);
@@ -139,7 +160,9 @@ fn check(items: &[Item], spans: &[UnitSpan], target: OplogTs, limits: ApplyLimit
     // A committed transaction is in one request, or, when it alone exceeds
     // the bounds, in consecutive requests holding nothing else.
     for s in spans {
-        if !matches!(s.kind, UnitKind::LargeTxn | UnitKind::PreparedCommit) || items[s.last].ts > target {
+        if !matches!(s.kind, UnitKind::LargeTxn | UnitKind::PreparedCommit)
+            || items[s.last].ts > target
+        {
             continue;
         }
         let reqs_of: Vec<usize> = got
@@ -152,7 +175,10 @@ fn check(items: &[Item], spans: &[UnitSpan], target: OplogTs, limits: ApplyLimit
         if a != b {
             assert!(stats.split_txns > 0);
             for r in a..=b {
-                assert!(got.iter().filter(|(x, _)| *x == r).all(|(_, e)| matches!(e, Expect::Id(id) if s.ids.contains(id))));
+                assert!(got
+                    .iter()
+                    .filter(|(x, _)| *x == r)
+                    .all(|(_, e)| matches!(e, Expect::Id(id) if s.ids.contains(id))));
             }
         }
     }
@@ -198,7 +224,13 @@ fn whole_stream_batches_many_entries_per_request() {
     let (items, spans) = common::mixed_stream(&units);
     let target = items.last().unwrap().ts;
     check(&items, &spans, target, ApplyLimits::default());
-    let (reqs, stats) = plan(items.iter().map(|i| OplogEntryRef::from_bytes(&i.bytes).unwrap()), ApplyOptions::new(target)).unwrap();
+    let (reqs, stats) = plan(
+        items
+            .iter()
+            .map(|i| OplogEntryRef::from_bytes(&i.bytes).unwrap()),
+        ApplyOptions::new(target),
+    )
+    .unwrap();
     assert!(stats.entries_per_request() > 3.0, "{stats:?}");
     assert_eq!((stats.txns_dropped, stats.split_txns), (1, 0));
     assert!(stats.skipped_noops == 28 && stats.skipped_index_builds > 0);
@@ -206,7 +238,13 @@ fn whole_stream_batches_many_entries_per_request() {
     // A target before the prepared transaction's commit drops it whole.
     let s = &spans[1];
     let t = items[s.last - 1].ts;
-    let (_, st) = plan(items.iter().map(|i| OplogEntryRef::from_bytes(&i.bytes).unwrap()), ApplyOptions::new(t)).unwrap();
+    let (_, st) = plan(
+        items
+            .iter()
+            .map(|i| OplogEntryRef::from_bytes(&i.bytes).unwrap()),
+        ApplyOptions::new(t),
+    )
+    .unwrap();
     assert!(st.txns_dropped >= 1);
     check(&items, &spans, t, ApplyLimits::default());
 }
