@@ -70,7 +70,7 @@ pub struct Conversation {
     pub proven: bool,
 }
 
-fn attr<'a>(msg: &'a str, key: char) -> Option<&'a str> {
+fn attr(msg: &str, key: char) -> Option<&str> {
     msg.split(',')
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
