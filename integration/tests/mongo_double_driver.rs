@@ -243,6 +243,45 @@ async fn crud_entries_reach_a_tailable_await_cursor() {
         .expect("decodes");
     writer.await.expect("writer");
     assert_eq!(e.get_document("o").expect("o"), &doc! {"_id": 9});
+
+    // _id equality across number types, duplicates refused, lookups after a delete in the
+    // middle (positions shift).
+    let err = coll
+        .insert_one(doc! {"_id": 2.0})
+        .await
+        .expect_err("duplicate _id");
+    assert!(
+        err.to_string().contains("E11000 duplicate key error"),
+        "{err}"
+    );
+    coll.insert_many(
+        (10..20)
+            .map(|i| doc! {"_id": i64::from(i), "v": i})
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("insert_many");
+    coll.delete_one(doc! {"_id": 12}).await.expect("delete");
+    coll.update_one(doc! {"_id": 19.0}, doc! {"$set": {"v": 190}})
+        .await
+        .expect("update");
+    let d = coll
+        .find_one(doc! {"_id": 19})
+        .await
+        .expect("find")
+        .expect("19");
+    assert_eq!(d, doc! {"_id": 19i64, "v": 190});
+    assert!(coll
+        .find_one(doc! {"_id": 12})
+        .await
+        .expect("find")
+        .is_none());
+    assert_eq!(
+        coll.count_documents(doc! {"_id": {"$gte": 10}})
+            .await
+            .expect("count"),
+        9
+    );
 }
 
 #[tokio::test]
