@@ -243,6 +243,45 @@ async fn crud_entries_reach_a_tailable_await_cursor() {
         .expect("decodes");
     writer.await.expect("writer");
     assert_eq!(e.get_document("o").expect("o"), &doc! {"_id": 9});
+
+    // _id equality across number types, duplicates refused, lookups after a delete in the
+    // middle (positions shift).
+    let err = coll
+        .insert_one(doc! {"_id": 2.0})
+        .await
+        .expect_err("duplicate _id");
+    assert!(
+        err.to_string().contains("E11000 duplicate key error"),
+        "{err}"
+    );
+    coll.insert_many(
+        (10..20)
+            .map(|i| doc! {"_id": i64::from(i), "v": i})
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("insert_many");
+    coll.delete_one(doc! {"_id": 12}).await.expect("delete");
+    coll.update_one(doc! {"_id": 19.0}, doc! {"$set": {"v": 190}})
+        .await
+        .expect("update");
+    let d = coll
+        .find_one(doc! {"_id": 19})
+        .await
+        .expect("find")
+        .expect("19");
+    assert_eq!(d, doc! {"_id": 19i64, "v": 190});
+    assert!(coll
+        .find_one(doc! {"_id": 12})
+        .await
+        .expect("find")
+        .is_none());
+    assert_eq!(
+        coll.count_documents(doc! {"_id": {"$gte": 10}})
+            .await
+            .expect("count"),
+        9
+    );
 }
 
 #[tokio::test]
@@ -571,4 +610,77 @@ async fn catalog_commands_keep_options_as_given() {
         .await
         .expect("indexes");
     assert_eq!(idx, vec!["_id_".to_string()]);
+}
+
+#[test]
+fn legacy_op_query_handshake_is_answered_with_op_reply() {
+    use std::io::{Read, Write};
+    let server = start(MongoOptions::default());
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", server.port())).expect("connect");
+    let query = bson::to_vec(&doc! {"isMaster": 1, "helloOk": true}).expect("encode");
+    let mut body = Vec::new();
+    body.extend_from_slice(&0i32.to_le_bytes()); // flags
+    body.extend_from_slice(b"admin.$cmd\0");
+    body.extend_from_slice(&0i32.to_le_bytes()); // numberToSkip
+    body.extend_from_slice(&(-1i32).to_le_bytes()); // numberToReturn
+    body.extend_from_slice(&query);
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&(16 + body.len() as i32).to_le_bytes());
+    msg.extend_from_slice(&7i32.to_le_bytes()); // requestID
+    msg.extend_from_slice(&0i32.to_le_bytes());
+    msg.extend_from_slice(&2004i32.to_le_bytes()); // OP_QUERY
+    msg.extend_from_slice(&body);
+    sock.write_all(&msg).expect("send");
+    let mut header = [0u8; 16];
+    sock.read_exact(&mut header).expect("reply header");
+    let len = i32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    assert_eq!(
+        i32::from_le_bytes([header[8], header[9], header[10], header[11]]),
+        7,
+        "responseTo"
+    );
+    assert_eq!(
+        i32::from_le_bytes([header[12], header[13], header[14], header[15]]),
+        1,
+        "OP_REPLY"
+    );
+    let mut rest = vec![0u8; len - 16];
+    sock.read_exact(&mut rest).expect("reply body");
+    assert_eq!(
+        i32::from_le_bytes([rest[16], rest[17], rest[18], rest[19]]),
+        1,
+        "numberReturned"
+    );
+    let reply = Document::from_reader(&mut &rest[20..]).expect("reply document");
+    assert_eq!(reply.get_bool("ismaster"), Ok(true));
+    assert_eq!(reply.get_bool("helloOk"), Ok(true));
+    assert_eq!(reply.get_str("setName"), Ok("rs0"));
+    assert_eq!(reply.get_i32("maxWireVersion"), Ok(21));
+    assert_eq!(reply.get_i32("minWireVersion"), Ok(0));
+    assert!(reply.get_document("topologyVersion").is_ok());
+    assert!(reply.get_document("$clusterTime").is_ok());
+    assert!(reply.get_timestamp("operationTime").is_ok());
+    assert!(
+        !reply.contains_key("compression"),
+        "no compressor is advertised"
+    );
+}
+
+#[test]
+fn a_seed_that_is_not_an_oplog_is_refused_in_one_sentence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.bson");
+    std::fs::write(&bad, b"this is not BSON").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mongo-double"))
+        .args(["--port", "0", "--seed-oplog"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not an oplog (BSON documents back to back"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "it never listened");
 }

@@ -2,11 +2,10 @@
 //! (and changed by `collMod`), its index specs and its documents in insertion
 //! (`$natural`) order. Views and time-series collections are entries without documents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bson::{doc, Bson, Document};
 
-use crate::matcher;
 use crate::state::{new_uuid, uuid_bson};
 
 /// What `listCollections` calls `type`.
@@ -33,7 +32,34 @@ pub struct Collection {
     pub kind: Kind,
     pub options: Document,
     pub indexes: Vec<Document>,
+    /// Read freely; change only through the methods below (they keep `ids` in step).
     pub docs: Vec<Document>,
+    /// `_id` (see [`id_key`]) → position in `docs`.
+    ids: HashMap<Vec<u8>, usize>,
+}
+
+/// A key equal for `_id` values the server calls equal (1, 1.0 and NumberLong(1) alike).
+pub fn id_key(v: &Bson) -> Vec<u8> {
+    let int = |i: i64| {
+        let mut k = vec![b'i'];
+        k.extend_from_slice(&i.to_le_bytes());
+        k
+    };
+    match v {
+        Bson::Int32(i) => int(i64::from(*i)),
+        Bson::Int64(i) => int(*i),
+        Bson::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e18 => int(*d as i64),
+        Bson::Double(d) => {
+            let mut k = vec![b'd'];
+            k.extend_from_slice(&d.to_bits().to_le_bytes());
+            k
+        }
+        other => {
+            let mut k = vec![b'o'];
+            k.extend(bson::to_vec(&doc! {"": other.clone()}).unwrap_or_default());
+            k
+        }
+    }
 }
 
 pub fn id_index() -> Document {
@@ -53,14 +79,40 @@ impl Collection {
             options,
             indexes,
             docs: Vec::new(),
+            ids: HashMap::new(),
         }
     }
 
     /// Index of the document with this `_id`.
     pub fn position_of_id(&self, id: &Bson) -> Option<usize> {
-        self.docs
-            .iter()
-            .position(|d| d.get("_id").is_some_and(|v| matcher::equal(v, id)))
+        self.ids.get(&id_key(id)).copied()
+    }
+
+    fn key_of(d: &Document) -> Vec<u8> {
+        id_key(d.get("_id").unwrap_or(&Bson::Null))
+    }
+
+    /// Appends a document (the caller checked its `_id` is new).
+    pub fn push_doc(&mut self, d: Document) {
+        self.ids.insert(Self::key_of(&d), self.docs.len());
+        self.docs.push(d);
+    }
+
+    /// Removes the document at `pos`.
+    pub fn remove_doc(&mut self, pos: usize) -> Document {
+        let d = self.docs.remove(pos);
+        self.ids.remove(&Self::key_of(&d));
+        for p in self.ids.values_mut() {
+            if *p > pos {
+                *p -= 1;
+            }
+        }
+        d
+    }
+
+    /// Replaces the document at `pos` by one with the same `_id`.
+    pub fn replace_doc(&mut self, pos: usize, d: Document) -> Document {
+        std::mem::replace(&mut self.docs[pos], d)
     }
 
     /// The `listCollections` entry.

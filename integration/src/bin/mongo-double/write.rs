@@ -135,7 +135,7 @@ pub fn insert(
     if c.position_of_id(&id).is_some() {
         return Err(dup_key(db, coll, &id));
     }
-    c.docs.push(d.clone());
+    c.push_doc(d.clone());
     log.undo.push(Undo {
         db: db.into(),
         coll: coll.into(),
@@ -261,7 +261,7 @@ pub fn update(
         }
         out.modified += 1;
         let id = old.get("_id").cloned().unwrap_or(Bson::Null);
-        c.docs[pos] = new.clone();
+        c.replace_doc(pos, new.clone());
         log.undo.push(Undo {
             db: db.into(),
             coll: coll.into(),
@@ -306,7 +306,7 @@ pub fn delete(
     let mut i = 0;
     while i < c.docs.len() {
         if matcher::matches(&c.docs[i], filter)? {
-            let old = c.docs.remove(i);
+            let old = c.remove_doc(i);
             let id = old.get("_id").cloned().unwrap_or(Bson::Null);
             n += 1;
             log.undo.push(Undo {
@@ -342,11 +342,13 @@ pub fn undo(st: &mut State, undo: Vec<Undo>) {
         };
         let pos = c.position_of_id(&u.id);
         match (pos, u.before) {
-            (Some(p), Some(before)) => c.docs[p] = before,
-            (Some(p), None) => {
-                c.docs.remove(p);
+            (Some(p), Some(before)) => {
+                c.replace_doc(p, before);
             }
-            (None, Some(before)) => c.docs.push(before),
+            (Some(p), None) => {
+                c.remove_doc(p);
+            }
+            (None, Some(before)) => c.push_doc(before),
             (None, None) => {}
         }
     }
@@ -371,7 +373,7 @@ pub fn put(
     let Some(pos) = c.position_of_id(&id) else {
         return insert(st, db, coll, new, log);
     };
-    let old = std::mem::replace(&mut c.docs[pos], new.clone());
+    let old = c.replace_doc(pos, new.clone());
     log.undo.push(Undo {
         db: db.into(),
         coll: coll.into(),
