@@ -152,19 +152,18 @@ impl Drop for MongoDouble {
     }
 }
 
-/// The real oplog entries the double is held against (`shared/fixtures/mongodb-oplog`
-/// beside the repository). Panics when missing: the fixtures are part of the test
-/// contract, a test must not pass without them.
+/// The real oplog entries the double is held against
+/// (`integration/fixtures/mongodb-oplog`, see its README). Panics when
+/// missing: the fixtures are part of the test contract, a test must not pass
+/// without them.
 pub fn fixtures_dir() -> PathBuf {
     let dir = crate::workspace_dir()
-        .join("..")
-        .join("shared")
+        .join("integration")
         .join("fixtures")
         .join("mongodb-oplog");
     assert!(
         dir.join("README.md").is_file(),
-        "the MongoDB oplog fixtures are missing: expected {} (shared/fixtures/mongodb-oplog \
-         beside the repository)",
+        "the MongoDB oplog fixtures are missing: expected {}",
         dir.display()
     );
     dir

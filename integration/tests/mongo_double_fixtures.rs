@@ -1,4 +1,4 @@
-//! The MongoDB test double against real oplog entries (shared/fixtures/mongodb-oplog):
+//! The MongoDB test double against real oplog entries (integration/fixtures/mongodb-oplog):
 //! every fixture entry round-trips byte for byte through the BSON library, and for each
 //! kind of operation the entry the double writes has the field names, order and BSON types
 //! of a real server's entry of that kind.

@@ -1,5 +1,5 @@
 //! Shared helpers of the fixture tests: the real oplog entries recorded by
-//! MongoDB's own tools (`shared/fixtures/mongodb-oplog` beside the project).
+//! MongoDB's own tools (`integration/fixtures/mongodb-oplog`, see its README).
 
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/mongodb-oplog"
+    "/../../integration/fixtures/mongodb-oplog"
 );
 
 /// Every `.bson` file under the fixtures directory, sorted. Panics when the
@@ -16,7 +16,7 @@ pub fn bson_files() -> Vec<PathBuf> {
     let root = Path::new(FIXTURES);
     assert!(
         root.join("README.md").is_file(),
-        "the MongoDB oplog fixtures are missing at {}; they belong beside the project (shared/fixtures/mongodb-oplog)",
+        "the MongoDB oplog fixtures are missing at {}",
         root.display()
     );
     let mut out = Vec::new();
