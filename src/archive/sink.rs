@@ -5,6 +5,10 @@
 //! serving the replication socket. A retry after a lost response finds the
 //! identical object already there, which counts as success; different bytes
 //! at the same key are a divergent-history error and stop the archiver.
+//!
+//! Every key carries the writer-lease generation, and nothing is written
+//! once the lease is lost (`lease`): a late write that slips through anyway
+//! is fenced by the next holder's takeover record (`fence`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +16,7 @@ use std::pin::Pin;
 use pitr_segment::{Codec, Engine, SegmentHeader, SegmentWriter, WriterOptions};
 
 use crate::archive::keys::{SegmentKey, SourceName};
+use crate::archive::lease::LeaseGuard;
 use crate::archive::pipeline::{SealedSegment, SegmentSink, SinkError};
 use crate::storage::{PutOutcome, Repo};
 
@@ -23,6 +28,8 @@ pub struct RepoSink {
     /// Source identity written into each segment header.
     pub system_id: String,
     pub zstd_level: i32,
+    /// The writer lease the segments are written under.
+    pub lease: LeaseGuard,
 }
 
 impl RepoSink {
@@ -35,6 +42,7 @@ impl RepoSink {
             end: seg.end,
             tmin: seg.first_commit,
             tmax: seg.last_commit,
+            generation: self.lease.generation(),
         }
     }
 }
@@ -74,6 +82,9 @@ impl SegmentSink for RepoSink {
             .await
             .map_err(|e| SinkError::definite(format!("encoding segment {key} failed: {e}")))?
             .map_err(|e| SinkError::definite(format!("encoding segment {key} failed: {e}")))?;
+            self.lease
+                .check()
+                .map_err(|e| SinkError::definite(e.to_string()))?;
             match self.repo.put_if_absent(&key, object.into()).await {
                 Ok(PutOutcome::Created) => {
                     tracing::debug!(key = %key, "segment stored");
