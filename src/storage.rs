@@ -19,6 +19,14 @@
 //! identical bytes is an idempotent retry ([`PutOutcome::AlreadyIdentical`]);
 //! an existing key with different bytes is [`StorageError::Divergent`].
 //!
+//! # Compare-and-swap
+//!
+//! [`Repo::get_versioned`], [`Repo::create_versioned`] and
+//! [`Repo::put_if_version`] (module `cas`) replace a small object only if it
+//! still has the version read; the writer lease is built on them. The local
+//! directory store has no conditional update, so the repo does it itself
+//! there (a lock file, compare, rename); see `cas`.
+//!
 //! Some S3 servers silently ignore conditional-put headers. The first
 //! `put_if_absent` on a `Repo` probes for this (two conditional creates of
 //! the same scratch key with different bytes: if the second one succeeds, the

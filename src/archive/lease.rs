@@ -29,6 +29,10 @@
 //!   writes carries `h` in its key; the records fence objects written late by
 //!   a writer that lost the lease (see `fence`).
 //!
+//! A contender on the same host and in the same PID namespace as the holder
+//! does not wait for the expiry of a lease whose holder process no longer
+//! exists (killed, crashed): a restart after a crash resumes at once.
+//!
 //! Expiry is judged by contenders on their own wall clock against the
 //! holder's `expires_at`: clocks more than a ttl apart can let two writers
 //! overlap, and fencing keeps the late writer's objects out of every restore.
@@ -63,6 +67,10 @@ pub struct Holder {
     pub pid: u32,
     /// When the holding process started.
     pub started: DateTime<Utc>,
+    /// The holder's PID namespace (`/proc/self/ns/pid`), so a process on the
+    /// same host and namespace can tell that the holder no longer exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
 }
 
 impl Holder {
@@ -73,8 +81,27 @@ impl Holder {
             host: hostname(),
             pid: std::process::id(),
             started: *STARTED.get_or_init(Utc::now),
+            pid_ns: pid_namespace(),
         }
     }
+
+    /// True when the holder provably no longer runs: same host, same PID
+    /// namespace, and no process with its pid. (A reused pid only makes a
+    /// contender wait for the expiry.)
+    pub fn is_gone(&self) -> bool {
+        let me = Holder::me();
+        self.pid != me.pid
+            && self.host == me.host
+            && self.pid_ns.is_some()
+            && self.pid_ns == me.pid_ns
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 impl fmt::Display for Holder {
@@ -115,6 +142,9 @@ pub enum LeaseState {
     Released,
     /// Not renewed before it expired: its holder died or hangs.
     Expired,
+    /// Not expired yet, but its holder provably no longer runs (a process of
+    /// this host and PID namespace that is gone): may be taken over at once.
+    Abandoned,
 }
 
 impl LeaseRecord {
@@ -122,7 +152,11 @@ impl LeaseRecord {
         if self.released {
             LeaseState::Released
         } else if self.expires_at > now {
-            LeaseState::Live
+            if self.holder.is_gone() {
+                LeaseState::Abandoned
+            } else {
+                LeaseState::Live
+            }
         } else {
             LeaseState::Expired
         }
@@ -254,6 +288,7 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 /// State shared by a held lease, its renewal task and its guards.
 #[derive(Debug)]
 struct Shared {
+    repo: Repo,
     source: SourceName,
     generation: u32,
     /// The holder's own deadline: sent-time of the last successful renewal + ttl.
@@ -353,6 +388,21 @@ impl LeaseGuard {
             tokio::select! {
                 _ = s.lost.cancelled() => return s.lost_error(),
                 _ = tokio::time::sleep_until(d) => {
+                    if Instant::now() >= s.deadline() && !s.lost.is_cancelled() {
+                        // Name the new holder if the repository says who it is.
+                        let to = match tokio::time::timeout(
+                            Duration::from_secs(2),
+                            read_lease(&s.repo, &s.source),
+                        )
+                        .await
+                        {
+                            Ok(Ok(Some(r))) if u64::from(s.generation) != r.generation => {
+                                format!("{} (generation {})", r.holder, r.generation)
+                            }
+                            _ => EXPIRED_UNRENEWED.to_string(),
+                        };
+                        s.mark_lost(to);
+                    }
                     if let Err(e) = self.check() {
                         return e;
                     }
@@ -457,6 +507,7 @@ impl Lease {
                     if let Some((old, _)) = &current {
                         match old.state(now) {
                             LeaseState::Expired => tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which stopped renewing it at {}", old.holder, old.renewed_at),
+                            LeaseState::Abandoned => tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which no longer runs", old.holder),
                             _ => tracing::info!(source = %source, "took the writer lease of {source} (generation {generation})"),
                         }
                     } else {
@@ -492,6 +543,7 @@ impl Lease {
     ) -> Lease {
         let ttl = rec.ttl();
         let shared = Arc::new(Shared {
+            repo: repo.clone(),
             source: source.clone(),
             generation,
             deadline: Mutex::new(sent + own_ttl(ttl)),

@@ -151,6 +151,13 @@ pub fn render(s: &SourceStatus) -> String {
                     l.holder_pid,
                     fmt_time(l.expires_at)
                 ),
+                "abandoned" => format!(
+                    "generation {} of {} pid {}: that process is gone (the lease expires {})",
+                    l.generation,
+                    l.holder_host,
+                    l.holder_pid,
+                    fmt_time(l.expires_at)
+                ),
                 _ => format!(
                     "generation {} of {} pid {} expired at {}: holder dead?",
                     l.generation,

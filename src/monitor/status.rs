@@ -78,7 +78,8 @@ pub struct LeaseStatus {
     pub acquired_at: DateTime<Utc>,
     pub renewed_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    /// `live`, `released` or `expired` (holder stopped renewing it).
+    /// `live`, `released`, `expired` (holder stopped renewing it) or
+    /// `abandoned` (not expired yet, but its holder process is gone).
     pub state: String,
 }
 
@@ -95,6 +96,7 @@ impl LeaseStatus {
                 LeaseState::Live => "live",
                 LeaseState::Released => "released",
                 LeaseState::Expired => "expired",
+                LeaseState::Abandoned => "abandoned",
             }
             .to_string(),
         }
@@ -150,7 +152,11 @@ impl SourceStatus {
     /// inside the recoverable window, or a lag above `max_lag`.
     pub fn problems(&self, max_lag: Option<Duration>) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(l) = self.writer_lease.as_ref().filter(|l| l.state == "expired") {
+        if let Some(l) = self
+            .writer_lease
+            .as_ref()
+            .filter(|l| l.state == "expired" || l.state == "abandoned")
+        {
             out.push(format!(
                 "{}: the writer lease (generation {}) of {} pid {} expired at {} without being released: that archiver died or hangs, and no archiver runs",
                 self.name, l.generation, l.holder_host, l.holder_pid, l.expires_at
