@@ -202,6 +202,13 @@ pub async fn delete(repo: &Repo, prefix: &str) {
 /// key, and of two contenders updating it from the same version, exactly one
 /// wins; a stale version always loses; the winner's bytes are what is read.
 pub async fn compare_and_swap(repo: &Repo, prefix: &str) {
+    compare_and_swap_with(repo, prefix, true).await
+}
+
+/// [`compare_and_swap`]; with `concurrent_updates` false the two updates
+/// from one version are sent one after the other (for servers whose
+/// If-Match check is not atomic with the write).
+pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent_updates: bool) {
     use crate::storage::CasError;
     let key = format!("{prefix}/lease.json");
     let what = |r: &Result<crate::storage::Version, CasError>| match r {
@@ -234,10 +241,20 @@ pub async fn compare_and_swap(repo: &Repo, prefix: &str) {
     if data.as_ref() != winner {
         fail(repo, "get", "the loser's bytes were stored");
     }
-    let (a, b) = tokio::join!(
-        repo.put_if_version(&key, Bytes::from_static(b"update a"), &v1),
-        repo.put_if_version(&key, Bytes::from_static(b"update b"), &v1),
-    );
+    let (a, b) = if concurrent_updates {
+        tokio::join!(
+            repo.put_if_version(&key, Bytes::from_static(b"update a"), &v1),
+            repo.put_if_version(&key, Bytes::from_static(b"update b"), &v1),
+        )
+    } else {
+        let a = repo
+            .put_if_version(&key, Bytes::from_static(b"update a"), &v1)
+            .await;
+        let b = repo
+            .put_if_version(&key, Bytes::from_static(b"update b"), &v1)
+            .await;
+        (a, b)
+    };
     let outcomes = [what(&a), what(&b)];
     if outcomes.iter().filter(|o| *o == "won").count() != 1 {
         fail(repo, "two updates", format!("outcomes {outcomes:?}"));
