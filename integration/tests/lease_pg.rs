@@ -85,12 +85,13 @@ fn repo_arg(repo: &Path) -> &str {
 
 /// Waits until the archive of `name` reaches the server's current WAL position.
 fn wait_archived(server: &PgServer, repo: &Path, name: &str) {
-    server.psql("SELECT pg_switch_wal()").unwrap();
+    // Everything written so far; the switch completes the WAL file holding it.
     let target: pitr_postgres::Lsn = server
         .psql("SELECT pg_current_wal_insert_lsn()")
         .unwrap()
         .parse()
         .unwrap();
+    server.psql("SELECT pg_switch_wal()").unwrap();
     wait_for("the archive to catch up", Duration::from_secs(60), || {
         let o = pitr(&[
             "restore", "--repo", repo_arg(repo), "--name", name, "--latest", "--dry-run", "--json",
@@ -127,9 +128,13 @@ fn writer_lease_pg15() {
     server
         .psql("CREATE TABLE ledger (id int PRIMARY KEY, amount int)")
         .unwrap();
+    let t0 = std::time::Instant::now();
     takeover_after_kill(&server, &url, tmp.path());
+    eprintln!("takeover after kill: done at {:?}", t0.elapsed());
     fenced_after_pause(&server, &url, tmp.path());
+    eprintln!("fencing after a pause: done at {:?}", t0.elapsed());
     lone_backup_leaves_no_slot(&server, &url, tmp.path());
+    eprintln!("lone backup: done at {:?}", t0.elapsed());
 }
 
 fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
