@@ -147,12 +147,27 @@ proptest! {
 #[test]
 fn the_catalog_never_resolves_through_fenced_objects() {
     let segs = vec![
-        SegmentEntry { key: seg(1, 0, 100), size: 1 },
-        SegmentEntry { key: seg(1, 100, 200), size: 1 },
+        SegmentEntry {
+            key: seg(1, 0, 100),
+            size: 1,
+        },
+        SegmentEntry {
+            key: seg(1, 100, 200),
+            size: 1,
+        },
         // Written by generation 1 after generation 2 took over at 200.
-        SegmentEntry { key: seg(1, 200, 350), size: 5 },
-        SegmentEntry { key: seg(2, 200, 300), size: 1 },
-        SegmentEntry { key: seg(2, 300, 400), size: 1 },
+        SegmentEntry {
+            key: seg(1, 200, 350),
+            size: 5,
+        },
+        SegmentEntry {
+            key: seg(2, 200, 300),
+            size: 1,
+        },
+        SegmentEntry {
+            key: seg(2, 300, 400),
+            size: 1,
+        },
     ];
     let late_gap = GapKey {
         source: src(),
@@ -166,18 +181,26 @@ fn the_catalog_never_resolves_through_fenced_objects() {
         epoch: Epoch(1),
         position: LogPos::from_lsn(200),
     };
-    let c = Catalog::from_parts_fenced(src(), segs, vec![late_gap.clone()], vec![], vec![], vec![t]);
+    let c =
+        Catalog::from_parts_fenced(src(), segs, vec![late_gap.clone()], vec![], vec![], vec![t]);
     let chain = c
         .segments_covering(Epoch(1), LogPos::from_lsn(0), LogPos::from_lsn(400))
         .unwrap();
-    assert!(chain.iter().all(|k| k.generation != 1 || k.end <= LogPos::from_lsn(200)));
+    assert!(chain
+        .iter()
+        .all(|k| k.generation != 1 || k.end <= LogPos::from_lsn(200)));
     assert_eq!(chain.len(), 4);
     assert_eq!(c.fenced().len(), 2);
-    assert!(c.fenced().iter().any(|f| matches!(&f.object, FencedKind::Gap(g) if *g == late_gap)));
+    assert!(c
+        .fenced()
+        .iter()
+        .any(|f| matches!(&f.object, FencedKind::Gap(g) if *g == late_gap)));
     assert!(c.epoch(Epoch(1)).unwrap().gaps().is_empty());
     assert_eq!(c.tail(Epoch(1)), Some(LogPos::from_lsn(400)));
     assert_eq!(c.stats().fenced_objects, 2);
-    assert!(c.fenced()[0].describe().contains("generation 1 after generation 2"));
+    assert!(c.fenced()[0]
+        .describe()
+        .contains("generation 1 after generation 2"));
 }
 
 fn opts(ttl_ms: u64, wait: bool) -> LeaseOptions {
@@ -192,26 +215,39 @@ fn opts(ttl_ms: u64, wait: bool) -> LeaseOptions {
 async fn a_lease_is_refused_while_live_and_taken_over_after_expiry() {
     let repo = Repo::open("memory://").await.unwrap();
     let cancel = CancellationToken::new();
-    let a = Lease::acquire(&repo, &src(), opts(600, false), &cancel).await.unwrap();
+    let a = Lease::acquire(&repo, &src(), opts(600, false), &cancel)
+        .await
+        .unwrap();
     assert_eq!(a.generation(), 1);
     let guard_a = a.guard();
     // Renewed past its first ttl: still live, still refused to others.
     tokio::time::sleep(Duration::from_millis(900)).await;
     guard_a.check().unwrap();
     match Lease::acquire(&repo, &src(), opts(600, false), &cancel).await {
-        Err(LeaseError::Held { desc, .. }) => assert!(desc.contains(&format!("pid {}", std::process::id())), "{desc}"),
+        Err(LeaseError::Held { desc, .. }) => assert!(
+            desc.contains(&format!("pid {}", std::process::id())),
+            "{desc}"
+        ),
         other => panic!("expected Held, got {other:?}"),
     }
     a.record_takeover(None).await.unwrap();
     // The holder dies (stops renewing): its own guard fails once its
     // deadline passes, and a waiting contender takes generation 2.
     drop(a);
-    let b = Lease::acquire(&repo, &src(), opts(600, true), &cancel).await.unwrap();
+    let b = Lease::acquire(&repo, &src(), opts(600, true), &cancel)
+        .await
+        .unwrap();
     assert_eq!(b.generation(), 2);
     let lost = guard_a.wait_lost().await;
-    assert!(lost.to_string().starts_with("lost the writer lease of orders to "), "{lost}");
+    assert!(
+        lost.to_string()
+            .starts_with("lost the writer lease of orders to "),
+        "{lost}"
+    );
     assert!(guard_a.check().is_err());
-    b.record_takeover(Some((Epoch(1), LogPos::from_lsn(200)))).await.unwrap();
+    b.record_takeover(Some((Epoch(1), LogPos::from_lsn(200))))
+        .await
+        .unwrap();
     let c = Catalog::load(&repo, &src()).await.unwrap();
     assert_eq!(c.fences().takeovers().len(), 2);
     assert_eq!(c.fences().latest().unwrap().position, LogPos::from_lsn(200));
@@ -219,7 +255,9 @@ async fn a_lease_is_refused_while_live_and_taken_over_after_expiry() {
     b.release().await;
     let rec = read_lease(&repo, &src()).await.unwrap().unwrap();
     assert_eq!(rec.state(chrono::Utc::now()), LeaseState::Released);
-    let d = Lease::acquire(&repo, &src(), opts(600, false), &cancel).await.unwrap();
+    let d = Lease::acquire(&repo, &src(), opts(600, false), &cancel)
+        .await
+        .unwrap();
     assert_eq!(d.generation(), 3);
     d.release().await;
 }
@@ -228,7 +266,9 @@ async fn a_lease_is_refused_while_live_and_taken_over_after_expiry() {
 async fn a_holder_that_finds_the_lease_taken_stops() {
     let repo = Repo::open("memory://").await.unwrap();
     let cancel = CancellationToken::new();
-    let a = Lease::acquire(&repo, &src(), opts(900, false), &cancel).await.unwrap();
+    let a = Lease::acquire(&repo, &src(), opts(900, false), &cancel)
+        .await
+        .unwrap();
     let guard = a.guard();
     // Another process takes generation 2 (as after a pause of `a`).
     let key = keys::writer_lease_key(&src());
@@ -255,7 +295,9 @@ async fn a_holder_that_finds_the_lease_taken_stops() {
 async fn waiting_for_a_lease_can_be_cancelled() {
     let repo = Repo::open("memory://").await.unwrap();
     let cancel = CancellationToken::new();
-    let a = Lease::acquire(&repo, &src(), opts(30_000, false), &cancel).await.unwrap();
+    let a = Lease::acquire(&repo, &src(), opts(30_000, false), &cancel)
+        .await
+        .unwrap();
     let waiter = tokio::spawn({
         let repo = repo.clone();
         let cancel = cancel.clone();

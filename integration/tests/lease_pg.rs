@@ -94,7 +94,14 @@ fn wait_archived(server: &PgServer, repo: &Path, name: &str) {
     server.psql("SELECT pg_switch_wal()").unwrap();
     wait_for("the archive to catch up", Duration::from_secs(60), || {
         let o = pitr(&[
-            "restore", "--repo", repo_arg(repo), "--name", name, "--latest", "--dry-run", "--json",
+            "restore",
+            "--repo",
+            repo_arg(repo),
+            "--name",
+            name,
+            "--latest",
+            "--dry-run",
+            "--json",
         ]);
         let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         p["wal_to"]
@@ -167,10 +174,23 @@ fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
     );
     a.signal("-KILL");
     b.wait_log("streaming WAL from");
-    assert!(b.log().contains("took over the writer lease of main (generation 2)"), "{}", b.log());
+    assert!(
+        b.log()
+            .contains("took over the writer lease of main (generation 2)"),
+        "{}",
+        b.log()
+    );
     insert(server, 11..=20);
     // The backup waits for the running archiver instead of archiving itself.
-    let o = pitr(&["backup", url, "--repo", repo_arg(&repo), "--name", "main", "--json"]);
+    let o = pitr(&[
+        "backup",
+        url,
+        "--repo",
+        repo_arg(&repo),
+        "--name",
+        "main",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["archived_wal_itself"], false, "{}", text(&o));
@@ -205,18 +225,33 @@ fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
     // SIGTERM releases the lease: status shows it, and stays healthy.
     b.signal("-TERM");
     let mut b = b;
-    assert!(wait_child(&mut b.child, Duration::from_secs(60)).success(), "{}", b.log());
+    assert!(
+        wait_child(&mut b.child, Duration::from_secs(60)).success(),
+        "{}",
+        b.log()
+    );
     let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
     assert!(o.status.success(), "status: {}", text(&o));
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(st["sources"][0]["writer_lease"]["state"], "released", "{st}");
+    assert_eq!(
+        st["sources"][0]["writer_lease"]["state"], "released",
+        "{st}"
+    );
 }
 
 fn fenced_after_pause(server: &PgServer, url: &str, tmp: &Path) {
     let repo = tmp.join("frozen-repo");
     let c = Proc::archive(url, &repo, "frozen", "pitr_c", &[]);
     c.wait_log("streaming WAL from");
-    let o = pitr(&["backup", url, "--repo", repo_arg(&repo), "--name", "frozen", "--json"]);
+    let o = pitr(&[
+        "backup",
+        url,
+        "--repo",
+        repo_arg(&repo),
+        "--name",
+        "frozen",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     insert(server, 31..=35);
     wait_archived(server, &repo, "frozen");
@@ -258,16 +293,34 @@ fn fenced_after_pause(server: &PgServer, url: &str, tmp: &Path) {
     let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
     assert_eq!(o.status.code(), Some(1), "status: {}", text(&o));
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(st["sources"][0]["fenced"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(
+        st["sources"][0]["fenced"].as_array().unwrap().len(),
+        1,
+        "{st}"
+    );
     // The plan uses generation 2's segment, never the fenced copy (which
     // sorts first and would otherwise win), and the restore is exact.
     let o = pitr(&[
-        "restore", "--repo", repo_arg(&repo), "--name", "frozen", "--latest", "--dry-run", "--json",
+        "restore",
+        "--repo",
+        repo_arg(&repo),
+        "--name",
+        "frozen",
+        "--latest",
+        "--dry-run",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let plan = String::from_utf8_lossy(&o.stdout).to_string();
-    let d_name = first_of_d.file_name().unwrap().to_string_lossy().to_string();
-    assert!(!plan.contains(&late_name) && plan.contains(&d_name), "{plan}");
+    let d_name = first_of_d
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        !plan.contains(&late_name) && plan.contains(&d_name),
+        "{plan}"
+    );
     let work = tmp.join("work-frozen");
     fs::create_dir_all(&work).unwrap();
     std::os::unix::fs::chown(&work, Some(id("-u")), Some(id("-g"))).unwrap();
@@ -285,7 +338,15 @@ fn fenced_after_pause(server: &PgServer, url: &str, tmp: &Path) {
 fn lone_backup_leaves_no_slot(server: &PgServer, url: &str, tmp: &Path) {
     let repo = tmp.join("lone-repo");
     insert(server, 41..=45);
-    let o = pitr(&["backup", url, "--repo", repo_arg(&repo), "--name", "lone", "--json"]);
+    let o = pitr(&[
+        "backup",
+        url,
+        "--repo",
+        repo_arg(&repo),
+        "--name",
+        "lone",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["archived_wal_itself"], true, "{}", text(&o));
@@ -303,6 +364,9 @@ fn lone_backup_leaves_no_slot(server: &PgServer, url: &str, tmp: &Path) {
     let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
     assert!(o.status.success(), "status: {}", text(&o));
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(st["sources"][0]["writer_lease"]["state"], "released", "{st}");
+    assert_eq!(
+        st["sources"][0]["writer_lease"]["state"], "released",
+        "{st}"
+    );
     assert!(st["sources"][0]["window"].is_object(), "{st}");
 }

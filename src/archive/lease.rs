@@ -299,7 +299,10 @@ struct Shared {
 
 impl Shared {
     fn deadline(&self) -> Instant {
-        self.deadline.lock().map(|d| *d).unwrap_or_else(|p| *p.into_inner())
+        self.deadline
+            .lock()
+            .map(|d| *d)
+            .unwrap_or_else(|p| *p.into_inner())
     }
 
     fn set_deadline(&self, d: Instant) {
@@ -338,8 +341,7 @@ fn own_ttl(ttl: Duration) -> Duration {
     ttl - ttl / 10
 }
 
-const EXPIRED_UNRENEWED: &str =
-    "another process (this one could not renew it before it expired)";
+const EXPIRED_UNRENEWED: &str = "another process (this one could not renew it before it expired)";
 
 /// A cheap handle every writer of a lease holder checks before it writes.
 #[derive(Debug, Clone)]
@@ -506,9 +508,15 @@ impl Lease {
                 Ok(version) => {
                     if let Some((old, _)) = &current {
                         match old.state(now) {
-                            LeaseState::Expired => tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which stopped renewing it at {}", old.holder, old.renewed_at),
-                            LeaseState::Abandoned => tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which no longer runs", old.holder),
-                            _ => tracing::info!(source = %source, "took the writer lease of {source} (generation {generation})"),
+                            LeaseState::Expired => {
+                                tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which stopped renewing it at {}", old.holder, old.renewed_at)
+                            }
+                            LeaseState::Abandoned => {
+                                tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which no longer runs", old.holder)
+                            }
+                            _ => {
+                                tracing::info!(source = %source, "took the writer lease of {source} (generation {generation})")
+                            }
                         }
                     } else {
                         tracing::info!(source = %source, "took the writer lease of {source} (generation 1)");
@@ -625,8 +633,12 @@ impl Lease {
         rec.expires_at = now;
         let key = keys::writer_lease_key(&self.source);
         match self.repo.put_if_version(&key, encode(&rec), &version).await {
-            Ok(_) => tracing::info!(source = %self.source, "released the writer lease of {} (generation {})", self.source, rec.generation),
-            Err(e) => tracing::warn!(source = %self.source, "could not release the writer lease of {}: {e}; a successor takes it over when it expires", self.source),
+            Ok(_) => {
+                tracing::info!(source = %self.source, "released the writer lease of {} (generation {})", self.source, rec.generation)
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.source, "could not release the writer lease of {}: {e}; a successor takes it over when it expires", self.source)
+            }
         }
     }
 }
@@ -682,14 +694,15 @@ async fn renew_loop(
                     version = v;
                     shared.set_deadline(sent + own_ttl(ttl));
                 }
-                Ok(Some((cur, _))) => shared.mark_lost(format!(
-                    "{} (generation {})",
-                    cur.holder, cur.generation
-                )),
+                Ok(Some((cur, _))) => {
+                    shared.mark_lost(format!("{} (generation {})", cur.holder, cur.generation))
+                }
                 Ok(None) => shared.mark_lost("nobody (the lease object was deleted)".into()),
                 Err(e) => tracing::warn!(source = %shared.source, "renewing the writer lease: {e}"),
             },
-            Err(e) => tracing::warn!(source = %shared.source, "could not renew the writer lease (retrying until it expires): {e}"),
+            Err(e) => {
+                tracing::warn!(source = %shared.source, "could not renew the writer lease (retrying until it expires): {e}")
+            }
         }
     }
 }

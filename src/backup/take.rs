@@ -372,7 +372,10 @@ async fn ensure_wal(
     }
     if ok {
         if announced {
-            tracing::info!("the running archiver stored the backup's WAL up to {}", end.lsn);
+            tracing::info!(
+                "the running archiver stored the backup's WAL up to {}",
+                end.lsn
+            );
         }
         return Ok(false);
     }

@@ -134,7 +134,11 @@ async fn verify_source(
         report.problems.push(problem(
             source,
             &f.key(),
-            Some(format!("{}/{}", f.by.epoch.to_hex(), f.by.position.to_hex())),
+            Some(format!(
+                "{}/{}",
+                f.by.epoch.to_hex(),
+                f.by.position.to_hex()
+            )),
             f.describe(),
         ));
     }

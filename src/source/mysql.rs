@@ -47,8 +47,8 @@ use crate::archive::catalog::{Catalog, SegmentEntry};
 use crate::archive::gaps::{write_gap, GapError, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SourceName};
-use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
+use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::sink::RepoSink;
 use crate::source::mysql_segment::{
     default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,

@@ -418,22 +418,22 @@ impl Archiver {
                 .and_then(|s| s.restart_lsn)
         } else {
             match client.read_replication_slot(&self.slot).await? {
-            Some(s)
-                if s.restart_lsn
-                    .is_some_and(|r| r.segment_start(self.seg_size) > from) =>
-            {
-                s.restart_lsn
-            }
-            other => {
-                if other.is_some() {
-                    client.drop_slot(&self.slot).await?;
+                Some(s)
+                    if s.restart_lsn
+                        .is_some_and(|r| r.segment_start(self.seg_size) > from) =>
+                {
+                    s.restart_lsn
                 }
-                client.create_physical_slot(&self.slot).await?;
-                client
-                    .read_replication_slot(&self.slot)
-                    .await?
-                    .and_then(|s| s.restart_lsn)
-            }
+                other => {
+                    if other.is_some() {
+                        client.drop_slot(&self.slot).await?;
+                    }
+                    client.create_physical_slot(&self.slot).await?;
+                    client
+                        .read_replication_slot(&self.slot)
+                        .await?
+                        .and_then(|s| s.restart_lsn)
+                }
             }
         };
         let restart = restart

@@ -164,7 +164,8 @@ impl Repo {
                 version: r.version,
             })),
             Err(
-                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
             ) => Err(conflict(key)),
             // S3 answers an If-Match on a deleted object with 404.
             Err(object_store::Error::NotFound { .. }) if expected.is_some() => Err(conflict(key)),
@@ -197,7 +198,8 @@ fn local_cas(
         .write(true)
         .open(locks.join(lock_name))
         .map_err(|e| io_err("put", key, e))?;
-    lock.lock().map_err(|e| io_err("put", key, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("put", key, e.into()))?;
     let target: PathBuf = root.join(rel);
     let current = match std::fs::read(&target) {
         Ok(b) => Some(digest(&b)),

@@ -220,7 +220,11 @@ pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent_updates
         .await
         .is_some()
     {
-        fail(repo, "get missing", "found an object that was never written");
+        fail(
+            repo,
+            "get missing",
+            "found an object that was never written",
+        );
     }
     let (a, b) = tokio::join!(
         repo.create_versioned(&key, Bytes::from_static(b"created by a")),
