@@ -46,10 +46,10 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::catalog::{Catalog, SegmentEntry};
 use crate::archive::gaps::{write_gap, GapError, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
-use crate::archive::keys::{GapKey, SourceName};
+use crate::archive::keys::{GapKey, SegmentKey, SourceName};
 use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
-use crate::archive::sink::RepoSink;
+use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::mysql_segment::{
     default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
     FIRST_EVENT_OFFSET, MYSQL_EPOCH,
@@ -160,6 +160,8 @@ struct Archiver {
     /// Identity and uploader are set up (only after the first successful
     /// replication start: a failed first attempt writes nothing).
     written: bool,
+    /// Segments stored beyond the tail, rewritten under their own keys.
+    reuse: Vec<SegmentKey>,
     lease: Option<Lease>,
     guard: LeaseGuard,
 }
@@ -273,6 +275,7 @@ async fn prepare(
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let mut replay = Replay::default();
+    let mut reuse = Vec::new();
     let (next, initial) = match catalog.epoch(MYSQL_EPOCH) {
         Some(ec) => match find_tail(&repo, ec.segments(), ec.gaps()).await? {
             None => (None, None),
@@ -290,6 +293,7 @@ async fn prepare(
                 // when the archiver is killed): re-cut at exactly their
                 // boundaries so the refill reproduces them identically.
                 for s in ec.segments().iter().filter(|s| s.key.start >= t.end) {
+                    reuse.push(s.key.clone());
                     replay.cuts.insert(s.key.start);
                     replay.cuts.insert(s.key.end);
                     replay.until = replay.until.max(s.key.end);
@@ -333,6 +337,7 @@ async fn prepare(
         next,
         replay,
         written: false,
+        reuse,
         lease: Some(lease),
         guard,
         opts,
@@ -529,6 +534,7 @@ impl Archiver {
             system_id: self.system_id.clone(),
             zstd_level: self.opts.zstd_level,
             lease: self.guard.clone(),
+            reuse: reuse_map(self.reuse.drain(..)),
         });
         self.uploader = Some(Uploader::start(
             sink,

@@ -53,7 +53,7 @@ use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
 use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, UploadStats, Uploader, UploaderOptions};
-use crate::archive::sink::RepoSink;
+use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::pg_index::{Commit, CommitIndexer};
 use crate::storage::Repo;
 
@@ -294,6 +294,15 @@ impl Archiver {
             system_id: ident.systemid.clone(),
             zstd_level: self.opts.zstd_level,
             lease: self.guard.clone(),
+            reuse: reuse_map(tail.iter().flat_map(|&(e, p)| {
+                catalog.epoch(e).into_iter().flat_map(move |ec| {
+                    ec.segments()
+                        .iter()
+                        .chain(ec.redundant())
+                        .filter(move |s| s.key.start >= p)
+                        .map(|s| s.key.clone())
+                })
+            })),
         });
         self.uploader = Some(Uploader::start(
             sink,
