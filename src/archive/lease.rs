@@ -519,7 +519,7 @@ impl Lease {
                             }
                         }
                     } else {
-                        tracing::info!(source = %source, "took the writer lease of {source} (generation 1)");
+                        tracing::debug!(source = %source, "took the writer lease of {source} (generation 1)");
                     }
                     return Ok(Lease::start(repo, source, rec, version, short, sent, me));
                 }
@@ -612,6 +612,39 @@ impl Lease {
         let data = serde_json::to_vec_pretty(&body).map_err(|e| corrupt(&key, e))?;
         self.repo.put_if_absent(&key, Bytes::from(data)).await?;
         Ok(())
+    }
+
+    /// For a first attempt that failed before writing anything: a lease
+    /// this process created (generation 1) is deleted with its takeover
+    /// record, leaving the repository as it was; any other is released.
+    pub async fn release_unused(mut self) {
+        if self.generation() != 1 {
+            return self.release().await;
+        }
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if self.guard.check().is_err() {
+            return;
+        }
+        let prefix = keys::lease_prefix(&self.source);
+        let created = match self.repo.list(&prefix).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(source = %self.source, "could not remove the unused writer lease: {e}");
+                return;
+            }
+        };
+        for m in created {
+            let k = m.location.to_string();
+            let ours = keys::parse_takeover_key(&self.source, &k).is_some_and(|t| t.generation == 1);
+            if ours || k == keys::writer_lease_key(&self.source) {
+                if let Err(e) = self.repo.delete(&k).await {
+                    tracing::warn!(source = %self.source, "could not remove the unused writer lease: {e}");
+                }
+            }
+        }
     }
 
     /// Stops renewing and marks the lease released (clean shutdown), so a

@@ -198,7 +198,12 @@ pub async fn archive(
         return Err(anyhow!(lost));
     }
     if let (Some(lease), true) = (a.lease.take(), finished.is_ok()) {
-        lease.release().await;
+        if a.written {
+            lease.release().await;
+        } else {
+            // A first attempt that failed writes nothing, its lease included.
+            lease.release_unused().await;
+        }
     }
     result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
     finished?;

@@ -139,6 +139,8 @@ struct Archiver {
     connected_once: bool,
     lease: Option<Lease>,
     guard: LeaseGuard,
+    /// The lease was just taken on the current connection.
+    fresh_lease: bool,
 }
 
 /// Runs `pitr archive` for PostgreSQL until cancelled (or `stop_at`).
@@ -161,6 +163,7 @@ pub async fn archive(
         connected_once: false,
         lease: None,
         guard: LeaseGuard::none(),
+        fresh_lease: false,
         opts,
     };
     let result = a.run(&cancel).await;
@@ -261,6 +264,7 @@ impl Archiver {
             .lease_generation
             .store(u64::from(lease.generation()), Ordering::Relaxed);
         self.lease = Some(lease);
+        self.fresh_lease = true;
         let catalog = Catalog::load(&self.repo, &source)
             .await
             .map_err(|e| anyhow!("{e}"))?;
@@ -320,7 +324,14 @@ impl Archiver {
         switch: Option<(TimelineId, Lsn)>,
     ) -> anyhow::Result<SessionEnd> {
         let mut client = ReplicationClient::connect(&self.cfg).await?;
-        let ident = self.prepare(&mut client, cancel).await?;
+        let mut ident = self.prepare(&mut client, cancel).await?;
+        if std::mem::take(&mut self.fresh_lease) {
+            // Waiting for the lease may have taken long: a fresh connection
+            // and a fresh look at the server.
+            let _ = client.close().await;
+            client = ReplicationClient::connect(&self.cfg).await?;
+            ident = self.prepare(&mut client, cancel).await?;
+        }
         let slot_info = if self.opts.temporary_slot {
             tracing::info!(slot = %self.slot, "creating a temporary physical replication slot (dropped when this connection ends)");
             client.create_temporary_physical_slot(&self.slot).await?;

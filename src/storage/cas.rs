@@ -12,8 +12,7 @@
 //! requests (`PutMode::Create` / `PutMode::Update`). The local-directory
 //! store has no conditional update, so for `file://` repositories the repo
 //! does it itself: every conditional write of a key takes an exclusive
-//! `flock` on a lock file under `<root>/.pitr-scratch/locks/` (one per key),
-//! compares the current content (the version of a local object is the
+//! `flock` on the key's directory (no lock file is ever created), compares the current content (the version of a local object is the
 //! SHA-256 of its bytes), writes a temporary file under
 //! `<root>/.pitr-scratch/`, fsyncs it, renames it onto the key and fsyncs the
 //! directory. Readers need no lock: a rename is atomic. Only processes that
@@ -189,18 +188,18 @@ fn local_cas(
     data: &[u8],
 ) -> Result<Version, CasError> {
     let scratch = root.join(SCRATCH_PREFIX);
-    let locks = scratch.join("locks");
-    std::fs::create_dir_all(&locks).map_err(|e| io_err("put", key, e))?;
-    let lock_name = format!("{}.lock", hex(&digest(rel.as_bytes())));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(locks.join(lock_name))
-        .map_err(|e| io_err("put", key, e))?;
+    std::fs::create_dir_all(&scratch).map_err(|e| io_err("put", key, e))?;
+    let target: PathBuf = root.join(rel);
+    let dir = target
+        .parent()
+        .map(FsPath::to_path_buf)
+        .unwrap_or_else(|| root.to_path_buf());
+    std::fs::create_dir_all(&dir).map_err(|e| io_err("put", key, e))?;
+    // The lock is the key's directory itself: it outlives every writer, so
+    // no lock file is ever created (or removed while someone waits on it).
+    let lock = std::fs::File::open(&dir).map_err(|e| io_err("put", key, e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| io_err("put", key, e.into()))?;
-    let target: PathBuf = root.join(rel);
     let current = match std::fs::read(&target) {
         Ok(b) => Some(digest(&b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -209,18 +208,13 @@ fn local_cas(
     if current != expected {
         return Err(conflict(key));
     }
-    let dir = target
-        .parent()
-        .map(FsPath::to_path_buf)
-        .unwrap_or_else(|| root.to_path_buf());
-    std::fs::create_dir_all(&dir).map_err(|e| io_err("put", key, e))?;
     let tmp = scratch.join(format!("cas-{}", nonce()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &target)?;
-        std::fs::File::open(&dir)?.sync_all()
+        lock.sync_all()
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_file(&tmp);
@@ -228,8 +222,4 @@ fn local_cas(
     }
     drop(lock);
     Ok(Version(Inner::Digest(digest(data))))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
