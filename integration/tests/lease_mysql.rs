@@ -26,7 +26,10 @@ fn newest_binlog(server: &MySqlServer) -> (String, u64) {
     let out = server.sql("SHOW BINARY LOGS").unwrap();
     let last = out.lines().last().unwrap().to_string();
     let mut c = last.split('\t');
-    (c.next().unwrap().to_string(), c.next().unwrap().parse().unwrap())
+    (
+        c.next().unwrap().to_string(),
+        c.next().unwrap().parse().unwrap(),
+    )
 }
 
 /// Archived bytes of `file` per `pitr binlog-fetch --list`.
@@ -54,9 +57,11 @@ fn writer_lease_mariadb() {
     let repo = tmp.path().join("repo");
     let ttl = ["--lease-ttl", "3s"];
     let a = Archiver::start(&server.url(), &repo, "main", tmp.path(), &ttl);
-    wait_for("the first archiver to stream", Duration::from_secs(60), || {
-        a.log().contains("streaming binlog from")
-    });
+    wait_for(
+        "the first archiver to stream",
+        Duration::from_secs(60),
+        || a.log().contains("streaming binlog from"),
+    );
     let o = Command::new(pitr_bin())
         .args(["archive", &server.url(), "--repo"])
         .arg(&repo)
@@ -67,15 +72,21 @@ fn writer_lease_mariadb() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the writer lease of main is held by"), "{err}");
     let b = Archiver::start(&server.url(), &repo, "main", tmp.path(), &ttl);
-    wait_for("the second archiver to wait", Duration::from_secs(60), || {
-        b.log()
-            .contains("waiting for the writer lease of main: held by")
-    });
+    wait_for(
+        "the second archiver to wait",
+        Duration::from_secs(60),
+        || {
+            b.log()
+                .contains("waiting for the writer lease of main: held by")
+        },
+    );
     insert(&server, 1, 20);
     a.kill();
-    wait_for("the second archiver to take over", Duration::from_secs(60), || {
-        b.log().contains("streaming binlog from")
-    });
+    wait_for(
+        "the second archiver to take over",
+        Duration::from_secs(60),
+        || b.log().contains("streaming binlog from"),
+    );
     assert!(
         b.log()
             .contains("took over the writer lease of main (generation 2)"),
@@ -102,6 +113,9 @@ fn writer_lease_mariadb() {
         .output()
         .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(st["sources"][0]["writer_lease"]["state"], "released", "{st}");
+    assert_eq!(
+        st["sources"][0]["writer_lease"]["state"], "released",
+        "{st}"
+    );
     assert_eq!(st["sources"][0]["writer_lease"]["generation"], 2, "{st}");
 }

@@ -638,7 +638,8 @@ impl Lease {
         };
         for m in created {
             let k = m.location.to_string();
-            let ours = keys::parse_takeover_key(&self.source, &k).is_some_and(|t| t.generation == 1);
+            let ours =
+                keys::parse_takeover_key(&self.source, &k).is_some_and(|t| t.generation == 1);
             if ours || k == keys::writer_lease_key(&self.source) {
                 if let Err(e) = self.repo.delete(&k).await {
                     tracing::warn!(source = %self.source, "could not remove the unused writer lease: {e}");

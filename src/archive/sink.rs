@@ -41,7 +41,9 @@ pub struct RepoSink {
 }
 
 /// The `reuse` map of a [`RepoSink`] from the keys stored beyond the resume point.
-pub fn reuse_map(keys: impl IntoIterator<Item = SegmentKey>) -> HashMap<(Epoch, LogPos, LogPos), SegmentKey> {
+pub fn reuse_map(
+    keys: impl IntoIterator<Item = SegmentKey>,
+) -> HashMap<(Epoch, LogPos, LogPos), SegmentKey> {
     keys.into_iter()
         .map(|k| ((k.epoch, k.start, k.end), k))
         .collect()
