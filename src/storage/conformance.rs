@@ -205,10 +205,10 @@ pub async fn compare_and_swap(repo: &Repo, prefix: &str) {
     compare_and_swap_with(repo, prefix, true).await
 }
 
-/// [`compare_and_swap`]; with `concurrent_updates` false the two updates
-/// from one version are sent one after the other (for servers whose
-/// If-Match check is not atomic with the write).
-pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent_updates: bool) {
+/// [`compare_and_swap`]; with `concurrent` false the two creates and the
+/// two updates from one version are sent one after the other (for servers
+/// whose precondition check is not atomic with the write).
+pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent: bool) {
     use crate::storage::CasError;
     let key = format!("{prefix}/lease.json");
     let what = |r: &Result<crate::storage::Version, CasError>| match r {
@@ -226,10 +226,20 @@ pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent_updates
             "found an object that was never written",
         );
     }
-    let (a, b) = tokio::join!(
-        repo.create_versioned(&key, Bytes::from_static(b"created by a")),
-        repo.create_versioned(&key, Bytes::from_static(b"created by b")),
-    );
+    let (a, b) = if concurrent {
+        tokio::join!(
+            repo.create_versioned(&key, Bytes::from_static(b"created by a")),
+            repo.create_versioned(&key, Bytes::from_static(b"created by b")),
+        )
+    } else {
+        let a = repo
+            .create_versioned(&key, Bytes::from_static(b"created by a"))
+            .await;
+        let b = repo
+            .create_versioned(&key, Bytes::from_static(b"created by b"))
+            .await;
+        (a, b)
+    };
     let outcomes = [what(&a), what(&b)];
     if outcomes.iter().filter(|o| *o == "won").count() != 1 {
         fail(repo, "two creates", format!("outcomes {outcomes:?}"));
@@ -245,7 +255,7 @@ pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent_updates
     if data.as_ref() != winner {
         fail(repo, "get", "the loser's bytes were stored");
     }
-    let (a, b) = if concurrent_updates {
+    let (a, b) = if concurrent {
         tokio::join!(
             repo.put_if_version(&key, Bytes::from_static(b"update a"), &v1),
             repo.put_if_version(&key, Bytes::from_static(b"update b"), &v1),
