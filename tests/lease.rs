@@ -389,3 +389,53 @@ async fn a_store_ignoring_conditional_writes_needs_a_declared_single_writer() {
     assert!(read_lease(&repo, &src()).await.unwrap().is_none());
     lease.release().await;
 }
+
+#[tokio::test]
+async fn status_flags_an_expired_lease_and_fenced_objects() {
+    use pitr::archive::identity::{ensure_identity, SourceIdentity};
+    use pitr::monitor::status::source_status;
+    let repo = Repo::open("memory://").await.unwrap();
+    ensure_identity(
+        &repo,
+        &SourceIdentity::new("orders", pitr_segment::Engine::Postgres, "42"),
+    )
+    .await
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let a = Lease::acquire(&repo, &src(), opts(400, false), &cancel)
+        .await
+        .unwrap();
+    a.record_takeover(None).await.unwrap();
+    let now = chrono::Utc::now();
+    let st = source_status(&repo, &src(), now).await.unwrap();
+    assert_eq!(st.writer_lease.as_ref().unwrap().state, "live");
+    assert!(st.problems(None).is_empty(), "{:?}", st.problems(None));
+    // The holder stops renewing (dies): after the expiry, status says no archiver runs.
+    drop(a);
+    let later = now + chrono::Duration::seconds(5);
+    let st = source_status(&repo, &src(), later).await.unwrap();
+    assert_eq!(st.writer_lease.as_ref().unwrap().state, "expired");
+    let p = st.problems(None);
+    assert!(p.len() == 1 && p[0].contains("no archiver runs"), "{p:?}");
+    // A generation-1 segment stored after generation 2 took over is fenced.
+    let b = Lease::acquire(&repo, &src(), opts(400, true), &cancel)
+        .await
+        .unwrap();
+    b.record_takeover(Some((Epoch(1), LogPos::from_lsn(100))))
+        .await
+        .unwrap();
+    repo.put_if_absent(&seg(1, 100, 200).to_key(), "late".into())
+        .await
+        .unwrap();
+    let st = source_status(&repo, &src(), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(st.fenced.len(), 1);
+    assert_eq!(
+        (st.fenced[0].generation, st.fenced[0].fenced_by_generation),
+        (1, 2)
+    );
+    let p = st.problems(None);
+    assert!(p.iter().any(|m| m.contains("fenced")), "{p:?}");
+    b.release().await;
+}
