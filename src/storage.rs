@@ -25,7 +25,7 @@
 //! [`Repo::put_if_version`] (module `cas`) replace a small object only if it
 //! still has the version read; the writer lease is built on them. The local
 //! directory store has no conditional update, so the repo does it itself
-//! there (a lock file, compare, rename); see `cas`.
+//! there (flock on the directory, compare, rename); see `cas`.
 //!
 //! Some S3 servers silently ignore conditional-put headers. The first
 //! `put_if_absent` on a `Repo` probes for this (two conditional creates of

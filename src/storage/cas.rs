@@ -12,8 +12,9 @@
 //! requests (`PutMode::Create` / `PutMode::Update`). The local-directory
 //! store has no conditional update, so for `file://` repositories the repo
 //! does it itself: every conditional write of a key takes an exclusive
-//! `flock` on the key's directory (no lock file is ever created), compares the current content (the version of a local object is the
-//! SHA-256 of its bytes), writes a temporary file under
+//! `flock` on the key's directory (no lock file is ever created), compares
+//! the current content (the version of a local object is the SHA-256 of its
+//! bytes), writes a temporary file under
 //! `<root>/.pitr-scratch/`, fsyncs it, renames it onto the key and fsyncs the
 //! directory. Readers need no lock: a rename is atomic. Only processes that
 //! see the same directory (one machine, or a file system with working
