@@ -19,6 +19,14 @@
 //! identical bytes is an idempotent retry ([`PutOutcome::AlreadyIdentical`]);
 //! an existing key with different bytes is [`StorageError::Divergent`].
 //!
+//! # Compare-and-swap
+//!
+//! [`Repo::get_versioned`], [`Repo::create_versioned`] and
+//! [`Repo::put_if_version`] (module `cas`) replace a small object only if it
+//! still has the version read; the writer lease is built on them. The local
+//! directory store has no conditional update, so the repo does it itself
+//! there (flock on the directory, compare, rename); see `cas`.
+//!
 //! Some S3 servers silently ignore conditional-put headers. The first
 //! `put_if_absent` on a `Repo` probes for this (two conditional creates of
 //! the same scratch key with different bytes: if the second one succeeds, the
@@ -32,9 +40,11 @@
 //! a single archiver per source (the identity check plus the durable tail)
 //! keeps it from happening in normal operation.
 
+mod cas;
 pub mod conformance;
 mod counting;
 
+pub use cas::{CasError, Version};
 pub use counting::{CountingStore, RequestCounts, LIST_PAGE};
 
 use std::fmt;
@@ -187,6 +197,9 @@ struct RepoInner {
     label: String,
     /// `Some(true)` when the server honours `PutMode::Create`, probed lazily.
     conditional: OnceCell<bool>,
+    /// The directory of a `file://` repository (conditional updates are
+    /// done by the repo itself there, see `cas`).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Repo {
@@ -313,7 +326,11 @@ impl Repo {
                     })?
                     .with_fsync(true);
                 let label = format!("file://{}", dir.display());
-                Ok(Repo::from_store(Arc::new(store), &label))
+                let mut repo = Repo::from_store(Arc::new(store), &label);
+                if let Some(inner) = Arc::get_mut(&mut repo.inner) {
+                    inner.local_root = Some(dir);
+                }
+                Ok(repo)
             }
             "s3" => Repo::open_s3(url, rest, settings),
             other => Err(StorageError::InvalidUrl {
@@ -370,6 +387,7 @@ impl Repo {
                 store: CountingStore::new(store),
                 label: label.to_string(),
                 conditional: OnceCell::new(),
+                local_root: None,
             }),
         }
     }

@@ -171,6 +171,7 @@ async fn populate(repo: &Repo) -> Vec<u8> {
             end,
             tmin: times.map(|t| t.0),
             tmax: times.map(|t| t.1),
+            generation: 0,
         };
         repo.put_if_absent(&key.to_key(), Bytes::from(obj))
             .await

@@ -30,6 +30,7 @@ fn key(i: u64) -> SegmentKey {
         end: LogPos::from_lsn((i + 1) * SEG_LEN),
         tmin: Some(TimestampMicros(T0 + (i as i64) * 60_000_000)),
         tmax: Some(TimestampMicros(T0 + (i as i64) * 60_000_000 + 59_000_000)),
+        generation: 0,
     }
 }
 

@@ -28,6 +28,7 @@ fn seg() -> impl Strategy<Value = SegmentKey> {
         end: a.max(b),
         tmin: t1,
         tmax: t2,
+        generation: 0,
     })
 }
 
@@ -56,7 +57,7 @@ proptest! {
 
     #[test]
     fn gap_index_backup_history_roundtrip(e in any::<u64>(), a in pos(), b in pos(), lvl in any::<u8>(), g in any::<u32>()) {
-        let gap = GapKey { source: src(), epoch: Epoch(e), start: a, end: b };
+        let gap = GapKey { source: src(), epoch: Epoch(e), start: a, end: b, generation: 0 };
         prop_assert_eq!(GapKey::parse(&gap.to_key()).unwrap(), gap);
         let idx = IndexKey { source: src(), epoch: Epoch(e), first: a, last: b, level: lvl, generation: g };
         prop_assert_eq!(IndexKey::parse(&idx.to_key()).unwrap(), idx);
@@ -86,6 +87,7 @@ fn exact_layout() {
         end: LogPos::from_lsn(0x1_0100_0000),
         tmin: Some(TimestampMicros(1)),
         tmax: None,
+        generation: 0,
     };
     assert_eq!(
         k.to_key(),
@@ -117,6 +119,7 @@ fn malformed_keys_are_rejected() {
         end: LogPos::new(0, 2),
         tmin: None,
         tmax: None,
+        generation: 0,
     }
     .to_key();
     assert!(SegmentKey::parse(&good).is_ok());

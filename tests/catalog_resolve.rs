@@ -25,6 +25,7 @@ fn seg(e: u64, a: u64, b: u64, t: Option<(i64, i64)>) -> SegmentEntry {
             end: LogPos::from_lsn(b),
             tmin: t.map(|x| TimestampMicros(x.0)),
             tmax: t.map(|x| TimestampMicros(x.1)),
+            generation: 0,
         },
         size: b - a,
     }
@@ -36,6 +37,7 @@ fn gap(e: u64, a: u64, b: u64) -> GapKey {
         epoch: Epoch(e),
         start: LogPos::from_lsn(a),
         end: LogPos::from_lsn(b),
+        generation: 0,
     }
 }
 
@@ -199,6 +201,7 @@ async fn load_from_repo_lists_everything() {
         end: LogPos::from_lsn(22),
         reason: "slot invalidated".into(),
         detected_at: Utc::now(),
+        generation: 0,
     };
     assert_eq!(
         write_gap(&repo, &src(), &rec).await.unwrap(),

@@ -97,6 +97,7 @@ async fn populate(repo: &Repo, seed: u64) -> usize {
                     end,
                     reason: "test".into(),
                     detected_at: now(),
+                    generation: 0,
                 };
                 write_gap(repo, &src(), &gap).await.unwrap();
             } else {
@@ -107,6 +108,7 @@ async fn populate(repo: &Repo, seed: u64) -> usize {
                     end,
                     tmin: Some(TimestampMicros(t)),
                     tmax: Some(TimestampMicros(t + 10)),
+                    generation: 0,
                 };
                 let body = Bytes::from(vec![(pos % 251) as u8; 16]);
                 repo.put_if_absent(&key.to_key(), body).await.unwrap();
@@ -500,6 +502,7 @@ async fn no_backup_prunes_nothing_and_says_why() {
         end: LogPos::from_lsn(10),
         tmin: None,
         tmax: None,
+        generation: 0,
     };
     repo.put_if_absent(&key.to_key(), Bytes::from_static(b"s"))
         .await

@@ -57,6 +57,7 @@ async fn put_segment(repo: &Repo, epoch: u64, a: u64, b: u64, t: (i64, i64)) -> 
         end: LogPos::from_lsn(b),
         tmin: Some(tmin),
         tmax: Some(tmax),
+        generation: 0,
     }
     .to_key();
     repo.put_if_absent(&key, Bytes::from(obj)).await.unwrap();
@@ -201,6 +202,7 @@ async fn recorded_gap_splits_window_and_fails_status() {
             end: LogPos::from_lsn(300),
             reason: "replication slot invalidated".into(),
             detected_at: Utc::now(),
+            generation: 0,
         },
     )
     .await

@@ -94,6 +94,7 @@ async fn archive_flow(i: S3Impl) {
             end,
             tmin: t,
             tmax: t,
+            generation: 0,
         };
         r.put_if_absent(&key.to_key(), Bytes::from(obj))
             .await

@@ -61,6 +61,10 @@ fn segments(repo: &Path) -> Vec<(u64, u64, u64)> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let n = e.file_name().to_string_lossy().to_string();
+                    // Not the staging file of an upload cut short by a kill.
+                    if !n.ends_with(".seg") {
+                        return None;
+                    }
                     let hex = |r: std::ops::Range<usize>| u64::from_str_radix(n.get(r)?, 16).ok();
                     let (shi, slo) = (hex(0..16)?, hex(16..32)?);
                     let (ehi, elo) = (hex(33..49)?, hex(49..65)?);

@@ -117,6 +117,10 @@ fn segments(repo: &Path, name: &str, epoch: u64) -> Vec<(u128, u128)> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let n = e.file_name().to_string_lossy().to_string();
+                    // Not the staging file of an upload cut short by a kill.
+                    if !n.ends_with(".seg") {
+                        return None;
+                    }
                     let s = u128::from_str_radix(n.get(0..32)?, 16).ok()?;
                     let t = u128::from_str_radix(n.get(33..65)?, 16).ok()?;
                     Some((s, t))

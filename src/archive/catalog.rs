@@ -14,6 +14,14 @@
 //! starts inside the chain but ends beyond it is a *conflict* (divergent
 //! history) and is never used. Nothing is double-counted.
 //!
+//! # Fencing
+//!
+//! Before resolution, segments and gap records written by a writer that had
+//! already lost its lease are set aside as *fenced* (the rule is in
+//! `fence`; the takeover records come from one listing of `<source>/lease/`).
+//! They never enter the chain, so restore never uses them; [`Catalog::fenced`]
+//! lists them for `verify`, `status` and `prune`.
+//!
 //! # Queries (n = segments in the epoch, k = segments returned)
 //! * [`Catalog::segments_covering`] — O(log n + k), the first hole is an error;
 //! * [`Catalog::segment_at_time`], [`Catalog::first_commit_after`] — O(log n),
@@ -25,6 +33,7 @@ use std::collections::BTreeMap;
 
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
 
+use crate::archive::fence::{Fences, Takeover};
 use crate::archive::index;
 use crate::archive::keys::{self, BackupKey, GapKey, HistoryKey, SegmentKey, SourceName};
 use crate::storage::{Repo, StorageError};
@@ -75,6 +84,90 @@ pub struct CatalogStats {
     pub conflicting_segments: usize,
     pub gaps: usize,
     pub backups: usize,
+    /// Segments and gap records fenced off (written after losing the lease).
+    pub fenced_objects: usize,
+    pub fenced_bytes: u64,
+}
+
+/// What a fenced object is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FencedKind {
+    Segment(SegmentEntry),
+    Gap(GapKey),
+}
+
+/// An object written by generation `generation` after `by` took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FencedObject {
+    pub object: FencedKind,
+    pub by: Takeover,
+}
+
+impl FencedObject {
+    pub fn key(&self) -> String {
+        match &self.object {
+            FencedKind::Segment(s) => s.key.to_key(),
+            FencedKind::Gap(g) => g.to_key(),
+        }
+    }
+
+    pub fn generation(&self) -> u32 {
+        match &self.object {
+            FencedKind::Segment(s) => s.key.generation,
+            FencedKind::Gap(g) => g.generation,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match &self.object {
+            FencedKind::Segment(s) => s.size,
+            FencedKind::Gap(_) => 0,
+        }
+    }
+
+    /// "fenced (written by generation g after generation h took over at …)"
+    pub fn describe(&self) -> String {
+        format!(
+            "fenced (written by generation {} after generation {} took over at epoch {} position {})",
+            self.generation(),
+            self.by.generation,
+            self.by.epoch.0,
+            self.by.position.to_hex()
+        )
+    }
+}
+
+/// Sets aside the fenced segments and gaps of one epoch.
+fn split_fenced(
+    fences: &Fences,
+    segments: Vec<SegmentEntry>,
+    gaps: Vec<GapKey>,
+    fenced: &mut Vec<FencedObject>,
+) -> (Vec<SegmentEntry>, Vec<GapKey>) {
+    if fences.is_empty() {
+        return (segments, gaps);
+    }
+    let mut keep_s = Vec::with_capacity(segments.len());
+    for s in segments {
+        match fences.fenced_by(s.key.generation, s.key.epoch, s.key.end) {
+            Some(t) => fenced.push(FencedObject {
+                object: FencedKind::Segment(s),
+                by: *t,
+            }),
+            None => keep_s.push(s),
+        }
+    }
+    let mut keep_g = Vec::with_capacity(gaps.len());
+    for g in gaps {
+        match fences.fenced_by(g.generation, g.epoch, g.end) {
+            Some(t) => fenced.push(FencedObject {
+                object: FencedKind::Gap(g),
+                by: *t,
+            }),
+            None => keep_g.push(g),
+        }
+    }
+    (keep_s, keep_g)
 }
 
 /// One epoch's resolved segments.
@@ -278,6 +371,8 @@ pub struct Catalog {
     epochs: BTreeMap<Epoch, EpochCatalog>,
     backups: Vec<BackupKey>,
     unrecognized: Vec<String>,
+    fences: Fences,
+    fenced: Vec<FencedObject>,
 }
 
 impl Catalog {
@@ -309,6 +404,18 @@ impl Catalog {
             BTreeMap::new()
         };
         let mut unrecognized = Vec::new();
+        let fences = if has("lease") {
+            Fences::new(
+                repo.list(&keys::lease_prefix(source))
+                    .await?
+                    .iter()
+                    .filter_map(|m| keys::parse_takeover_key(source, m.location.as_ref()))
+                    .collect(),
+            )
+        } else {
+            Fences::default()
+        };
+        let mut fenced = Vec::new();
         let mut out = BTreeMap::new();
         for epoch in epochs {
             let gaps = list_parsed(
@@ -348,6 +455,7 @@ impl Catalog {
                     _ => unrecognized.push(k),
                 }
             }
+            let (segments, gaps) = split_fenced(&fences, segments, gaps, &mut fenced);
             out.insert(epoch, EpochCatalog::build(segments, gaps, history));
         }
         let backups = if has("backups") {
@@ -367,6 +475,8 @@ impl Catalog {
             epochs: out,
             backups,
             unrecognized,
+            fences,
+            fenced,
         })
     }
 
@@ -378,6 +488,20 @@ impl Catalog {
         history: Vec<HistoryKey>,
         backups: Vec<BackupKey>,
     ) -> Catalog {
+        Catalog::from_parts_fenced(source, segments, gaps, history, backups, Vec::new())
+    }
+
+    /// [`Catalog::from_parts`] with the takeover records of the source.
+    pub fn from_parts_fenced(
+        source: SourceName,
+        segments: Vec<SegmentEntry>,
+        gaps: Vec<GapKey>,
+        history: Vec<HistoryKey>,
+        backups: Vec<BackupKey>,
+        takeovers: Vec<Takeover>,
+    ) -> Catalog {
+        let fences = Fences::new(takeovers);
+        let mut fenced = Vec::new();
         type Parts = (Vec<SegmentEntry>, Vec<GapKey>, Vec<HistoryKey>);
         let mut per: BTreeMap<Epoch, Parts> = BTreeMap::new();
         for s in segments {
@@ -391,7 +515,10 @@ impl Catalog {
         }
         let epochs = per
             .into_iter()
-            .map(|(e, (s, g, h))| (e, EpochCatalog::build(s, g, h)))
+            .map(|(e, (s, g, h))| {
+                let (s, g) = split_fenced(&fences, s, g, &mut fenced);
+                (e, EpochCatalog::build(s, g, h))
+            })
             .collect();
         let mut backups = backups;
         backups.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
@@ -400,7 +527,20 @@ impl Catalog {
             epochs,
             backups,
             unrecognized: Vec::new(),
+            fences,
+            fenced,
         }
+    }
+
+    /// Segments and gap records written after their writer lost the lease
+    /// (never used; see the module docs).
+    pub fn fenced(&self) -> &[FencedObject] {
+        &self.fenced
+    }
+
+    /// The takeover records of the source.
+    pub fn fences(&self) -> &Fences {
+        &self.fences
     }
 
     pub fn source(&self) -> &SourceName {
@@ -459,6 +599,19 @@ impl Catalog {
         self.epochs.get(&epoch)?.tail
     }
 
+    /// The furthest point any segment or gap record reaches in the latest
+    /// epoch that has one: what a new lease holder records as its takeover
+    /// point (everything it saw is then never fenced).
+    pub fn high_water(&self) -> Option<(Epoch, LogPos)> {
+        self.epochs.iter().rev().find_map(|(epoch, e)| {
+            let ends = e.chain.iter().chain(&e.redundant).chain(&e.conflicts);
+            ends.map(|s| s.key.end)
+                .chain(e.gaps.iter().map(|g| g.end))
+                .max()
+                .map(|end| (*epoch, end))
+        })
+    }
+
     /// (earliest, latest) commit time continuously covered from the oldest
     /// segment of `epoch` without any hole or gap.
     pub fn window(&self, epoch: Epoch) -> Option<(TimestampMicros, TimestampMicros)> {
@@ -483,6 +636,8 @@ impl Catalog {
             s.conflicting_segments += e.conflicts.len();
             s.gaps += e.gaps.len();
         }
+        s.fenced_objects = self.fenced.len();
+        s.fenced_bytes = self.fenced.iter().map(FencedObject::size).sum();
         s
     }
 }

@@ -228,10 +228,14 @@ async fn merge(
     let end = last.key.end;
     let bytes = encode(header, &payload, end, tmin, tmax, records, opts.writer)
         .map_err(|e| invalid(&first.key, format!("re-encoding failed: {e}")))?;
+    // The output carries the newest writer generation of its inputs, so it
+    // is fenced exactly when one of them would be (see `lease`).
+    let generation = parts.iter().map(|p| p.key.generation).max().unwrap_or(0);
     let key = SegmentKey {
         end,
         tmin,
         tmax,
+        generation,
         ..first.key.clone()
     };
     let entry = SegmentEntry {

@@ -1,7 +1,8 @@
 //! Gap records: explicit markers for a stretch of log that is lost (slot
 //! invalidated, binlog purged, oplog rolled over) and can never be archived.
 //!
-//! Stored as `<source>/<epoch>/gaps/<start>-<end>.json`, create-if-absent:
+//! Stored as `<source>/<epoch>/gaps/<start>-<end>[_<gen>].json` (`<gen>`:
+//! the writer-lease generation, see `keys`), create-if-absent:
 //!
 //! ```json
 //! {"epoch":"0000000000000001","start":"<32 hex>","end":"<32 hex>",
@@ -55,6 +56,14 @@ pub struct GapRecord {
     pub end: LogPos,
     pub reason: String,
     pub detected_at: DateTime<Utc>,
+    /// Writer-lease generation of the archiver that recorded it (0: none;
+    /// also in the key).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+}
+
+fn is_zero(g: &u32) -> bool {
+    *g == 0
 }
 
 /// Errors reading or writing gap records.
@@ -83,6 +92,7 @@ impl GapRecord {
             epoch: self.epoch,
             start: self.start,
             end: self.end,
+            generation: self.generation,
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! <source>/source.json                                              identity
-//! <source>/<epoch>/log/<start>-<end>_<tmin>-<tmax>.seg              segment
-//! <source>/<epoch>/gaps/<start>-<end>.json                          gap record
+//! <source>/<epoch>/log/<start>-<end>_<tmin>-<tmax>_<gen>.seg        segment
+//! <source>/<epoch>/gaps/<start>-<end>_<gen>.json                    gap record
+//! <source>/lease/writer.json                                        writer lease
+//! <source>/lease/gen-<generation>_<epoch>-<position>.json          takeover record
 //! <source>/<epoch>/history/<name>                                   e.g. 00000002.history
 //! <source>/backups/<start>_<id>/manifest.json                       base backup manifest
 //! <source>/backups/<start>_<id>/<part>                              base backup part
@@ -20,6 +22,13 @@
 //!   `i64` with its sign bit flipped (`(t as u64) ^ 2^63`), so the hex sorts
 //!   like the signed time; or 16 `-` when the segment holds no commit.
 //! * `<level>`: 2 hex digits, `<generation>`: 8 hex digits (see `index`).
+//! * `<gen>`: the writer-lease generation of the archiver that wrote the
+//!   object, 8 lower-case hex digits (see `lease`). Keys written before
+//!   leases existed have no `_<gen>` part and parse as generation 0; since
+//!   everything before it is fixed-width, old and new names still sort by
+//!   `(start, end)`.
+//! * takeover `<generation>`: 16 lower-case hex digits; `<epoch>` and
+//!   `<position>` as above: where that generation's writer resumed.
 //!
 //! Every variable field is fixed-width, so within one directory the lexical
 //! key order is the log order: `(epoch, start, end)`.
@@ -27,6 +36,8 @@
 use std::fmt;
 
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
+
+use crate::archive::fence::Takeover;
 
 /// A key or name that does not follow the layout.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +189,49 @@ pub fn index_epoch_prefix(source: &SourceName, e: Epoch) -> String {
     format!("{source}/index/{}/", e.to_hex())
 }
 
+/// `<source>/lease/`
+pub fn lease_prefix(source: &SourceName) -> String {
+    format!("{source}/lease/")
+}
+
+/// `<source>/lease/writer.json`: the writer lease.
+pub fn writer_lease_key(source: &SourceName) -> String {
+    format!("{source}/lease/writer.json")
+}
+
+/// `<source>/lease/gen-<generation>_<epoch>-<position>.json`: the takeover
+/// record of a lease generation, naming where that writer resumed (in the
+/// key, so the catalog learns every fence from one listing).
+pub fn takeover_key(source: &SourceName, t: &Takeover) -> String {
+    format!(
+        "{source}/lease/gen-{:016x}_{}-{}.json",
+        t.generation,
+        t.epoch.to_hex(),
+        t.position.to_hex()
+    )
+}
+
+/// Parses a [`takeover_key`] of `source`.
+pub fn parse_takeover_key(source: &SourceName, key: &str) -> Option<Takeover> {
+    let name = key
+        .strip_prefix(source.as_str())?
+        .strip_prefix("/lease/gen-")?
+        .strip_suffix(".json")?;
+    if name.len() != 16 + 1 + 16 + 1 + 32
+        || !name.is_ascii()
+        || &name[16..17] != "_"
+        || &name[33..34] != "-"
+        || !lower_hex(&name[..16])
+    {
+        return None;
+    }
+    Some(Takeover {
+        generation: u64::from_str_radix(&name[..16], 16).ok()?,
+        epoch: epoch(&name[17..33])?,
+        position: pos(&name[34..])?,
+    })
+}
+
 /// `<source>/source.json`
 pub fn identity_key(source: &SourceName) -> String {
     format!("{source}/source.json")
@@ -199,17 +253,20 @@ pub struct SegmentKey {
     pub end: LogPos,
     pub tmin: Option<TimestampMicros>,
     pub tmax: Option<TimestampMicros>,
+    /// Writer-lease generation of the archiver that wrote it (0: no lease).
+    pub generation: u32,
 }
 
 impl SegmentKey {
     pub fn to_key(&self) -> String {
         format!(
-            "{}{}-{}_{}-{}.seg",
+            "{}{}-{}_{}-{}{}.seg",
             log_prefix(&self.source, self.epoch),
             self.start.to_hex(),
             self.end.to_hex(),
             time_to_key(self.tmin),
-            time_to_key(self.tmax)
+            time_to_key(self.tmax),
+            gen_suffix(self.generation)
         )
     }
 
@@ -236,6 +293,7 @@ impl SegmentKey {
     /// Parses the file-name part of a segment key of `source`/`epoch`.
     pub fn parse_file_name(source: SourceName, e: Epoch, name: &str) -> Option<SegmentKey> {
         let name = name.strip_suffix(".seg")?;
+        let (name, generation) = split_gen(name, 32 + 1 + 32 + 1 + 16 + 1 + 16)?;
         if name.len() != 32 + 1 + 32 + 1 + 16 + 1 + 16 || !name.is_ascii() {
             return None;
         }
@@ -256,8 +314,36 @@ impl SegmentKey {
             end,
             tmin,
             tmax,
+            generation,
         })
     }
+}
+
+/// `_<gen>` for generation > 0; nothing for 0 (the pre-lease form).
+fn gen_suffix(generation: u32) -> String {
+    if generation == 0 {
+        String::new()
+    } else {
+        format!("_{generation:08x}")
+    }
+}
+
+/// Splits an optional `_<gen>` (8 lower-case hex digits) off a name whose
+/// fixed part is `base_len` long.
+fn split_gen(name: &str, base_len: usize) -> Option<(&str, u32)> {
+    if name.len() == base_len {
+        return Some((name, 0));
+    }
+    if name.len() != base_len + 9 || !name.is_ascii() || &name[base_len..base_len + 1] != "_" {
+        return None;
+    }
+    let g = &name[base_len + 1..];
+    if !lower_hex(g) {
+        return None;
+    }
+    let generation = u32::from_str_radix(g, 16).ok()?;
+    // Generation 0 is written without the suffix: one key per object.
+    (generation > 0).then_some((&name[..base_len], generation))
 }
 
 /// A gap record: `[start, end)` of `epoch` is known to be lost.
@@ -267,15 +353,18 @@ pub struct GapKey {
     pub epoch: Epoch,
     pub start: LogPos,
     pub end: LogPos,
+    /// Writer-lease generation of the archiver that wrote it (0: no lease).
+    pub generation: u32,
 }
 
 impl GapKey {
     pub fn to_key(&self) -> String {
         format!(
-            "{}{}-{}.json",
+            "{}{}-{}{}.json",
             gaps_prefix(&self.source, self.epoch),
             self.start.to_hex(),
-            self.end.to_hex()
+            self.end.to_hex(),
+            gen_suffix(self.generation)
         )
     }
 
@@ -293,6 +382,7 @@ impl GapKey {
         let name = parts[3]
             .strip_suffix(".json")
             .ok_or_else(|| bad("missing .json"))?;
+        let (name, generation) = split_gen(name, 65).ok_or_else(|| bad("bad file name"))?;
         if name.len() != 65 || !name.is_ascii() || &name[32..33] != "-" {
             return Err(bad("bad file name"));
         }
@@ -303,6 +393,7 @@ impl GapKey {
             epoch: e,
             start,
             end,
+            generation,
         })
     }
 }

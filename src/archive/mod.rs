@@ -3,10 +3,12 @@
 
 pub mod catalog;
 pub mod compaction;
+pub mod fence;
 pub mod gaps;
 pub mod identity;
 pub mod index;
 pub mod keys;
+pub mod lease;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

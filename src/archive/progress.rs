@@ -17,4 +17,6 @@ pub struct ArchiveProgress {
     /// Last durable commit time, µs since the Unix epoch (0 = none yet).
     pub last_commit_micros: AtomicI64,
     pub gaps: AtomicU64,
+    /// Generation of the writer lease held (0 = none).
+    pub lease_generation: AtomicU64,
 }

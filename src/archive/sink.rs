@@ -5,13 +5,24 @@
 //! serving the replication socket. A retry after a lost response finds the
 //! identical object already there, which counts as success; different bytes
 //! at the same key are a divergent-history error and stop the archiver.
+//!
+//! Every key carries the writer-lease generation, and nothing is written
+//! once the lease is lost (`lease`): a late write that slips through anyway
+//! is fenced by the next holder's takeover record (`fence`). A segment
+//! re-archived over exactly the range of one the repository already held
+//! beyond the resume point (stored out of order before a crash) is written
+//! under that object's key, so it is an idempotent retry, never a duplicate
+//! under the new generation (such an object ends before the takeover point,
+//! so it is never fenced).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use pitr_segment::{Codec, Engine, SegmentHeader, SegmentWriter, WriterOptions};
+use pitr_segment::{Codec, Engine, Epoch, LogPos, SegmentHeader, SegmentWriter, WriterOptions};
 
 use crate::archive::keys::{SegmentKey, SourceName};
+use crate::archive::lease::LeaseGuard;
 use crate::archive::pipeline::{SealedSegment, SegmentSink, SinkError};
 use crate::storage::{PutOutcome, Repo};
 
@@ -23,11 +34,27 @@ pub struct RepoSink {
     /// Source identity written into each segment header.
     pub system_id: String,
     pub zstd_level: i32,
+    /// The writer lease the segments are written under.
+    pub lease: LeaseGuard,
+    /// Segments already stored beyond the resume point, by range.
+    pub reuse: HashMap<(Epoch, LogPos, LogPos), SegmentKey>,
+}
+
+/// The `reuse` map of a [`RepoSink`] from the keys stored beyond the resume point.
+pub fn reuse_map(
+    keys: impl IntoIterator<Item = SegmentKey>,
+) -> HashMap<(Epoch, LogPos, LogPos), SegmentKey> {
+    keys.into_iter()
+        .map(|k| ((k.epoch, k.start, k.end), k))
+        .collect()
 }
 
 impl RepoSink {
     /// The object key a sealed segment is stored under.
     pub fn key_of(&self, seg: &SealedSegment) -> SegmentKey {
+        if let Some(k) = self.reuse.get(&(seg.epoch, seg.start, seg.end)) {
+            return k.clone();
+        }
         SegmentKey {
             source: self.source.clone(),
             epoch: seg.epoch,
@@ -35,6 +62,7 @@ impl RepoSink {
             end: seg.end,
             tmin: seg.first_commit,
             tmax: seg.last_commit,
+            generation: self.lease.generation(),
         }
     }
 }
@@ -74,6 +102,9 @@ impl SegmentSink for RepoSink {
             .await
             .map_err(|e| SinkError::definite(format!("encoding segment {key} failed: {e}")))?
             .map_err(|e| SinkError::definite(format!("encoding segment {key} failed: {e}")))?;
+            self.lease
+                .check()
+                .map_err(|e| SinkError::definite(e.to_string()))?;
             match self.repo.put_if_absent(&key, object.into()).await {
                 Ok(PutOutcome::Created) => {
                     tracing::debug!(key = %key, "segment stored");

@@ -8,10 +8,13 @@
 //! by one part. `manifest.json` is written last.
 //!
 //! A backup is only usable with the WAL from its start to its stop LSN. The
-//! backup succeeds once the catalog covers that range: a running
-//! `pitr archive` normally provides it; when coverage does not grow within
-//! `wal_wait`, this process archives the missing WAL itself (an archiver with
-//! `stop_at` = stop LSN).
+//! backup succeeds once the catalog covers that range. When an archiver runs
+//! (the source's writer lease is live) the backup only waits for it to store
+//! that WAL. Otherwise this process takes the writer lease itself and
+//! archives the missing WAL (an archiver with `stop_at` = stop LSN) over a
+//! TEMPORARY replication slot, which the server drops when the connection
+//! ends: no slot is left behind to pin WAL on the server. The lease is
+//! released afterwards.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -31,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::archive::lease::{read_lease, LeaseOptions, LeaseState};
 use crate::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
-use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
+use crate::source::postgres::{archive, default_slot_name, ArchiveProgress, PgArchiveOptions};
 use crate::storage::Repo;
 
 /// Settings of one backup.
@@ -44,8 +48,9 @@ pub struct BackupOptions {
     /// Largest stored part (compressed bytes).
     pub part_size: usize,
     pub zstd_level: i32,
-    /// How long to wait for a running archiver to store the backup's WAL
-    /// before archiving it ourselves.
+    /// How long a running archiver (one holding the writer lease) may go
+    /// without storing more WAL before the backup gives up on it (at least
+    /// a minute is allowed).
     pub wal_wait: Duration,
     /// Immediate checkpoint (else spread).
     pub fast_checkpoint: bool,
@@ -279,7 +284,7 @@ pub async fn take_backup(
         return Err(anyhow!("the server sent no archive in the base backup"));
     }
 
-    let archived_wal_itself = ensure_wal(opts, repo, &source, start.lsn, end).await?;
+    let archived_wal_itself = ensure_wal(opts, repo, &source, &start, end).await?;
 
     let manifest = BackupManifest {
         format_version: MANIFEST_FORMAT_VERSION,
@@ -329,13 +334,35 @@ async fn ensure_wal(
     opts: &BackupOptions,
     repo: &Repo,
     source: &SourceName,
-    start: Lsn,
+    begin: &pitr_postgres::backup::BackupStart,
     end: pitr_postgres::backup::BackupEnd,
 ) -> anyhow::Result<bool> {
+    let start = begin.lsn;
     let epoch = Epoch(u64::from(end.timeline.0));
+    let patience = opts.wal_wait.max(Duration::from_secs(60));
     let (mut ok, mut tail) = covered(repo, source, epoch, start, end.lsn).await?;
     let mut last_growth = Instant::now();
-    while !ok && last_growth.elapsed() < opts.wal_wait {
+    let mut announced = false;
+    while !ok {
+        let lease = read_lease(repo, source).await.map_err(|e| anyhow!("{e}"))?;
+        let Some(live) = lease.filter(|l| l.state(Utc::now()) == LeaseState::Live) else {
+            break;
+        };
+        if !announced {
+            tracing::info!(
+                "an archiver runs for {source} (writer lease {}): waiting for it to store the WAL up to {}",
+                live.describe(),
+                end.lsn
+            );
+            announced = true;
+        }
+        if last_growth.elapsed() >= patience {
+            return Err(anyhow!(
+                "the archiver holding the writer lease of {source} ({}) stored no WAL for {patience:?} and has not reached {}; the backup is unusable without that WAL: check that archiver",
+                live.holder,
+                end.lsn
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (now_ok, now_tail) = covered(repo, source, epoch, start, end.lsn).await?;
         if now_tail > tail {
@@ -344,17 +371,28 @@ async fn ensure_wal(
         (ok, tail) = (now_ok, now_tail);
     }
     if ok {
+        if announced {
+            tracing::info!(
+                "the running archiver stored the backup's WAL up to {}",
+                end.lsn
+            );
+        }
         return Ok(false);
     }
+    let mut slot = format!("{}_backup", default_slot_name(source.as_str()));
+    slot.truncate(63);
     tracing::info!(
-        "no archiver stored WAL up to {} within {:?}: archiving it now",
-        end.lsn,
-        opts.wal_wait
+        "no archiver runs for {source}: taking its writer lease and archiving the WAL up to {} over the temporary replication slot {slot} (dropped when done)",
+        end.lsn
     );
     let aopts = PgArchiveOptions {
         url: opts.url.clone(),
         name: Some(source.as_str().to_string()),
+        slot: Some(slot),
         stop_at: Some(end.lsn),
+        start_at: Some((begin.timeline, start)),
+        temporary_slot: true,
+        lease: LeaseOptions::default(),
         ..Default::default()
     };
     archive(
@@ -373,5 +411,9 @@ async fn ensure_wal(
             end.timeline.0
         ));
     }
+    tracing::info!(
+        "archived the backup's WAL up to {} itself; released the writer lease, no replication slot left behind",
+        end.lsn
+    );
     Ok(true)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 
+use crate::archive::lease::LeaseOptions;
 use crate::cli::common::{parse_duration, shutdown_token};
 use crate::config::redact;
 use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
@@ -41,6 +42,29 @@ pub struct ArchiveArgs {
     /// stable value derived from the source name, in 0x70000000..0x7fffffff).
     #[arg(long)]
     pub server_id: Option<u32>,
+    /// Time to live of the writer lease this archiver holds in the
+    /// repository (renewed every third of it). Another archiver of the same
+    /// source takes over this long after this one stops renewing.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// When another archiver holds the writer lease of this source, exit 1
+    /// naming it instead of waiting to take over.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Declare that no other archiver writes this source: required (and
+    /// only used) when the storage server ignores conditional writes.
+    #[arg(long)]
+    pub single_writer: bool,
+}
+
+impl ArchiveArgs {
+    fn lease(&self) -> LeaseOptions {
+        LeaseOptions {
+            ttl: self.lease_ttl,
+            wait: !self.no_wait,
+            single_writer: self.single_writer,
+        }
+    }
 }
 
 pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
@@ -60,6 +84,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
         }
     }
     let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let lease = args.lease();
     let opts = PgArchiveOptions {
         url: args.url,
         name: args.name,
@@ -70,6 +95,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
             parallelism: args.parallel.max(1),
             ..Default::default()
         },
+        lease,
         ..Default::default()
     };
     let cancel = shutdown_token();
@@ -80,6 +106,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
 async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
     use crate::source::mysql::{archive, MysqlArchiveOptions};
     let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let lease = args.lease();
     let opts = MysqlArchiveOptions {
         url: args.url,
         name: args.name,
@@ -90,6 +117,7 @@ async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
             parallelism: args.parallel.max(1),
             ..Default::default()
         },
+        lease,
         ..Default::default()
     };
     let cancel = shutdown_token();

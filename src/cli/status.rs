@@ -2,7 +2,10 @@
 //! window, base backups, gaps, size and archive lag of every source.
 //!
 //! Exit status: 0 healthy; 1 a source has a gap inside its recoverable
-//! window or its lag exceeds `--max-lag`; 2 the repository cannot be read.
+//! window, its lag exceeds `--max-lag`, it holds fenced objects (written
+//! after their archiver lost the writer lease), or its writer lease expired
+//! without being released (no archiver runs); 2 the repository cannot be
+//! read.
 //!
 //! The lag is "now minus the newest archived commit": an idle database that
 //! commits nothing looks lagging. The time the newest segment was stored is
@@ -127,6 +130,51 @@ pub fn render(s: &SourceStatus) -> String {
             .map(fmt_time)
             .unwrap_or_else(|| "never".into()),
     );
+    line(
+        &mut o,
+        "writer lease",
+        match &s.writer_lease {
+            None => "never taken".into(),
+            Some(l) => match l.state.as_str() {
+                "live" => format!(
+                    "generation {} held by {} pid {} since {}, expires {}",
+                    l.generation,
+                    l.holder_host,
+                    l.holder_pid,
+                    fmt_time(l.acquired_at),
+                    fmt_time(l.expires_at)
+                ),
+                "released" => format!(
+                    "generation {} released by {} pid {} at {} (no archiver runs)",
+                    l.generation,
+                    l.holder_host,
+                    l.holder_pid,
+                    fmt_time(l.expires_at)
+                ),
+                "abandoned" => format!(
+                    "generation {} of {} pid {}: that process is gone (the lease expires {})",
+                    l.generation,
+                    l.holder_host,
+                    l.holder_pid,
+                    fmt_time(l.expires_at)
+                ),
+                _ => format!(
+                    "generation {} of {} pid {} expired at {}: holder dead?",
+                    l.generation,
+                    l.holder_host,
+                    l.holder_pid,
+                    fmt_time(l.expires_at)
+                ),
+            },
+        },
+    );
+    if !s.fenced.is_empty() {
+        line(
+            &mut o,
+            "fenced objects",
+            format!("{} (written after losing the writer lease)", s.fenced.len()),
+        );
+    }
     if s.gaps.is_empty() {
         line(&mut o, "gaps", "none".into());
     } else {

@@ -292,6 +292,28 @@ impl Metrics {
                 Box::new(|m, _| Some(m.progress.durable_lsn.load(Ordering::Relaxed) as f64)),
             ),
             (
+                "pitr_lease_held",
+                "gauge",
+                "1 while this process holds the source's writer lease, else 0 (waiting for it, or lost).",
+                Box::new(|m, _| {
+                    Some(f64::from(
+                        m.progress.lease_generation.load(Ordering::Relaxed) > 0,
+                    ))
+                }),
+            ),
+            (
+                "pitr_lease_generation",
+                "gauge",
+                "Generation of the writer lease this process holds (0: none).",
+                Box::new(|m, _| Some(m.progress.lease_generation.load(Ordering::Relaxed) as f64)),
+            ),
+            (
+                "pitr_fenced_objects",
+                "gauge",
+                "Objects written after their archiver lost the writer lease (never used by a restore).",
+                Box::new(|_, st| st.map(|s| s.fenced.len() as f64)),
+            ),
+            (
                 "pitr_epoch",
                 "gauge",
                 "Current epoch of the archived log (PostgreSQL: timeline).",

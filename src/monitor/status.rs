@@ -18,6 +18,12 @@
 //!   reported next to it to tell "idle" from "archiver stopped".
 //! * **Gaps**: recorded gap objects (with their reason) and holes between
 //!   segments that no gap record explains.
+//! * **Writer lease**: who holds the source's writer lease (`archive::lease`)
+//!   and until when. A lease that expired without being released means its
+//!   archiver died or hangs: no archiver runs (a problem).
+//! * **Fenced objects**: segments and gap records written by an archiver
+//!   after it had lost its lease (`archive::fence`); restore never uses them,
+//!   but they mean two writers overlapped (a problem).
 
 use std::time::Duration;
 
@@ -29,6 +35,7 @@ use crate::archive::catalog::{Catalog, EpochCatalog};
 use crate::archive::gaps::read_gap;
 use crate::archive::identity::read_identity;
 use crate::archive::keys::SourceName;
+use crate::archive::lease::{read_lease, LeaseRecord, LeaseState};
 use crate::engine::{self, list_backups};
 use crate::storage::{Repo, StorageError};
 
@@ -62,6 +69,48 @@ pub struct BackupSummary {
     pub stored_bytes: u64,
 }
 
+/// The writer lease of a source, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseStatus {
+    pub generation: u64,
+    pub holder_host: String,
+    pub holder_pid: u32,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `live`, `released`, `expired` (holder stopped renewing it) or
+    /// `abandoned` (not expired yet, but its holder process is gone).
+    pub state: String,
+}
+
+impl LeaseStatus {
+    fn of(rec: &LeaseRecord, now: DateTime<Utc>) -> LeaseStatus {
+        LeaseStatus {
+            generation: rec.generation,
+            holder_host: rec.holder.host.clone(),
+            holder_pid: rec.holder.pid,
+            acquired_at: rec.acquired_at,
+            renewed_at: rec.renewed_at,
+            expires_at: rec.expires_at,
+            state: match rec.state(now) {
+                LeaseState::Live => "live",
+                LeaseState::Released => "released",
+                LeaseState::Expired => "expired",
+                LeaseState::Abandoned => "abandoned",
+            }
+            .to_string(),
+        }
+    }
+}
+
+/// An object written after its writer lost the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FencedStatus {
+    pub key: String,
+    pub generation: u32,
+    pub fenced_by_generation: u64,
+}
+
 /// Status of one source.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceStatus {
@@ -86,6 +135,10 @@ pub struct SourceStatus {
     pub lag_seconds: Option<f64>,
     /// Why the window is empty, when it is.
     pub note: Option<String>,
+    /// The writer lease (`None`: never taken, or written before leases).
+    pub writer_lease: Option<LeaseStatus>,
+    /// Objects fenced off (written after their writer lost the lease).
+    pub fenced: Vec<FencedStatus>,
 }
 
 /// The `--json` document of `pitr status`.
@@ -99,6 +152,23 @@ impl SourceStatus {
     /// inside the recoverable window, or a lag above `max_lag`.
     pub fn problems(&self, max_lag: Option<Duration>) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(l) = self
+            .writer_lease
+            .as_ref()
+            .filter(|l| l.state == "expired" || l.state == "abandoned")
+        {
+            out.push(format!(
+                "{}: the writer lease (generation {}) of {} pid {} expired at {} without being released: that archiver died or hangs, and no archiver runs",
+                self.name, l.generation, l.holder_host, l.holder_pid, l.expires_at
+            ));
+        }
+        if !self.fenced.is_empty() {
+            out.push(format!(
+                "{}: {} object(s) were written after their archiver lost the writer lease (fenced, never used by a restore; pitr verify lists them): two archivers overlapped",
+                self.name,
+                self.fenced.len()
+            ));
+        }
         for g in self.gaps.iter().filter(|g| g.inside_window) {
             out.push(format!(
                 "{}: epoch {} positions {}..{} are lost ({}); restores cannot cross them",
@@ -185,6 +255,18 @@ pub async fn source_status(
         .await?
         .ok_or_else(|| anyhow::anyhow!("{source}/source.json is missing"))?;
     let catalog = Catalog::load(repo, source).await?;
+    let writer_lease = read_lease(repo, source)
+        .await?
+        .map(|l| LeaseStatus::of(&l, now));
+    let fenced = catalog
+        .fenced()
+        .iter()
+        .map(|f| FencedStatus {
+            key: f.key(),
+            generation: f.generation(),
+            fenced_by_generation: f.by.generation,
+        })
+        .collect();
     let backups = list_backups(repo, source, catalog.backups()).await?;
     let stats = catalog.stats();
 
@@ -279,6 +361,8 @@ pub async fn source_status(
         last_segment_stored_at,
         lag_seconds,
         note,
+        writer_lease,
+        fenced,
     })
 }
 

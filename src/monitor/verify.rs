@@ -9,6 +9,10 @@
 //! * per epoch, the chain is continuous: holes that no gap record covers and
 //!   segments that overlap the chain (divergent history) are problems;
 //! * every gap record parses and matches its key;
+//! * no segment or gap record is *fenced* (written by an archiver after it
+//!   had lost the writer lease, see `archive::fence`): such objects are never
+//!   used, and each is reported with the generation that wrote it and the
+//!   takeover that fences it;
 //! * every base backup has a manifest whose engine and system id match the
 //!   identity, and every part listed in it exists with the listed size and
 //!   sha256.
@@ -124,6 +128,18 @@ async fn verify_source(
         report
             .notes
             .push(format!("{k}: not part of the key layout (ignored)"));
+    }
+    for f in catalog.fenced() {
+        report.problems.push(problem(
+            source,
+            &f.key(),
+            Some(format!(
+                "{}/{}",
+                f.by.epoch.to_hex(),
+                f.by.position.to_hex()
+            )),
+            f.describe(),
+        ));
     }
 
     let mut segments: Vec<SegmentEntry> = Vec::new();

@@ -263,6 +263,7 @@ mod tests {
                 end: LogPos::new(seq, b),
                 tmin: None,
                 tmax: None,
+                generation: 0,
             },
             size: 1,
         }

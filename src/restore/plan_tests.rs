@@ -34,6 +34,7 @@ fn seg(i: u64) -> SegmentEntry {
             end: LogPos::from_lsn((i + 1) * SEG),
             tmin: Some(micros(10 * i as i64)),
             tmax: Some(micros(10 * i as i64 + 9)),
+            generation: 0,
         },
         size: 100,
     }
@@ -130,6 +131,7 @@ fn holes_and_gaps_are_refused_by_name() {
         epoch: Epoch(1),
         start: LogPos::from_lsn(2 * SEG),
         end: LogPos::from_lsn(3 * SEG),
+        generation: 0,
     };
     let c = catalog(&[0, 1, 3, 4], vec![gap]);
     let e = plan(&c, &b, &Target::Latest).unwrap_err();

@@ -63,6 +63,7 @@ async fn put(repo: &Repo, seed: u64, a: u64, b: u64) -> String {
         end: LogPos::from_lsn(b),
         tmin: None,
         tmax: None,
+        generation: 0,
     }
     .to_key();
     repo.put_if_absent(&key, Bytes::from(obj)).await.unwrap();

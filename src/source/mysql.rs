@@ -46,10 +46,11 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::catalog::{Catalog, SegmentEntry};
 use crate::archive::gaps::{write_gap, GapError, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
-use crate::archive::keys::{GapKey, SourceName};
+use crate::archive::keys::{GapKey, SegmentKey, SourceName};
+use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
-use crate::archive::sink::RepoSink;
+use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::mysql_segment::{
     default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
     FIRST_EVENT_OFFSET, MYSQL_EPOCH,
@@ -69,6 +70,8 @@ pub struct MysqlArchiveOptions {
     pub max_segment_bytes: usize,
     pub zstd_level: i32,
     pub uploader: UploaderOptions,
+    /// How the writer lease is taken.
+    pub lease: LeaseOptions,
 }
 
 impl Default for MysqlArchiveOptions {
@@ -81,6 +84,7 @@ impl Default for MysqlArchiveOptions {
             max_segment_bytes: 16 << 20,
             zstd_level: 1,
             uploader: UploaderOptions::default(),
+            lease: LeaseOptions::default(),
         }
     }
 }
@@ -156,6 +160,10 @@ struct Archiver {
     /// Identity and uploader are set up (only after the first successful
     /// replication start: a failed first attempt writes nothing).
     written: bool,
+    /// Segments stored beyond the tail, rewritten under their own keys.
+    reuse: Vec<SegmentKey>,
+    lease: Option<Lease>,
+    guard: LeaseGuard,
 }
 
 /// Runs `pitr archive` for MySQL/MariaDB until cancelled.
@@ -166,9 +174,17 @@ pub async fn archive(
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
     let shown = redact_url(&opts.url);
-    let mut a = prepare(opts, repo, progress)
-        .await
-        .map_err(|e| anyhow!("cannot archive {shown}: {e:#}"))?;
+    let mut a = match prepare(opts, repo, progress, &cancel).await {
+        Ok(a) => a,
+        Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {
+            return Ok(())
+        }
+        Err(e) => match e.downcast::<LeaseError>() {
+            // One sentence of its own: it names the holder.
+            Ok(lease) => return Err(lease.into()),
+            Err(e) => return Err(anyhow!("cannot archive {shown}: {e:#}")),
+        },
+    };
     let result = a.run(&cancel).await;
     let finished = match a.uploader.take() {
         Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
@@ -176,6 +192,18 @@ pub async fn archive(
     };
     if let Ok(Some(d)) = &finished {
         tracing::info!("binlog durable up to {}", show_pos(a.meta.as_ref(), d.pos));
+    }
+    a.progress.lease_generation.store(0, Ordering::Relaxed);
+    if let Some(lost) = a.guard.lost() {
+        return Err(anyhow!(lost));
+    }
+    if let (Some(lease), true) = (a.lease.take(), finished.is_ok()) {
+        if a.written {
+            lease.release().await;
+        } else {
+            // A first attempt that failed writes nothing, its lease included.
+            lease.release_unused().await;
+        }
     }
     result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
     finished?;
@@ -214,6 +242,7 @@ async fn prepare(
     opts: MysqlArchiveOptions,
     repo: Repo,
     progress: Arc<ArchiveProgress>,
+    cancel: &CancellationToken,
 ) -> anyhow::Result<Archiver> {
     let ident = server_identity(&opts.url).await?;
     let system_id = system_id_of(&ident)?;
@@ -240,11 +269,18 @@ async fn prepare(
             ));
         }
     }
+    // The lease first: the tail is only final once no one else writes.
+    let lease = Lease::acquire(&repo, &source, opts.lease, cancel).await?;
+    let guard = lease.guard();
+    progress
+        .lease_generation
+        .store(u64::from(lease.generation()), Ordering::Relaxed);
     let meta = read_meta(&repo, &source).await?;
     let catalog = Catalog::load(&repo, &source)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let mut replay = Replay::default();
+    let mut reuse = Vec::new();
     let (next, initial) = match catalog.epoch(MYSQL_EPOCH) {
         Some(ec) => match find_tail(&repo, ec.segments(), ec.gaps()).await? {
             None => (None, None),
@@ -262,6 +298,7 @@ async fn prepare(
                 // when the archiver is killed): re-cut at exactly their
                 // boundaries so the refill reproduces them identically.
                 for s in ec.segments().iter().filter(|s| s.key.start >= t.end) {
+                    reuse.push(s.key.clone());
                     replay.cuts.insert(s.key.start);
                     replay.cuts.insert(s.key.end);
                     replay.until = replay.until.max(s.key.end);
@@ -289,6 +326,7 @@ async fn prepare(
             show_pos(meta.as_ref(), r.tail)
         );
     }
+    lease.record_takeover(catalog.high_water()).await?;
     let server_id = ServerId(opts.server_id.unwrap_or_else(|| default_server_id(&name)));
     progress.timeline.store(MYSQL_EPOCH.0, Ordering::Relaxed);
     Ok(Archiver {
@@ -304,6 +342,9 @@ async fn prepare(
         next,
         replay,
         written: false,
+        reuse,
+        lease: Some(lease),
+        guard,
         opts,
     })
 }
@@ -497,6 +538,8 @@ impl Archiver {
             engine: self.flavor.engine(),
             system_id: self.system_id.clone(),
             zstd_level: self.opts.zstd_level,
+            lease: self.guard.clone(),
+            reuse: reuse_map(self.reuse.drain(..)),
         });
         self.uploader = Some(Uploader::start(
             sink,
@@ -531,7 +574,9 @@ impl Archiver {
             end,
             reason: format!("binlog purged by the server before it was archived: {err}"),
             detected_at: Utc::now(),
+            generation: self.guard.generation(),
         };
+        self.guard.check()?;
         match write_gap(&self.repo, &self.source, &gap).await {
             Ok(_) | Err(GapError::Storage(StorageError::Divergent { .. })) => {}
             Err(e) => return Err(anyhow!("{e}")),
@@ -569,8 +614,14 @@ impl Archiver {
         // `next_event` is not cancel-safe (a half-read packet would be lost),
         // so a task reads and the select below only waits on the channel.
         let mut reader = Reader::spawn(client);
+        let guard = self.guard.clone();
         let result = loop {
             tokio::select! {
+                lost = guard.wait_lost() => {
+                    // Stop writing at once: nothing more is sealed or stored.
+                    reader.stop();
+                    break Err(lost.into());
+                }
                 _ = cancel.cancelled() => {
                     reader.stop();
                     if let Err(e) = self.seal(&mut b).await {

@@ -20,6 +20,12 @@
 //! `.history` file is stored, and streaming restarts at the beginning of the
 //! WAL file holding the switch point on the new timeline.
 //!
+//! Writer lease: before it writes anything, an archiver takes the source's
+//! writer lease (`archive::lease`; a second archiver waits for it), computes
+//! the repository's tail, stores its takeover record and then writes every
+//! segment and gap record under its lease generation. Losing the lease stops
+//! it at once.
+//!
 //! Lost WAL: when the server no longer has the WAL we need (slot dropped or
 //! invalidated, segment recycled) a gap record is written for the missing
 //! stretch, a loud error is logged, and archiving continues from the oldest
@@ -45,8 +51,9 @@ use crate::archive::catalog::Catalog;
 use crate::archive::gaps::{write_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
+use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
-use crate::archive::sink::RepoSink;
+use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::pg_index::{Commit, CommitIndexer};
 use crate::storage::Repo;
 
@@ -64,6 +71,14 @@ pub struct PgArchiveOptions {
     pub uploader: UploaderOptions,
     /// Stop once this LSN is durable (tests and one-shot catch-up).
     pub stop_at: Option<Lsn>,
+    /// How the writer lease is taken.
+    pub lease: LeaseOptions,
+    /// Where to start when the repository holds nothing of the source yet
+    /// (default: the slot's restart position).
+    pub start_at: Option<(TimelineId, Lsn)>,
+    /// Use a temporary replication slot (dropped by the server when the
+    /// connection ends) instead of a permanent one: one-shot catch-up.
+    pub temporary_slot: bool,
 }
 
 impl Default for PgArchiveOptions {
@@ -77,6 +92,9 @@ impl Default for PgArchiveOptions {
             zstd_level: 1,
             uploader: UploaderOptions::default(),
             stop_at: None,
+            lease: LeaseOptions::default(),
+            temporary_slot: false,
+            start_at: None,
         }
     }
 }
@@ -107,6 +125,10 @@ struct Archiver {
     seg_size: u64,
     /// Streaming has started at least once (later failures are retried).
     connected_once: bool,
+    lease: Option<Lease>,
+    guard: LeaseGuard,
+    /// The lease was just taken on the current connection.
+    fresh_lease: bool,
 }
 
 /// Runs `pitr archive` for PostgreSQL until cancelled (or `stop_at`).
@@ -127,6 +149,9 @@ pub async fn archive(
         next: None,
         seg_size: 16 << 20,
         connected_once: false,
+        lease: None,
+        guard: LeaseGuard::none(),
+        fresh_lease: false,
         opts,
     };
     let result = a.run(&cancel).await;
@@ -138,7 +163,18 @@ pub async fn archive(
     if let Ok(Some(d)) = &finished {
         a.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
     }
-    result?;
+    a.progress.lease_generation.store(0, Ordering::Relaxed);
+    if let Some(lost) = a.guard.lost() {
+        return Err(anyhow!(lost));
+    }
+    if let (Some(lease), true) = (a.lease.take(), finished.is_ok()) {
+        // Nothing of this archiver writes any more: let a successor in.
+        lease.release().await;
+    }
+    match result {
+        Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {}
+        other => other?,
+    }
     finished?;
     Ok(())
 }
@@ -186,7 +222,11 @@ impl Archiver {
 
     /// Every connection: the server's identity and WAL segment size; on the
     /// first one also the source name, identity check, slot name and uploader.
-    async fn prepare(&mut self, client: &mut ReplicationClient) -> anyhow::Result<SystemIdentity> {
+    async fn prepare(
+        &mut self,
+        client: &mut ReplicationClient,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<SystemIdentity> {
         let ident = client.identify_system().await?;
         self.seg_size = client.wal_segment_size().await?;
         if self.source.is_some() {
@@ -205,6 +245,14 @@ impl Archiver {
             Some(s) => s.clone(),
             None => default_slot_name(&name),
         };
+        // The lease first: the tail is only final once no one else writes.
+        let lease = Lease::acquire(&self.repo, &source, self.opts.lease, cancel).await?;
+        self.guard = lease.guard();
+        self.progress
+            .lease_generation
+            .store(u64::from(lease.generation()), Ordering::Relaxed);
+        self.lease = Some(lease);
+        self.fresh_lease = true;
         let catalog = Catalog::load(&self.repo, &source)
             .await
             .map_err(|e| anyhow!("{e}"))?;
@@ -228,12 +276,25 @@ impl Archiver {
             self.next = Some((TimelineId(e.0 as u32), Lsn(p.lo)));
             self.progress.durable_lsn.store(p.lo, Ordering::Relaxed);
         }
+        if let Some(lease) = &self.lease {
+            lease.record_takeover(catalog.high_water()).await?;
+        }
         let sink = Arc::new(RepoSink {
             repo: self.repo.clone(),
             source: source.clone(),
             engine: Engine::Postgres,
             system_id: ident.systemid.clone(),
             zstd_level: self.opts.zstd_level,
+            lease: self.guard.clone(),
+            reuse: reuse_map(tail.iter().flat_map(|&(e, p)| {
+                catalog.epoch(e).into_iter().flat_map(move |ec| {
+                    ec.segments()
+                        .iter()
+                        .chain(ec.redundant())
+                        .filter(move |s| s.key.start >= p)
+                        .map(|s| s.key.clone())
+                })
+            })),
         });
         self.uploader = Some(Uploader::start(
             sink,
@@ -251,19 +312,32 @@ impl Archiver {
         switch: Option<(TimelineId, Lsn)>,
     ) -> anyhow::Result<SessionEnd> {
         let mut client = ReplicationClient::connect(&self.cfg).await?;
-        let ident = self.prepare(&mut client).await?;
-        let slot_info = match client.read_replication_slot(&self.slot).await? {
-            Some(s) => Some(s),
-            None => {
-                tracing::info!(slot = %self.slot, "creating physical replication slot");
-                client.create_physical_slot(&self.slot).await?;
-                client.read_replication_slot(&self.slot).await?
+        let mut ident = self.prepare(&mut client, cancel).await?;
+        if std::mem::take(&mut self.fresh_lease) {
+            // Waiting for the lease may have taken long: a fresh connection
+            // and a fresh look at the server.
+            let _ = client.close().await;
+            client = ReplicationClient::connect(&self.cfg).await?;
+            ident = self.prepare(&mut client, cancel).await?;
+        }
+        let slot_info = if self.opts.temporary_slot {
+            tracing::info!(slot = %self.slot, "creating a temporary physical replication slot (dropped when this connection ends)");
+            client.create_temporary_physical_slot(&self.slot).await?;
+            client.read_replication_slot(&self.slot).await?
+        } else {
+            match client.read_replication_slot(&self.slot).await? {
+                Some(s) => Some(s),
+                None => {
+                    tracing::info!(slot = %self.slot, "creating physical replication slot");
+                    client.create_physical_slot(&self.slot).await?;
+                    client.read_replication_slot(&self.slot).await?
+                }
             }
         };
         if let Some((tli, start)) = switch {
             self.next = Some((tli, start));
         }
-        let (tli, resume) = match self.next {
+        let (tli, resume) = match self.next.or(self.opts.start_at) {
             Some(n) => n,
             None => {
                 let restart = slot_info
@@ -342,22 +416,32 @@ impl Archiver {
     ) -> anyhow::Result<SessionEnd> {
         let mut client = ReplicationClient::connect(&self.cfg).await?;
         // The slot may be gone too: drop and recreate it so it reserves what exists now.
-        let restart = match client.read_replication_slot(&self.slot).await? {
-            Some(s)
-                if s.restart_lsn
-                    .is_some_and(|r| r.segment_start(self.seg_size) > from) =>
-            {
-                s.restart_lsn
-            }
-            other => {
-                if other.is_some() {
-                    client.drop_slot(&self.slot).await?;
+        // (A temporary slot ended with its connection; a new one on this
+        // connection says what the server still has, and ends with it.)
+        let restart = if self.opts.temporary_slot {
+            client.create_temporary_physical_slot(&self.slot).await?;
+            client
+                .read_replication_slot(&self.slot)
+                .await?
+                .and_then(|s| s.restart_lsn)
+        } else {
+            match client.read_replication_slot(&self.slot).await? {
+                Some(s)
+                    if s.restart_lsn
+                        .is_some_and(|r| r.segment_start(self.seg_size) > from) =>
+                {
+                    s.restart_lsn
                 }
-                client.create_physical_slot(&self.slot).await?;
-                client
-                    .read_replication_slot(&self.slot)
-                    .await?
-                    .and_then(|s| s.restart_lsn)
+                other => {
+                    if other.is_some() {
+                        client.drop_slot(&self.slot).await?;
+                    }
+                    client.create_physical_slot(&self.slot).await?;
+                    client
+                        .read_replication_slot(&self.slot)
+                        .await?
+                        .and_then(|s| s.restart_lsn)
+                }
             }
         };
         let restart = restart
@@ -382,7 +466,9 @@ impl Archiver {
             end: LogPos::from_lsn(restart.0),
             reason: format!("WAL removed by the server before it was archived: {err}"),
             detected_at: Utc::now(),
+            generation: self.guard.generation(),
         };
+        self.guard.check()?;
         write_gap(&self.repo, &source, &gap)
             .await
             .map_err(|e| anyhow!("{e}"))?;
@@ -419,8 +505,13 @@ impl Archiver {
             None => return Err(anyhow!("uploader not started")),
         };
         let mut last_status = Instant::now();
+        let guard = self.guard.clone();
         loop {
             tokio::select! {
+                lost = guard.wait_lost() => {
+                    // Stop writing at once: nothing more is sealed or stored.
+                    return Err(lost.into());
+                }
                 _ = cancel.cancelled() => {
                     self.seal(&mut buf, received).await?;
                     return self.shutdown(stream, received).await;

@@ -197,3 +197,118 @@ pub async fn delete(repo: &Repo, prefix: &str) {
         fail(repo, "recreate", format!("expected Created, got {r:?}"));
     }
 }
+
+/// Compare-and-swap (`storage::cas`): of two contenders creating the same
+/// key, and of two contenders updating it from the same version, exactly one
+/// wins; a stale version always loses; the winner's bytes are what is read.
+pub async fn compare_and_swap(repo: &Repo, prefix: &str) {
+    compare_and_swap_with(repo, prefix, true).await
+}
+
+/// [`compare_and_swap`]; with `concurrent` false the two creates and the
+/// two updates from one version are sent one after the other (for servers
+/// whose precondition check is not atomic with the write).
+pub async fn compare_and_swap_with(repo: &Repo, prefix: &str, concurrent: bool) {
+    use crate::storage::CasError;
+    let key = format!("{prefix}/lease.json");
+    let what = |r: &Result<crate::storage::Version, CasError>| match r {
+        Ok(_) => "won".to_string(),
+        Err(CasError::Conflict { .. }) => "lost".to_string(),
+        Err(e) => fail(repo, "conditional write", e),
+    };
+    if ok(repo, "get missing", repo.get_versioned(&key).await)
+        .await
+        .is_some()
+    {
+        fail(
+            repo,
+            "get missing",
+            "found an object that was never written",
+        );
+    }
+    let (a, b) = if concurrent {
+        tokio::join!(
+            repo.create_versioned(&key, Bytes::from_static(b"created by a")),
+            repo.create_versioned(&key, Bytes::from_static(b"created by b")),
+        )
+    } else {
+        let a = repo
+            .create_versioned(&key, Bytes::from_static(b"created by a"))
+            .await;
+        let b = repo
+            .create_versioned(&key, Bytes::from_static(b"created by b"))
+            .await;
+        (a, b)
+    };
+    let outcomes = [what(&a), what(&b)];
+    if outcomes.iter().filter(|o| *o == "won").count() != 1 {
+        fail(repo, "two creates", format!("outcomes {outcomes:?}"));
+    }
+    let winner: &[u8] = if a.is_ok() {
+        b"created by a"
+    } else {
+        b"created by b"
+    };
+    let Some((data, v1)) = ok(repo, "get", repo.get_versioned(&key).await).await else {
+        fail(repo, "get", "created object is missing");
+    };
+    if data.as_ref() != winner {
+        fail(repo, "get", "the loser's bytes were stored");
+    }
+    let (a, b) = if concurrent {
+        tokio::join!(
+            repo.put_if_version(&key, Bytes::from_static(b"update a"), &v1),
+            repo.put_if_version(&key, Bytes::from_static(b"update b"), &v1),
+        )
+    } else {
+        let a = repo
+            .put_if_version(&key, Bytes::from_static(b"update a"), &v1)
+            .await;
+        let b = repo
+            .put_if_version(&key, Bytes::from_static(b"update b"), &v1)
+            .await;
+        (a, b)
+    };
+    let outcomes = [what(&a), what(&b)];
+    if outcomes.iter().filter(|o| *o == "won").count() != 1 {
+        fail(repo, "two updates", format!("outcomes {outcomes:?}"));
+    }
+    let (winner, v2): (&[u8], _) = match (a, b) {
+        (Ok(v), _) => (b"update a", v),
+        (_, Ok(v)) => (b"update b", v),
+        _ => fail(repo, "two updates", "nobody won"),
+    };
+    let Some((data, v3)) = ok(repo, "get", repo.get_versioned(&key).await).await else {
+        fail(repo, "get", "updated object is missing");
+    };
+    if data.as_ref() != winner {
+        fail(repo, "get after update", "the loser's bytes were stored");
+    }
+    // The stale version loses, the current one wins, a create of an existing key loses.
+    let stale = repo
+        .put_if_version(&key, Bytes::from_static(b"stale"), &v1)
+        .await;
+    if what(&stale) != "lost" {
+        fail(repo, "stale update", "a stale version overwrote the object");
+    }
+    let again = repo
+        .create_versioned(&key, Bytes::from_static(b"again"))
+        .await;
+    if what(&again) != "lost" {
+        fail(repo, "create existing", "a create overwrote the object");
+    }
+    let cur = repo
+        .put_if_version(&key, Bytes::from_static(b"current"), &v3)
+        .await;
+    if what(&cur) != "won" {
+        fail(repo, "current update", "the current version was refused");
+    }
+    drop(v2);
+    let Some((data, _)) = ok(repo, "get", repo.get_versioned(&key).await).await else {
+        fail(repo, "get", "object is missing");
+    };
+    if data.as_ref() != b"current" {
+        fail(repo, "get after current update", "wrong bytes");
+    }
+    ok(repo, "delete", repo.delete(&key).await).await;
+}

@@ -181,6 +181,18 @@ impl ReplicationClient {
         Ok(row.text(1).and_then(|s| s.parse().ok()))
     }
 
+    /// `CREATE_REPLICATION_SLOT name TEMPORARY PHYSICAL RESERVE_WAL`: a slot
+    /// the server drops when this connection ends (PostgreSQL 10+).
+    pub async fn create_temporary_physical_slot(&mut self, name: &str) -> Result<Option<Lsn>> {
+        let row = self
+            .one_row(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL RESERVE_WAL",
+                quote_ident(name)
+            ))
+            .await?;
+        Ok(row.text(1).and_then(|s| s.parse().ok()))
+    }
+
     /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+); `None` if the slot does not exist.
     pub async fn read_replication_slot(&mut self, name: &str) -> Result<Option<SlotInfo>> {
         let row = self

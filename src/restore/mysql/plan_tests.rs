@@ -19,6 +19,7 @@ fn seg(a: (u64, u64), b: (u64, u64), tmin: Option<i64>, tmax: Option<i64>) -> Se
             end: LogPos::new(b.0, b.1),
             tmin: tmin.map(TimestampMicros),
             tmax: tmax.map(TimestampMicros),
+            generation: 0,
         },
         size: 100,
     }
@@ -161,6 +162,7 @@ fn holes_and_gaps_stop_the_chain() {
         epoch: Epoch(1),
         start: LogPos::new(1, 500),
         end: LogPos::new(2, 200),
+        generation: 0,
     };
     let e = plan_mysql(
         &c,

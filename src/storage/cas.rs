@@ -1,0 +1,226 @@
+//! Compare-and-swap on one small object: the primitive the writer lease
+//! (`archive::lease`) is built on.
+//!
+//! * [`Repo::get_versioned`] reads an object and its [`Version`];
+//! * [`Repo::create_versioned`] creates it only if absent (`If-None-Match: *`);
+//! * [`Repo::put_if_version`] replaces it only if it still has the version
+//!   that was read (`If-Match: <etag>`).
+//!
+//! A lost race is [`CasError::Conflict`], never an overwrite.
+//!
+//! Object stores (S3, the in-memory store) do this with their conditional
+//! requests (`PutMode::Create` / `PutMode::Update`). The local-directory
+//! store has no conditional update, so for `file://` repositories the repo
+//! does it itself: every conditional write of a key takes an exclusive
+//! `flock` on the key's directory (no lock file is ever created), compares
+//! the current content (the version of a local object is the SHA-256 of its
+//! bytes), writes a temporary file under
+//! `<root>/.pitr-scratch/`, fsyncs it, renames it onto the key and fsyncs the
+//! directory. Readers need no lock: a rename is atomic. Only processes that
+//! see the same directory (one machine, or a file system with working
+//! `flock`, not every NFS) are kept apart this way.
+
+use std::io::Write as _;
+use std::path::{Path as FsPath, PathBuf};
+
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use sha2::{Digest, Sha256};
+
+use super::{nonce, parse_key, Repo, StorageError, SCRATCH_PREFIX};
+
+/// The version of an object as read by [`Repo::get_versioned`]: opaque,
+/// only good for a later [`Repo::put_if_version`] of the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(Inner);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Inner {
+    /// What the object store returned (ETag and/or version id).
+    Store {
+        e_tag: Option<String>,
+        version: Option<String>,
+    },
+    /// Local directory: SHA-256 of the content.
+    Digest([u8; 32]),
+}
+
+/// A conditional write that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// The object exists (create) or changed since it was read (update).
+    #[error("{key} was changed by another process; the conditional write was not applied")]
+    Conflict { key: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+fn digest(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StorageError {
+    let kind = e.kind();
+    StorageError::Backend {
+        op,
+        key: key.to_string(),
+        transient: matches!(
+            kind,
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+        ),
+        cause: object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        },
+    }
+}
+
+impl Repo {
+    /// The object and its version, or `None` when it does not exist.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StorageError> {
+        let path = parse_key(key)?;
+        if let Some(root) = &self.inner.local_root {
+            let file = root.join(path.as_ref());
+            return match tokio::fs::read(&file).await {
+                Ok(b) => {
+                    let v = Version(Inner::Digest(digest(&b)));
+                    Ok(Some((Bytes::from(b), v)))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err("get", key, e)),
+            };
+        }
+        let result = match self.inner.store.get(&path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(StorageError::from_store("get", key, e)),
+        };
+        let version = Version(Inner::Store {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        });
+        let data = result
+            .bytes()
+            .await
+            .map_err(|e| StorageError::from_store("get", key, e))?;
+        Ok(Some((data, version)))
+    }
+
+    /// Creates `key` only if it does not exist.
+    pub async fn create_versioned(&self, key: &str, data: Bytes) -> Result<Version, CasError> {
+        self.conditional_put(key, data, None).await
+    }
+
+    /// Replaces `key` only if its version is still `expected`.
+    pub async fn put_if_version(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: &Version,
+    ) -> Result<Version, CasError> {
+        self.conditional_put(key, data, Some(expected)).await
+    }
+
+    async fn conditional_put(
+        &self,
+        key: &str,
+        data: Bytes,
+        expected: Option<&Version>,
+    ) -> Result<Version, CasError> {
+        let path = parse_key(key)?;
+        if let Some(root) = self.inner.local_root.clone() {
+            let want = match expected {
+                None => None,
+                Some(Version(Inner::Digest(d))) => Some(*d),
+                Some(_) => return Err(conflict(key)),
+            };
+            let key = key.to_string();
+            let rel = path.to_string();
+            return tokio::task::spawn_blocking(move || local_cas(&root, &key, &rel, want, &data))
+                .await
+                .map_err(|e| StorageError::Backend {
+                    op: "put",
+                    key: path.to_string(),
+                    transient: true,
+                    cause: object_store::Error::JoinError { source: e },
+                })?;
+        }
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(Version(Inner::Store { e_tag, version })) => PutMode::Update(UpdateVersion {
+                e_tag: e_tag.clone(),
+                version: version.clone(),
+            }),
+            Some(_) => return Err(conflict(key)),
+        };
+        match self
+            .inner
+            .store
+            .put_opts(&path, PutPayload::from(data), PutOptions::from(mode))
+            .await
+        {
+            Ok(r) => Ok(Version(Inner::Store {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(conflict(key)),
+            // S3 answers an If-Match on a deleted object with 404.
+            Err(object_store::Error::NotFound { .. }) if expected.is_some() => Err(conflict(key)),
+            Err(e) => Err(StorageError::from_store("put", key, e).into()),
+        }
+    }
+}
+
+fn conflict(key: &str) -> CasError {
+    CasError::Conflict {
+        key: key.to_string(),
+    }
+}
+
+/// The locked compare-and-write of a local repository (see the module docs).
+fn local_cas(
+    root: &FsPath,
+    key: &str,
+    rel: &str,
+    expected: Option<[u8; 32]>,
+    data: &[u8],
+) -> Result<Version, CasError> {
+    let scratch = root.join(SCRATCH_PREFIX);
+    std::fs::create_dir_all(&scratch).map_err(|e| io_err("put", key, e))?;
+    let target: PathBuf = root.join(rel);
+    let dir = target
+        .parent()
+        .map(FsPath::to_path_buf)
+        .unwrap_or_else(|| root.to_path_buf());
+    std::fs::create_dir_all(&dir).map_err(|e| io_err("put", key, e))?;
+    // The lock is the key's directory itself: it outlives every writer, so
+    // no lock file is ever created (or removed while someone waits on it).
+    let lock = std::fs::File::open(&dir).map_err(|e| io_err("put", key, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("put", key, e.into()))?;
+    let current = match std::fs::read(&target) {
+        Ok(b) => Some(digest(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("get", key, e).into()),
+    };
+    if current != expected {
+        return Err(conflict(key));
+    }
+    let tmp = scratch.join(format!("cas-{}", nonce()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        lock.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err("put", key, e).into());
+    }
+    drop(lock);
+    Ok(Version(Inner::Digest(digest(data))))
+}
