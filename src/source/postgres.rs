@@ -210,7 +210,14 @@ impl Archiver {
                         .downcast_ref::<PgError>()
                         .map(|p| p.is_transient())
                         .unwrap_or(false);
-                    if !transient || !self.connected_once {
+                    // After a takeover, the slot may still be held by the
+                    // previous holder's connection until the server drops it
+                    // (wal_sender_timeout): wait for it.
+                    let slot_busy = self.lease.is_some()
+                        && e.downcast_ref::<PgError>().and_then(|p| p.code()) == Some("55006");
+                    if slot_busy {
+                        tracing::warn!(slot = %self.slot, "the replication slot is still in use by another connection (the previous archiver's?); retrying in {backoff:?}");
+                    } else if !transient || !self.connected_once {
                         // A first connection that fails is a configuration problem
                         // the operator must see, not something to retry silently.
                         return Err(e);
@@ -219,14 +226,17 @@ impl Archiver {
                         // The uploader failed definitely; surface its error.
                         return Err(e);
                     }
-                    tracing::warn!(
-                        "replication connection lost, reconnecting in {backoff:?}: {e:#}"
-                    );
+                    if !slot_busy {
+                        tracing::warn!(
+                            "replication connection lost, reconnecting in {backoff:?}: {e:#}"
+                        );
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let cap = if slot_busy { 2 } else { 30 };
+                    backoff = (backoff * 2).min(Duration::from_secs(cap));
                 }
             }
         }
