@@ -4,7 +4,9 @@
 //!   `--no-wait` one exits 1 naming the holder, a waiting one takes over when
 //!   the holder is SIGKILLed; a base backup waits for the running archiver;
 //!   `verify` is clean and a restore holds exactly the source's rows;
-//! * a holder SIGSTOPped past its lease's expiry and SIGCONTed stops with
+//! * a holder SIGSTOPped past its lease's expiry (the successor uses the
+//!   same slot, freed when the server drops the paused connection) and
+//!   SIGCONTed stops with
 //!   "lost the writer lease"; an object of its generation reaching past the
 //!   takeover is fenced: `verify` and `status` report it, restore skips it;
 //! * a lone `pitr backup` (no archiver) archives its WAL itself over a
@@ -241,7 +243,14 @@ fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
 
 fn fenced_after_pause(server: &PgServer, url: &str, tmp: &Path) {
     let repo = tmp.join("frozen-repo");
-    let c = Proc::archive(url, &repo, "frozen", "pitr_c", &[]);
+    // Both use one slot: the server drops the paused holder's connection
+    // (and frees the slot) after wal_sender_timeout, later than the lease
+    // (3 s) expires, so the successor first finds the slot busy.
+    server
+        .psql("ALTER SYSTEM SET wal_sender_timeout = '6s'")
+        .unwrap();
+    server.psql("SELECT pg_reload_conf()").unwrap();
+    let c = Proc::archive(url, &repo, "frozen", "pitr_frozen", &[]);
     c.wait_log("streaming WAL from");
     let o = pitr(&[
         "backup",
@@ -256,9 +265,14 @@ fn fenced_after_pause(server: &PgServer, url: &str, tmp: &Path) {
     insert(server, 31..=35);
     wait_archived(server, &repo, "frozen");
     c.signal("-STOP");
-    let d = Proc::archive(url, &repo, "frozen", "pitr_d", &[]);
+    let d = Proc::archive(url, &repo, "frozen", "pitr_frozen", &[]);
     d.wait_log("took over the writer lease of frozen (generation 2)");
     d.wait_log("streaming WAL from");
+    assert!(
+        d.log().contains("the replication slot is still in use"),
+        "{}",
+        d.log()
+    );
     insert(server, 36..=40);
     wait_archived(server, &repo, "frozen");
     c.signal("-CONT");

@@ -4,6 +4,7 @@
 pub mod mysql;
 pub mod mysql_segment;
 pub mod pg_index;
+pub mod pg_segment;
 pub mod postgres;
 
 /// The engine a database URL points at.

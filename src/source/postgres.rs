@@ -44,7 +44,7 @@ use pitr_postgres::lsn::{Lsn, TimelineId};
 use pitr_postgres::replication::{
     ReplicationClient, ReplicationMessage, ReplicationStream, SystemIdentity,
 };
-use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
+use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
@@ -52,9 +52,10 @@ use crate::archive::gaps::{write_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
 use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
-use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
+use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::pg_index::{Commit, CommitIndexer};
+use crate::source::pg_segment::Builder;
 use crate::storage::Repo;
 
 /// Settings of one PostgreSQL archiver.
@@ -198,7 +199,14 @@ impl Archiver {
                         .downcast_ref::<PgError>()
                         .map(|p| p.is_transient())
                         .unwrap_or(false);
-                    if !transient || !self.connected_once {
+                    // After a takeover, the slot may still be held by the
+                    // previous holder's connection until the server drops it
+                    // (wal_sender_timeout): wait for it.
+                    let slot_busy = self.lease.is_some()
+                        && e.downcast_ref::<PgError>().and_then(|p| p.code()) == Some("55006");
+                    if slot_busy {
+                        tracing::warn!(slot = %self.slot, "the replication slot is still in use by another connection (the previous archiver's?); retrying in {backoff:?}");
+                    } else if !transient || !self.connected_once {
                         // A first connection that fails is a configuration problem
                         // the operator must see, not something to retry silently.
                         return Err(e);
@@ -207,14 +215,17 @@ impl Archiver {
                         // The uploader failed definitely; surface its error.
                         return Err(e);
                     }
-                    tracing::warn!(
-                        "replication connection lost, reconnecting in {backoff:?}: {e:#}"
-                    );
+                    if !slot_busy {
+                        tracing::warn!(
+                            "replication connection lost, reconnecting in {backoff:?}: {e:#}"
+                        );
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let cap = if slot_busy { 2 } else { 30 };
+                    backoff = (backoff * 2).min(Duration::from_secs(cap));
                 }
             }
         }
@@ -706,82 +717,6 @@ pub fn default_slot_name(source: &str) -> String {
     s
 }
 
-/// Bytes of the segment being built.
-struct Builder {
-    epoch: Epoch,
-    start: Lsn,
-    /// Received chunks (slices of the server's messages, not copied).
-    data: Vec<Bytes>,
-    len: usize,
-    first_commit: Option<TimestampMicros>,
-    last_commit: Option<TimestampMicros>,
-    records: u64,
-    opened: Option<Instant>,
-}
-
-impl Builder {
-    fn new(epoch: Epoch, start: Lsn) -> Builder {
-        Builder {
-            epoch,
-            start,
-            data: Vec::new(),
-            len: 0,
-            first_commit: None,
-            last_commit: None,
-            records: 0,
-            opened: None,
-        }
-    }
-
-    fn push(&mut self, chunk: Bytes) {
-        if self.opened.is_none() {
-            self.opened = Some(Instant::now());
-        }
-        self.len += chunk.len();
-        self.data.push(chunk);
-    }
-
-    /// Records a commit whose record ends at `end` (it belongs to the segment
-    /// holding its last byte).
-    fn note_commit(&mut self, end: Lsn, time: TimestampMicros) {
-        if end <= self.start {
-            return;
-        }
-        self.records += 1;
-        self.first_commit = Some(self.first_commit.map_or(time, |t| t.min(time)));
-        self.last_commit = Some(self.last_commit.map_or(time, |t| t.max(time)));
-    }
-
-    fn due(&self, interval: Duration) -> bool {
-        self.opened.is_some_and(|t| t.elapsed() >= interval)
-    }
-
-    fn reset(&mut self, start: Lsn) {
-        self.start = start;
-        self.data.clear();
-        self.len = 0;
-        self.first_commit = None;
-        self.last_commit = None;
-        self.records = 0;
-        self.opened = None;
-    }
-
-    fn take(&mut self, end: Lsn) -> SealedSegment {
-        let raw = std::mem::take(&mut self.data);
-        let seg = SealedSegment {
-            epoch: self.epoch,
-            start: LogPos::from_lsn(self.start.0),
-            end: LogPos::from_lsn(end.0),
-            first_commit: self.first_commit,
-            last_commit: self.last_commit,
-            records: self.records,
-            raw,
-        };
-        self.reset(end);
-        seg
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,22 +726,5 @@ mod tests {
         assert_eq!(default_slot_name("pg-7290"), "pitr_pg_7290");
         assert_eq!(default_slot_name("Main.DB"), "pitr_main_db");
         assert!(default_slot_name(&"x".repeat(100)).len() <= 63);
-    }
-
-    #[test]
-    fn commits_are_attributed_to_the_segment_holding_their_end() {
-        let mut b = Builder::new(Epoch(1), Lsn(100));
-        b.note_commit(Lsn(90), TimestampMicros(5));
-        assert_eq!(b.records, 0);
-        b.push(Bytes::from_static(b"abc"));
-        b.note_commit(Lsn(102), TimestampMicros(9));
-        b.note_commit(Lsn(103), TimestampMicros(7));
-        let s = b.take(Lsn(103));
-        assert_eq!(
-            (s.first_commit, s.last_commit, s.records),
-            (Some(TimestampMicros(7)), Some(TimestampMicros(9)), 2)
-        );
-        assert_eq!(s.start, LogPos::from_lsn(100));
-        assert_eq!(b.start, Lsn(103));
     }
 }
