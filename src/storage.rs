@@ -311,7 +311,10 @@ impl Repo {
                         path: dir.display().to_string(),
                         source: std::io::Error::other(e.to_string()),
                     })?
-                    .with_fsync(true);
+                    .with_fsync(true)
+                    // A deleted object's directories go too once empty
+                    // (never the root): pruning leaves no empty directories.
+                    .with_automatic_cleanup(true);
                 let label = format!("file://{}", dir.display());
                 Ok(Repo::from_store(Arc::new(store), &label))
             }

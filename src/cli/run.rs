@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
+use crate::backup::interrupt::{run_interruptible, Outcome, StartedBackup};
 use crate::backup::take::{take_backup, BackupOptions};
 use crate::cli::common::shutdown_token;
 use crate::config::{Config, Retention, SourceConfig};
@@ -259,10 +260,12 @@ async fn schedule_backups(
         if !wait.is_zero() {
             continue; // re-check: a backup may have been taken meanwhile
         }
+        let started = StartedBackup::default();
         let opts = BackupOptions {
             url: s.url.expose().to_string(),
             name: Some(s.name.clone()),
             label: Some(format!("pitr run scheduled backup of {}", s.name)),
+            started: started.clone(),
             ..Default::default()
         };
         tracing::info!(source = %s.name, "taking a scheduled base backup");
@@ -273,6 +276,7 @@ async fn schedule_backups(
                         url: opts.url.clone(),
                         name: opts.name.clone(),
                         label: opts.label.clone(),
+                        started: started.clone(),
                         ..Default::default()
                     };
                     crate::backup::mysql::take_mysql_backup(&o, &repo)
@@ -282,9 +286,13 @@ async fn schedule_backups(
                 _ => take_backup(&opts, &repo, &|_| {}).await.map(|r| r.key),
             }
         };
-        let r = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = backup => r,
+        // Shutdown during a backup: what it stored is deleted.
+        let r = match run_interruptible(backup, &started, &repo, &cancel).await {
+            Outcome::Finished(r) => r,
+            Outcome::Interrupted(c) => {
+                tracing::warn!(source = %s.name, "{}", c.message("shutdown"));
+                return;
+            }
         };
         match r {
             Ok(key) => {

@@ -30,6 +30,7 @@ use crate::archive::gaps::read_gap;
 use crate::archive::identity::read_identity;
 use crate::archive::keys::SourceName;
 use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::retention::{is_orphaned, orphaned_backups, IncompleteBackup};
 use crate::storage::{Repo, StorageError};
 
 /// A time range, inclusive.
@@ -86,6 +87,9 @@ pub struct SourceStatus {
     pub lag_seconds: Option<f64>,
     /// Why the window is empty, when it is.
     pub note: Option<String>,
+    /// Incomplete backups (no manifest) that started before the newest
+    /// complete backup: killed or crashed ones, see [`SourceStatus::orphan_problems`].
+    pub orphaned_backups: Vec<IncompleteBackup>,
 }
 
 /// The `--json` document of `pitr status`.
@@ -157,6 +161,28 @@ pub async fn list_sources(repo: &Repo) -> Result<Vec<SourceName>, StorageError> 
     }
     out.sort();
     Ok(out)
+}
+
+impl SourceStatus {
+    /// Orphaned backups (see `retention`) that started more than `grace`
+    /// before `now`: `pitr prune` removes them; `pitr status` fails while
+    /// one exists.
+    pub fn orphan_problems(&self, grace: Duration, now: DateTime<Utc>) -> Vec<String> {
+        self.orphaned_backups
+            .iter()
+            .filter(|b| is_orphaned(b.started, Some(now), now, grace))
+            .map(|b| {
+                format!(
+                    "{}: the incomplete backup {} (started {}, no manifest) was never finished; `pitr prune` removes it",
+                    self.name,
+                    b.dir,
+                    b.started
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
 }
 
 /// Computes the status of every source (or only `only`).
@@ -267,6 +293,7 @@ pub async fn source_status(
     };
     let lag_seconds = last_commit.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
 
+    let orphaned_backups = orphaned_backups(repo, &catalog, now, Duration::ZERO).await?;
     let (mut window, mut note) = recoverable_window(&catalog, &backups);
     let mut base_backups = backups.len();
     let mut newest_backup = backups.last().map(|(k, m)| BackupSummary {
@@ -302,6 +329,7 @@ pub async fn source_status(
         last_segment_stored_at,
         lag_seconds,
         note,
+        orphaned_backups,
     })
 }
 
