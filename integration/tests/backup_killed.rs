@@ -224,7 +224,7 @@ fn mysql_backup_sigint_cleans_up() {
     // and stores a 1 MiB part every few hundred milliseconds.
     src.sql(
         "CREATE DATABASE big; CREATE TABLE big.t (id INT PRIMARY KEY, a CHAR(128), b CHAR(128)); \
-         INSERT INTO big.t SELECT seq, SHA2(seq, 512), SHA2(seq + 1000000, 512) FROM seq_1_to_250000",
+         INSERT INTO big.t SELECT seq, SHA2(seq, 512), SHA2(seq + 1000000, 512) FROM big.seq_1_to_250000",
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
