@@ -157,7 +157,13 @@ async fn populate_pg(repo: &Repo, rng: &mut Rng, clock: &mut i64) {
     }
 }
 
-async fn put_pg_backup(repo: &Repo, epoch: Epoch, start: u64, stop: u64, start_time: DateTime<Utc>) {
+async fn put_pg_backup(
+    repo: &Repo,
+    epoch: Epoch,
+    start: u64,
+    stop: u64,
+    start_time: DateTime<Utc>,
+) {
     let id = id_of(start_time);
     let key = BackupKey::new(pg(), LogPos::from_lsn(start), &id).unwrap();
     let part = key.part_key("base.tar.zst.000").unwrap();
@@ -226,7 +232,9 @@ async fn populate_my(repo: &Repo, rng: &mut Rng, clock: &mut i64) {
         }
     }
     let n = 1 + rng.below(4);
-    let mut picks: Vec<usize> = (0..n).map(|_| rng.below(bounds.len() as u64) as usize).collect();
+    let mut picks: Vec<usize> = (0..n)
+        .map(|_| rng.below(bounds.len() as u64) as usize)
+        .collect();
     picks.sort();
     picks.dedup();
     for i in picks {
@@ -316,7 +324,13 @@ async fn survey(repo: &Repo, source: &SourceName) -> Vec<Before> {
     out
 }
 
-fn opts(keep: usize, window: Option<i64>, grace: u64, now: DateTime<Utc>, dry: bool) -> PruneOptions {
+fn opts(
+    keep: usize,
+    window: Option<i64>,
+    grace: u64,
+    now: DateTime<Utc>,
+    dry: bool,
+) -> PruneOptions {
     PruneOptions {
         policy: Policy {
             keep_backups: (keep > 0).then_some(keep),
@@ -330,7 +344,13 @@ fn opts(keep: usize, window: Option<i64>, grace: u64, now: DateTime<Utc>, dry: b
 }
 
 /// The policy, checked independently of the code under test.
-fn check_selection(all: &[Before], rep: &PruneReport, keep: usize, window: Option<i64>, now: DateTime<Utc>) {
+fn check_selection(
+    all: &[Before],
+    rep: &PruneReport,
+    keep: usize,
+    window: Option<i64>,
+    now: DateTime<Utc>,
+) {
     let kept = |d: &str| rep.kept_backups.iter().any(|k| k == d);
     if rep.kept_backups.is_empty() {
         assert!(rep.deleted_keys.is_empty() && rep.note.is_some(), "{rep:?}");
@@ -339,7 +359,11 @@ fn check_selection(all: &[Before], rep: &PruneReport, keep: usize, window: Optio
     let mut restorable: Vec<&Before> = all.iter().filter(|b| b.restorable).collect();
     restorable.sort_by(|a, b| b.stop.cmp(&a.stop)); // newest first
     for b in restorable.iter().take(keep) {
-        assert!(kept(&b.dir), "{} is among the newest {keep} restorable: {rep:?}", b.dir);
+        assert!(
+            kept(&b.dir),
+            "{} is among the newest {keep} restorable: {rep:?}",
+            b.dir
+        );
     }
     if let Some(w) = window {
         let edge = now - chrono::Duration::seconds(w);
@@ -347,12 +371,26 @@ fn check_selection(all: &[Before], rep: &PruneReport, keep: usize, window: Optio
             assert!(kept(&b.dir), "{} finished inside the window", b.dir);
         }
         if let Some(b) = restorable.iter().find(|b| b.stop <= edge) {
-            assert!(kept(&b.dir), "{}: the newest restorable before the window edge", b.dir);
+            assert!(
+                kept(&b.dir),
+                "{}: the newest restorable before the window edge",
+                b.dir
+            );
         }
     }
-    let oldest_kept = all.iter().filter(|b| kept(&b.dir)).map(|b| b.stop).min().unwrap();
+    let oldest_kept = all
+        .iter()
+        .filter(|b| kept(&b.dir))
+        .map(|b| b.stop)
+        .min()
+        .unwrap();
     for b in all {
-        assert_eq!(kept(&b.dir), b.stop >= oldest_kept, "{}: kept iff not older than every kept backup", b.dir);
+        assert_eq!(
+            kept(&b.dir),
+            b.stop >= oldest_kept,
+            "{}: kept iff not older than every kept backup",
+            b.dir
+        );
         assert_eq!(
             !kept(&b.dir),
             rep.deleted_backups.contains(&b.dir),
@@ -374,7 +412,11 @@ async fn scenario(seed: u64, keep: usize, window: Option<i64>, grace_pick: u64) 
     for source in [pg(), my()] {
         for _ in 0..rng.below(3) {
             let start = at(rng.below(clock as u64 + 100) as i64 - 5);
-            incomplete.push((source.clone(), put_incomplete(&repo, &source, start).await, start));
+            incomplete.push((
+                source.clone(),
+                put_incomplete(&repo, &source, start).await,
+                start,
+            ));
         }
     }
     let grace = [0, 30, 1_000_000][grace_pick as usize % 3];
@@ -386,10 +428,22 @@ async fn scenario(seed: u64, keep: usize, window: Option<i64>, grace_pick: u64) 
         let before_keys = keys_of(&repo, &prefix).await;
         let other_keys = keys_of(&repo, &other_prefix).await;
 
-        let dry = prune(&repo, &source, &opts(keep, window, grace, now, true)).await.unwrap();
-        assert_eq!(keys_of(&repo, "").await.len(), before_keys.len() + other_keys.len(), "dry run changed the repository");
-        assert_eq!(keys_of(&repo, &prefix).await, before_keys, "dry run changed {source}");
-        let rep = prune(&repo, &source, &opts(keep, window, grace, now, false)).await.unwrap();
+        let dry = prune(&repo, &source, &opts(keep, window, grace, now, true))
+            .await
+            .unwrap();
+        assert_eq!(
+            keys_of(&repo, "").await.len(),
+            before_keys.len() + other_keys.len(),
+            "dry run changed the repository"
+        );
+        assert_eq!(
+            keys_of(&repo, &prefix).await,
+            before_keys,
+            "dry run changed {source}"
+        );
+        let rep = prune(&repo, &source, &opts(keep, window, grace, now, false))
+            .await
+            .unwrap();
         assert_eq!(
             dry.deleted_keys.iter().collect::<BTreeSet<_>>(),
             rep.deleted_keys.iter().collect::<BTreeSet<_>>(),
@@ -397,9 +451,17 @@ async fn scenario(seed: u64, keep: usize, window: Option<i64>, grace_pick: u64) 
         );
         assert_eq!(dry.incomplete_backups, rep.incomplete_backups);
         let after_keys = keys_of(&repo, &prefix).await;
-        assert_eq!(keys_of(&repo, &other_prefix).await, other_keys, "pruning {source} touched {other}");
+        assert_eq!(
+            keys_of(&repo, &other_prefix).await,
+            other_keys,
+            "pruning {source} touched {other}"
+        );
         let gone: BTreeSet<String> = before_keys.difference(&after_keys).cloned().collect();
-        assert_eq!(gone, rep.deleted_keys.iter().cloned().collect(), "{source}: reported deletions differ from the real ones");
+        assert_eq!(
+            gone,
+            rep.deleted_keys.iter().cloned().collect(),
+            "{source}: reported deletions differ from the real ones"
+        );
 
         check_selection(&before, &rep, keep, window, now);
 
@@ -407,11 +469,22 @@ async fn scenario(seed: u64, keep: usize, window: Option<i64>, grace_pick: u64) 
         let cat = Catalog::load_listing(&repo, &source).await.unwrap();
         let after = survey(&repo, &source).await;
         for b in before.iter().filter(|b| rep.kept_backups.contains(&b.dir)) {
-            let a = after.iter().find(|a| a.dir == b.dir).unwrap_or_else(|| panic!("kept backup {} is gone", b.dir));
-            assert_eq!(a.restorable, b.restorable, "{}: restorability changed", b.dir);
+            let a = after
+                .iter()
+                .find(|a| a.dir == b.dir)
+                .unwrap_or_else(|| panic!("kept backup {} is gone", b.dir));
+            assert_eq!(
+                a.restorable, b.restorable,
+                "{}: restorability changed",
+                b.dir
+            );
             assert_eq!(a.chain, b.chain, "{}: its log chain changed", b.dir);
             for k in &b.chain {
-                assert!(after_keys.contains(k), "{}: needed segment {k} deleted", b.dir);
+                assert!(
+                    after_keys.contains(k),
+                    "{}: needed segment {k} deleted",
+                    b.dir
+                );
             }
         }
         assert!(cat.backups().len() >= rep.kept_backups.len());
@@ -423,14 +496,26 @@ async fn scenario(seed: u64, keep: usize, window: Option<i64>, grace_pick: u64) 
             let orphaned = !nothing_kept
                 && newest_start.is_some_and(|n| *start < n)
                 && (now - *start).num_seconds() >= grace as i64;
-            let reported = rep.incomplete_backups.iter().any(|i| &i.dir == dir && i.started == Some(*start));
+            let reported = rep
+                .incomplete_backups
+                .iter()
+                .any(|i| &i.dir == dir && i.started == Some(*start));
             let present = after_keys.iter().any(|k| k.starts_with(dir.as_str()));
             assert_eq!(reported, orphaned, "{dir} (started {start}, newest complete {newest_start:?}, grace {grace}s): reported {reported}");
-            assert_eq!(present, !orphaned, "{dir}: present {present}, orphaned {orphaned}");
+            assert_eq!(
+                present, !orphaned,
+                "{dir}: present {present}, orphaned {orphaned}"
+            );
         }
 
-        let again = prune(&repo, &source, &opts(keep, window, grace, now, false)).await.unwrap();
-        assert!(again.deleted_keys.is_empty(), "{source}: second run deleted {:?}", again.deleted_keys);
+        let again = prune(&repo, &source, &opts(keep, window, grace, now, false))
+            .await
+            .unwrap();
+        assert!(
+            again.deleted_keys.is_empty(),
+            "{source}: second run deleted {:?}",
+            again.deleted_keys
+        );
     }
 }
 
@@ -456,18 +541,47 @@ proptest! {
 async fn mysql_keep_one_cuts_at_the_kept_backups_binlog_file() {
     let repo = Repo::open("memory://").await.unwrap();
     for seq in 1..=3u64 {
-        segment(&repo, &my(), Epoch(1), LogPos::new(seq, 4), LogPos::new(seq, 100), 1_000 * seq as i64).await;
-        segment(&repo, &my(), Epoch(1), LogPos::new(seq, 100), LogPos::new(seq, 200), 1_000 * seq as i64 + 500).await;
+        segment(
+            &repo,
+            &my(),
+            Epoch(1),
+            LogPos::new(seq, 4),
+            LogPos::new(seq, 100),
+            1_000 * seq as i64,
+        )
+        .await;
+        segment(
+            &repo,
+            &my(),
+            Epoch(1),
+            LogPos::new(seq, 100),
+            LogPos::new(seq, 200),
+            1_000 * seq as i64 + 500,
+        )
+        .await;
         if seq < 3 {
-            segment(&repo, &my(), Epoch(1), LogPos::new(seq, 200), LogPos::new(seq + 1, 4), 0).await;
+            segment(
+                &repo,
+                &my(),
+                Epoch(1),
+                LogPos::new(seq, 200),
+                LogPos::new(seq + 1, 4),
+                0,
+            )
+            .await;
         }
     }
     put_my_backup(&repo, LogPos::new(1, 100), at(10)).await;
     put_my_backup(&repo, LogPos::new(2, 100), at(20)).await;
     put_my_backup(&repo, LogPos::new(3, 100), at(30)).await;
-    let rep = prune(&repo, &my(), &opts(1, None, 3600, at(100), false)).await.unwrap();
+    let rep = prune(&repo, &my(), &opts(1, None, 3600, at(100), false))
+        .await
+        .unwrap();
     assert_eq!(rep.kept_backups.len(), 1);
-    assert!(rep.kept_backups[0].contains(&LogPos::new(3, 100).to_hex()), "{rep:?}");
+    assert!(
+        rep.kept_backups[0].contains(&LogPos::new(3, 100).to_hex()),
+        "{rep:?}"
+    );
     assert_eq!(rep.deleted_backups.len(), 2);
     let left: Vec<String> = keys_of(&repo, "my/")
         .await

@@ -71,7 +71,10 @@ fn empty_dirs(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries: Vec<_> = std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()).collect();
+        let entries: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .collect();
         if entries.is_empty() && d != root {
             out.push(d.clone());
         }
@@ -97,17 +100,21 @@ fn spawn_backup(url: &str, repo: &Path, log: &Path, extra: &[&str]) -> Child {
 fn backup_waiting_for_wal(url: &str, repo: &Path, log: &Path) -> Child {
     let before: Vec<String> = backup_dirs(repo, "main").into_iter().map(|d| d.0).collect();
     let child = spawn_backup(url, repo, log, &["--name", "main"]);
-    wait_for("the backup data to be stored", Duration::from_secs(60), || {
-        backup_dirs(repo, "main").iter().any(|(d, manifest, _)| {
-            !before.contains(d)
-                && !manifest
-                && repo
-                    .join("main/backups")
-                    .join(d)
-                    .join("backup_manifest.zst.000")
-                    .exists()
-        })
-    });
+    wait_for(
+        "the backup data to be stored",
+        Duration::from_secs(60),
+        || {
+            backup_dirs(repo, "main").iter().any(|(d, manifest, _)| {
+                !before.contains(d)
+                    && !manifest
+                    && repo
+                        .join("main/backups")
+                        .join(d)
+                        .join("backup_manifest.zst.000")
+                        .exists()
+            })
+        },
+    );
     child
 }
 
@@ -177,33 +184,59 @@ fn pg_backup_sigterm_cleans_up_and_sigkill_leftovers_are_pruned() {
 
     // prune: the dry run names it, the real run removes and reports it.
     let o = pitr(
-        &["prune", "--keep-backups", "1", "--incomplete-grace", "0s", "--dry-run"],
+        &[
+            "prune",
+            "--keep-backups",
+            "1",
+            "--incomplete-grace",
+            "0s",
+            "--dry-run",
+        ],
         &repo,
     );
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.lines().any(|l| l.contains("would remove incomplete backup")
-            && l.contains(&killed_dir)
-            && l.contains("no manifest")),
+        out.lines()
+            .any(|l| l.contains("would remove incomplete backup")
+                && l.contains(&killed_dir)
+                && l.contains("no manifest")),
         "{out}"
     );
-    assert_eq!(backup_dirs(&repo, "main").len(), 2, "the dry run deleted something");
+    assert_eq!(
+        backup_dirs(&repo, "main").len(),
+        2,
+        "the dry run deleted something"
+    );
     // Without --incomplete-grace the default (1 h) spares it.
     let o = pitr(&["prune", "--keep-backups", "1", "--json"], &repo);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r[0]["incomplete_backups"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(
+        r[0]["incomplete_backups"].as_array().unwrap().len(),
+        0,
+        "{r}"
+    );
     assert_eq!(backup_dirs(&repo, "main").len(), 2);
 
     let o = pitr(
-        &["prune", "--keep-backups", "1", "--incomplete-grace", "0s", "--json"],
+        &[
+            "prune",
+            "--keep-backups",
+            "1",
+            "--incomplete-grace",
+            "0s",
+            "--json",
+        ],
         &repo,
     );
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let removed = r[0]["incomplete_backups"].as_array().unwrap();
     assert_eq!(removed.len(), 1, "{r}");
-    assert!(removed[0]["dir"].as_str().unwrap().contains(&killed_dir), "{r}");
+    assert!(
+        removed[0]["dir"].as_str().unwrap().contains(&killed_dir),
+        "{r}"
+    );
     assert!(removed[0]["started"].is_string(), "{r}");
     let left = backup_dirs(&repo, "main");
     assert_eq!(left.len(), 1, "{left:?}");
@@ -236,14 +269,18 @@ fn mysql_backup_sigint_cleans_up() {
         &log,
         &["--name", "m", "--part-size-mib", "1"],
     );
-    wait_for("the first part of the table dump", Duration::from_secs(60), || {
-        backup_dirs(&repo, "m").iter().any(|(d, _, _)| {
-            repo.join("m/backups")
-                .join(d)
-                .join("t00000.sql.zst.000")
-                .exists()
-        })
-    });
+    wait_for(
+        "the first part of the table dump",
+        Duration::from_secs(60),
+        || {
+            backup_dirs(&repo, "m").iter().any(|(d, _, _)| {
+                repo.join("m/backups")
+                    .join(d)
+                    .join("t00000.sql.zst.000")
+                    .exists()
+            })
+        },
+    );
     send(child.id(), Signal::Int);
     let status = wait_child(&mut child, Duration::from_secs(30));
     let err = std::fs::read_to_string(&log).unwrap();

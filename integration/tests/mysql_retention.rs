@@ -86,7 +86,11 @@ fn retention(f: Flavor) {
             "backup", &url, "--repo", &repo, "--name", "shop", "--json",
         ]));
         let bj: serde_json::Value = serde_json::from_str(b.trim()).unwrap();
-        assert_eq!(bj["binlog_file"].as_str(), Some(files[k as usize - 1].as_str()), "{b}");
+        assert_eq!(
+            bj["binlog_file"].as_str(),
+            Some(files[k as usize - 1].as_str()),
+            "{b}"
+        );
         backups.push(bj["backup"].as_str().unwrap().to_string());
         src.sql("FLUSH BINARY LOGS").unwrap();
     }
@@ -103,15 +107,29 @@ fn retention(f: Flavor) {
 
     // Dry run: the same report, nothing deleted.
     let dry = ok(&pitr(&[
-        "prune", "--repo", &repo, "--keep-backups", "1", "--json", "--dry-run",
+        "prune",
+        "--repo",
+        &repo,
+        "--keep-backups",
+        "1",
+        "--json",
+        "--dry-run",
     ]));
     assert_eq!(archived_files(&repo), listed);
     let out = ok(&pitr(&[
-        "prune", "--repo", &repo, "--keep-backups", "1", "--json",
+        "prune",
+        "--repo",
+        &repo,
+        "--keep-backups",
+        "1",
+        "--json",
     ]));
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     let d: serde_json::Value = serde_json::from_str(&dry).unwrap();
-    assert_eq!(r[0]["deleted_keys"], d[0]["deleted_keys"], "dry run differs");
+    assert_eq!(
+        r[0]["deleted_keys"], d[0]["deleted_keys"],
+        "dry run differs"
+    );
     let strs = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -136,13 +154,30 @@ fn retention(f: Flavor) {
     // A point after the kept backup restores exactly.
     let target = MySqlServer::start(f).unwrap();
     let o = pitr(&[
-        "restore", "--repo", &repo, "--to", &after_kept, "--target", &target.url(),
+        "restore",
+        "--repo",
+        &repo,
+        "--to",
+        &after_kept,
+        "--target",
+        &target.url(),
     ]);
     ok(&o);
-    same(&dump(&target, "shop"), &want, "restore after the pruned window's start");
+    same(
+        &dump(&target, "shop"),
+        &want,
+        "restore after the pruned window's start",
+    );
     // A point before it is refused in one sentence.
     let o = pitr(&[
-        "restore", "--repo", &repo, "--to", &before_kept, "--target", &target.url(), "--replace",
+        "restore",
+        "--repo",
+        &repo,
+        "--to",
+        &before_kept,
+        "--target",
+        &target.url(),
+        "--replace",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
@@ -150,5 +185,8 @@ fn retention(f: Flavor) {
         .lines()
         .find(|l| l.contains("before the oldest base backup"))
         .unwrap_or_else(|| panic!("{err}"));
-    assert!(line.starts_with("error:") && line.contains("no restore can reach it"), "{err}");
+    assert!(
+        line.starts_with("error:") && line.contains("no restore can reach it"),
+        "{err}"
+    );
 }

@@ -71,13 +71,16 @@ fn one_backup_per_interval_across_engines_and_restarts() {
     // First run: one backup of each source, then nothing more.
     let log = tmp.path().join("run1.log");
     let child = start_run(&cfg, &log);
-    wait_for("one backup of every source", Duration::from_secs(120), || {
-        SOURCES.iter().all(|s| backups(&repo, s).0 >= 1)
-    });
+    wait_for(
+        "one backup of every source",
+        Duration::from_secs(120),
+        || SOURCES.iter().all(|s| backups(&repo, s).0 >= 1),
+    );
     // Keep running a while longer: a schedule that does not hold takes
     // another backup right away (it used to take hundreds per minute).
     for i in 0..10 {
-        pg.psql(&format!("CREATE TABLE t{i} AS SELECT 1 AS x")).unwrap();
+        pg.psql(&format!("CREATE TABLE t{i} AS SELECT 1 AS x"))
+            .unwrap();
         maria.sql(&format!("CREATE TABLE test.t{i} (x INT)")).ok();
         std::thread::sleep(Duration::from_secs(1));
     }

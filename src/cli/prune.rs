@@ -127,11 +127,7 @@ fn render(r: &PruneReport) -> String {
             out.push_str(&format!("  {verb} backup  {k}\n"));
         }
     }
-    let removed = if r.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    let removed = if r.dry_run { "would remove" } else { "removed" };
     for i in &r.incomplete_backups {
         let started = i
             .started
