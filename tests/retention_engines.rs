@@ -357,7 +357,7 @@ fn check_selection(
         return;
     }
     let mut restorable: Vec<&Before> = all.iter().filter(|b| b.restorable).collect();
-    restorable.sort_by(|a, b| b.stop.cmp(&a.stop)); // newest first
+    restorable.sort_by_key(|b| std::cmp::Reverse(b.stop)); // newest first
     for b in restorable.iter().take(keep) {
         assert!(
             kept(&b.dir),
