@@ -6,7 +6,7 @@
 //! delete the two older backups and every archived binlog file before the
 //! kept backup's file; a restore to a point after the kept backup is then
 //! exact (compared with the source's contents at that point), and a point
-//! before it is refused in one sentence.
+//! before it is refused in one sentence. No empty directory is left behind.
 
 #![allow(clippy::unwrap_used)] // tests unwrap
 
@@ -56,6 +56,20 @@ fn archived_files(repo: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split('\t').next().map(str::to_string))
         .collect()
+}
+
+/// Every empty directory under `root` (the root itself excepted).
+fn empty_dirs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().collect();
+        if entries.is_empty() && d != root {
+            out.push(d.clone());
+        }
+        stack.extend(entries.into_iter().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    out
 }
 
 fn retention(f: Flavor) {
@@ -149,7 +163,13 @@ fn retention(f: Flavor) {
     let expect: Vec<String> = listed.iter().filter(|f| **f >= files[2]).cloned().collect();
     assert_eq!(left, expect, "archived binlog files after the prune");
     assert!(!left.contains(&files[1]) && left.contains(&files[2]));
-    assert!(ok(&pitr(&["verify", "--repo", &repo])).len() < 100_000);
+    ok(&pitr(&["verify", "--repo", &repo]));
+    // status: one backup, its window, no problem; no empty directory left.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&pitr(&["status", "--repo", &repo, "--json"]))).unwrap();
+    assert_eq!(st["sources"][0]["base_backups"], 1, "{st}");
+    assert!(st["sources"][0]["window"]["start"].is_string(), "{st}");
+    assert_eq!(empty_dirs(&repo_path), Vec::<std::path::PathBuf>::new());
 
     // A point after the kept backup restores exactly.
     let target = MySqlServer::start(f).unwrap();
