@@ -120,3 +120,90 @@ pub async fn remove_backup_dir(repo: &Repo, key: &BackupKey) -> anyhow::Result<u
     }
     Ok(deleted)
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use pitr_segment::LogPos;
+
+    use super::*;
+    use crate::archive::keys::SourceName;
+
+    fn key() -> anyhow::Result<BackupKey> {
+        Ok(BackupKey::new(
+            SourceName::new("db")?,
+            LogPos::new(1, 4),
+            "20240101T000000000Z",
+        )?)
+    }
+
+    /// A backup that stores two parts, starts a third that lands late (a
+    /// put in flight when it is dropped), then never finishes.
+    async fn stuck_backup(repo: Repo, started: StartedBackup) -> anyhow::Result<()> {
+        let k = key()?;
+        let _ = started.set(k.clone());
+        for p in ["a.zst.000", "a.zst.001"] {
+            repo.put_if_absent(&k.part_key(p)?, Bytes::from_static(b"x"))
+                .await?;
+        }
+        let (r, late) = (repo.clone(), k.part_key("a.zst.002")?);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = r.put_if_absent(&late, Bytes::from_static(b"x")).await;
+        });
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn interrupted_backup_removes_its_parts_also_late_ones() -> anyhow::Result<()> {
+        let repo = Repo::open("memory://").await?;
+        repo.put_if_absent("db/source.json", Bytes::from_static(b"{}"))
+            .await?;
+        let started = StartedBackup::default();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.cancel();
+        });
+        let out = run_interruptible(
+            stuck_backup(repo.clone(), started.clone()),
+            &started,
+            &repo,
+            &cancel,
+        )
+        .await;
+        let Outcome::Interrupted(Cleanup::Removed { dir, objects }) = out else {
+            anyhow::bail!("not removed: {out:?}");
+        };
+        assert_eq!(dir, key()?.dir());
+        assert_eq!(objects, 3);
+        assert!(repo.list(&dir).await?.is_empty());
+        assert!(repo.exists("db/source.json").await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_finished_backup_is_left_alone() -> anyhow::Result<()> {
+        let repo = Repo::open("memory://").await?;
+        let started = StartedBackup::default();
+        let cancel = CancellationToken::new();
+        let out = run_interruptible(async { Ok(7) }, &started, &repo, &cancel).await;
+        assert!(matches!(out, Outcome::Finished(Ok(7))));
+        cancel.cancel();
+        let out = run_interruptible(
+            std::future::pending::<anyhow::Result<()>>(),
+            &started,
+            &repo,
+            &cancel,
+        )
+        .await;
+        assert!(matches!(out, Outcome::Interrupted(Cleanup::NothingStored)));
+        assert_eq!(
+            Cleanup::NothingStored.message("SIGINT"),
+            "backup interrupted by SIGINT before it stored anything"
+        );
+        Ok(())
+    }
+}
