@@ -286,6 +286,10 @@ async fn delete_backup(
             delete(repo, rep, k, dry).await?;
         }
     }
+    if !dry {
+        // A local repository: what a killed writer left that is no object.
+        repo.remove_leftovers(&key.dir()).await?;
+    }
     rep.deleted_backups.push(key.dir());
     Ok(())
 }

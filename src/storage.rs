@@ -34,6 +34,7 @@
 
 pub mod conformance;
 mod counting;
+mod local_dirs;
 
 pub use counting::{CountingStore, RequestCounts, LIST_PAGE};
 

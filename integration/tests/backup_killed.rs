@@ -13,8 +13,9 @@
 //!   `pitr prune --json` removes and reports it, and then `pitr status`
 //!   passes and no empty directory is left in the repository.
 //!
-//! MySQL: SIGINT while the dump of a large table is being stored: exit
-//! status 130, the directory is gone.
+//! MariaDB: SIGINT while the dump of a large table is being stored: exit
+//! status 130, the directory is gone; the same for `pitr run` stopped by
+//! SIGTERM during its scheduled backup (exit status 0).
 
 #![allow(clippy::unwrap_used)] // tests unwrap
 
@@ -294,4 +295,47 @@ fn mysql_backup_sigint_cleans_up() {
     assert_eq!(empty_dirs(&repo), Vec::<PathBuf>::new());
     // The server is left without the backup's sessions or locks.
     src.sql("INSERT INTO big.t VALUES (0, 'a', 'b')").unwrap();
+
+    // `pitr run` stopped during its scheduled backup (the schema is stored,
+    // the big table is being dumped): it exits 0 and the backup is gone.
+    let cfg = tmp.path().join("pitr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "repo = \"{}\"\n[[source]]\nname = \"r\"\nurl = \"{}\"\nbackup_interval = \"1h\"\n",
+            repo.display(),
+            src.url()
+        ),
+    )
+    .unwrap();
+    let run_log = tmp.path().join("run.log");
+    let mut run = Command::new(pitr_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("PITR_REPO")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&run_log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the scheduled backup's schema",
+        Duration::from_secs(60),
+        || {
+            backup_dirs(&repo, "r").iter().any(|(d, _, _)| {
+                repo.join("r/backups")
+                    .join(d)
+                    .join("schema.json.zst.000")
+                    .exists()
+            })
+        },
+    );
+    send(run.id(), Signal::Term);
+    let status = wait_child(&mut run, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&run_log).unwrap();
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(
+        text.contains("backup interrupted by shutdown") && text.contains("was removed"),
+        "{text}"
+    );
+    assert_eq!(backup_dirs(&repo, "r"), vec![], "{text}");
 }

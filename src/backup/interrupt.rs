@@ -118,6 +118,7 @@ pub async fn remove_backup_dir(repo: &Repo, key: &BackupKey) -> anyhow::Result<u
             }
         }
     }
+    repo.remove_leftovers(&key.dir()).await?;
     Ok(deleted)
 }
 
