@@ -36,10 +36,22 @@
 //!
 //! A crash between any two deletions leaves every kept backup restorable and
 //! the index listing only existing segments; a re-run finishes the job.
-//! Incomplete backup directories (no manifest: a crashed backup or prune)
-//! are removed when their id (the start time) is before the oldest kept
-//! backup's stop time and older than `incomplete_grace`, so a backup still
-//! being written by another process is left alone.
+//!
+//! # Incomplete backups
+//!
+//! A backup directory without `manifest.json` is a backup being written, or
+//! the leftover of one that was killed or crashed (or of a crashed prune).
+//! It is *orphaned*, and removed (and reported), when it started before
+//! the newest complete backup of its source started **and** more than
+//! `incomplete_grace` ago (default 1 h). The first condition alone would
+//! remove a long backup still running next to a shorter one another process
+//! took; the second alone would remove a backup that takes longer than the
+//! grace period. Together they only spare a backup that is either younger
+//! than the grace period or the newest attempt: backups of one source run
+//! one at a time (`pitr run` never starts one while another runs), so a
+//! backup that a newer one overtook more than an hour ago is dead. With no
+//! complete backup nothing is orphaned. `pitr status` reports the same
+//! orphans (and fails its check while one exists).
 //!
 //! With no complete backup nothing is deleted: without one the log is all
 //! there is.
@@ -58,6 +70,9 @@ use crate::storage::Repo;
 
 /// Default `log_alignment`: the default PostgreSQL WAL file size.
 pub const DEFAULT_LOG_ALIGNMENT: u64 = 16 << 20;
+
+/// Default `incomplete_grace`.
+pub const DEFAULT_INCOMPLETE_GRACE: Duration = Duration::from_secs(3600);
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,7 +108,7 @@ impl Default for PruneOptions {
             policy: Policy::default(),
             dry_run: false,
             log_alignment: DEFAULT_LOG_ALIGNMENT,
-            incomplete_grace: Duration::from_secs(24 * 3600),
+            incomplete_grace: DEFAULT_INCOMPLETE_GRACE,
             now: Utc::now(),
         }
     }
@@ -115,6 +130,8 @@ pub struct PruneReport {
     pub kept_backups: Vec<String>,
     /// Deleted backup directories (complete or incomplete), oldest first.
     pub deleted_backups: Vec<String>,
+    /// The incomplete (orphaned) ones among `deleted_backups`.
+    pub incomplete_backups: Vec<IncompleteBackup>,
     /// The log cut on the oldest kept backup's epoch.
     pub cut: Option<Cut>,
     /// Epochs deleted entirely (history objects excepted).
@@ -127,6 +144,59 @@ pub struct PruneReport {
     pub deleted_segment_bytes: u64,
     /// Why nothing was deleted, when nothing was.
     pub note: Option<String>,
+}
+
+/// A backup directory without a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IncompleteBackup {
+    pub dir: String,
+    /// The start time its id records (`None`: an id pitr did not write).
+    pub started: Option<DateTime<Utc>>,
+}
+
+/// Whether an incomplete backup that started at `started` is orphaned (see
+/// the module documentation): it started before the newest complete backup
+/// (`newest_complete_start`) and more than `grace` before `now`.
+pub fn is_orphaned(
+    started: Option<DateTime<Utc>>,
+    newest_complete_start: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> bool {
+    match (started, newest_complete_start) {
+        (Some(t), Some(newest)) => {
+            t < newest && (now - t).to_std().unwrap_or(Duration::ZERO) >= grace
+        }
+        _ => false,
+    }
+}
+
+/// The orphaned backup directories of a source (for `pitr status`): one
+/// existence check per backup directory of `catalog`.
+pub async fn orphaned_backups(
+    repo: &Repo,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> anyhow::Result<Vec<IncompleteBackup>> {
+    let mut complete = Vec::new();
+    let mut incomplete = Vec::new();
+    for k in catalog.backups() {
+        if repo.exists(&k.to_key()).await? {
+            complete.push(k);
+        } else {
+            incomplete.push(k);
+        }
+    }
+    let newest = complete.iter().filter_map(|k| id_time(&k.id)).max();
+    Ok(incomplete
+        .into_iter()
+        .filter(|k| is_orphaned(id_time(&k.id), newest, now, grace))
+        .map(|k| IncompleteBackup {
+            dir: k.dir(),
+            started: id_time(&k.id),
+        })
+        .collect())
 }
 
 /// What [`select`] needs to know about one complete backup.
@@ -216,6 +286,10 @@ async fn delete_backup(
             delete(repo, rep, k, dry).await?;
         }
     }
+    if !dry {
+        // A local repository: what a killed writer left that is no object.
+        repo.remove_leftovers(&key.dir()).await?;
+    }
     rep.deleted_backups.push(key.dir());
     Ok(())
 }
@@ -276,7 +350,6 @@ pub async fn prune(
         rep.note = Some("no backup would be kept; refusing to prune".into());
         return Ok(rep);
     };
-    let oldest_kept_stop = kept.iter().map(|b| b.stop_time).min();
 
     // 1. Backups.
     for (b, keep) in backups.iter().zip(&keep) {
@@ -284,16 +357,18 @@ pub async fn prune(
             delete_backup(repo, &mut rep, &b.key, dry).await?;
         }
     }
+    let newest_start = backups.iter().filter_map(|b| id_time(&b.key.id)).max();
     for k in catalog.backups() {
         if backups.iter().any(|b| &b.key == k) {
             continue;
         }
-        let old_enough = id_time(&k.id).is_some_and(|t| {
-            oldest_kept_stop.is_some_and(|s| t < s)
-                && (opts.now - t).to_std().unwrap_or(Duration::ZERO) >= opts.incomplete_grace
-        });
-        if old_enough {
+        let started = id_time(&k.id);
+        if is_orphaned(started, newest_start, opts.now, opts.incomplete_grace) {
             delete_backup(repo, &mut rep, k, dry).await?;
+            rep.incomplete_backups.push(IncompleteBackup {
+                dir: k.dir(),
+                started,
+            });
         } else {
             tracing::info!(source = %source, backup = %k.dir(), "leaving an incomplete backup alone (it may still be being written)");
         }

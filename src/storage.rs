@@ -43,6 +43,7 @@
 mod cas;
 pub mod conformance;
 mod counting;
+mod local_dirs;
 
 pub use cas::{CasError, Version};
 pub use counting::{CountingStore, RequestCounts, LIST_PAGE};
@@ -324,7 +325,10 @@ impl Repo {
                         path: dir.display().to_string(),
                         source: std::io::Error::other(e.to_string()),
                     })?
-                    .with_fsync(true);
+                    .with_fsync(true)
+                    // A deleted object's directories go too once empty
+                    // (never the root): pruning leaves no empty directories.
+                    .with_automatic_cleanup(true);
                 let label = format!("file://{}", dir.display());
                 let mut repo = Repo::from_store(Arc::new(store), &label);
                 if let Some(inner) = Arc::get_mut(&mut repo.inner) {

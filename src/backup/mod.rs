@@ -5,7 +5,9 @@
 //!   complete backup.
 //! * [`take`]: runs the backup and waits until the WAL from its start to its
 //!   stop position is archived.
+//! * [`interrupt`]: a backup stopped by SIGTERM/SIGINT deletes what it wrote.
 
+pub mod interrupt;
 pub mod manifest;
 pub mod mongodb;
 pub mod mysql;

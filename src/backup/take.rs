@@ -35,6 +35,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::lease::{read_lease, LeaseOptions, LeaseState};
+use crate::backup::interrupt::StartedBackup;
 use crate::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
 use crate::source::postgres::{archive, default_slot_name, ArchiveProgress, PgArchiveOptions};
 use crate::storage::Repo;
@@ -54,6 +55,8 @@ pub struct BackupOptions {
     pub wal_wait: Duration,
     /// Immediate checkpoint (else spread).
     pub fast_checkpoint: bool,
+    /// Set to the backup's directory before its first part is stored.
+    pub started: StartedBackup,
 }
 
 impl Default for BackupOptions {
@@ -66,6 +69,7 @@ impl Default for BackupOptions {
             zstd_level: 3,
             wal_wait: Duration::from_secs(10),
             fast_checkpoint: true,
+            started: StartedBackup::default(),
         }
     }
 }
@@ -207,6 +211,7 @@ pub async fn take_backup(
     let start = stream.start().clone();
     let key =
         BackupKey::new(source.clone(), start.lsn.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
+    let _ = opts.started.set(key.clone());
     tracing::info!(
         "base backup started at {} on timeline {} into {}",
         start.lsn,

@@ -1,20 +1,30 @@
-//! `pitr backup <postgres-url> --repo R [--name N] [--json]`: a base backup
-//! into the repository; succeeds once the WAL making it consistent is
-//! archived too.
+//! `pitr backup <postgres-url|mysql-url> --repo R [--name N] [--json]`: a
+//! base backup into the repository; a PostgreSQL backup succeeds once the
+//! WAL making it consistent is archived too.
+//!
+//! SIGTERM or SIGINT stops the backup: what it stored so far is deleted,
+//! one sentence says so, and the exit status is 143 (SIGTERM) or 130
+//! (SIGINT), as for a process the signal ended. A second signal exits at
+//! once; leftovers of a killed backup are removed by `pitr prune`.
 
 use std::io::IsTerminal as _;
+use std::sync::OnceLock;
 
 use anyhow::anyhow;
 use clap::Args;
 
+use crate::backup::interrupt::{run_interruptible, Cleanup, Outcome, StartedBackup};
+use crate::backup::mysql::{take_mysql_backup, MysqlBackupOptions};
 use crate::backup::take::{take_backup, BackupOptions, Progress};
+use crate::cli::common::{shutdown_signal, Signal};
 use crate::config::redact;
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Database: postgres://user[:password]@host[:port]/db (a REPLICATION role).
+    /// Database: postgres://user[:password]@host[:port]/db (a REPLICATION role)
+    /// or mysql://user:password@host:port (mariadb:// too).
     pub url: String,
     /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
@@ -34,29 +44,41 @@ pub struct BackupArgs {
 }
 
 pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
-    if url_kind(&args.url) == Some(UrlKind::MySql) {
-        return crate::backup::mysql::run_cli(
-            &args.url,
-            &args.repo,
-            args.name.clone(),
-            args.label.clone(),
-            args.part_size_mib.max(1) << 20,
-            args.json,
-        )
-        .await;
-    }
-    if url_kind(&args.url) != Some(UrlKind::Postgres) {
+    let kind = url_kind(&args.url);
+    if !matches!(kind, Some(UrlKind::MySql | UrlKind::Postgres)) {
         return Err(anyhow!(
-            "base backups are available for PostgreSQL only; {:?} is not a postgres:// URL",
+            "base backups are available for PostgreSQL and MySQL/MariaDB; {:?} is neither a postgres:// nor a mysql:// URL",
             redact(&args.url)
         ));
     }
     let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let (cancel, signal) = shutdown_signal();
+    let started = StartedBackup::default();
+    let part_size = args.part_size_mib.max(1) << 20;
+    if kind == Some(UrlKind::MySql) {
+        let opts = MysqlBackupOptions {
+            url: args.url.clone(),
+            name: args.name.clone(),
+            label: args.label.clone(),
+            part_size,
+            started: started.clone(),
+            ..Default::default()
+        };
+        let backup = take_mysql_backup(&opts, &repo);
+        return match run_interruptible(backup, &started, &repo, &cancel).await {
+            Outcome::Finished(r) => {
+                crate::backup::mysql::print_report(&r?, args.json);
+                Ok(0)
+            }
+            Outcome::Interrupted(c) => Ok(interrupted(&c, &signal)),
+        };
+    }
     let opts = BackupOptions {
         url: args.url.clone(),
         name: args.name.clone(),
         label: args.label.clone(),
-        part_size: args.part_size_mib.max(1) << 20,
+        part_size,
+        started: started.clone(),
         ..Default::default()
     };
     let tty = std::io::stderr().is_terminal();
@@ -74,7 +96,16 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
             );
         }
     };
-    let report = take_backup(&opts, &repo, &show).await?;
+    let backup = take_backup(&opts, &repo, &show);
+    let report = match run_interruptible(backup, &started, &repo, &cancel).await {
+        Outcome::Finished(r) => r?,
+        Outcome::Interrupted(c) => {
+            if tty {
+                eprintln!();
+            }
+            return Ok(interrupted(&c, &signal));
+        }
+    };
     if tty {
         eprintln!();
     }
@@ -105,4 +136,12 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Prints what became of an interrupted backup; returns the exit status
+/// of a process ended by that signal (143 SIGTERM, 130 SIGINT).
+fn interrupted(c: &Cleanup, signal: &OnceLock<Signal>) -> i32 {
+    let sig = signal.get().copied().unwrap_or(Signal::Term);
+    eprintln!("{}", c.message(sig.name()));
+    sig.exit_code()
 }

@@ -1,5 +1,7 @@
 //! Helpers shared by the verbs: logging, signals, repository opening.
 
+use std::sync::{Arc, OnceLock};
+
 use tokio_util::sync::CancellationToken;
 
 /// Logs go to stderr; `-v`/`-vv` or `RUST_LOG` choose the level.
@@ -19,41 +21,75 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// The signal that asked a command to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Int,
+}
+
+impl Signal {
+    /// `SIGTERM` / `SIGINT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "SIGTERM",
+            Signal::Int => "SIGINT",
+        }
+    }
+
+    /// The shell's status for a process ended by this signal (128 + number).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Signal::Term => 143,
+            Signal::Int => 130,
+        }
+    }
+}
+
 /// A token cancelled on the first SIGTERM or SIGINT. A second signal exits
 /// at once.
 pub fn shutdown_token() -> CancellationToken {
+    shutdown_signal().0
+}
+
+/// Like [`shutdown_token`], also telling which signal cancelled the token.
+pub fn shutdown_signal() -> (CancellationToken, Arc<OnceLock<Signal>>) {
     let token = CancellationToken::new();
-    let t = token.clone();
+    let which = Arc::new(OnceLock::new());
+    let (t, w) = (token.clone(), which.clone());
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested: storing what was received, then exiting");
+        let sig = wait_for_signal().await;
+        let _ = w.set(sig);
+        tracing::info!("{} received: stopping", sig.name());
         t.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting immediately");
         std::process::exit(130);
     });
-    token
+    (token, which)
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() {
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => Signal::Term,
+                _ = tokio::signal::ctrl_c() => Signal::Int,
             }
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Int
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
+async fn wait_for_signal() -> Signal {
     let _ = tokio::signal::ctrl_c().await;
+    Signal::Int
 }
 
 /// Parses durations like `1s`, `500ms`, `24h`.

@@ -2,6 +2,10 @@
 //! [--dry-run] [--json]`: deletes old base backups and the log only they
 //! needed (rules in `retention`).
 //!
+//! Incomplete backups (no manifest) left by a killed backup are removed
+//! once orphaned (see `retention`) and reported as "removed incomplete
+//! backup <dir> (started <t>, no manifest)".
+//!
 //! Exit status: 0 done (also when nothing was to be pruned); 2 usage error
 //! or unreadable repository; 3 a deletion failed (the repository stays
 //! consistent; run the command again).
@@ -36,6 +40,10 @@ pub struct PruneArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Incomplete backups (no manifest) that started before the newest
+    /// complete backup are removed once they are this old (e.g. 1h).
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub incomplete_grace: Duration,
     /// The PostgreSQL WAL file size in bytes (log is cut at WAL-file boundaries).
     #[arg(long, default_value_t = DEFAULT_LOG_ALIGNMENT)]
     pub wal_segment_size: u64,
@@ -81,6 +89,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<i32> {
         policy,
         dry_run: args.dry_run,
         log_alignment: args.wal_segment_size,
+        incomplete_grace: args.incomplete_grace,
         ..PruneOptions::default()
     };
     let mut reports = Vec::new();
@@ -114,7 +123,20 @@ fn render(r: &PruneReport) -> String {
         out.push_str(&format!("  keep backup  {k}\n"));
     }
     for k in &r.deleted_backups {
-        out.push_str(&format!("  {verb} backup  {k}\n"));
+        if !r.incomplete_backups.iter().any(|i| &i.dir == k) {
+            out.push_str(&format!("  {verb} backup  {k}\n"));
+        }
+    }
+    let removed = if r.dry_run { "would remove" } else { "removed" };
+    for i in &r.incomplete_backups {
+        let started = i
+            .started
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| "at an unknown time".into());
+        out.push_str(&format!(
+            "  {removed} incomplete backup {} (started {started}, no manifest)\n",
+            i.dir
+        ));
     }
     for k in &r.written_keys {
         let w = if r.dry_run { "would write" } else { "wrote" };

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
+use crate::backup::interrupt::{run_interruptible, Outcome, StartedBackup};
 use crate::cli::common::shutdown_token;
 use crate::config::{Config, Retention, SourceConfig};
 use crate::engine::{ArchiveRequest, BackupRequest, EngineOps};
@@ -258,16 +259,22 @@ async fn schedule_backups(
         if !wait.is_zero() {
             continue; // re-check: a backup may have been taken meanwhile
         }
+        let started = StartedBackup::default();
         let req = BackupRequest {
             url: s.url.expose().to_string(),
             name: s.name.clone(),
             label: format!("pitr run scheduled backup of {}", s.name),
+            started: started.clone(),
         };
         tracing::info!(source = %s.name, "taking a scheduled base backup");
         let backup = engine.backup(req, repo.clone());
-        let r = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = backup => r,
+        // Shutdown during a backup: what it stored is deleted.
+        let r = match run_interruptible(backup, &started, &repo, &cancel).await {
+            Outcome::Finished(r) => r,
+            Outcome::Interrupted(c) => {
+                tracing::warn!(source = %s.name, "{}", c.message("shutdown"));
+                return;
+            }
         };
         match r {
             Ok(key) => {

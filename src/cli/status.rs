@@ -3,9 +3,10 @@
 //!
 //! Exit status: 0 healthy; 1 a source has a gap inside its recoverable
 //! window, its lag exceeds `--max-lag`, it holds fenced objects (written
-//! after their archiver lost the writer lease), or its writer lease expired
-//! without being released (no archiver runs); 2 the repository cannot be
-//! read.
+//! after their archiver lost the writer lease), its writer lease expired
+//! without being released (no archiver runs), or an orphaned incomplete
+//! backup older than `--incomplete-grace` exists (see `retention`); 2 the
+//! repository cannot be read.
 //!
 //! The lag is "now minus the newest archived commit": an idle database that
 //! commits nothing looks lagging. The time the newest segment was stored is
@@ -33,6 +34,11 @@ pub struct StatusArgs {
     /// Exit 1 when the newest archived commit is older than this (e.g. 5m).
     #[arg(long, value_parser = parse_duration)]
     pub max_lag: Option<Duration>,
+    /// Exit 1 when an incomplete backup that a newer backup overtook
+    /// started more than this long ago (a killed backup: `pitr prune`
+    /// removes it).
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub incomplete_grace: Duration,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
@@ -52,10 +58,15 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
             print!("{}", render(s));
         }
     }
+    let now = chrono::Utc::now();
     let problems: Vec<String> = status
         .sources
         .iter()
-        .flat_map(|s| s.problems(args.max_lag))
+        .flat_map(|s| {
+            let mut p = s.problems(args.max_lag);
+            p.extend(s.orphan_problems(args.incomplete_grace, now));
+            p
+        })
         .collect();
     for p in &problems {
         eprintln!("problem: {p}");
@@ -174,6 +185,19 @@ pub fn render(s: &SourceStatus) -> String {
             "fenced objects",
             format!("{} (written after losing the writer lease)", s.fenced.len()),
         );
+    }
+    if !s.orphaned_backups.is_empty() {
+        line(
+            &mut o,
+            "incomplete backups",
+            format!(
+                "{} (no manifest, overtaken by a newer backup: `pitr prune` removes them)",
+                s.orphaned_backups.len()
+            ),
+        );
+        for b in &s.orphaned_backups {
+            o.push_str(&format!("    {}\n", b.dir));
+        }
     }
     if s.gaps.is_empty() {
         line(&mut o, "gaps", "none".into());

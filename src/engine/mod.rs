@@ -33,6 +33,7 @@ use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::backup::interrupt::StartedBackup;
 use crate::archive::progress::ArchiveProgress;
 use crate::storage::{Repo, StorageError};
 
@@ -56,6 +57,9 @@ pub struct BackupRequest {
     pub url: String,
     pub name: String,
     pub label: String,
+    /// Where the backup publishes its directory once it knows it, so an
+    /// interrupted backup can be cleaned up.
+    pub started: StartedBackup,
 }
 
 /// What one engine provides to the engine-neutral parts of pitr.

@@ -111,6 +111,7 @@ impl EngineOps for Postgres {
             url: req.url,
             name: Some(req.name),
             label: Some(req.label),
+            started: req.started,
             ..Default::default()
         };
         Box::pin(async move { take_backup(&opts, &repo, &|_| {}).await.map(|r| r.key) })

@@ -37,6 +37,7 @@ use crate::archive::identity::read_identity;
 use crate::archive::keys::SourceName;
 use crate::archive::lease::{read_lease, LeaseRecord, LeaseState};
 use crate::engine::{self, list_backups};
+use crate::retention::{is_orphaned, orphaned_backups, IncompleteBackup};
 use crate::storage::{Repo, StorageError};
 
 /// A time range, inclusive.
@@ -139,6 +140,9 @@ pub struct SourceStatus {
     pub writer_lease: Option<LeaseStatus>,
     /// Objects fenced off (written after their writer lost the lease).
     pub fenced: Vec<FencedStatus>,
+    /// Incomplete backups (no manifest) that started before the newest
+    /// complete backup: killed or crashed ones, see [`SourceStatus::orphan_problems`].
+    pub orphaned_backups: Vec<IncompleteBackup>,
 }
 
 /// The `--json` document of `pitr status`.
@@ -227,6 +231,28 @@ pub async fn list_sources(repo: &Repo) -> Result<Vec<SourceName>, StorageError> 
     }
     out.sort();
     Ok(out)
+}
+
+impl SourceStatus {
+    /// Orphaned backups (see `retention`) that started more than `grace`
+    /// before `now`: `pitr prune` removes them; `pitr status` fails while
+    /// one exists.
+    pub fn orphan_problems(&self, grace: Duration, now: DateTime<Utc>) -> Vec<String> {
+        self.orphaned_backups
+            .iter()
+            .filter(|b| is_orphaned(b.started, Some(now), now, grace))
+            .map(|b| {
+                format!(
+                    "{}: the incomplete backup {} (started {}, no manifest) was never finished; `pitr prune` removes it",
+                    self.name,
+                    b.dir,
+                    b.started
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
 }
 
 /// Computes the status of every source (or only `only`).
@@ -337,6 +363,7 @@ pub async fn source_status(
     };
     let lag_seconds = last_commit.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
 
+    let orphaned_backups = orphaned_backups(repo, &catalog, now, Duration::ZERO).await?;
     let (window, note) = recoverable_window(&catalog, &backups);
     let base_backups = backups.len();
     let newest_backup = backups.last().map(|b| BackupSummary {
@@ -363,6 +390,7 @@ pub async fn source_status(
         note,
         writer_lease,
         fenced,
+        orphaned_backups,
     })
 }
 

@@ -37,6 +37,7 @@ use tokio::sync::Mutex;
 
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::backup::interrupt::StartedBackup;
 use crate::storage::Repo;
 use dump::{dump_table, q, q1, read_schema, StreamWriter, TableJob};
 use manifest::{
@@ -54,6 +55,8 @@ pub struct MysqlBackupOptions {
     /// Largest stored part (compressed bytes).
     pub part_size: usize,
     pub zstd_level: i32,
+    /// Set to the backup's directory before its first part is stored.
+    pub started: StartedBackup,
 }
 
 impl Default for MysqlBackupOptions {
@@ -65,6 +68,7 @@ impl Default for MysqlBackupOptions {
             parallel: 4,
             part_size: 64 << 20,
             zstd_level: 3,
+            started: StartedBackup::default(),
         }
     }
 }
@@ -240,6 +244,7 @@ pub async fn take_mysql_backup(
         .ok_or_else(|| anyhow!("binlog file name {} has no numeric suffix", pos.file))?;
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key = BackupKey::new(source.clone(), start, &id).map_err(|e| anyhow!("{e}"))?;
+    let _ = opts.started.set(key.clone());
 
     let schema = Schema { databases: schema };
     let mut sw = StreamWriter::new(repo, &key, "schema.json", opts.part_size, opts.zstd_level)?;
@@ -258,11 +263,12 @@ pub async fn take_mysql_backup(
     }
     let queue = Arc::new(Mutex::new(jobs.iter().cloned().collect::<VecDeque<_>>()));
     let mysql_flavor = flavor == Flavor::MySql;
-    let mut tasks = Vec::new();
+    // A JoinSet: dropping the backup (interrupted) aborts its workers.
+    let mut tasks = tokio::task::JoinSet::new();
     for mut conn in workers {
         let (queue, repo, key) = (queue.clone(), repo.clone(), key.clone());
         let (part_size, level) = (opts.part_size, opts.zstd_level);
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut done: Vec<(usize, TableData)> = Vec::new();
             loop {
                 let job = queue.lock().await.pop_front();
@@ -276,12 +282,12 @@ pub async fn take_mysql_backup(
             let _ = q(&mut conn, "COMMIT").await;
             conn.shutdown().await;
             anyhow::Ok(done)
-        }));
+        });
     }
     let mut tables: Vec<(usize, TableData)> = Vec::new();
     let mut first_err = None;
-    for t in tasks {
-        match t.await {
+    while let Some(t) = tasks.join_next().await {
+        match t {
             Ok(Ok(v)) => tables.extend(v),
             Ok(Err(e)) => first_err = first_err.or(Some(e)),
             Err(e) => first_err = first_err.or(Some(anyhow!("backup worker failed: {e}"))),
@@ -318,24 +324,8 @@ pub async fn take_mysql_backup(
     Ok(MysqlBackupReport { key, manifest })
 }
 
-/// `pitr backup mysql://...`: takes the backup and prints a summary.
-pub async fn run_cli(
-    url: &str,
-    repo: &str,
-    name: Option<String>,
-    label: Option<String>,
-    part_size: usize,
-    json: bool,
-) -> anyhow::Result<i32> {
-    let repo = Repo::open(repo).await.map_err(|e| anyhow!("{e}"))?;
-    let opts = MysqlBackupOptions {
-        url: url.to_string(),
-        name,
-        label,
-        part_size,
-        ..Default::default()
-    };
-    let r = take_mysql_backup(&opts, &repo).await?;
+/// Prints the summary of a finished `pitr backup mysql://...`.
+pub fn print_report(r: &MysqlBackupReport, json: bool) {
     let m = &r.manifest;
     let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
     if json {
@@ -363,7 +353,6 @@ pub async fn run_cli(
             m.stored_bytes()
         );
     }
-    Ok(0)
 }
 
 /// `1700000000.123456` -> µs.
