@@ -7,5 +7,6 @@ pub mod gaps;
 pub mod identity;
 pub mod index;
 pub mod keys;
+pub mod pins;
 pub mod pipeline;
 pub mod sink;

@@ -2,8 +2,11 @@
 
 pub mod binlog_fetch;
 pub mod mysql;
+pub mod owner;
 pub mod pg;
+pub mod pg_recover;
 pub mod plan;
+pub mod planned;
 #[cfg(test)]
 mod plan_tests;
 pub mod prefetch;
