@@ -44,7 +44,15 @@ impl Env {
 
     fn backup(&self) -> String {
         let url = self.server.url_as("replicator", "replpass");
-        let o = pitr(&["backup", &url, "--repo", self.repo(), "--name", "src", "--json"]);
+        let o = pitr(&[
+            "backup",
+            &url,
+            "--repo",
+            self.repo(),
+            "--name",
+            "src",
+            "--json",
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["backup"].as_str().unwrap().to_string()
@@ -71,16 +79,25 @@ impl Env {
         let start = Instant::now();
         loop {
             let o = pitr(&[
-                "restore", "--repo", self.repo(), "--name", "src", "--latest", "--dry-run",
+                "restore",
+                "--repo",
+                self.repo(),
+                "--name",
+                "src",
+                "--latest",
+                "--dry-run",
                 "--json",
             ]);
             let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            let to: Option<pitr_postgres::Lsn> =
-                p["wal_to"].as_str().and_then(|s| s.parse().ok());
+            let to: Option<pitr_postgres::Lsn> = p["wal_to"].as_str().and_then(|s| s.parse().ok());
             if to.is_some_and(|t| t >= lsn) {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "archive lags: {}", text(&o));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "archive lags: {}",
+                text(&o)
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -90,7 +107,12 @@ impl Env {
         c.args(["restore", "--repo", self.repo(), "--name", "src"]);
         c.args(extra);
         c.arg("--target-dir").arg(dir);
-        c.args(["--owner", "postgres", "--pg-bin", self.bin.to_str().unwrap()]);
+        c.args([
+            "--owner",
+            "postgres",
+            "--pg-bin",
+            self.bin.to_str().unwrap(),
+        ]);
         c.output().unwrap()
     }
 
@@ -100,7 +122,10 @@ impl Env {
             dir,
             "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ledger",
         );
-        s.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+        s.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect()
     }
 
     fn pins(&self) -> Vec<PathBuf> {
@@ -115,7 +140,16 @@ impl Env {
     }
 
     fn prune(&self) -> serde_json::Value {
-        let o = pitr(&["prune", "--repo", self.repo(), "--name", "src", "--keep-backups", "1", "--json"]);
+        let o = pitr(&[
+            "prune",
+            "--repo",
+            self.repo(),
+            "--name",
+            "src",
+            "--keep-backups",
+            "1",
+            "--json",
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()[0].clone()
     }
@@ -137,14 +171,27 @@ impl Maintenance {
             while !s.load(Ordering::SeqCst) {
                 let repo = repo.to_str().unwrap();
                 for args in [
-                    vec!["prune", "--repo", repo, "--name", "src", "--keep-backups", "1"],
-                    vec!["compact", "--repo", repo, "--name", "src", "--min-age", "0s"],
+                    vec![
+                        "prune",
+                        "--repo",
+                        repo,
+                        "--name",
+                        "src",
+                        "--keep-backups",
+                        "1",
+                    ],
+                    vec![
+                        "compact",
+                        "--repo",
+                        repo,
+                        "--name",
+                        "src",
+                        "--min-age",
+                        "0s",
+                    ],
                 ] {
-                    let _ = Command::new(pitr_bin())
-                        .args(&args)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
+                    let o = Command::new(pitr_bin()).args(&args).output().unwrap();
+                    assert!(o.status.success(), "{args:?}: {}", text(&o));
                 }
                 r.fetch_add(1, Ordering::SeqCst);
             }
@@ -159,7 +206,7 @@ impl Maintenance {
     fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            t.join().unwrap();
+            assert!(t.join().is_ok(), "a prune or compaction failed");
         }
         self.rounds.load(Ordering::SeqCst)
     }
@@ -168,6 +215,7 @@ impl Maintenance {
 #[test]
 fn restore_pins_recover_and_owner_pg15() {
     require!(pg::available(PgVersion::V15));
+    let t_start = Instant::now();
     let server = PgServer::start(PgVersion::V15).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -187,7 +235,14 @@ fn restore_pins_recover_and_owner_pg15() {
     let log = fs::File::create(tmp.path().join("archive.log")).unwrap();
     let _archiver = Bg(Command::new(pitr_bin())
         .args(["archive", &env.server.url_as("replicator", "replpass")])
-        .args(["--repo", env.repo(), "--name", "src", "--flush-interval", "200ms"])
+        .args([
+            "--repo",
+            env.repo(),
+            "--name",
+            "src",
+            "--flush-interval",
+            "200ms",
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -202,6 +257,7 @@ fn restore_pins_recover_and_owner_pg15() {
     let t7 = all.iter().find(|r| r.id == 7).unwrap();
     let to7 = format!("{}Z", t7.ts);
 
+    eprintln!("{:?}: case 1 (owner copy)", t_start.elapsed());
     // 1. The binary in a directory only root can enter: a copy runs.
     let private = tmp.path().join("private");
     fs::create_dir_all(&private).unwrap();
@@ -212,23 +268,50 @@ fn restore_pins_recover_and_owner_pg15() {
     let o = env.restore(&exe, &dir, &["--to", &to7, "--recover", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot run") && err.contains("runs a copy"), "{err}");
-    assert!(!env.work.join("owner.pitr-bin").exists(), "the copy is removed after --recover");
+    assert!(
+        err.contains("cannot run") && err.contains("runs a copy"),
+        "{err}"
+    );
+    assert!(
+        !env.work.join("owner.pitr-bin").exists(),
+        "the copy is removed after --recover"
+    );
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let reached = out["recovery"]["last_commit_time"].as_str().unwrap();
     let reached = chrono::DateTime::parse_from_rfc3339(reached).unwrap();
     assert_eq!(reached.timestamp_micros(), t7.micros, "{out}");
-    assert!(out["recovery"]["replay_lsn"].as_str().unwrap().contains('/'));
+    assert!(out["recovery"]["replay_lsn"]
+        .as_str()
+        .unwrap()
+        .contains('/'));
     assert_eq!(env.ids(&dir), (1..=7).collect::<Vec<_>>());
-    assert!(env.pins().is_empty(), "the pin is removed when the restore ends");
+    assert!(
+        env.pins().is_empty(),
+        "the pin is removed when the restore ends"
+    );
 
+    eprintln!("{:?}: case 2 (prune/compact loop)", t_start.elapsed());
     // 2. Prune and compaction in a loop during restores.
     let dir = env.work.join("loop-to");
     let mut child = Command::new(pitr_bin())
-        .args(["restore", "--repo", env.repo(), "--name", "src", "--to", &to7])
+        .args([
+            "restore",
+            "--repo",
+            env.repo(),
+            "--name",
+            "src",
+            "--to",
+            &to7,
+        ])
         .arg("--target-dir")
         .arg(&dir)
-        .args(["--recover", "--owner", "postgres", "--pg-bin", env.bin.to_str().unwrap()])
+        .args([
+            "--recover",
+            "--owner",
+            "postgres",
+            "--pg-bin",
+            env.bin.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -250,9 +333,16 @@ fn restore_pins_recover_and_owner_pg15() {
     let rounds = maint.finish();
     eprintln!("maintenance rounds: {loop_during} during the --to restore, {rounds} in all");
     env.prune();
-    assert!(!env.backup_exists(&b1), "prune deleted {b1} once no pin covered it");
+    assert!(
+        !env.backup_exists(&b1),
+        "prune deleted {b1} once no pin covered it"
+    );
     assert!(env.backup_exists(&b2));
 
+    eprintln!(
+        "{:?}: case 3 (pin left for the user's server)",
+        t_start.elapsed()
+    );
     // 3. A pin left for the user's server.
     env.insert(21..=25);
     let b3 = env.backup();
@@ -264,11 +354,17 @@ fn restore_pins_recover_and_owner_pg15() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(env.pins().len(), 1);
     let conf = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
-    assert!(conf.contains("--plan-range 1:") && conf.contains("--pin r"), "{conf}");
+    assert!(
+        conf.contains("--plan-range 1:") && conf.contains("--pin r"),
+        "{conf}"
+    );
     let rep = env.prune();
     assert!(env.backup_exists(&b2), "{rep}");
     let why = rep["pinned"].to_string();
-    assert!(why.contains("kept because restore pin r") && why.contains(&b2), "{rep}");
+    assert!(
+        why.contains("kept because restore pin r") && why.contains(&b2),
+        "{rep}"
+    );
     assert_eq!(env.ids(&dir), (1..=15).collect::<Vec<_>>());
     // Once the pin is gone (expired or released), prune deletes the backup.
     for p in env.pins() {
@@ -278,6 +374,7 @@ fn restore_pins_recover_and_owner_pg15() {
     assert!(!env.backup_exists(&b2), "{rep}");
     assert!(env.backup_exists(&b3));
 
+    eprintln!("{:?}: case 4 (timeout)", t_start.elapsed());
     // 4. A restore that cannot finish in time.
     env.server
         .psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
@@ -286,10 +383,18 @@ fn restore_pins_recover_and_owner_pg15() {
     env.insert(29..=30);
     env.settle();
     let dir = env.work.join("timeout");
-    let o = env.restore(&pitr_bin(), &dir, &["--latest", "--recover", "--recover-timeout", "1s"]);
+    let o = env.restore(
+        &pitr_bin(),
+        &dir,
+        &["--latest", "--recover", "--recover-timeout", "1s"],
+    );
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("did not finish within 1s"), "{err}");
-    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing is left behind");
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing is left behind"
+    );
     assert!(env.pins().is_empty());
 }

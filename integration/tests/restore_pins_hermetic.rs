@@ -40,7 +40,9 @@ async fn pins_are_live_until_released_and_cover_what_they_name() {
     assert!(!p.protects_range(Epoch(1), pos(0), pos(0x100)));
     assert!(p.protects_range(Epoch(2), pos(0x10_0000), pos(0x20_0000))); // open-ended
     assert!(!p.protects_range(Epoch(3), pos(0), pos(0x100)));
-    assert!(p.describe().contains(&format!("pid {}", std::process::id())));
+    assert!(p
+        .describe()
+        .contains(&format!("pid {}", std::process::id())));
 
     // Past its expiry a pin is not live (a crashed restore's pin lapses).
     let later = Utc::now() + chrono::Duration::seconds(61);
@@ -62,13 +64,22 @@ fn wal_fetch_of_a_planned_but_missing_file_aborts_recovery() {
     let dest = tmp.path().join("dest");
     let run = |file: &str, plan: &[&str]| {
         let mut c = std::process::Command::new(pitr_bin());
-        c.args(["wal-fetch", "--repo", repo.to_str().unwrap(), "--name", "src"]);
+        c.args([
+            "wal-fetch",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--name",
+            "src",
+        ]);
         c.args(["--prefetch", "0"]);
         for r in plan {
             c.args(["--plan-range", r]);
         }
         let o = c.arg(file).arg(&dest).output().unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
     let plan = ["1:0/1000000-0/3800000"];
     // Inside the plan (the file holding its end too): gone = abort (126).

@@ -160,7 +160,10 @@ fn host_name() -> String {
 }
 
 /// The newest key of every pin id under `source` (expired ones included).
-async fn newest_keys(repo: &Repo, source: &SourceName) -> anyhow::Result<Vec<(PinKey, Vec<PinKey>)>> {
+async fn newest_keys(
+    repo: &Repo,
+    source: &SourceName,
+) -> anyhow::Result<Vec<(PinKey, Vec<PinKey>)>> {
     let listed = repo
         .list(&pins_prefix(source))
         .await
@@ -186,9 +189,9 @@ async fn newest_keys(repo: &Repo, source: &SourceName) -> anyhow::Result<Vec<(Pi
 async fn read_pin(repo: &Repo, key: &PinKey) -> anyhow::Result<Option<Pin>> {
     let k = key.to_key();
     match repo.get(&k).await {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| anyhow!("restore pin {k} is malformed ({e}); remove it if no restore is running")),
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            anyhow!("restore pin {k} is malformed ({e}); remove it if no restore is running")
+        }),
         Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e) => Err(anyhow!("{e}")),
     }
@@ -307,7 +310,7 @@ impl PinGuard {
     /// Writes `pin` and starts renewing it.
     pub async fn acquire(repo: &Repo, pin: Pin, ttl: Duration) -> anyhow::Result<PinGuard> {
         write_pin(repo, &pin).await?;
-        tracing::info!(pin = %pin.id, backup = %pin.backup, "restore pin written");
+        tracing::debug!(pin = %pin.id, backup = %pin.backup, "restore pin written");
         let shared = Arc::new(Mutex::new(pin));
         let (r, p) = (repo.clone(), shared.clone());
         let renewer = tokio::spawn(async move {
@@ -318,7 +321,9 @@ impl PinGuard {
                 next.expires_at = Utc::now() + ttl;
                 match write_pin(&r, &next).await {
                     Ok(()) => *pin = next,
-                    Err(e) => tracing::warn!(pin = %pin.id, "renewing the restore pin failed: {e:#}"),
+                    Err(e) => {
+                        tracing::warn!(pin = %pin.id, "renewing the restore pin failed: {e:#}")
+                    }
                 }
             }
         });
@@ -339,7 +344,7 @@ impl PinGuard {
         let pin = self.pin.lock().await.clone();
         let source = SourceName::new(&pin.source).map_err(|e| anyhow!("{e}"))?;
         release_by_id(&self.repo, &source, &pin.id).await?;
-        tracing::info!(pin = %pin.id, "restore pin removed");
+        tracing::debug!(pin = %pin.id, "restore pin removed");
         Ok(())
     }
 
@@ -383,11 +388,7 @@ pub fn keep_pinned_backups<'a>(
 
 /// Prune: the log cut `(epoch, position)` lowered to the start of the
 /// oldest pinned range (a range that cannot be parsed keeps everything).
-pub fn lower_cut(
-    cut: (Epoch, LogPos),
-    pins: &[Pin],
-    notes: &mut Vec<String>,
-) -> (Epoch, LogPos) {
+pub fn lower_cut(cut: (Epoch, LogPos), pins: &[Pin], notes: &mut Vec<String>) -> (Epoch, LogPos) {
     let mut out = cut;
     for p in pins {
         for r in &p.ranges {

@@ -11,11 +11,11 @@ use anyhow::{anyhow, Context as _};
 use clap::Args;
 
 use crate::archive::catalog::Catalog;
-use crate::backup::manifest::list_backups;
-use crate::cli::wal_fetch::resolve_source;
 use crate::archive::keys::BackupKey;
 use crate::archive::pins::{Pin, PinGuard};
+use crate::backup::manifest::list_backups;
 use crate::backup::manifest::BackupManifest;
+use crate::cli::wal_fetch::resolve_source;
 use crate::restore::owner::{self, Owner};
 use crate::restore::pg;
 use crate::restore::pg_recover::{self, RecoverOptions};
@@ -326,7 +326,8 @@ async fn unpack_and_recover(c: &PgRestore<'_>) -> anyhow::Result<serde_json::Val
             "recovery finished: replayed up to {}, last replayed commit at {}{}",
             r.replay_lsn.as_deref().unwrap_or("?"),
             r.last_commit_time.map_or("(none)".into(), utc_text),
-            r.timeline.map_or(String::new(), |t| format!(", now on timeline {t}"))
+            r.timeline
+                .map_or(String::new(), |t| format!(", now on timeline {t}"))
         );
         out["recovery"] = serde_json::to_value(&r)?;
     } else {

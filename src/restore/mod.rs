@@ -6,9 +6,9 @@ pub mod owner;
 pub mod pg;
 pub mod pg_recover;
 pub mod plan;
-pub mod planned;
 #[cfg(test)]
 mod plan_tests;
+pub mod planned;
 pub mod prefetch;
 pub mod time;
 pub mod wal_fetch;

@@ -169,16 +169,14 @@ pub fn runnable_binary(
     std::fs::create_dir_all(&copy_dir)?;
     std::fs::set_permissions(&copy_dir, std::fs::Permissions::from_mode(0o755))?;
     let copy = copy_dir.join("pitr");
-    std::fs::copy(exe, &copy).map_err(|e| anyhow!("copying {} to {}: {e}", exe.display(), copy.display()))?;
+    std::fs::copy(exe, &copy)
+        .map_err(|e| anyhow!("copying {} to {}: {e}", exe.display(), copy.display()))?;
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
     if let Err(still) = o.can_execute(&copy) {
         let _ = std::fs::remove_dir_all(&copy_dir);
         bail!("{why}, nor a copy next to the target directory ({still}); put pitr where {} can run it", o.name);
     }
-    eprintln!(
-        "{why}: restore_command runs a copy, {}",
-        copy.display()
-    );
+    eprintln!("{why}: restore_command runs a copy, {}", copy.display());
     Ok((copy, Some(copy_dir)))
 }
 

@@ -383,8 +383,18 @@ mod tests {
         assert!(
             s.contains("recovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n")
         );
-        let s = recovery_settings(Path::new("/p"), "/r", &plan, &Target::Latest, "1", &["--plan-range".into(), "1:0/1-0/2".into()]);
-        assert!(s.contains("--name pg-1 --plan-range 1:0/1-0/2 %f %p"), "{s}");
+        let s = recovery_settings(
+            Path::new("/p"),
+            "/r",
+            &plan,
+            &Target::Latest,
+            "1",
+            &["--plan-range".into(), "1:0/1-0/2".into()],
+        );
+        assert!(
+            s.contains("--name pg-1 --plan-range 1:0/1-0/2 %f %p"),
+            "{s}"
+        );
         assert!(!s.contains("recovery_target_inclusive") && !s.contains("recovery_target_name"));
     }
 }

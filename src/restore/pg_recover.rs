@@ -188,7 +188,10 @@ pub async fn run_recovery(
     check_version(dir, &opts.bin)?;
     let log = dir.join("pitr-recovery.log");
     let hba = dir.join("pitr-recover-hba.conf");
-    std::fs::write(&hba, "# written by pitr restore --recover; removed after it\nlocal all all trust\n")?;
+    std::fs::write(
+        &hba,
+        "# written by pitr restore --recover; removed after it\nlocal all all trust\n",
+    )?;
     let port = free_port()?;
     let server_opts = format!(
         "-p {port} -c listen_addresses='' -c unix_socket_directories={} -c hba_file={} \
@@ -290,7 +293,10 @@ async fn follow(
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
-            eprintln!("{}", progress_line(&last, wal_from, files_total, seg, started));
+            eprintln!(
+                "{}",
+                progress_line(&last, wal_from, files_total, seg, started)
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

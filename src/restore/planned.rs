@@ -90,7 +90,7 @@ pub fn planned(ranges: &[PlanRange], file_name: &str, wal_segment_size: u64) -> 
     };
     ranges
         .iter()
-        .any(|r| r.tli == tli.0 && r.from.0 <= start.0 + wal_segment_size - 1 && start < r.to)
+        .any(|r| r.tli == tli.0 && r.from.0 < start.0 + wal_segment_size && start < r.to)
 }
 
 #[cfg(test)]
