@@ -13,18 +13,23 @@ use pitr_integration::mysql_restore_util::{binlog_position, dump, ok, same, wait
 use pitr_integration::restore_util::pitr;
 use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
 
+/// `n` transactions of each kind from `from` on, sent 200 at a time.
 fn work(src: &MySqlServer, from: u32, n: u32) {
-    let sql: String = (from..from + n)
-        .map(|i| {
-            format!(
-                "UPDATE pins.acct SET bal = bal * 3 + {i} WHERE id = {}; \
-                 INSERT INTO pins.acct VALUES ({}, {i});",
-                i % 10 + 1,
-                1000 + i
-            )
-        })
-        .collect();
-    src.sql(&sql).unwrap();
+    let ids: Vec<u32> = (from..from + n).collect();
+    for chunk in ids.chunks(200) {
+        let sql: String = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "UPDATE pins.acct SET bal = (bal * 3 + {i}) % 1000000007 WHERE id = {}; \
+                     INSERT INTO pins.acct VALUES ({}, {i});",
+                    i % 10 + 1,
+                    10_000 + i
+                )
+            })
+            .collect();
+        src.sql(&sql).unwrap();
+    }
 }
 
 #[test]
@@ -53,6 +58,7 @@ fn mariadb_restore_pins_its_backup() {
     work(&src, 1, 1500);
     let p1 = binlog_position(&src);
     let want = dump(&src, "pins");
+    work(&src, 5000, 20); // the second backup is after the target
     let _b2 = backup();
     work(&src, 2000, 100);
     wait_archived(&repo_s, &url, &binlog_position(&src));
