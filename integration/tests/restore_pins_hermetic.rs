@@ -95,3 +95,143 @@ fn wal_fetch_of_a_planned_but_missing_file_aborts_recovery() {
     assert_eq!(run("00000002.history", &plan).0, Some(1));
     assert!(!dest.exists());
 }
+
+const FILE: u64 = 0x1000;
+
+/// Epoch 1 holds `[FILE, 6 × FILE)` in one segment per file; backups
+/// start at 1 × FILE and 4 × FILE.
+async fn history(repo: &Repo) -> (BackupKey, BackupKey) {
+    use pitr::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
+    for f in 1..6u64 {
+        let key = pitr::archive::keys::SegmentKey {
+            source: SourceName::new("db").unwrap(),
+            epoch: Epoch(1),
+            start: pos(f * FILE),
+            end: pos((f + 1) * FILE),
+            tmin: Some(pitr_segment::TimestampMicros(f as i64 * 1_000_000)),
+            tmax: Some(pitr_segment::TimestampMicros(f as i64 * 1_000_000 + 10)),
+        };
+        repo.put_if_absent(&key.to_key(), bytes::Bytes::from_static(b"seg"))
+            .await
+            .unwrap();
+    }
+    let mut keys = Vec::new();
+    for (i, f) in [1u64, 4].into_iter().enumerate() {
+        let stop_time = chrono::DateTime::from_timestamp(1_704_067_200 + i as i64 * 60, 0).unwrap();
+        let id = stop_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
+        let key = BackupKey::new(SourceName::new("db").unwrap(), pos(f * FILE), &id).unwrap();
+        let part = "base.tar.zst.000";
+        repo.put_if_absent(
+            &key.part_key(part).unwrap(),
+            bytes::Bytes::from_static(b"p"),
+        )
+        .await
+        .unwrap();
+        let m = BackupManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            id,
+            label: "t".into(),
+            engine: "postgres".into(),
+            system_id: "1".into(),
+            server_version: "15".into(),
+            timeline: 1,
+            start_lsn: pitr_postgres::lsn::Lsn(f * FILE),
+            stop_lsn: pitr_postgres::lsn::Lsn(f * FILE + 0x800),
+            start_time: stop_time,
+            stop_time,
+            archives: vec![ArchiveInfo {
+                name: "base.tar".into(),
+                tablespace_oid: None,
+                tablespace_path: String::new(),
+                size: 1,
+                sha256: String::new(),
+                parts: vec![PartInfo {
+                    key: part.into(),
+                    size: 1,
+                    sha256: String::new(),
+                }],
+            }],
+            backup_manifest: None,
+        };
+        repo.put_if_absent(
+            &key.to_key(),
+            bytes::Bytes::from(serde_json::to_vec(&m).unwrap()),
+        )
+        .await
+        .unwrap();
+        keys.push(key);
+    }
+    (keys[0].clone(), keys[1].clone())
+}
+
+async fn prune_keep_one(repo: &Repo) -> pitr::retention::PruneReport {
+    let opts = pitr::retention::PruneOptions {
+        policy: pitr::retention::Policy {
+            keep_backups: Some(1),
+            recovery_window: None,
+        },
+        log_alignment: FILE,
+        ..Default::default()
+    };
+    pitr::retention::prune(repo, &SourceName::new("db").unwrap(), &opts)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn prune_keeps_what_a_live_pin_covers() {
+    let source = SourceName::new("db").unwrap();
+    let ttl = Duration::from_secs(60);
+    let seg_exists = |repo: &Repo, f: u64| {
+        let repo = repo.clone();
+        async move {
+            let listed = repo.list("db/0000000000000001/log/").await.unwrap();
+            listed
+                .iter()
+                .any(|m| m.location.to_string().contains(&pos(f * FILE).to_hex()))
+        }
+    };
+
+    // A pin on the older backup: it and its log stay, and prune says why.
+    let repo = Repo::open("memory://").await.unwrap();
+    let (b1, b2) = history(&repo).await;
+    let ranges = vec![PinRange::new(Epoch(1), pos(FILE), Some(pos(3 * FILE)))];
+    let pin = Pin::new(&source, "time x", &b1, ranges, Utc::now(), ttl);
+    let guard = PinGuard::acquire(&repo, pin, ttl).await.unwrap();
+    let rep = prune_keep_one(&repo).await;
+    assert!(rep.deleted_backups.is_empty(), "{rep:?}");
+    assert!(repo.exists(&b1.to_key()).await.unwrap());
+    assert!(seg_exists(&repo, 1).await && seg_exists(&repo, 2).await);
+    assert!(
+        rep.pinned
+            .iter()
+            .any(|n| n.contains("kept because restore pin r") && n.contains(&b1.dir())),
+        "{rep:?}"
+    );
+    // Released: the next prune deletes the older backup and its log.
+    guard.release().await.unwrap();
+    let rep = prune_keep_one(&repo).await;
+    assert_eq!(rep.deleted_backups, vec![b1.dir()], "{rep:?}");
+    assert!(!seg_exists(&repo, 1).await && seg_exists(&repo, 4).await);
+    assert!(rep.pinned.is_empty());
+
+    // A pin on log only (a backup that is kept anyway, a range from file 2
+    // on): the older backup goes, the pinned log stays.
+    let repo = Repo::open("memory://").await.unwrap();
+    let (b1, b2b) = history(&repo).await;
+    assert_eq!(b2b, b2);
+    let ranges = vec![PinRange::new(Epoch(1), pos(2 * FILE), None)];
+    let pin = Pin::new(&source, "latest", &b2, ranges, Utc::now(), ttl);
+    let _guard = PinGuard::acquire(&repo, pin, ttl).await.unwrap();
+    let rep = prune_keep_one(&repo).await;
+    assert_eq!(rep.deleted_backups, vec![b1.dir()], "{rep:?}");
+    assert!(!seg_exists(&repo, 1).await, "{rep:?}");
+    assert!(
+        seg_exists(&repo, 2).await && seg_exists(&repo, 3).await,
+        "{rep:?}"
+    );
+    assert!(
+        rep.pinned.iter().any(|n| n.contains("log of epoch")),
+        "{rep:?}"
+    );
+}
