@@ -235,3 +235,94 @@ async fn prune_keeps_what_a_live_pin_covers() {
         "{rep:?}"
     );
 }
+
+#[tokio::test]
+async fn compaction_merges_but_keeps_pinned_segments() {
+    use pitr::archive::compaction::{compact, CompactionOptions};
+    use pitr_segment::{encode, Codec, Engine, SegmentHeader, TimestampMicros, WriterOptions};
+    let repo = Repo::open("memory://").await.unwrap();
+    let source = SourceName::new("db").unwrap();
+    let mut starts = Vec::new();
+    let mut at = 0x1000u64;
+    for i in 0..6u64 {
+        let payload = vec![(i % 7) as u8; 3000];
+        let header = SegmentHeader {
+            engine: Engine::Postgres,
+            source_id: "7301234567890123456".into(),
+            epoch: Epoch(1),
+            start: pos(at),
+            codec: Codec::DEFAULT,
+            key_id: 0,
+        };
+        let t = TimestampMicros(1_000 * i as i64);
+        let end = pos(at + 3000);
+        let obj = encode(
+            header,
+            &payload,
+            end,
+            Some(t),
+            Some(t),
+            1,
+            WriterOptions::default(),
+        )
+        .unwrap();
+        let key = pitr::archive::keys::SegmentKey {
+            source: source.clone(),
+            epoch: Epoch(1),
+            start: pos(at),
+            end,
+            tmin: Some(t),
+            tmax: Some(t),
+        };
+        repo.put_if_absent(&key.to_key(), bytes::Bytes::from(obj))
+            .await
+            .unwrap();
+        starts.push(at);
+        at += 3000;
+    }
+    let listed = |repo: &Repo| {
+        let repo = repo.clone();
+        async move {
+            let mut v: Vec<String> = repo
+                .list("db/0000000000000001/log/")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let small = |s: u64| pos(s).to_hex() + "-" + &pos(s + 3000).to_hex();
+    let b = BackupKey::new(source.clone(), pos(0x1000), "20260101T000000000Z").unwrap();
+    // The restore pinned the log of segments 1 and 2.
+    let ranges = vec![PinRange::new(
+        Epoch(1),
+        pos(starts[1]),
+        Some(pos(starts[3])),
+    )];
+    let ttl = Duration::from_secs(60);
+    let pin = Pin::new(&source, "time x", &b, ranges, Utc::now(), ttl);
+    let guard = PinGuard::acquire(&repo, pin, ttl).await.unwrap();
+    let opts = CompactionOptions {
+        target_size: 1 << 20,
+        min_age: Duration::from_secs(1),
+        writer: WriterOptions::default(),
+    };
+    let rep = compact(&repo, &source, &opts, TimestampMicros(10_000_000))
+        .await
+        .unwrap();
+    assert_eq!(rep.merged.len(), 1, "{rep:?}");
+    let keys = listed(&repo).await;
+    for (i, s) in starts.iter().enumerate() {
+        let present = keys.iter().any(|k| k.contains(&small(*s)));
+        assert_eq!(present, i == 1 || i == 2, "segment {i}: {keys:?}");
+    }
+    // Released: the next compaction removes the leftovers.
+    guard.release().await.unwrap();
+    compact(&repo, &source, &opts, TimestampMicros(10_000_000))
+        .await
+        .unwrap();
+    assert_eq!(listed(&repo).await.len(), 1);
+}
