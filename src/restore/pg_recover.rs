@@ -151,9 +151,21 @@ fn log_tail(log: &Path) -> String {
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
+/// Why no connection could be made.
+struct ConnectError {
+    error: anyhow::Error,
+    /// The server answered, but knows none of the roles (or databases) tried.
+    definite: bool,
+}
+
 /// Connects as the first of `users` the server knows.
-async fn connect(socket_dir: &Path, port: u16, users: &[String]) -> anyhow::Result<Connection> {
+async fn connect(
+    socket_dir: &Path,
+    port: u16,
+    users: &[String],
+) -> Result<Connection, ConnectError> {
     let mut last = None;
+    let mut definite = true;
     for u in users {
         for db in ["postgres", "template1"] {
             let cfg = Config {
@@ -170,11 +182,18 @@ async fn connect(socket_dir: &Path, port: u16, users: &[String]) -> anyhow::Resu
             };
             match Connection::connect(&cfg, StartupMode::Normal).await {
                 Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    // 28000: no such role; 3D000: no such database.
+                    definite &= matches!(e.code(), Some("28000" | "3D000"));
+                    last = Some(e);
+                }
             }
         }
     }
-    Err(last.map_or_else(|| anyhow!("no user to connect as"), |e| anyhow!("{e}")))
+    Err(ConnectError {
+        error: last.map_or_else(|| anyhow!("no user to connect as"), |e| anyhow!("{e}")),
+        definite,
+    })
 }
 
 /// Runs recovery in `dir` and stops the server; fails when recovery
@@ -278,7 +297,15 @@ async fn follow(
             _ => {}
         }
         if conn.is_none() {
-            conn = connect(dir, port, &users).await.ok();
+            match connect(dir, port, &users).await {
+                Ok(c) => conn = Some(c),
+                Err(e) if e.definite => bail!(
+                    "recovery is running but pitr cannot connect to the server to follow it (roles tried: {}): {}; pass --owner the name of the cluster's superuser",
+                    users.join(", "),
+                    e.error
+                ),
+                Err(_) => {}
+            }
         }
         if let Some(c) = conn.as_mut() {
             match poll(c).await {
