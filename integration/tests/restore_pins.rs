@@ -15,8 +15,9 @@
 //!    (`wal-fetch` renews it): prune keeps the backup and says why; without
 //!    the pin, prune deletes it.
 //! 4. `--recover-timeout 1s` on a restore that cannot finish in time (the
-//!    backup carries `recovery_min_apply_delay = 1h`): non-zero, one
-//!    sentence, nothing left in the target directory.
+//!    newest backup carries `recovery_min_apply_delay = 1h`, and commits
+//!    follow it): non-zero, one sentence, nothing left in the target
+//!    directory.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
@@ -345,6 +346,10 @@ fn restore_pins_recover_and_owner_pg15() {
     );
     // 3. A pin left for the user's server.
     env.insert(21..=25);
+    // The newest backup carries recovery_min_apply_delay = 1h (for case 4).
+    env.server
+        .psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
+        .unwrap();
     let b3 = env.backup();
     env.insert(26..=28);
     env.settle();
@@ -376,17 +381,17 @@ fn restore_pins_recover_and_owner_pg15() {
 
     eprintln!("{:?}: case 4 (timeout)", t_start.elapsed());
     // 4. A restore that cannot finish in time.
-    env.server
-        .psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
-        .unwrap();
-    env.backup();
-    env.insert(29..=30);
-    env.settle();
     let dir = env.work.join("timeout");
+    let t4 = Instant::now();
     let o = env.restore(
         &pitr_bin(),
         &dir,
         &["--latest", "--recover", "--recover-timeout", "1s"],
+    );
+    eprintln!(
+        "timed-out restore took {:?}: {}",
+        t4.elapsed(),
+        String::from_utf8_lossy(&o.stderr)
     );
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -239,6 +239,12 @@ pub async fn run_recovery(
         );
     }
     let result = follow(dir, plan, target, opts, port, &log).await;
+    // A server stopped right after `pg_ctl start` may not have written its
+    // pid file yet; `pg_ctl stop` needs it.
+    let t = Instant::now();
+    while postmaster_pid(dir).is_none() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut stop = Command::new(&pg_ctl);
     stop.arg("-D").arg(dir).args(["-m", "fast", "-w", "stop"]);
     let stopped = run_cmd(stop, opts.as_user.as_deref());
