@@ -27,8 +27,18 @@ async fn pins_are_live_until_released_and_cover_what_they_name() {
         PinRange::new(Epoch(2), pos(0x500), None),
     ];
     let ttl = Duration::from_secs(60);
+    // A pin that lapsed two days ago: the next restore removes it.
+    let two_days_ago = Utc::now() - chrono::Duration::days(2);
+    let stale = Pin::new(&source, "old", &other, vec![], two_days_ago, ttl);
+    PinGuard::acquire(&repo, stale, ttl).await.unwrap().detach();
+    assert_eq!(repo.list("src/pins/").await.unwrap().len(), 1);
     let pin = Pin::new(&source, "time x", &backup, ranges, Utc::now(), ttl);
     let guard = PinGuard::acquire(&repo, pin.clone(), ttl).await.unwrap();
+    assert_eq!(
+        repo.list("src/pins/").await.unwrap().len(),
+        1,
+        "the stale pin is gone"
+    );
 
     let live = live_pins(&repo, &source, Utc::now()).await.unwrap();
     assert_eq!(live, vec![pin.clone()]);

@@ -19,7 +19,8 @@
 //! key (create-if-absent) and then deleting the older keys of the same id,
 //! so at every instant at least one unexpired object of a live pin exists.
 //! The holder deletes every object of the pin when the restore ends; a
-//! crashed holder's pin simply expires.
+//! crashed holder's pin simply expires (and the next restore of the source
+//! removes pins that expired more than a day ago).
 //!
 //! Readers ([`live_pins`]) take the newest object of each id and ignore the
 //! expired ones. An object that cannot be decoded is an error: maintenance
@@ -297,6 +298,22 @@ pub async fn renew_by_id(
     write_pin(repo, &pin).await
 }
 
+/// Expired pins older than this are removed by the next restore.
+pub const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+async fn remove_stale(repo: &Repo, source: &SourceName, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let limit = now.timestamp_millis() - i64::try_from(STALE_AFTER.as_millis()).unwrap_or(i64::MAX);
+    let limit = u64::try_from(limit).unwrap_or(0);
+    for (newest, older) in newest_keys(repo, source).await? {
+        if newest.expires_ms < limit {
+            for k in older.iter().chain(std::iter::once(&newest)) {
+                delete_quiet(repo, &k.to_key()).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A pin held by this process: renewed every third of its time to live by
 /// a background task until [`PinGuard::release`] (or the process ends, in
 /// which case it expires).
@@ -307,8 +324,15 @@ pub struct PinGuard {
 }
 
 impl PinGuard {
-    /// Writes `pin` and starts renewing it.
+    /// Writes `pin` and starts renewing it. Pins of the source that
+    /// expired more than [`STALE_AFTER`] ago (their holder crashed, or a
+    /// restored server never finished) are removed on the way.
     pub async fn acquire(repo: &Repo, pin: Pin, ttl: Duration) -> anyhow::Result<PinGuard> {
+        if let Ok(source) = SourceName::new(&pin.source) {
+            if let Err(e) = remove_stale(repo, &source, pin.since).await {
+                tracing::warn!("removing stale restore pins: {e:#}");
+            }
+        }
         write_pin(repo, &pin).await?;
         tracing::debug!(pin = %pin.id, backup = %pin.backup, "restore pin written");
         let shared = Arc::new(Mutex::new(pin));
