@@ -142,6 +142,9 @@ pub struct PruneReport {
     pub written_keys: Vec<String>,
     /// Bytes of deleted log segments.
     pub deleted_segment_bytes: u64,
+    /// What live restore pins kept ("... kept because restore pin <id> (host, pid, since) covers it").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<String>,
     /// Why nothing was deleted, when nothing was.
     pub note: Option<String>,
 }
@@ -333,6 +336,17 @@ pub async fn prune(
         })
         .collect();
     let keep = select(&candidates, &opts.policy, opts.now);
+    // ---- Restore pins (see `archive::pins`): a backup a running restore
+    // planned on is kept, and the log is never cut above the start of a
+    // range a live pin covers.
+    let pins = crate::archive::pins::live_pins(repo, source, Utc::now()).await?;
+    let keep = crate::archive::pins::keep_pinned_backups(
+        backups.iter().map(|b| &b.key),
+        keep,
+        &pins,
+        &mut rep.pinned,
+    );
+    // ---- end of restore pins
     let kept: Vec<&BackupSummary> = backups
         .iter()
         .zip(&keep)
@@ -350,6 +364,11 @@ pub async fn prune(
         rep.note = Some("no backup would be kept; refusing to prune".into());
         return Ok(rep);
     };
+    // ---- Restore pins: lower the cut to the oldest pinned log.
+    let (cut_epoch, cut) =
+        crate::archive::pins::lower_cut((cut_epoch, cut), &pins, &mut rep.pinned);
+    // ---- end of restore pins
+    let oldest_kept_stop = kept.iter().map(|b| b.stop_time).min();
 
     // 1. Backups.
     for (b, keep) in backups.iter().zip(&keep) {

@@ -62,6 +62,8 @@ pub enum CompactionError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("reading the restore pins: {0}")]
+    Pins(String),
     #[error("segment {key} failed verification: {reason}; it was left untouched")]
     Invalid { key: String, reason: String },
 }
@@ -99,6 +101,10 @@ pub async fn compact(
         .0
         .saturating_sub(i64::try_from(opts.min_age.as_micros()).unwrap_or(i64::MAX));
     let mut report = CompactionReport::default();
+    // Restore pins: small segments inside a pinned range are merged but not deleted.
+    let pins = crate::archive::pins::live_pins(repo, source, chrono::Utc::now())
+        .await
+        .map_err(|e| CompactionError::Pins(format!("{e:#}")))?;
     for epoch in catalog.epochs() {
         let Some(ec) = catalog.epoch(epoch) else {
             continue;
@@ -107,7 +113,7 @@ pub async fn compact(
         let mut groups = leftovers(ec);
         groups.extend(plan_runs(ec, &view, opts.target_size, cutoff));
         for g in groups {
-            run_group(repo, source, ec, g, opts, &mut report).await?;
+            run_group(repo, source, ec, g, opts, &pins, &mut report).await?;
         }
     }
     Ok(report)
@@ -267,6 +273,7 @@ async fn run_group(
     ec: &EpochCatalog,
     g: Group,
     opts: &CompactionOptions,
+    pins: &[crate::archive::pins::Pin],
     report: &mut CompactionReport,
 ) -> Result<(), CompactionError> {
     let cover = match g.cover {
@@ -291,6 +298,13 @@ async fn run_group(
         report.index_replacements.push(k);
     }
     for p in &g.parts {
+        if let Some(pin) = pins
+            .iter()
+            .find(|pin| pin.protects_range(p.key.epoch, p.key.start, p.key.end))
+        {
+            tracing::info!(key = %p.key.to_key(), "segment kept because {} covers it", pin.describe());
+            continue;
+        }
         repo.delete(&p.key.to_key()).await?;
         report.deleted.push(p.key.clone());
     }

@@ -10,6 +10,7 @@
 //! <source>/backups/<start>_<id>/manifest.json                       base backup manifest
 //! <source>/backups/<start>_<id>/<part>                              base backup part
 //! <source>/index/<epoch>/<first>-<last>_<level>-<generation>.idx.json   roll-up index
+//! <source>/pins/<id>_<expires>.json                                restore pin (see `pins`)
 //! ```
 //!
 //! * `<source>`: 1..=64 characters of `[A-Za-z0-9._-]`, not `.` or `..`
@@ -571,5 +572,66 @@ impl IndexKey {
             level,
             generation,
         })
+    }
+}
+
+// --- Restore pins -----------------------------------------------------------
+
+/// `<source>/pins/`
+pub fn pins_prefix(source: &SourceName) -> String {
+    format!("{source}/pins/")
+}
+
+/// One renewal of a restore pin: `<source>/pins/<id>_<expires>.json`, where
+/// `<expires>` is the expiry in milliseconds since the Unix epoch as 16
+/// lower-case hex digits (so a renewal is a new object and the newest
+/// renewal of a pin sorts last).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PinKey {
+    pub source: SourceName,
+    pub id: String,
+    pub expires_ms: u64,
+}
+
+impl PinKey {
+    pub fn new(source: SourceName, id: &str, expires_ms: u64) -> Result<PinKey, KeyError> {
+        check_name("pin id", id)?;
+        Ok(PinKey {
+            source,
+            id: id.to_string(),
+            expires_ms,
+        })
+    }
+
+    pub fn to_key(&self) -> String {
+        format!(
+            "{}{}_{:016x}.json",
+            pins_prefix(&self.source),
+            self.id,
+            self.expires_ms
+        )
+    }
+
+    pub fn parse(key: &str) -> Result<PinKey, KeyError> {
+        let (source, parts) = components("pin", key, 3)?;
+        let bad = |reason| KeyError::Malformed {
+            kind: "pin",
+            key: key.to_string(),
+            reason,
+        };
+        if parts[1] != "pins" {
+            return Err(bad("not under pins/"));
+        }
+        let name = parts[2]
+            .strip_suffix(".json")
+            .ok_or_else(|| bad("missing .json"))?;
+        let (id, exp) = name
+            .rsplit_once('_')
+            .ok_or_else(|| bad("expected <id>_<expires>"))?;
+        if exp.len() != 16 || !lower_hex(exp) {
+            return Err(bad("bad expiry"));
+        }
+        let expires_ms = u64::from_str_radix(exp, 16).map_err(|_| bad("bad expiry"))?;
+        PinKey::new(source, id, expires_ms).map_err(|_| bad("bad id"))
     }
 }

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod lease;
+pub mod pins;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

@@ -5,14 +5,21 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::Utc;
+
 use anyhow::{anyhow, Context as _};
 use clap::Args;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::resolve_source;
-use crate::backup::manifest::list_backups;
+use crate::archive::keys::BackupKey;
+use crate::archive::pins::{Pin, PinGuard};
+use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::restore::owner::{self, Owner};
 use crate::restore::pg;
-use crate::restore::plan::{plan, plan_on, timeline_path, Target};
+use crate::restore::pg_recover::{self, RecoverOptions};
+use crate::restore::plan::{plan, plan_on, timeline_path, Plan, Target};
+use crate::restore::planned;
 use crate::restore::time::{parse_time, utc_text};
 use crate::storage::Repo;
 
@@ -56,6 +63,13 @@ pub struct RestoreArgs {
     /// When running as root: the user that owns the restored directory and runs PostgreSQL.
     #[arg(long)]
     pub owner: Option<String>,
+    /// --recover fails (and stops the server) when recovery takes longer.
+    #[arg(long, default_value = "1h", value_parser = crate::cli::common::parse_duration)]
+    pub recover_timeout: Duration,
+    /// Time to live of the restore's pin (renewed every third of it while
+    /// the restore runs): prune and compaction keep what it covers.
+    #[arg(long, default_value = "5m", value_parser = crate::cli::common::parse_duration)]
+    pub pin_ttl: Duration,
     /// JSON output on stdout.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +122,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             json: args.json,
             parallel: usize::from(args.parallel),
             skip_binlog: args.skip_target_binlog,
+            pin_ttl: args.pin_ttl,
         })
         .await;
     }
@@ -175,10 +190,94 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         .iter()
         .find(|(k, _)| k.dir() == p.backup_dir)
         .ok_or_else(|| anyhow!("planned backup vanished"))?;
-    pg::verify_chain(&repo, &p, 4).await?;
-    pg::prepare_dir(&dir)?;
-    pg::unpack_backup(&repo, key, manifest, &dir).await?;
+    // Before anything is unpacked: who runs PostgreSQL, and can it run pitr?
+    let owner = owner::resolve(&dir, args.owner.as_deref())?;
     let exe = std::env::current_exe().context("locating the pitr binary")?;
+    let (exe, bin_copy) = owner::runnable_binary(&exe, &dir, owner.as_ref())?;
+    let ttl = args.pin_ttl;
+    let ranges = planned::pin_ranges(&p.segments, matches!(target, Target::Latest))?;
+    let pin = Pin::new(&source, &p.target, key, ranges, Utc::now(), ttl);
+    let guard = PinGuard::acquire(&repo, pin, ttl).await?;
+    let pin_id = guard.id().await;
+    let ctx = PgRestore {
+        args: &args,
+        repo: &repo,
+        plan: &p,
+        target: &target,
+        key,
+        manifest,
+        dir: &dir,
+        owner: owner.as_ref(),
+        exe: &exe,
+        pin_id: &pin_id,
+    };
+    let res = execute_pg(&ctx).await;
+    let remove_copy = || {
+        if let Some(c) = &bin_copy {
+            let _ = std::fs::remove_dir_all(c);
+        }
+    };
+    match res {
+        Ok(out) => {
+            if args.recover {
+                remove_copy();
+                guard.release().await?;
+            } else {
+                // The server the user starts renews it through wal-fetch.
+                guard.detach();
+                if let Some(c) = &bin_copy {
+                    eprintln!(
+                        "remove {} once recovery has finished (restore_command runs the pitr copy in it)",
+                        c.display()
+                    );
+                }
+            }
+            if args.json {
+                println!("{out}");
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            remove_copy();
+            if let Err(r) = guard.release().await {
+                tracing::warn!("removing restore pin {pin_id}: {r:#}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What the PostgreSQL part of a restore works with.
+struct PgRestore<'a> {
+    args: &'a RestoreArgs,
+    repo: &'a Repo,
+    plan: &'a Plan,
+    target: &'a Target,
+    key: &'a BackupKey,
+    manifest: &'a BackupManifest,
+    dir: &'a std::path::Path,
+    owner: Option<&'a Owner>,
+    exe: &'a std::path::Path,
+    pin_id: &'a str,
+}
+
+/// Verifies the chain, unpacks, configures recovery and, with `--recover`,
+/// runs it; returns the JSON report.
+async fn execute_pg(c: &PgRestore<'_>) -> anyhow::Result<serde_json::Value> {
+    let (p, dir) = (c.plan, c.dir);
+    pg::verify_chain(c.repo, p, 4).await?;
+    pg::prepare_dir(dir)?;
+    let res = unpack_and_recover(c).await;
+    if res.is_err() {
+        // Nothing partial is left behind (the directory was empty or missing).
+        pg::empty_dir(dir);
+    }
+    res
+}
+
+async fn unpack_and_recover(c: &PgRestore<'_>) -> anyhow::Result<serde_json::Value> {
+    let (args, p, dir) = (c.args, c.plan, c.dir);
+    pg::unpack_backup(c.repo, c.key, c.manifest, dir).await?;
     let repo_url = if args.repo.contains("://") {
         args.repo.clone()
     } else {
@@ -186,9 +285,23 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             .to_string_lossy()
             .into_owned()
     };
-    let settings = pg::recovery_settings(&exe, &repo_url, &p, &target, &args.timeline);
-    pg::configure_recovery(&dir, &settings)?;
-    let owner = pg::fix_ownership(&dir, args.owner.as_deref())?;
+    let mut extra: Vec<String> = Vec::new();
+    for r in planned::pg_ranges(&p.segments)? {
+        extra.push("--plan-range".into());
+        extra.push(r.to_string());
+    }
+    if !args.recover {
+        extra.extend(["--pin".into(), c.pin_id.to_string()]);
+        extra.extend([
+            "--pin-ttl".into(),
+            humantime::format_duration(args.pin_ttl).to_string(),
+        ]);
+    }
+    let settings = pg::recovery_settings(c.exe, &repo_url, p, c.target, &args.timeline, &extra);
+    pg::configure_recovery(dir, &settings)?;
+    if let Some(o) = c.owner {
+        pg::fix_ownership(dir, o)?;
+    }
     let mut out = serde_json::json!({ "plan": p, "target_dir": dir });
     eprintln!(
         "restored base backup {} into {}",
@@ -196,21 +309,24 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         dir.display()
     );
     if args.recover {
-        let bin = pg::find_bin_dir(args.pg_bin.as_deref())?;
-        let dir2 = dir.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            pg::run_recovery(&dir2, &bin, owner.as_deref(), Duration::from_secs(3600))
-        })
-        .await??;
+        let opts = RecoverOptions {
+            bin: pg::find_bin_dir(args.pg_bin.as_deref())?,
+            as_user: c.owner.map(|o| o.name.clone()),
+            timeout: args.recover_timeout,
+            wal_segment_size: 16 << 20,
+        };
+        let r = pg_recover::run_recovery(dir, p, c.target, &opts).await?;
         // wal-fetch removes its prefetch spool when recovery ends; make sure.
         let spool = dir.join("pg_wal").join(".pitr-prefetch");
         if spool.exists() {
             let _ = std::fs::remove_dir_all(&spool);
         }
         eprintln!(
-            "recovery finished: redo done at {}, last replayed commit at {}",
-            r.redo_done_at.as_deref().unwrap_or("?"),
-            r.last_commit_time.as_deref().unwrap_or("(none)")
+            "recovery finished: replayed up to {}, last replayed commit at {}{}",
+            r.replay_lsn.as_deref().unwrap_or("?"),
+            r.last_commit_time.map_or("(none)".into(), utc_text),
+            r.timeline
+                .map_or(String::new(), |t| format!(", now on timeline {t}"))
         );
         out["recovery"] = serde_json::to_value(&r)?;
     } else {
@@ -220,10 +336,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             p.target
         );
     }
-    if args.json {
-        println!("{out}");
-    }
-    Ok(0)
+    Ok(out)
 }
 
 /// The timeline to restore onto: `latest` = the newest archived timeline,

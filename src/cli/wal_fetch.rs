@@ -1,6 +1,14 @@
 //! `pitr wal-fetch --repo R [--name N] WALFILE DEST`: PostgreSQL's
 //! `restore_command`. Exit 0 = written, 1 = not (yet) archived, other = error.
 //!
+//! The `restore_command` of `pitr restore` also carries the plan: one
+//! `--plan-range TLI:X/Y-X/Y` per timeline. A WAL file inside the plan that
+//! is not in the repository (deleted after the restore planned on it) exits
+//! 126, which makes PostgreSQL abort recovery instead of promoting early;
+//! only past the plan's end does "not archived" (1) end recovery. With
+//! `--pin ID` (a server started on the restored directory) each call renews
+//! the restore's pin, and the end of recovery removes it.
+//!
 //! With `--prefetch K` (default 8; 0 = off) the next K WAL files are
 //! rebuilt ahead into a spool (`--spool`, default `.pitr-prefetch` next to
 //! DEST, i.e. `$PGDATA/pg_wal/.pitr-prefetch`) by a detached
@@ -13,6 +21,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 
+use crate::archive::keys::SourceName;
+use crate::archive::pins;
+use crate::restore::planned::{planned, PlanRange};
 use crate::restore::prefetch::{self, Spool};
 use crate::restore::wal_fetch::{FetchOptions, FetchOutcome};
 use crate::storage::Repo;
@@ -52,6 +63,16 @@ pub struct WalFetchArgs {
     /// wal-fetch itself; WALFILE and DEST are ignored).
     #[arg(long, hide = true)]
     pub prefetch_worker: bool,
+    /// WAL the restore planned on (TLI:X/Y-X/Y, repeatable): a file inside
+    /// it that is missing aborts recovery (exit 126).
+    #[arg(long = "plan-range")]
+    pub plan_ranges: Vec<PlanRange>,
+    /// Restore pin to renew while recovery runs and remove when it ends.
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Time to live of the renewed pin.
+    #[arg(long, default_value = "5m", value_parser = crate::cli::common::parse_duration)]
+    pub pin_ttl: Duration,
 }
 
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
@@ -81,6 +102,13 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
         tracing::debug!("prefetch worker done: {stats:?}");
         return Ok(0);
     }
+    if let Some(id) = &args.pin {
+        if let Err(e) =
+            pins::renew_by_id(&repo, &source, id, args.pin_ttl, chrono::Utc::now()).await
+        {
+            tracing::warn!("renewing restore pin {id}: {e:#}");
+        }
+    }
     let spawn = |spool: &Spool| spawn_worker(&args, source.as_str(), spool);
     let (outcome, from) = prefetch::fetch_with_prefetch(
         &repo,
@@ -102,6 +130,20 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         FetchOutcome::NotArchived(why) => {
+            if planned(&args.plan_ranges, &args.wal_file, args.wal_segment_size) {
+                eprintln!(
+                    "pitr wal-fetch: {} was archived when the restore planned on it but is gone from the repository (deleted by prune or another process?); aborting recovery: restore again",
+                    args.wal_file
+                );
+                return Ok(126);
+            }
+            let is_wal = !args.wal_file.ends_with(".history");
+            if let (Some(id), true) = (&args.pin, is_wal) {
+                // The end of the archive: recovery ends, so does the pin.
+                if let Err(e) = pins::release_by_id(&repo, &source, id).await {
+                    tracing::warn!("removing restore pin {id}: {e:#}");
+                }
+            }
             eprintln!("pitr wal-fetch: {why}");
             Ok(1)
         }

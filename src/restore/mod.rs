@@ -2,10 +2,13 @@
 
 pub mod binlog_fetch;
 pub mod mysql;
+pub mod owner;
 pub mod pg;
+pub mod pg_recover;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
+pub mod planned;
 pub mod prefetch;
 pub mod time;
 pub mod wal_fetch;

@@ -12,12 +12,15 @@
 //! `recovery_target_*`, `recovery_target_inclusive = on` (every transaction
 //! committed at or before the target, none after),
 //! `recovery_target_timeline` and `recovery_target_action = 'promote'`.
+//! The `restore_command` also carries the plan's WAL ranges (and, when the
+//! server is started by the user, the restore pin to renew): see
+//! `restore::planned` and `cli::wal_fetch`. `--recover` itself runs in
+//! `restore::pg_recover`.
 
 use std::io::{Read, Write as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
@@ -67,6 +70,20 @@ pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
+}
+
+/// Removes everything inside `dir` (a failed restore leaves it empty).
+pub fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let _ = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
 }
 
 /// A `Read` over byte chunks arriving from an async task.
@@ -226,13 +243,19 @@ pub fn recovery_settings(
     plan: &Plan,
     target: &Target,
     timeline: &str,
+    extra_args: &[String],
 ) -> String {
-    let cmd = format!(
-        "{} wal-fetch --partial --repo {} --name {} %f %p",
+    let mut cmd = format!(
+        "{} wal-fetch --partial --repo {} --name {}",
         shell_quote(&pitr_exe.to_string_lossy()),
         shell_quote(repo_url),
         shell_quote(&plan.source)
     );
+    for a in extra_args {
+        cmd.push(' ');
+        cmd.push_str(&shell_quote(a));
+    }
+    cmd.push_str(" %f %p");
     let mut s = String::from("\n# Added by pitr restore\n");
     s += &format!("restore_command = {}\n", quote(&cmd));
     match target {
@@ -276,19 +299,8 @@ pub fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// (uid, gid, name) of `user` via `id`.
-pub fn lookup_user(user: &str) -> anyhow::Result<(u32, u32)> {
-    let id = |flag: &str| -> anyhow::Result<u32> {
-        let out = Command::new("id").args([flag, user]).output()?;
-        if !out.status.success() {
-            bail!("unknown user {user:?}");
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-    };
-    Ok((id("-u")?, id("-g")?))
-}
-
-fn user_name(uid: u32) -> anyhow::Result<String> {
+/// The name of the user with `uid` (from `/etc/passwd`).
+pub fn user_name(uid: u32) -> anyhow::Result<String> {
     let passwd = std::fs::read_to_string("/etc/passwd")?;
     passwd
         .lines()
@@ -299,28 +311,9 @@ fn user_name(uid: u32) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("no user with uid {uid}"))
 }
 
-/// When root: chowns `dir` to `owner` (or the owner of its parent); returns
-/// the user name PostgreSQL must run as (`None` = the current user).
-pub fn fix_ownership(dir: &Path, owner: Option<&str>) -> anyhow::Result<Option<String>> {
-    if !running_as_root() {
-        return Ok(None);
-    }
-    let (uid, gid, name) = match owner {
-        Some(u) => {
-            let (uid, gid) = lookup_user(u)?;
-            (uid, gid, u.to_string())
-        }
-        None => {
-            let parent = dir.parent().unwrap_or(Path::new("/"));
-            let m = std::fs::metadata(parent)?;
-            (m.uid(), m.gid(), user_name(m.uid())?)
-        }
-    };
-    if uid == 0 {
-        bail!("PostgreSQL cannot run as root: pass --owner USER (e.g. postgres) or restore under a directory owned by that user");
-    }
-    chown_recursive(dir, uid, gid)?;
-    Ok(Some(name))
+/// Chowns `dir` (recursively) to `owner` (see `owner::resolve`).
+pub fn fix_ownership(dir: &Path, owner: &crate::restore::owner::Owner) -> anyhow::Result<()> {
+    chown_recursive(dir, owner.uid, owner.gid)
 }
 
 fn chown_recursive(p: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
@@ -353,170 +346,9 @@ pub fn find_bin_dir(pg_bin: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// What recovery reached.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RecoveryResult {
-    pub redo_done_at: Option<String>,
-    pub last_commit_time: Option<String>,
-    pub stopped_at: Option<String>,
-    pub new_timeline: Option<u32>,
-    pub log: PathBuf,
-}
-
-fn run_cmd(mut cmd: Command, as_user: Option<&str>) -> anyhow::Result<std::process::Output> {
-    let cmd = match as_user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--"])
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            c
-        }
-        None => {
-            cmd.current_dir("/");
-            cmd
-        }
-    };
-    let mut cmd = cmd;
-    cmd.current_dir("/");
-    Ok(cmd.output()?)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Runs recovery in `dir`, waits until it finished (promoted), then stops
-/// the server cleanly.
-pub fn run_recovery(
-    dir: &Path,
-    bin: &Path,
-    as_user: Option<&str>,
-    timeout: Duration,
-) -> anyhow::Result<RecoveryResult> {
-    let version = std::fs::read_to_string(dir.join("PG_VERSION"))?
-        .trim()
-        .to_string();
-    let out = Command::new(bin.join("postgres"))
-        .arg("--version")
-        .output()
-        .with_context(|| format!("running {}", bin.join("postgres").display()))?;
-    let have = String::from_utf8_lossy(&out.stdout).to_string();
-    let have_major = have
-        .split_whitespace()
-        .last()
-        .and_then(|v| v.split('.').next())
-        .unwrap_or("");
-    if have_major != version {
-        bail!("the backup is PostgreSQL {version} but {} is {}: pass --pg-bin with version {version} binaries", bin.display(), have.trim());
-    }
-    let log = dir.join("pitr-recovery.log");
-    let port = free_port()?;
-    let opts = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c archive_mode=off -c hot_standby=on -c timezone=UTC -c log_timezone=UTC -c logging_collector=off",
-        dir.display()
-    );
-    let pg_ctl = bin.join("pg_ctl");
-    let mut start = Command::new(&pg_ctl);
-    start
-        .arg("-D")
-        .arg(dir)
-        .arg("-l")
-        .arg(&log)
-        .arg("-o")
-        .arg(&opts)
-        .args(["-W", "start"]);
-    let o = run_cmd(start, as_user)?;
-    if !o.status.success() {
-        bail!(
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    let deadline = Instant::now() + timeout;
-    let result = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(l) = text
-            .lines()
-            .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
-        {
-            let tail: Vec<&str> = text.lines().rev().take(8).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            break Err(anyhow!(
-                "recovery failed: {}\nlast log lines ({}):\n{}",
-                l,
-                log.display(),
-                tail.join("\n")
-            ));
-        }
-        if text
-            .lines()
-            .any(|l| l.contains("database system is ready to accept connections"))
-        {
-            break Ok(parse_log(&text, &log));
-        }
-        if Instant::now() > deadline {
-            break Err(anyhow!(
-                "recovery did not finish within {timeout:?}; see {}",
-                log.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stop = Command::new(&pg_ctl);
-    stop.arg("-D").arg(dir).args(["-m", "fast", "-w", "stop"]);
-    let o = run_cmd(stop, as_user)?;
-    if !o.status.success() && result.is_ok() {
-        bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    result
-}
-
-fn after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.split_once(marker).map(|(_, r)| r.trim()))
-}
-
-fn parse_log(text: &str, log: &Path) -> RecoveryResult {
-    RecoveryResult {
-        redo_done_at: after(text, "redo done at ")
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_string),
-        last_commit_time: after(text, "last completed transaction was at log time ")
-            .map(str::to_string),
-        stopped_at: after(text, "recovery stopping ").map(str::to_string),
-        new_timeline: after(text, "selected new timeline ID: ")
-            .and_then(|r| r.split_whitespace().next()?.parse().ok()),
-        log: log.to_path_buf(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_parsing() {
-        let log = "2024-01-01 00:00:00.000 UTC [1] LOG:  recovery stopping before commit of transaction 745, time 2024-01-01 00:00:01.5+00\n\
-            2024-01-01 00:00:00.000 UTC [1] LOG:  redo done at 0/3000148 system usage: CPU: user: 0.00 s\n\
-            2024-01-01 00:00:00.000 UTC [1] LOG:  last completed transaction was at log time 2024-01-01 00:00:01.25+00\n\
-            2024-01-01 00:00:00.000 UTC [1] LOG:  selected new timeline ID: 2\n";
-        let r = parse_log(log, Path::new("x"));
-        assert_eq!(r.redo_done_at.as_deref(), Some("0/3000148"));
-        assert_eq!(
-            r.last_commit_time.as_deref(),
-            Some("2024-01-01 00:00:01.25+00")
-        );
-        assert_eq!(r.new_timeline, Some(2));
-        assert!(r
-            .stopped_at
-            .unwrap()
-            .starts_with("before commit of transaction 745"));
-    }
 
     #[test]
     fn settings_quote_everything() {
@@ -541,6 +373,7 @@ mod tests {
             &plan,
             &Target::Name("a'b".into()),
             "latest",
+            &[],
         );
         assert!(s.contains("restore_command = '/usr/bin/pitr wal-fetch --partial --repo ''/srv/it''\\''''s repo'' --name pg-1 %f %p'"), "{s}");
         assert!(
@@ -550,7 +383,18 @@ mod tests {
         assert!(
             s.contains("recovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n")
         );
-        let s = recovery_settings(Path::new("/p"), "/r", &plan, &Target::Latest, "1");
+        let s = recovery_settings(
+            Path::new("/p"),
+            "/r",
+            &plan,
+            &Target::Latest,
+            "1",
+            &["--plan-range".into(), "1:0/1-0/2".into()],
+        );
+        assert!(
+            s.contains("--name pg-1 --plan-range 1:0/1-0/2 %f %p"),
+            "{s}"
+        );
         assert!(!s.contains("recovery_target_inclusive") && !s.contains("recovery_target_name"));
     }
 }

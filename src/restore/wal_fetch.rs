@@ -81,7 +81,20 @@ pub async fn fetch_wal_file(
                 .map_err(|e| anyhow!("{e}"))?,
         )
     };
-    match rebuild_file(repo, source, catalog.as_ref(), file_name, opts).await? {
+    let rebuilt = match rebuild_file(repo, source, catalog.as_ref(), file_name, opts).await {
+        Ok(r) => r,
+        Err(e) if catalog.is_some() => {
+            // A segment listed a moment ago may have been merged by
+            // compaction since: list again once before giving up.
+            tracing::info!("rebuilding {file_name} failed ({e:#}); listing the repository again");
+            let fresh = Catalog::load(repo, source)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            rebuild_file(repo, source, Some(&fresh), file_name, opts).await?
+        }
+        Err(e) => return Err(e),
+    };
+    match rebuilt {
         Rebuilt::File { data, partial } => {
             write_atomically(dest, &data).with_context(|| format!("writing {}", dest.display()))?;
             Ok(FetchOutcome::Written {

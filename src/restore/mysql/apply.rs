@@ -85,7 +85,12 @@ async fn fetch(repo: Repo, key: String) -> anyhow::Result<(LogPos, Vec<u8>)> {
     let body = repo
         .get(&key)
         .await
-        .map_err(|e| anyhow!("reading {key}: {e}"))?;
+        .map_err(|e| match e {
+            crate::storage::StorageError::NotFound { .. } => anyhow!(
+                "segment {key} was in the repository when the restore planned on it but is gone (deleted by prune or another process?); the target holds part of the log: restore again into an empty server"
+            ),
+            e => anyhow!("reading {key}: {e}"),
+        })?;
     let (meta, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&body))
         .await
         .map_err(|e| anyhow!("decoding {key}: {e}"))?

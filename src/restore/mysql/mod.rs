@@ -31,6 +31,7 @@ use pitr_segment::Epoch;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::resolve_source;
+use crate::archive::pins::{Pin, PinGuard};
 use crate::backup::mysql::dump::{q, q1};
 use crate::backup::mysql::manifest::list_mysql_backups;
 use crate::restore::time::{parse_time, to_micros, utc_text};
@@ -58,6 +59,8 @@ pub struct MysqlRestoreArgs {
     pub parallel: usize,
     /// `--skip-target-binlog`: the target does not binlog the restore.
     pub skip_binlog: bool,
+    /// Time to live of the restore pin.
+    pub pin_ttl: std::time::Duration,
 }
 
 /// Parses the target options; `flavor` decides the GTID syntax.
@@ -165,11 +168,43 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
     let url = a.target.clone().ok_or_else(|| {
         anyhow!("--target mysql://user:password@host:port is required (or use --dry-run)")
     })?;
-    let params = ConnParams::from_url(&url).map_err(|e| anyhow!("{e}"))?;
+    ConnParams::from_url(&url).map_err(|e| anyhow!("{e}"))?;
     let (key, manifest) = backups
         .iter()
         .find(|(k, _)| k.dir() == p.backup_dir)
         .ok_or_else(|| anyhow!("the planned backup vanished"))?;
+    // Pin the backup and the log planned on for the whole load and apply.
+    let mut segs: Vec<String> = p.fde_segment.iter().cloned().collect();
+    segs.extend(p.segments.iter().cloned());
+    let ranges = crate::restore::planned::pin_ranges(&segs, matches!(target, MysqlTarget::Latest))?;
+    let ttl = if a.pin_ttl.is_zero() {
+        crate::archive::pins::DEFAULT_TTL
+    } else {
+        a.pin_ttl
+    };
+    let pin = Pin::new(&source, &p.target, key, ranges, chrono::Utc::now(), ttl);
+    let guard = PinGuard::acquire(&repo, pin, ttl).await?;
+    let res = load_and_apply(&a, &repo, &p, key, manifest, target, flavor, url).await;
+    if let Err(e) = guard.release().await {
+        tracing::warn!("removing the restore pin: {e:#}");
+    }
+    res
+}
+
+/// Checks the target, loads the backup and applies the log (under the pin).
+#[allow(clippy::too_many_arguments)]
+async fn load_and_apply(
+    a: &MysqlRestoreArgs,
+    repo: &Repo,
+    p: &plan::MysqlPlan,
+    key: &crate::archive::keys::BackupKey,
+    manifest: &crate::backup::mysql::manifest::MysqlManifest,
+    target: MysqlTarget,
+    flavor: Flavor,
+    url: String,
+) -> anyhow::Result<i32> {
+    let params = ConnParams::from_url(&url).map_err(|e| anyhow!("{e}"))?;
+    let repo = repo.clone();
     let schema = load::read_schema(&repo, key, manifest).await?;
     let mut conn = Conn::connect(&params, std::time::Duration::from_secs(15))
         .await
