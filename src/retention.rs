@@ -368,7 +368,6 @@ pub async fn prune(
     let (cut_epoch, cut) =
         crate::archive::pins::lower_cut((cut_epoch, cut), &pins, &mut rep.pinned);
     // ---- end of restore pins
-    let oldest_kept_stop = kept.iter().map(|b| b.stop_time).min();
 
     // 1. Backups.
     for (b, keep) in backups.iter().zip(&keep) {

@@ -21,7 +21,6 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 
-use crate::archive::keys::SourceName;
 use crate::archive::pins;
 use crate::restore::planned::{planned, PlanRange};
 use crate::restore::prefetch::{self, Spool};
