@@ -1,7 +1,7 @@
 //! Shared helpers of the fixture tests: the real oplog entries recorded by
 //! MongoDB's own tools (`shared/fixtures/mongodb-oplog` beside the project).
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
