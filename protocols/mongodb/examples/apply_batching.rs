@@ -6,6 +6,8 @@
 //!
 //! `cargo run --release -p pitr-mongodb --example apply_batching`
 
+#![allow(clippy::unwrap_used)] // a measurement tool on data it builds itself
+
 use std::time::Instant;
 
 use bson::{doc, Binary, DateTime, RawDocumentBuf, Timestamp};
@@ -46,10 +48,10 @@ fn entry(i: u32) -> Vec<u8> {
         "ts": ts, "t": 1i64, "v": 2i64, "wall": wall, "prevOpTime": {"ts": prev, "t": 1i64}}
     } else {
         match i % 7 {
-            0 | 1 | 2 => {
+            0..=2 => {
                 doc! {"op": "i", "ns": "bench.c", "ui": ui, "o": {"_id": i64::from(i), "name": format!("user {i}"), "score": f64::from(i), "tags": ["a", "b"]}, "o2": {"_id": i64::from(i)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall}
             }
-            3 | 4 => {
+            3..=4 => {
                 doc! {"op": "u", "ns": "bench.c", "ui": ui, "o": {"$v": 2, "diff": {"u": {"score": f64::from(i) * 2.0}}}, "o2": {"_id": i64::from(i - 3)}, "ts": ts, "t": 1i64, "v": 2i64, "wall": wall}
             }
             5 => {

@@ -373,8 +373,20 @@ mod tests {
         ));
         assert!(is_transient(&io));
         assert!(TailError::from(io).is_transient());
-        let auth = DriverError::custom("x");
-        assert!(!is_transient(&auth));
+        let command = |code: i32, name: &str| {
+            let ce: mongodb::error::CommandError =
+                bson::from_document(doc! {"code": code, "codeName": name, "errmsg": "e"}).unwrap();
+            DriverError::from(ErrorKind::Command(ce))
+        };
+        assert!(is_transient(&command(
+            11602,
+            "InterruptedDueToReplStateChange"
+        )));
+        assert!(is_transient(&command(136, "CappedPositionLost")));
+        assert!(!is_transient(&command(18, "AuthenticationFailed")));
+        assert!(!is_transient(&command(13, "Unauthorized")));
+        assert!(!TailError::from(command(13, "Unauthorized")).is_transient());
+        assert!(!is_transient(&DriverError::custom("x")));
         assert!(TailError::Missing {
             wanted: OplogTs { secs: 1, inc: 1 }
         }

@@ -2,6 +2,8 @@
 //! transactions: exactly the entries up to the target (transactions by
 //! their commit), commands alone, transactions whole, requests in bounds.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
+
 mod common;
 
 use bson::raw::{RawBsonRef, RawDocument};

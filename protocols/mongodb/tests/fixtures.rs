@@ -2,6 +2,8 @@
 //! whole archive path unchanged: segmenter → pitr segment object → segment
 //! reader → `oplog.bson` writer.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 //! with large, prepared and aborted transactions and linked batches built
 //! in the shape of the real ones.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
+
 mod common;
 
 use std::time::{Duration, Instant};

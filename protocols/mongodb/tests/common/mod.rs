@@ -1,7 +1,7 @@
 //! Shared helpers of the fixture tests: the real oplog entries recorded by
 //! MongoDB's own tools (`integration/fixtures/mongodb-oplog`, see its README).
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
