@@ -89,6 +89,7 @@ async fn segment(repo: &Repo, source: &SourceName, epoch: Epoch, s: LogPos, e: L
         end: e,
         tmin: (!empty).then_some(TimestampMicros(t)),
         tmax: (!empty).then_some(TimestampMicros(t + 10)),
+        generation: 0,
     };
     put(repo, &key.to_key(), if empty { b"" } else { b"segment" }).await;
 }
@@ -100,6 +101,7 @@ async fn gap(repo: &Repo, source: &SourceName, epoch: Epoch, start: LogPos, end:
         end,
         reason: "test".into(),
         detected_at: at(0),
+        generation: 0,
     };
     write_gap(repo, source, &g).await.unwrap();
 }

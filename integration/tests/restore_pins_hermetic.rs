@@ -120,6 +120,7 @@ async fn history(repo: &Repo) -> (BackupKey, BackupKey) {
             end: pos((f + 1) * FILE),
             tmin: Some(pitr_segment::TimestampMicros(f as i64 * 1_000_000)),
             tmax: Some(pitr_segment::TimestampMicros(f as i64 * 1_000_000 + 10)),
+            generation: 0,
         };
         repo.put_if_absent(&key.to_key(), bytes::Bytes::from_static(b"seg"))
             .await
@@ -283,6 +284,7 @@ async fn compaction_merges_but_keeps_pinned_segments() {
             end,
             tmin: Some(t),
             tmax: Some(t),
+            generation: 0,
         };
         repo.put_if_absent(&key.to_key(), bytes::Bytes::from(obj))
             .await

@@ -33,8 +33,8 @@ use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::backup::interrupt::StartedBackup;
 use crate::archive::progress::ArchiveProgress;
+use crate::backup::interrupt::StartedBackup;
 use crate::storage::{Repo, StorageError};
 
 /// A boxed engine operation (object-safe async).
