@@ -7,6 +7,10 @@
 //! [metrics]
 //! listen = "127.0.0.1:9187"           # /metrics and /healthz; omit to disable
 //!
+//! [lease]                             # optional: the writer lease of every source
+//! ttl = "30s"                         # a dead archiver is taken over after this
+//! single_writer = false               # true only on stores ignoring conditional writes
+//!
 //! [retention]                         # optional: applied after each scheduled backup
 //! keep_backups = 7
 //! recovery_window = "14d"
@@ -124,6 +128,9 @@ pub struct Config {
     pub repo: String,
     pub metrics_listen: Option<SocketAddr>,
     pub retention: Retention,
+    /// Writer-lease settings of every source's archiver (`pitr run` waits
+    /// for a live lease, restarting through its supervisor).
+    pub lease: crate::archive::lease::LeaseOptions,
     pub sources: Vec<SourceConfig>,
 }
 
@@ -133,8 +140,17 @@ struct RawConfig {
     repo: Option<String>,
     metrics: Option<RawMetrics>,
     retention: Option<RawRetention>,
+    lease: Option<RawLease>,
     #[serde(default)]
     source: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    ttl: Option<String>,
+    #[serde(default)]
+    single_writer: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +304,16 @@ impl Config {
                 }
             });
 
+        let mut lease = crate::archive::lease::LeaseOptions::default();
+        if let Some(l) = &raw.lease {
+            if let Some(ttl) = duration(&l.ttl, "lease: ttl", &mut problems) {
+                if ttl < Duration::from_secs(1) {
+                    problems.push("lease: ttl must be at least 1s".into());
+                }
+                lease.ttl = ttl;
+            }
+            lease.single_writer = l.single_writer;
+        }
         let retention = match raw.retention {
             None => Retention::default(),
             Some(r) => {
@@ -421,6 +447,7 @@ impl Config {
                 repo,
                 metrics_listen,
                 retention,
+                lease,
                 sources,
             })
         } else {

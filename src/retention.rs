@@ -33,6 +33,8 @@
 //!    incomplete and ignored by everything), then its parts.
 //! 2. Per epoch: index replacements written, then superseded index objects
 //!    deleted (see `index::plan_cut`), then segments and gap records.
+//! 3. Fenced objects (written after their archiver lost the writer lease,
+//!    see `archive::fence`), whatever their position: no restore uses them.
 //!
 //! A crash between any two deletions leaves every kept backup restorable and
 //! the index listing only existing segments; a re-run finishes the job.
@@ -142,6 +144,10 @@ pub struct PruneReport {
     pub written_keys: Vec<String>,
     /// Bytes of deleted log segments.
     pub deleted_segment_bytes: u64,
+    /// Fenced objects deleted (written after their archiver lost the writer
+    /// lease; never used by a restore).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted_fenced: Vec<String>,
     /// What live restore pins kept ("... kept because restore pin <id> (host, pid, since) covers it").
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pinned: Vec<String>,
@@ -440,6 +446,15 @@ pub async fn prune(
         if whole {
             rep.deleted_epochs.push(epoch.to_hex());
         }
+    }
+    // 3. Fenced objects: garbage whatever their position.
+    for f in catalog.fenced() {
+        let key = f.key();
+        if rep.deleted_keys.contains(&key) {
+            continue;
+        }
+        delete(repo, &mut rep, key.clone(), dry).await?;
+        rep.deleted_fenced.push(key);
     }
     rep.cut = Some(Cut {
         epoch: cut_epoch.to_hex(),

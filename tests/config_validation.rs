@@ -200,3 +200,26 @@ fn load_prefixes_the_file_name() {
     assert!(e.starts_with(&p.display().to_string()), "{e}");
     assert!(e.contains("unknown field `bogus`"), "{e}");
 }
+
+#[test]
+fn lease_settings_parse_and_are_checked() {
+    let c = Config::parse(GOOD, &env(&[("PGPASS", "x")])).unwrap();
+    assert_eq!(c.lease.ttl, Duration::from_secs(30));
+    assert!(!c.lease.single_writer && c.lease.wait);
+    let text = GOOD.replacen(
+        "[[source]]",
+        "[lease]\nttl = \"5s\"\nsingle_writer = true\n[[source]]",
+        1,
+    );
+    let c = Config::parse(&text, &env(&[("PGPASS", "x")])).unwrap();
+    assert_eq!(c.lease.ttl, Duration::from_secs(5));
+    assert!(c.lease.single_writer);
+    let bad = GOOD.replacen("[[source]]", "[lease]\nttl = \"500ms\"\n[[source]]", 1);
+    assert!(
+        err(&bad, &[("PGPASS", "x")]).contains("lease: ttl must be at least 1s"),
+        "{}",
+        err(&bad, &[("PGPASS", "x")])
+    );
+    let bad = GOOD.replacen("[[source]]", "[lease]\nttl = \"soon\"\n[[source]]", 1);
+    assert!(err(&bad, &[("PGPASS", "x")]).contains("lease: ttl: \"soon\" is not a duration"));
+}

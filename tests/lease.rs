@@ -439,3 +439,79 @@ async fn status_flags_an_expired_lease_and_fenced_objects() {
     assert!(p.iter().any(|m| m.contains("fenced")), "{p:?}");
     b.release().await;
 }
+
+#[tokio::test]
+async fn prune_deletes_fenced_objects_and_nothing_a_backup_needs() {
+    use pitr::archive::keys::BackupKey;
+    use pitr::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+    use pitr::retention::{prune, Policy, PruneOptions};
+    use pitr_postgres::lsn::Lsn;
+    let repo = Repo::open("memory://").await.unwrap();
+    let cancel = CancellationToken::new();
+    // Generation 1 archived [0, 100); generation 2 took over at 100 and
+    // archived [100, 300); a late generation-1 upload of [100, 200) is fenced.
+    let a = Lease::acquire(&repo, &src(), opts(400, false), &cancel)
+        .await
+        .unwrap();
+    a.record_takeover(None).await.unwrap();
+    repo.put_if_absent(&seg(1, 0, 100).to_key(), "s1".into())
+        .await
+        .unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = Lease::acquire(&repo, &src(), opts(400, true), &cancel)
+        .await
+        .unwrap();
+    b.record_takeover(Some((Epoch(1), LogPos::from_lsn(100))))
+        .await
+        .unwrap();
+    for (g, s, e) in [(2, 100, 300), (1, 100, 200)] {
+        repo.put_if_absent(&seg(g, s, e).to_key(), "s".into())
+            .await
+            .unwrap();
+    }
+    let now = chrono::Utc::now();
+    let key = BackupKey::new(src(), LogPos::from_lsn(0), "20240101T000000000Z").unwrap();
+    let m = BackupManifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        id: key.id.clone(),
+        label: "t".into(),
+        engine: "postgres".into(),
+        system_id: "42".into(),
+        server_version: "15".into(),
+        timeline: 1,
+        start_lsn: Lsn(0),
+        stop_lsn: Lsn(50),
+        start_time: now,
+        stop_time: now,
+        archives: vec![],
+        backup_manifest: None,
+    };
+    repo.put_if_absent(&key.to_key(), serde_json::to_vec(&m).unwrap().into())
+        .await
+        .unwrap();
+    let opts = |dry_run| PruneOptions {
+        policy: Policy {
+            keep_backups: Some(1),
+            recovery_window: None,
+        },
+        dry_run,
+        log_alignment: 1,
+        ..PruneOptions::default()
+    };
+    let fenced = seg(1, 100, 200).to_key();
+    let dry = prune(&repo, &src(), &opts(true)).await.unwrap();
+    assert_eq!(dry.deleted_fenced, vec![fenced.clone()]);
+    assert!(repo.exists(&fenced).await.unwrap(), "a dry run deletes nothing");
+    let rep = prune(&repo, &src(), &opts(false)).await.unwrap();
+    assert_eq!(rep.deleted_fenced, vec![fenced.clone()]);
+    assert_eq!(rep.deleted_keys, vec![fenced.clone()]);
+    assert!(!repo.exists(&fenced).await.unwrap());
+    // The kept backup's chain is intact.
+    let catalog = Catalog::load_listing(&repo, &src()).await.unwrap();
+    assert!(catalog.fenced().is_empty());
+    catalog
+        .segments_covering(Epoch(1), LogPos::from_lsn(0), LogPos::from_lsn(300))
+        .unwrap();
+    b.release().await;
+}

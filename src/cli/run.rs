@@ -104,6 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         };
         tasks.push(tokio::spawn(supervise(
             s.clone(),
+            cfg.lease,
             engine,
             repo.clone(),
             m.clone(),
@@ -148,6 +149,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 /// Runs one source's archiver until cancelled, restarting it on failure.
 async fn supervise(
     s: SourceConfig,
+    lease: crate::archive::lease::LeaseOptions,
     engine: &'static dyn EngineOps,
     repo: Repo,
     m: Arc<SourceMetrics>,
@@ -160,6 +162,7 @@ async fn supervise(
             name: s.name.clone(),
             slot: s.slot.clone(),
             flush_interval: s.flush_interval,
+            lease,
         };
         let started = Instant::now();
         m.up.store(true, Ordering::Relaxed);

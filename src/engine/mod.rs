@@ -49,6 +49,8 @@ pub struct ArchiveRequest {
     pub slot: Option<String>,
     /// A segment is stored at least this often while the log flows.
     pub flush_interval: Duration,
+    /// The writer lease the archiver holds while it writes.
+    pub lease: crate::archive::lease::LeaseOptions,
 }
 
 /// What `pitr run` asks of any engine's base backup.

@@ -111,6 +111,7 @@ impl EngineOps for MySql {
             url: req.url,
             name: Some(req.name),
             flush_interval: req.flush_interval,
+            lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })

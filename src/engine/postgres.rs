@@ -101,6 +101,7 @@ impl EngineOps for Postgres {
             name: Some(req.name),
             slot: req.slot,
             flush_interval: req.flush_interval,
+            lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })

@@ -140,6 +140,9 @@ pub struct SourceStatus {
     pub writer_lease: Option<LeaseStatus>,
     /// Objects fenced off (written after their writer lost the lease).
     pub fenced: Vec<FencedStatus>,
+    /// Segments that overlap the resolved chain with other bytes (divergent
+    /// history: never used by a restore).
+    pub divergent_segments: usize,
     /// Incomplete backups (no manifest) that started before the newest
     /// complete backup: killed or crashed ones, see [`SourceStatus::orphan_problems`].
     pub orphaned_backups: Vec<IncompleteBackup>,
@@ -171,6 +174,12 @@ impl SourceStatus {
                 "{}: {} object(s) were written after their archiver lost the writer lease (fenced, never used by a restore; pitr verify lists them): two archivers overlapped",
                 self.name,
                 self.fenced.len()
+            ));
+        }
+        if self.divergent_segments > 0 {
+            out.push(format!(
+                "{}: {} segment(s) overlap the archive with different log (divergent history, never used by a restore; pitr verify lists them)",
+                self.name, self.divergent_segments
             ));
         }
         for g in self.gaps.iter().filter(|g| g.inside_window) {
@@ -390,6 +399,7 @@ pub async fn source_status(
         note,
         writer_lease,
         fenced,
+        divergent_segments: stats.conflicting_segments,
         orphaned_backups,
     })
 }
