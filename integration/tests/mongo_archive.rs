@@ -11,13 +11,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bson::{doc, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 use mongodb::Client;
 use pitr_integration::archiver::{wait_for, Archiver};
-use pitr_integration::mongo::{fixtures_dir, read_bson_file, split_bson, MongoDouble, MongoOptions};
+use pitr_integration::mongo::{
+    fixtures_dir, read_bson_file, split_bson, MongoDouble, MongoOptions,
+};
 use pitr_integration::pitr_bin;
 use pitr_mongodb::{OplogEntryRef, OplogTs};
 
@@ -160,7 +163,12 @@ fn assert_same(fetched: &[Vec<u8>], server: &[Vec<u8>]) {
         server.len()
     );
     for (i, (a, b)) in fetched.iter().zip(server).enumerate() {
-        assert!(a == b, "entry {i} differs (ts {} vs {})", ts_of(a), ts_of(b));
+        assert!(
+            a == b,
+            "entry {i} differs (ts {} vs {})",
+            ts_of(a),
+            ts_of(b)
+        );
     }
 }
 
@@ -177,6 +185,14 @@ fn terms_with_segments(repo: &Path) -> Vec<u64> {
         .collect();
     v.sort();
     v
+}
+
+/// Segment objects stored so far.
+fn segment_files(repo: &Path) -> usize {
+    walk(repo)
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("/log/"))
+        .count()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -220,7 +236,10 @@ fn ledger_is_archived_byte_for_byte_with_ranges_and_a_step_down() {
     let server = server_oplog(&url);
     assert_same(&fetch_all(&repo, &[]), &server);
     let terms = terms_with_segments(&repo);
-    assert!(terms.len() >= 2, "no new epoch after the step-down: {terms:?}");
+    assert!(
+        terms.len() >= 2,
+        "no new epoch after the step-down: {terms:?}"
+    );
 
     // A range inside: exactly the server's entries from..=to.
     let (from, to) = (ts_of(&server[5]), ts_of(&server[server.len() - 4]));
@@ -288,19 +307,24 @@ fn killed_three_times_under_load_loses_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     ledger(&url, 2, "seed");
+    let stop = AtomicBool::new(false);
     let last = std::thread::scope(|s| {
         let load = s.spawn(|| {
-            for i in 0..30 {
-                ledger(&url, 3, &format!("k{i}"));
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 300 {
+                ledger(&url, 2, &format!("k{i}"));
+                i += 1;
             }
         });
-        for round in 0..3 {
+        for _ in 0..3 {
+            let before = segment_files(&repo);
             let a = Archiver::start(&url, &repo, "main", tmp.path(), &[]);
             wait_for("new segments", Duration::from_secs(30), || {
-                walk(&repo).len() > 2 * (round + 1)
+                segment_files(&repo) > before
             });
             a.kill();
         }
+        stop.store(true, Ordering::Relaxed);
         load.join().unwrap();
         Archiver::start(&url, &repo, "main", tmp.path(), &[])
     });
@@ -350,9 +374,13 @@ fn oplog_rolled_over_behind_pitr_is_a_gap() {
         .arg(&repo)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
+    let text =
+        String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
     assert_eq!(st.status.code(), Some(1), "{text}");
-    assert!(text.contains("rolled over"), "status does not name the gap: {text}");
+    assert!(
+        text.contains("rolled over"),
+        "status does not name the gap: {text}"
+    );
 
     // Across the gap: not archived, one sentence naming it.
     let dest = tmp.path().join("x.bson");

@@ -70,7 +70,10 @@ pub async fn run(args: OplogFetchArgs) -> anyhow::Result<i32> {
     };
     match fetch_oplog(&repo, &source, args.from, args.to, &dest, args.parallel).await? {
         OplogFetchOutcome::Written { entries, bytes } => {
-            tracing::info!("wrote {} ({entries} entries, {bytes} bytes)", dest.display());
+            tracing::info!(
+                "wrote {} ({entries} entries, {bytes} bytes)",
+                dest.display()
+            );
             Ok(0)
         }
         OplogFetchOutcome::NotArchived(why) => {

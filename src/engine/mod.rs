@@ -226,7 +226,10 @@ mod tests {
         assert_eq!(by_url("mariadb://u@h").map(|e| e.name()), Some("mysql"));
         assert_eq!(by_url("mysql://u@h").map(|e| e.name()), Some("mysql"));
         assert!(by_url("http://h").is_none());
-        assert_eq!(by_url("mongodb://u@h/?replicaSet=rs0").map(|e| e.name()), Some("mongodb"));
+        assert_eq!(
+            by_url("mongodb://u@h/?replicaSet=rs0").map(|e| e.name()),
+            Some("mongodb")
+        );
         assert_eq!(
             by_code(pitr_segment::Engine::MongoDb).map(|e| e.name()),
             Some("mongodb")

@@ -32,7 +32,10 @@ use crate::storage::Repo;
 /// What `oplog-fetch` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum OplogFetchOutcome {
-    Written { entries: u64, bytes: u64 },
+    Written {
+        entries: u64,
+        bytes: u64,
+    },
     /// The range is not (wholly) archived; the sentence says why.
     NotArchived(String),
 }
@@ -289,7 +292,10 @@ mod tests {
         let ok = plan(&segs, &[], p(10, 5), p(11, 3)).unwrap();
         assert_eq!(ok.len(), 2);
         let (why, gap) = plan(&segs, &[], p(10, 1), p(14, 2)).unwrap_err();
-        assert!(why.contains("from 12:0 up to (not including) 14:0"), "{why}");
+        assert!(
+            why.contains("from 12:0 up to (not including) 14:0"),
+            "{why}"
+        );
         assert!(gap.is_none());
         let g = GapKey {
             source: SourceName::new("m").unwrap(),
@@ -297,7 +303,10 @@ mod tests {
             start: p(12, 0),
             end: p(14, 0),
         };
-        assert!(plan(&segs, &[g], p(11, 1), p(14, 2)).unwrap_err().1.is_some());
+        assert!(plan(&segs, &[g], p(11, 1), p(14, 2))
+            .unwrap_err()
+            .1
+            .is_some());
         let (why, _) = plan(&segs, &[], p(14, 1), p(16, 0)).unwrap_err();
         assert!(why.contains("nothing from 15:0 on"), "{why}");
         let (why, _) = plan(&segs, &[], p(9, 0), p(10, 3)).unwrap_err();

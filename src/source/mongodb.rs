@@ -73,9 +73,10 @@ impl std::str::FromStr for StartAt {
         match s.trim().to_ascii_lowercase().as_str() {
             "oldest" => Ok(StartAt::Oldest),
             "now" => Ok(StartAt::Now),
-            _ => s.parse::<OplogTs>().map(StartAt::Ts).map_err(|e| {
-                format!("{e}; --start-at takes oldest, now or SECONDS:INCREMENT")
-            }),
+            _ => s
+                .parse::<OplogTs>()
+                .map(StartAt::Ts)
+                .map_err(|e| format!("{e}; --start-at takes oldest, now or SECONDS:INCREMENT")),
         }
     }
 }
@@ -409,7 +410,9 @@ impl Archiver {
                          server's oplog is behind the archive (a rollback, or another replica set \
                          under the same name); archive it under a new --name"
                     )),
-                    _ => Err(Transient("the oplog is empty; waiting for its first entry".into()).into()),
+                    _ => Err(
+                        Transient("the oplog is empty; waiting for its first entry".into()).into(),
+                    ),
                 };
             }
         };
