@@ -86,9 +86,7 @@ impl MongoDouble {
         if let Some(cap) = opts.oplog_cap_bytes {
             cmd.args(["--oplog-cap-bytes", &cap.to_string()]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -192,6 +190,5 @@ pub fn split_bson(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 /// The documents of a `.bson` file.
 pub fn read_bson_file(path: &Path) -> Result<Vec<Vec<u8>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    split_bson(&bytes)
-        .with_context(|| format!("{} is not BSON documents back to back", path.display()))
+    split_bson(&bytes).with_context(|| format!("{} is not BSON documents back to back", path.display()))
 }

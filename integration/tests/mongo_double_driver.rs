@@ -14,8 +14,7 @@ use pitr_integration::mongo::{fixtures_dir, read_bson_file};
 use pitr_integration::{MongoDouble, MongoOptions};
 
 fn start(opts: MongoOptions) -> MongoDouble {
-    MongoDouble::start_bin(Path::new(env!("CARGO_BIN_EXE_mongo-double")), opts)
-        .expect("start mongo-double")
+    MongoDouble::start_bin(Path::new(env!("CARGO_BIN_EXE_mongo-double")), opts).expect("start mongo-double")
 }
 
 async fn client(server: &MongoDouble) -> Client {
@@ -30,28 +29,15 @@ async fn all_entries(c: &Client, filter: Document) -> Vec<Document> {
     let mut cur = oplog(c).find(filter).await.expect("find");
     let mut out = Vec::new();
     while cur.advance().await.expect("advance") {
-        out.push(
-            cur.current()
-                .to_raw_document_buf()
-                .to_document()
-                .expect("decodes"),
-        );
+        out.push(cur.current().to_raw_document_buf().to_document().expect("decodes"));
     }
     out
 }
 
 async fn newest(c: &Client) -> Document {
-    let mut cur = oplog(c)
-        .find(doc! {})
-        .sort(doc! {"$natural": -1})
-        .limit(1)
-        .await
-        .expect("find");
+    let mut cur = oplog(c).find(doc! {}).sort(doc! {"$natural": -1}).limit(1).await.expect("find");
     assert!(cur.advance().await.expect("advance"));
-    cur.current()
-        .to_raw_document_buf()
-        .to_document()
-        .expect("decodes")
+    cur.current().to_raw_document_buf().to_document().expect("decodes")
 }
 
 fn code_of(e: &mongodb::error::Error) -> Option<i32> {
@@ -65,16 +51,11 @@ fn code_of(e: &mongodb::error::Error) -> Option<i32> {
 async fn scram_sha_256_and_a_wrong_password() {
     let server = start(MongoOptions::default());
     let good = client(&server).await;
-    good.database("admin")
-        .run_command(doc! {"ping": 1})
-        .await
-        .expect("ping");
+    good.database("admin").run_command(doc! {"ping": 1}).await.expect("ping");
     let names = good.list_database_names().await.expect("listDatabases");
     assert!(names.contains(&"local".to_string()), "{names:?}");
 
-    let bad = Client::with_uri_str(server.url_as("pitr", "wrong"))
-        .await
-        .expect("client");
+    let bad = Client::with_uri_str(server.url_as("pitr", "wrong")).await.expect("client");
     let err = bad
         .database("admin")
         .run_command(doc! {"ping": 1})
@@ -83,12 +64,9 @@ async fn scram_sha_256_and_a_wrong_password() {
     let msg = err.to_string();
     assert!(msg.contains("Authentication failed."), "{msg}");
 
-    let anonymous = Client::with_uri_str(format!(
-        "mongodb://127.0.0.1:{}/?replicaSet=rs0&directConnection=true",
-        server.port()
-    ))
-    .await
-    .expect("client");
+    let anonymous = Client::with_uri_str(format!("mongodb://127.0.0.1:{}/?replicaSet=rs0&directConnection=true", server.port()))
+        .await
+        .expect("client");
     let err = anonymous
         .database("x")
         .collection::<Document>("y")
@@ -111,45 +89,21 @@ async fn crud_entries_reach_a_tailable_await_cursor() {
         .expect("tail");
 
     let coll = c.database("app").collection::<Document>("people");
-    coll.insert_many(vec![
-        doc! {"_id": 1, "name": "ann", "n": 1},
-        doc! {"_id": 2, "name": "bob", "tags": ["a"]},
-    ])
-    .await
-    .expect("insert_many");
-    coll.update_one(
-        doc! {"_id": 1},
-        doc! {"$inc": {"n": 4}, "$unset": {"name": ""}},
-    )
-    .await
-    .expect("update");
-    coll.update_one(doc! {"_id": 2}, doc! {"$push": {"tags": "b"}})
+    coll.insert_many(vec![doc! {"_id": 1, "name": "ann", "n": 1}, doc! {"_id": 2, "name": "bob", "tags": ["a"]}])
         .await
-        .expect("push");
-    coll.replace_one(doc! {"_id": 2}, doc! {"name": "bobby"})
-        .await
-        .expect("replace");
-    let up = coll
-        .update_one(doc! {"_id": 3}, doc! {"$set": {"x": 1}})
-        .upsert(true)
-        .await
-        .expect("upsert");
+        .expect("insert_many");
+    coll.update_one(doc! {"_id": 1}, doc! {"$inc": {"n": 4}, "$unset": {"name": ""}}).await.expect("update");
+    coll.update_one(doc! {"_id": 2}, doc! {"$push": {"tags": "b"}}).await.expect("push");
+    coll.replace_one(doc! {"_id": 2}, doc! {"name": "bobby"}).await.expect("replace");
+    let up = coll.update_one(doc! {"_id": 3}, doc! {"$set": {"x": 1}}).upsert(true).await.expect("upsert");
     assert_eq!(up.upserted_id, Some(Bson::Int32(3)));
     coll.delete_one(doc! {"_id": 1}).await.expect("delete");
 
     // Read them through the tailable cursor (getMore waits for what is not there yet).
     let mut got = Vec::new();
     while got.len() < 8 {
-        assert!(
-            tail.advance().await.expect("advance"),
-            "tailable cursor closed"
-        );
-        got.push(
-            tail.current()
-                .to_raw_document_buf()
-                .to_document()
-                .expect("decodes"),
-        );
+        assert!(tail.advance().await.expect("advance"), "tailable cursor closed");
+        got.push(tail.current().to_raw_document_buf().to_document().expect("decodes"));
     }
     let kinds: Vec<(&str, &str)> = got
         .iter()
@@ -168,64 +122,32 @@ async fn crud_entries_reach_a_tailable_await_cursor() {
             ("d", "app.people"),
         ]
     );
-    assert_eq!(
-        got[0].get_document("o").expect("o").get_str("create"),
-        Ok("people")
-    );
+    assert_eq!(got[0].get_document("o").expect("o").get_str("create"), Ok("people"));
     // insert_many is one retryable write: one txnNumber, statements 0 and 1, linked.
     assert_eq!(got[1].get_i64("txnNumber"), got[2].get_i64("txnNumber"));
     assert_eq!(got[1].get_i32("stmtId"), Ok(0));
     assert_eq!(got[2].get_i32("stmtId"), Ok(1));
     let prev = got[2].get_document("prevOpTime").expect("prevOpTime");
     assert_eq!(prev.get_timestamp("ts"), got[1].get_timestamp("ts"));
-    assert_eq!(
-        got[3].get_document("o").expect("o"),
-        &doc! {"$v": 2, "diff": {"d": {"name": false}, "u": {"n": 5}}}
-    );
+    assert_eq!(got[3].get_document("o").expect("o"), &doc! {"$v": 2, "diff": {"d": {"name": false}, "u": {"n": 5}}});
     assert_eq!(got[3].get_document("o2").expect("o2"), &doc! {"_id": 1});
-    assert_eq!(
-        got[4].get_document("o").expect("o"),
-        &doc! {"$v": 2, "diff": {"stags": {"a": true, "u1": "b"}}}
-    );
-    assert_eq!(
-        got[5].get_document("o").expect("o"),
-        &doc! {"_id": 2, "name": "bobby"},
-        "a replacement logs the document"
-    );
-    assert_eq!(
-        got[6].get_document("o").expect("o"),
-        &doc! {"_id": 3, "x": 1}
-    );
+    assert_eq!(got[4].get_document("o").expect("o"), &doc! {"$v": 2, "diff": {"stags": {"a": true, "u1": "b"}}});
+    assert_eq!(got[5].get_document("o").expect("o"), &doc! {"_id": 2, "name": "bobby"}, "a replacement logs the document");
+    assert_eq!(got[6].get_document("o").expect("o"), &doc! {"_id": 3, "x": 1});
     assert_eq!(got[7].get_document("o").expect("o"), &doc! {"_id": 1});
     for w in got.windows(2) {
-        let (a, b) = (
-            w[0].get_timestamp("ts").expect("ts"),
-            w[1].get_timestamp("ts").expect("ts"),
-        );
+        let (a, b) = (w[0].get_timestamp("ts").expect("ts"), w[1].get_timestamp("ts").expect("ts"));
         assert!((a.time, a.increment) < (b.time, b.increment), "ts increase");
     }
 
     // The data itself.
-    let mut cur = coll
-        .find(doc! {})
-        .sort(doc! {"_id": 1})
-        .batch_size(1)
-        .await
-        .expect("find");
+    let mut cur = coll.find(doc! {}).sort(doc! {"_id": 1}).batch_size(1).await.expect("find");
     let mut docs = Vec::new();
     while cur.advance().await.expect("advance") {
         docs.push(cur.deserialize_current().expect("doc"));
     }
-    assert_eq!(
-        docs,
-        vec![doc! {"_id": 2, "name": "bobby"}, doc! {"_id": 3, "x": 1}]
-    );
-    assert_eq!(
-        coll.count_documents(doc! {"_id": {"$gte": 3}})
-            .await
-            .expect("count"),
-        1
-    );
+    assert_eq!(docs, vec![doc! {"_id": 2, "name": "bobby"}, doc! {"_id": 3, "x": 1}]);
+    assert_eq!(coll.count_documents(doc! {"_id": {"$gte": 3}}).await.expect("count"), 1);
 
     // A write while the cursor waits in getMore is delivered to it.
     let writer = {
@@ -236,11 +158,7 @@ async fn crud_entries_reach_a_tailable_await_cursor() {
         })
     };
     assert!(tail.advance().await.expect("advance"));
-    let e = tail
-        .current()
-        .to_raw_document_buf()
-        .to_document()
-        .expect("decodes");
+    let e = tail.current().to_raw_document_buf().to_document().expect("decodes");
     writer.await.expect("writer");
     assert_eq!(e.get_document("o").expect("o"), &doc! {"_id": 9});
 }
@@ -250,28 +168,14 @@ async fn transactions_commit_one_applyops_entry_and_abort_nothing() {
     let server = start(MongoOptions::default());
     let c = client(&server).await;
     let coll = c.database("bank").collection::<Document>("acct");
-    coll.insert_many(vec![
-        doc! {"_id": "a", "bal": 10},
-        doc! {"_id": "b", "bal": 0},
-    ])
-    .await
-    .expect("seed");
+    coll.insert_many(vec![doc! {"_id": "a", "bal": 10}, doc! {"_id": "b", "bal": 0}]).await.expect("seed");
     let t0 = newest(&c).await.get_timestamp("ts").expect("ts");
 
     let mut s = c.start_session().await.expect("session");
     s.start_transaction().await.expect("start");
-    coll.update_one(doc! {"_id": "a"}, doc! {"$inc": {"bal": -5}})
-        .session(&mut s)
-        .await
-        .expect("debit");
-    coll.update_one(doc! {"_id": "b"}, doc! {"$inc": {"bal": 5}})
-        .session(&mut s)
-        .await
-        .expect("credit");
-    coll.insert_one(doc! {"_id": "log1"})
-        .session(&mut s)
-        .await
-        .expect("log");
+    coll.update_one(doc! {"_id": "a"}, doc! {"$inc": {"bal": -5}}).session(&mut s).await.expect("debit");
+    coll.update_one(doc! {"_id": "b"}, doc! {"$inc": {"bal": 5}}).session(&mut s).await.expect("credit");
+    coll.insert_one(doc! {"_id": "log1"}).session(&mut s).await.expect("log");
     s.commit_transaction().await.expect("commit");
 
     let entries = all_entries(&c, doc! {"ts": {"$gt": t0}}).await;
@@ -281,45 +185,23 @@ async fn transactions_commit_one_applyops_entry_and_abort_nothing() {
     assert_eq!(e.get_str("ns"), Ok("admin.$cmd"));
     assert!(e.get_document("lsid").expect("lsid").contains_key("uid"));
     assert!(e.get_i64("txnNumber").is_ok());
-    let ops = e
-        .get_document("o")
-        .expect("o")
-        .get_array("applyOps")
-        .expect("applyOps");
+    let ops = e.get_document("o").expect("o").get_array("applyOps").expect("applyOps");
     let kinds: Vec<&str> = ops
         .iter()
-        .map(|o| {
-            o.as_document()
-                .and_then(|d| d.get_str("op").ok())
-                .unwrap_or("?")
-        })
+        .map(|o| o.as_document().and_then(|d| d.get_str("op").ok()).unwrap_or("?"))
         .collect();
     assert_eq!(kinds, vec!["u", "u", "i"]);
 
     // Aborted: the writes are taken back and nothing is logged.
     let t1 = newest(&c).await.get_timestamp("ts").expect("ts");
     s.start_transaction().await.expect("start");
-    coll.update_one(doc! {"_id": "a"}, doc! {"$set": {"bal": 1000}})
-        .session(&mut s)
-        .await
-        .expect("write");
-    coll.delete_one(doc! {"_id": "b"})
-        .session(&mut s)
-        .await
-        .expect("write");
+    coll.update_one(doc! {"_id": "a"}, doc! {"$set": {"bal": 1000}}).session(&mut s).await.expect("write");
+    coll.delete_one(doc! {"_id": "b"}).session(&mut s).await.expect("write");
     s.abort_transaction().await.expect("abort");
     assert!(all_entries(&c, doc! {"ts": {"$gt": t1}}).await.is_empty());
-    let a = coll
-        .find_one(doc! {"_id": "a"})
-        .await
-        .expect("find")
-        .expect("a");
+    let a = coll.find_one(doc! {"_id": "a"}).await.expect("find").expect("a");
     assert_eq!(a.get_i32("bal"), Ok(5));
-    assert!(coll
-        .find_one(doc! {"_id": "b"})
-        .await
-        .expect("find")
-        .is_some());
+    assert!(coll.find_one(doc! {"_id": "b"}).await.expect("find").is_some());
 }
 
 #[tokio::test]
@@ -333,10 +215,7 @@ async fn a_transaction_over_16_mb_is_split_into_partial_entries() {
     let mut s = c.start_session().await.expect("session");
     s.start_transaction().await.expect("start");
     for i in 0..20 {
-        coll.insert_one(doc! {"_id": i, "blob": blob.clone()})
-            .session(&mut s)
-            .await
-            .expect("insert");
+        coll.insert_one(doc! {"_id": i, "blob": blob.clone()}).session(&mut s).await.expect("insert");
     }
     s.commit_transaction().await.expect("commit");
     let entries = all_entries(&c, doc! {"ts": {"$gt": t0}}).await;
@@ -369,34 +248,20 @@ async fn a_step_down_starts_a_new_term() {
     coll.insert_one(doc! {"_id": 1}).await.expect("insert");
     assert_eq!(newest(&c).await.get_i64("t"), Ok(1));
     let admin = c.database("admin");
-    admin
-        .run_command(doc! {"replSetStepDown": 60, "force": true})
-        .await
-        .expect("stepDown");
+    admin.run_command(doc! {"replSetStepDown": 60, "force": true}).await.expect("stepDown");
     let n = newest(&c).await;
     assert_eq!(n.get_str("op"), Ok("n"));
-    assert_eq!(
-        n.get_document("o").expect("o"),
-        &doc! {"msg": "new primary"}
-    );
+    assert_eq!(n.get_document("o").expect("o"), &doc! {"msg": "new primary"});
     assert_eq!(n.get_i64("t"), Ok(2));
-    coll.insert_one(doc! {"_id": 2})
-        .await
-        .expect("insert after the step-down");
+    coll.insert_one(doc! {"_id": 2}).await.expect("insert after the step-down");
     assert_eq!(newest(&c).await.get_i64("t"), Ok(2));
-    let status = admin
-        .run_command(doc! {"replSetGetStatus": 1})
-        .await
-        .expect("status");
+    let status = admin.run_command(doc! {"replSetGetStatus": 1}).await.expect("status");
     assert_eq!(status.get_str("set"), Ok("rs0"));
     assert_eq!(status.get_i64("term"), Ok(2));
     let members = status.get_array("members").expect("members");
     let m = members[0].as_document().expect("member");
     assert_eq!(m.get_str("stateStr"), Ok("PRIMARY"));
-    assert_eq!(
-        m.get_document("optime").expect("optime").get_i64("t"),
-        Ok(2)
-    );
+    assert_eq!(m.get_document("optime").expect("optime").get_i64("t"), Ok(2));
 }
 
 #[tokio::test]
@@ -419,16 +284,11 @@ async fn the_oplog_cap_drops_the_oldest_entries() {
     assert!(tail.advance().await.expect("first entry"));
     let coll = c.database("d").collection::<Document>("c");
     let pad = "p".repeat(1000);
-    let docs: Vec<Document> = (0..200)
-        .map(|i| doc! {"_id": i, "pad": pad.clone()})
-        .collect();
+    let docs: Vec<Document> = (0..200).map(|i| doc! {"_id": i, "pad": pad.clone()}).collect();
     coll.insert_many(docs).await.expect("insert_many");
 
     let kept = all_entries(&c, doc! {}).await;
-    let bytes: usize = kept
-        .iter()
-        .map(|d| bson::to_vec(d).map(|v| v.len()).unwrap_or(0))
-        .sum();
+    let bytes: usize = kept.iter().map(|d| bson::to_vec(d).map(|v| v.len()).unwrap_or(0)).sum();
     assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
     assert!(kept.len() < 201);
     let oldest = kept[0].get_timestamp("ts").expect("ts");
@@ -449,8 +309,7 @@ async fn the_oplog_cap_drops_the_oldest_entries() {
 
 #[tokio::test]
 async fn a_seeded_oplog_is_served_byte_for_byte() {
-    let seed = fixtures_dir()
-        .join("mongorestore/testdata/timeseries_tests/ts_dump_with_oplog/oplog.part1.bson");
+    let seed = fixtures_dir().join("mongorestore/testdata/timeseries_tests/ts_dump_with_oplog/oplog.part1.bson");
     let want = read_bson_file(&seed).expect("seed");
     let server = start(MongoOptions {
         seed_oplog: Some(seed),
@@ -471,26 +330,15 @@ async fn a_seeded_oplog_is_served_byte_for_byte() {
         .get_timestamp("ts")
         .expect("ts");
 
-    c.database("x")
-        .collection::<Document>("y")
-        .insert_one(doc! {"a": 1})
-        .await
-        .expect("insert");
+    c.database("x").collection::<Document>("y").insert_one(doc! {"a": 1}).await.expect("insert");
     let n = newest(&c).await.get_timestamp("ts").expect("ts");
     assert!((n.time, n.increment) > (last_seeded.time, last_seeded.increment));
 
     // A ts range query, as an archiver resuming from a position asks it.
-    let from = RawDocumentBuf::from_bytes(want[100].clone())
-        .expect("raw")
-        .to_document()
-        .expect("doc");
+    let from = RawDocumentBuf::from_bytes(want[100].clone()).expect("raw").to_document().expect("doc");
     let from_ts = from.get_timestamp("ts").expect("ts");
     let after = all_entries(&c, doc! {"ts": {"$gte": from_ts}}).await;
-    assert_eq!(
-        after.len(),
-        want.len() - 100 + 2,
-        "200 seeded + create + insert"
-    );
+    assert_eq!(after.len(), want.len() - 100 + 2, "200 seeded + create + insert");
 }
 
 #[tokio::test]
@@ -498,28 +346,14 @@ async fn catalog_commands_keep_options_as_given() {
     let server = start(MongoOptions::default());
     let c = client(&server).await;
     let db = c.database("cat");
-    db.run_command(doc! {"create": "capped", "capped": true, "size": 4096i64, "max": 10})
-        .await
-        .expect("capped");
-    db.run_command(doc! {"create": "v", "viewOn": "capped", "pipeline": [{"$match": {"a": 1}}]})
-        .await
-        .expect("view");
+    db.run_command(doc! {"create": "capped", "capped": true, "size": 4096i64, "max": 10}).await.expect("capped");
+    db.run_command(doc! {"create": "v", "viewOn": "capped", "pipeline": [{"$match": {"a": 1}}]}).await.expect("view");
     db.run_command(doc! {"create": "ts", "timeseries": {"timeField": "t", "metaField": "m", "granularity": "seconds"}})
         .await
         .expect("timeseries");
-    db.run_command(doc! {"collMod": "capped", "validationLevel": "off"})
-        .await
-        .expect("collMod");
-    let r = db
-        .run_command(doc! {"listCollections": 1})
-        .await
-        .expect("listCollections");
-    let batch = r
-        .get_document("cursor")
-        .expect("cursor")
-        .get_array("firstBatch")
-        .expect("batch")
-        .clone();
+    db.run_command(doc! {"collMod": "capped", "validationLevel": "off"}).await.expect("collMod");
+    let r = db.run_command(doc! {"listCollections": 1}).await.expect("listCollections");
+    let batch = r.get_document("cursor").expect("cursor").get_array("firstBatch").expect("batch").clone();
     let by_name = |n: &str| -> Document {
         batch
             .iter()
@@ -534,41 +368,22 @@ async fn catalog_commands_keep_options_as_given() {
         capped.get_document("options").expect("options"),
         &doc! {"capped": true, "size": 4096i64, "max": 10, "validationLevel": "off"}
     );
-    assert!(
-        matches!(capped.get_document("info").expect("info").get("uuid"), Some(Bson::Binary(b)) if b.bytes.len() == 16)
-    );
+    assert!(matches!(capped.get_document("info").expect("info").get("uuid"), Some(Bson::Binary(b)) if b.bytes.len() == 16));
     let v = by_name("v");
     assert_eq!(v.get_str("type"), Ok("view"));
-    assert_eq!(
-        v.get_document("options")
-            .expect("options")
-            .get_str("viewOn"),
-        Ok("capped")
-    );
+    assert_eq!(v.get_document("options").expect("options").get_str("viewOn"), Ok("capped"));
     let ts = by_name("ts");
     assert_eq!(ts.get_str("type"), Ok("timeseries"));
     assert_eq!(
-        ts.get_document("options")
-            .expect("options")
-            .get_document("timeseries")
-            .expect("ts"),
+        ts.get_document("options").expect("options").get_document("timeseries").expect("ts"),
         &doc! {"timeField": "t", "metaField": "m", "granularity": "seconds"}
     );
     by_name("system.buckets.ts");
     by_name("system.views");
 
-    db.run_command(doc! {"renameCollection": "cat.capped", "to": "cat.renamed"})
-        .await
-        .expect("rename");
+    db.run_command(doc! {"renameCollection": "cat.capped", "to": "cat.renamed"}).await.expect("rename");
     let names = db.list_collection_names().await.expect("names");
-    assert!(
-        names.contains(&"renamed".to_string()) && !names.contains(&"capped".to_string()),
-        "{names:?}"
-    );
-    let idx = db
-        .collection::<Document>("renamed")
-        .list_index_names()
-        .await
-        .expect("indexes");
+    assert!(names.contains(&"renamed".to_string()) && !names.contains(&"capped".to_string()), "{names:?}");
+    let idx = db.collection::<Document>("renamed").list_index_names().await.expect("indexes");
     assert_eq!(idx, vec!["_id_".to_string()]);
 }

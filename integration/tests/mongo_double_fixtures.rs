@@ -14,8 +14,7 @@ use pitr_integration::mongo::{fixtures_dir, read_bson_file};
 use pitr_integration::{MongoDouble, MongoOptions};
 
 fn start(opts: MongoOptions) -> MongoDouble {
-    MongoDouble::start_bin(Path::new(env!("CARGO_BIN_EXE_mongo-double")), opts)
-        .expect("start mongo-double")
+    MongoDouble::start_bin(Path::new(env!("CARGO_BIN_EXE_mongo-double")), opts).expect("start mongo-double")
 }
 
 fn bson_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -33,11 +32,7 @@ fn bson_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_fixture_entry_round_trips_byte_exact() {
     let mut files = Vec::new();
     bson_files(&fixtures_dir(), &mut files);
-    assert!(
-        files.len() >= 20,
-        "expected the fixture .bson files, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 20, "expected the fixture .bson files, found {}", files.len());
     let mut entries = 0;
     let mut oplog_entries = 0;
     for f in &files {
@@ -45,12 +40,7 @@ fn every_fixture_entry_round_trips_byte_exact() {
             let raw = RawDocumentBuf::from_bytes(bytes.clone()).expect("valid BSON");
             let doc = raw.to_document().expect("decodes");
             let again = RawDocumentBuf::from_document(&doc).expect("encodes");
-            assert_eq!(
-                again.as_bytes(),
-                bytes.as_slice(),
-                "{}: an entry changed on re-encoding",
-                f.display()
-            );
+            assert_eq!(again.as_bytes(), bytes.as_slice(), "{}: an entry changed on re-encoding", f.display());
             let mut via_writer = Vec::new();
             doc.to_writer(&mut via_writer).expect("writes");
             assert_eq!(via_writer, bytes, "{}", f.display());
@@ -147,20 +137,12 @@ async fn entries_after(client: &Client, since: Timestamp) -> Vec<RawDocumentBuf>
     out
 }
 
-fn only<'a>(
-    entries: &'a [RawDocumentBuf],
-    what: &str,
-    pick: impl Fn(&Document) -> bool,
-) -> &'a RawDocumentBuf {
+fn only<'a>(entries: &'a [RawDocumentBuf], what: &str, pick: impl Fn(&Document) -> bool) -> &'a RawDocumentBuf {
     let found: Vec<&RawDocumentBuf> = entries
         .iter()
         .filter(|e| pick(&e.to_document().expect("decodes")))
         .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one {what} entry among {entries:?}"
-    );
+    assert_eq!(found.len(), 1, "expected one {what} entry among {entries:?}");
     found[0]
 }
 
@@ -173,11 +155,7 @@ fn cmd_is(name: &'static str) -> impl Fn(&Document) -> bool {
 }
 
 fn o_of(raw: &RawDocumentBuf) -> Document {
-    raw.to_document()
-        .expect("decodes")
-        .get_document("o")
-        .expect("o")
-        .clone()
+    raw.to_document().expect("decodes").get_document("o").expect("o").clone()
 }
 
 #[tokio::test]
@@ -190,39 +168,25 @@ async fn double_entries_have_the_fixture_shape() {
     // c create, c createIndexes (empty collection): a 7.0 server's entries.
     let t0 = newest_ts(&client).await;
     db.create_collection("c").await.expect("create");
-    coll.create_index(
-        IndexModel::builder()
-            .keys(doc! {"a": 1})
-            .options(IndexOptions::builder().name("a_1".to_string()).build())
-            .build(),
-    )
-    .await
-    .expect("index");
+    coll.create_index(IndexModel::builder().keys(doc! {"a": 1}).options(IndexOptions::builder().name("a_1".to_string()).build()).build())
+        .await
+        .expect("index");
     let got = entries_after(&client, t0).await;
     let create = only(&got, "create", cmd_is("create"));
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/collMod_indexUniqueness.bson"),
-        cmd_is("create"),
-    );
+    let real = fixture(&format!("{SRC}oplogs/bson/collMod_indexUniqueness.bson"), cmd_is("create"));
     assert_eq!(shape(create), shape(&real));
     assert_eq!(names(&o_of(create)), names(&o_of(&real)));
     let ci = only(&got, "createIndexes", cmd_is("createIndexes"));
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/collMod_indexUniqueness.bson"),
-        |d| cmd_is("createIndexes")(d) && d.get_document("o").is_ok_and(|o| o.len() == 4),
-    );
+    let real = fixture(&format!("{SRC}oplogs/bson/collMod_indexUniqueness.bson"), |d| {
+        cmd_is("createIndexes")(d) && d.get_document("o").is_ok_and(|o| o.len() == 4)
+    });
     assert_eq!(shape(ci), shape(&real));
     assert_eq!(names(&o_of(ci)), names(&o_of(&real)));
-    assert_eq!(
-        o_of(ci),
-        doc! {"createIndexes": "c", "v": 2, "key": {"a": 1}, "name": "a_1"}
-    );
+    assert_eq!(o_of(ci), doc! {"createIndexes": "c", "v": 2, "key": {"a": 1}, "name": "a_1"});
 
     // i (retryable write, as the driver sends it): a 7.0 server's entry.
     let t1 = newest_ts(&client).await;
-    coll.insert_one(doc! {"_id": 1, "a": 1, "sub": {"x": 1}})
-        .await
-        .expect("insert");
+    coll.insert_one(doc! {"_id": 1, "a": 1, "sub": {"x": 1}}).await.expect("insert");
     let got = entries_after(&client, t1).await;
     let ins = only(&got, "insert", op_is("i"));
     let real = fixture(&format!("{SRC}collMod_ttl_index/oplog.bson"), op_is("i"));
@@ -230,22 +194,14 @@ async fn double_entries_have_the_fixture_shape() {
     let d = ins.to_document().expect("decodes");
     assert_eq!(d.get_document("o2").expect("o2"), &doc! {"_id": 1});
     assert_eq!(d.get_i32("stmtId"), Ok(0));
-    assert_eq!(
-        d.get_document("prevOpTime").expect("prevOpTime"),
-        &doc! {"ts": Timestamp { time: 0, increment: 0 }, "t": -1i64}
-    );
+    assert_eq!(d.get_document("prevOpTime").expect("prevOpTime"), &doc! {"ts": Timestamp { time: 0, increment: 0 }, "t": -1i64});
 
     // u with a $v:2 diff: a 5.0+ server's entry (retryable write).
     let t2 = newest_ts(&client).await;
-    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"a": 2, "sub.y": 2, "b": 3}})
-        .await
-        .expect("update");
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"a": 2, "sub.y": 2, "b": 3}}).await.expect("update");
     let got = entries_after(&client, t2).await;
     let upd = only(&got, "update", op_is("u"));
-    let real = fixture(
-        &format!("{SRC}timeseries_tests/ts_dump_with_oplog/oplog.part1.bson"),
-        op_is("u"),
-    );
+    let real = fixture(&format!("{SRC}timeseries_tests/ts_dump_with_oplog/oplog.part1.bson"), op_is("u"));
     assert_eq!(shape(upd), shape(&real));
     assert_eq!(
         o_of(upd),
@@ -257,22 +213,12 @@ async fn double_entries_have_the_fixture_shape() {
     );
 
     // d without a session (retryWrites=false) next to the 4.4-era fixture, modernised.
-    let plain = Client::with_uri_str(format!("{}&retryWrites=false", server.url()))
-        .await
-        .expect("client");
+    let plain = Client::with_uri_str(format!("{}&retryWrites=false", server.url())).await.expect("client");
     let t3 = newest_ts(&client).await;
-    plain
-        .database("shape")
-        .collection::<Document>("c")
-        .delete_one(doc! {"_id": 1})
-        .await
-        .expect("delete");
+    plain.database("shape").collection::<Document>("c").delete_one(doc! {"_id": 1}).await.expect("delete");
     let got = entries_after(&client, t3).await;
     let del = only(&got, "delete", op_is("d"));
-    let real = fixture(
-        &format!("{SRC}duplicate_index_key_with_oplog/oplog.bson"),
-        op_is("d"),
-    );
+    let real = fixture(&format!("{SRC}duplicate_index_key_with_oplog/oplog.bson"), op_is("d"));
     assert_eq!(shape(del), as_modern(shape(&real)));
     assert_eq!(o_of(del), doc! {"_id": 1});
 
@@ -280,41 +226,20 @@ async fn double_entries_have_the_fixture_shape() {
     let t4 = newest_ts(&client).await;
     coll.insert_one(doc! {"_id": 2}).await.expect("insert");
     coll.drop().await.expect("drop");
-    db.collection::<Document>("other")
-        .insert_one(doc! {"_id": 1})
-        .await
-        .expect("insert");
+    db.collection::<Document>("other").insert_one(doc! {"_id": 1}).await.expect("insert");
     db.drop().await.expect("dropDatabase");
     let got = entries_after(&client, t4).await;
-    let drop = only(&got, "drop c", |d| {
-        cmd_is("drop")(d) && o_of_doc(d).get_str("drop") == Ok("c")
-    });
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/drop_collection.bson"),
-        cmd_is("drop"),
-    );
+    let drop = only(&got, "drop c", |d| cmd_is("drop")(d) && o_of_doc(d).get_str("drop") == Ok("c"));
+    let real = fixture(&format!("{SRC}oplogs/bson/drop_collection.bson"), cmd_is("drop"));
     assert_eq!(shape(drop), as_modern(shape(&real)));
     assert_eq!(names(&o_of(drop)), names(&o_of(&real)));
-    let o2 = drop
-        .to_document()
-        .expect("decodes")
-        .get_document("o2")
-        .expect("o2")
-        .clone();
+    let o2 = drop.to_document().expect("decodes").get_document("o2").expect("o2").clone();
     assert_eq!(o2, doc! {"numRecords": 1});
     let dropdb = only(&got, "dropDatabase", cmd_is("dropDatabase"));
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/drop_db.bson"),
-        cmd_is("dropDatabase"),
-    );
+    let real = fixture(&format!("{SRC}oplogs/bson/drop_db.bson"), cmd_is("dropDatabase"));
     assert_eq!(shape(dropdb), as_modern(shape(&real)));
     let last = got.last().expect("entries").to_document().expect("decodes");
-    assert!(
-        last.get_document("o")
-            .expect("o")
-            .contains_key("dropDatabase"),
-        "dropDatabase comes last"
-    );
+    assert!(last.get_document("o").expect("o").contains_key("dropDatabase"), "dropDatabase comes last");
 
     // c applyOps of a transaction: the fixture's shape less `multiOpType` (which a 7.0+
     // server adds to vectored inserts, not to transactions); inner ops less `stmtId`.
@@ -323,21 +248,12 @@ async fn double_entries_have_the_fixture_shape() {
     txc.insert_one(doc! {"_id": 0}).await.expect("create t");
     let mut s = client.start_session().await.expect("session");
     s.start_transaction().await.expect("start");
-    txc.insert_one(doc! {"_id": 1})
-        .session(&mut s)
-        .await
-        .expect("insert in txn");
-    txc.insert_one(doc! {"_id": 2})
-        .session(&mut s)
-        .await
-        .expect("insert in txn");
+    txc.insert_one(doc! {"_id": 1}).session(&mut s).await.expect("insert in txn");
+    txc.insert_one(doc! {"_id": 2}).session(&mut s).await.expect("insert in txn");
     s.commit_transaction().await.expect("commit");
     let got = entries_after(&client, t5).await;
     let txn = only(&got, "applyOps", cmd_is("applyOps"));
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/vectored_insert.bson"),
-        cmd_is("applyOps"),
-    );
+    let real = fixture(&format!("{SRC}oplogs/bson/vectored_insert.bson"), cmd_is("applyOps"));
     assert_eq!(shape(txn), without(shape(&real), "multiOpType"));
     let ops = o_of(txn).get_array("applyOps").expect("applyOps").clone();
     let real_ops = o_of(&real).get_array("applyOps").expect("applyOps").clone();
@@ -353,17 +269,10 @@ async fn double_entries_have_the_fixture_shape() {
 
     // n: the no-op a new primary writes after a step-down.
     let t6 = newest_ts(&client).await;
-    client
-        .database("admin")
-        .run_command(doc! {"replSetStepDown": 60, "force": true})
-        .await
-        .expect("step down");
+    client.database("admin").run_command(doc! {"replSetStepDown": 60, "force": true}).await.expect("step down");
     let got = entries_after(&client, t6).await;
     let noop = only(&got, "no-op", op_is("n"));
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/bypassDocumentValidation.bson"),
-        op_is("n"),
-    );
+    let real = fixture(&format!("{SRC}oplogs/bson/bypassDocumentValidation.bson"), op_is("n"));
     assert_eq!(shape(noop), shape(&real));
     assert_eq!(o_of(noop), doc! {"msg": "new primary"});
 }
@@ -380,9 +289,7 @@ async fn periodic_noop_on_an_idle_set() {
     });
     let client = Client::with_uri_str(server.url()).await.expect("client");
     let t0 = newest_ts(&client).await;
-    let oplog = client
-        .database("local")
-        .collection::<RawDocumentBuf>("oplog.rs");
+    let oplog = client.database("local").collection::<RawDocumentBuf>("oplog.rs");
     let mut c = oplog
         .find(doc! {"ts": {"$gt": t0}})
         .cursor_type(mongodb::options::CursorType::TailableAwait)
@@ -398,10 +305,7 @@ async fn periodic_noop_on_an_idle_set() {
         .filter(|more| *more)
         .map(|_| c.current().to_raw_document_buf());
     let noop = found.expect("a periodic no-op");
-    let real = fixture(
-        &format!("{SRC}oplogs/bson/bypassDocumentValidation.bson"),
-        op_is("n"),
-    );
+    let real = fixture(&format!("{SRC}oplogs/bson/bypassDocumentValidation.bson"), op_is("n"));
     assert_eq!(shape(&noop), shape(&real));
     assert_eq!(o_of(&noop), o_of(&real), "{{msg: \"periodic noop\"}}");
 }

@@ -326,11 +326,7 @@ impl ApplyPlanner {
         for op in e.apply_ops()? {
             let ns = op.get_str("ns").unwrap_or("");
             let kind = op.get_str("op").unwrap_or("");
-            let target_ns = if kind == "c" {
-                command_ns(ns, op)
-            } else {
-                ns.to_string()
-            };
+            let target_ns = if kind == "c" { command_ns(ns, op) } else { ns.to_string() };
             if skip_ns(&target_ns) {
                 self.stats.skipped_ns += 1;
                 continue;
@@ -364,11 +360,7 @@ impl ApplyPlanner {
         self.flush();
         if fits(&self.batch) {
             self.append(ops, entries, ts);
-            self.flush_as(if crud {
-                BatchKind::Crud
-            } else {
-                BatchKind::Transaction
-            });
+            self.flush_as(if crud { BatchKind::Crud } else { BatchKind::Transaction });
             return;
         }
         // Larger than one request by itself: consecutive requests.
@@ -615,11 +607,7 @@ mod tests {
             .collect();
         for bypass in [false, true] {
             let r = build_apply_ops(&ops, bypass);
-            let body: usize = ops
-                .iter()
-                .enumerate()
-                .map(|(i, o)| element_len(i, o.len()))
-                .sum();
+            let body: usize = ops.iter().enumerate().map(|(i, o)| element_len(i, o.len())).sum();
             assert_eq!(r.as_bytes().len(), request_len(body, bypass));
             let d = r.to_document().unwrap();
             assert_eq!(d.get_array("applyOps").unwrap().len(), 12);
@@ -629,20 +617,10 @@ mod tests {
 
     #[test]
     fn namespaces_skipped() {
-        for ns in [
-            "local.oplog.rs",
-            "config.system.sessions",
-            "config.transactions",
-            "admin.system.version",
-        ] {
+        for ns in ["local.oplog.rs", "config.system.sessions", "config.transactions", "admin.system.version"] {
             assert!(skip_ns(ns), "{ns}");
         }
-        for ns in [
-            "admin.system.users",
-            "admin.system.roles",
-            "test.c",
-            "configx.c",
-        ] {
+        for ns in ["admin.system.users", "admin.system.roles", "test.c", "configx.c"] {
             assert!(!skip_ns(ns), "{ns}");
         }
     }

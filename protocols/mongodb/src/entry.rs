@@ -153,7 +153,9 @@ impl EntryMeta {
                 },
                 "ns" if !matches!(value, RawBsonRef::String(_)) => return Err(bad("a string")),
                 "ui" if !matches!(value, RawBsonRef::Binary(_)) => return Err(bad("a binary")),
-                "o2" if !matches!(value, RawBsonRef::Document(_)) => return Err(bad("a document")),
+                "o2" if !matches!(value, RawBsonRef::Document(_)) => {
+                    return Err(bad("a document"))
+                }
                 "o" => match value {
                     RawBsonRef::Document(d) => o = Some(d),
                     _ => return Err(bad("a document")),
@@ -163,7 +165,9 @@ impl EntryMeta {
                     _ => return Err(bad("a document")),
                 },
                 "txnNumber" => txn_number = Some(int(value).ok_or_else(|| bad("an integer"))?),
-                "multiOpType" => multi_op_type = Some(int(value).ok_or_else(|| bad("an integer"))?),
+                "multiOpType" => {
+                    multi_op_type = Some(int(value).ok_or_else(|| bad("an integer"))?)
+                }
                 "prevOpTime" => match value {
                     RawBsonRef::Document(d) => prev_op_time = Some(op_time(d)?),
                     _ => return Err(bad("a document")),
@@ -291,9 +295,7 @@ fn op_time(d: &RawDocument) -> Result<OpTime, DecodeError> {
         _ => return Err(DecodeError::new("\"prevOpTime.ts\" is not a timestamp")),
     };
     let term = match d.get("t") {
-        Ok(Some(v)) => {
-            Some(int(v).ok_or_else(|| DecodeError::new("\"prevOpTime.t\" is not an integer"))?)
-        }
+        Ok(Some(v)) => Some(int(v).ok_or_else(|| DecodeError::new("\"prevOpTime.t\" is not an integer"))?),
         Ok(None) => None,
         Err(e) => return Err(DecodeError::new(format!("malformed \"prevOpTime\": {e}"))),
     };
@@ -520,10 +522,8 @@ macro_rules! accessors {
                 arr.into_iter()
                     .map(|v| match v {
                         Ok(RawBsonRef::Document(d)) => Ok(d),
-                        _ => {
-                            Err(DecodeError::new("an applyOps operation is not a document")
-                                .at_ts(ts))
-                        }
+                        _ => Err(DecodeError::new("an applyOps operation is not a document")
+                            .at_ts(ts)),
                     })
                     .collect()
             }
@@ -552,17 +552,11 @@ mod tests {
         });
         let e = OplogEntry::parse(r.clone()).unwrap();
         assert_eq!(e.ts(), OplogTs { secs: 10, inc: 2 });
-        assert_eq!(
-            (e.term(), e.wall_ms(), e.op()),
-            (Some(3), Some(10_500), OpKind::Insert)
-        );
+        assert_eq!((e.term(), e.wall_ms(), e.op()), (Some(3), Some(10_500), OpKind::Insert));
         assert_eq!(e.ns(), Some("db.c"));
         assert_eq!(e.ui().map(|u| u.bytes.len()), Some(16));
         assert_eq!(e.raw_bytes(), r.as_bytes());
-        assert_eq!(
-            e.meta().time_micros(),
-            pitr_segment::TimestampMicros(10_500_000)
-        );
+        assert_eq!(e.meta().time_micros(), pitr_segment::TimestampMicros(10_500_000));
         assert!(!e.commits_txn() && !e.is_apply_ops());
         assert_eq!(e.command_name(), None);
     }
@@ -607,8 +601,7 @@ mod tests {
         assert!(e.reason.contains("ts") && !e.is_transient());
         let bad_op = raw(doc! {"op": 1, "ts": Timestamp{time: 1, increment: 1}});
         assert!(EntryMeta::parse(&bad_op).is_err());
-        let bad_cmd =
-            raw(doc! {"op": "c", "ts": Timestamp{time: 1, increment: 1}, "o": {"applyOps": 1}});
+        let bad_cmd = raw(doc! {"op": "c", "ts": Timestamp{time: 1, increment: 1}, "o": {"applyOps": 1}});
         let e = EntryMeta::parse(&bad_cmd).unwrap_err();
         assert_eq!(e.at.ts, Some(OplogTs { secs: 1, inc: 1 }));
         assert!(OplogEntryRef::from_bytes(&[5, 0, 0]).is_err());

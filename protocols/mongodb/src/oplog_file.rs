@@ -176,8 +176,10 @@ impl<R: Read> OplogFileReader<R> {
     fn read_one(&mut self) -> Result<Option<(u64, OplogEntry)>, FileError> {
         let at = self.offset;
         let mut head = [0u8; 4];
-        let got = read_full(&mut self.r, &mut head)
-            .map_err(|source| FileError::Io { offset: at, source })?;
+        let got = read_full(&mut self.r, &mut head).map_err(|source| FileError::Io {
+            offset: at,
+            source,
+        })?;
         if got == 0 {
             return Ok(None);
         }
@@ -360,9 +362,7 @@ mod tests {
         }
         let mut bad = f.clone();
         bad[one..one + 4].copy_from_slice(&(200_000_000i32).to_le_bytes());
-        let errs: Vec<_> = OplogFileReader::new(&bad[..])
-            .filter_map(Result::err)
-            .collect();
+        let errs: Vec<_> = OplogFileReader::new(&bad[..]).filter_map(Result::err).collect();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].to_string().contains("outside"));
         let mut nul = f.clone();

@@ -228,9 +228,10 @@ impl Segmenter {
         let ts = e.ts();
         if let Some(last) = self.last_ts {
             if ts <= last {
-                return Err(
-                    DecodeError::new(format!("entries out of order: {ts} after {last}")).at_ts(ts),
-                );
+                return Err(DecodeError::new(format!(
+                    "entries out of order: {ts} after {last}"
+                ))
+                .at_ts(ts));
             }
         } else if let Some(start) = self.start {
             if ts.to_log_pos() < start {
@@ -242,10 +243,9 @@ impl Segmenter {
         }
         let epoch = match e.term() {
             None => Epoch(0),
-            Some(t) => Epoch(
-                u64::try_from(t)
-                    .map_err(|_| DecodeError::new(format!("negative term {t}")).at_ts(ts))?,
-            ),
+            Some(t) => Epoch(u64::try_from(t).map_err(|_| {
+                DecodeError::new(format!("negative term {t}")).at_ts(ts)
+            })?),
         };
         let mut sealed = None;
         if self.epoch.is_some_and(|cur| cur != epoch) && !self.data.is_empty() {
@@ -365,10 +365,8 @@ mod tests {
     }
 
     fn ins(secs: u32, i: u32, t: i64) -> RawDocumentBuf {
-        raw(
-            doc! {"op": "i", "ns": "a.b", "o": {"_id": i}, "ts": Timestamp{time: secs, increment: i}, "t": t,
-            "wall": bson::DateTime::from_millis(i64::from(secs) * 1000 + 7)},
-        )
+        raw(doc! {"op": "i", "ns": "a.b", "o": {"_id": i}, "ts": Timestamp{time: secs, increment: i}, "t": t,
+        "wall": bson::DateTime::from_millis(i64::from(secs) * 1000 + 7)})
     }
 
     fn partial(secs: u32, i: u32, prev: u32, last: bool) -> RawDocumentBuf {
@@ -376,11 +374,9 @@ mod tests {
         if !last {
             o.insert("partialTxn", true);
         }
-        raw(
-            doc! {"lsid": {"id": 1}, "txnNumber": 1i64, "op": "c", "ns": "admin.$cmd", "o": o,
+        raw(doc! {"lsid": {"id": 1}, "txnNumber": 1i64, "op": "c", "ns": "admin.$cmd", "o": o,
             "ts": Timestamp{time: secs, increment: i}, "t": 1i64,
-            "prevOpTime": {"ts": Timestamp{time: if prev == 0 {0} else {secs}, increment: prev}, "t": 1i64}},
-        )
+            "prevOpTime": {"ts": Timestamp{time: if prev == 0 {0} else {secs}, increment: prev}, "t": 1i64}})
     }
 
     fn push(s: &mut Segmenter, d: &RawDocumentBuf) -> Option<SealedOplogSegment> {
@@ -440,11 +436,8 @@ mod tests {
         let mut s = Segmenter::new();
         let t0 = Instant::now();
         assert!(!s.should_cut(1, Duration::ZERO, t0));
-        s.push(
-            &OplogEntryRef::parse(&partial(12, 1, 0, false)).unwrap(),
-            t0,
-        )
-        .unwrap();
+        s.push(&OplogEntryRef::parse(&partial(12, 1, 0, false)).unwrap(), t0)
+            .unwrap();
         assert!(!s.should_cut(1, Duration::ZERO, t0));
         s.push(&OplogEntryRef::parse(&partial(12, 2, 1, true)).unwrap(), t0)
             .unwrap();

@@ -138,7 +138,10 @@ impl TxnTracker {
             // A batch that does not continue the pending chain starts a new
             // one (its predecessor, if any, was before the stream started).
             let id = txn_id(e).unwrap_or_default();
-            self.chain = Some(ChainTail { id, last_ts: m.ts });
+            self.chain = Some(ChainTail {
+                id,
+                last_ts: m.ts,
+            });
             return Ok(Role::LinkedBatch);
         }
         self.chain = None;
@@ -222,12 +225,8 @@ mod tests {
     #[test]
     fn large_transaction_is_open_until_its_commit() {
         let mut t = TxnTracker::new();
-        let ops =
-            doc! {"applyOps": [{"op": "i", "ns": "a.b", "o": {"_id": 1}}], "partialTxn": true};
-        assert_eq!(
-            feed(&mut t, &txn(1, 0, 1, ops.clone())).unwrap(),
-            Role::TxnPart
-        );
+        let ops = doc! {"applyOps": [{"op": "i", "ns": "a.b", "o": {"_id": 1}}], "partialTxn": true};
+        assert_eq!(feed(&mut t, &txn(1, 0, 1, ops.clone())).unwrap(), Role::TxnPart);
         assert_eq!(t.boundary(), Boundary::InTransaction);
         assert!(t.splits_before(&OplogEntryRef::parse(&ins(9)).unwrap()));
         assert_eq!(feed(&mut t, &txn(2, 1, 1, ops)).unwrap(), Role::TxnPart);
@@ -245,17 +244,11 @@ mod tests {
     fn prepared_transaction_waits_for_commit_or_abort() {
         let mut t = TxnTracker::new();
         let p = doc! {"applyOps": [{"op": "i", "ns": "a.b", "o": {"_id": 1}}], "prepare": true};
-        assert_eq!(
-            feed(&mut t, &txn(1, 0, 1, p.clone())).unwrap(),
-            Role::TxnPart
-        );
+        assert_eq!(feed(&mut t, &txn(1, 0, 1, p.clone())).unwrap(), Role::TxnPart);
         assert_eq!(feed(&mut t, &ins(2)).unwrap(), Role::Standalone);
         assert!(!t.is_cut_safe());
         let c = doc! {"commitTransaction": 1, "commitTimestamp": ts(3)};
-        assert!(matches!(
-            feed(&mut t, &txn(3, 1, 1, c)).unwrap(),
-            Role::TxnCommit { .. }
-        ));
+        assert!(matches!(feed(&mut t, &txn(3, 1, 1, c)).unwrap(), Role::TxnCommit { .. }));
         assert!(t.is_cut_safe());
         assert_eq!(feed(&mut t, &txn(4, 0, 2, p)).unwrap(), Role::TxnPart);
         assert_eq!(

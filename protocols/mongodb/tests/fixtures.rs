@@ -156,11 +156,7 @@ fn every_fixture_file_round_trips_byte_for_byte() {
             Err(e) => {
                 // A few hand-assembled fixture files repeat a ts; an oplog
                 // never does, and the segmenter refuses them.
-                assert!(
-                    !ordered && e.contains("out of order"),
-                    "{}: {e}",
-                    p.display()
-                );
+                assert!(!ordered && e.contains("out of order"), "{}: {e}", p.display());
                 out_of_order.push(p);
             }
         }
@@ -189,12 +185,6 @@ fn the_merged_real_stream_round_trips_and_segments_chain() {
             assert!(s.first_commit <= s.last_commit);
         }
         // Terms 505 and 1 (and entries without a term) alternate in ts order.
-        assert!(
-            segs.iter()
-                .map(|s| s.epoch)
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
-                >= 3
-        );
+        assert!(segs.iter().map(|s| s.epoch).collect::<std::collections::BTreeSet<_>>().len() >= 3);
     }
 }

@@ -20,11 +20,7 @@ fn kind() -> impl Strategy<Value = UnitKind> {
     ]
 }
 
-fn run(
-    items: &[Item],
-    max_bytes: usize,
-    extra_cuts: &[bool],
-) -> Vec<pitr_mongodb::SealedOplogSegment> {
+fn run(items: &[Item], max_bytes: usize, extra_cuts: &[bool]) -> Vec<pitr_mongodb::SealedOplogSegment> {
     let now = Instant::now();
     let mut s = Segmenter::new();
     let mut out = Vec::new();
@@ -32,10 +28,7 @@ fn run(
         let e = OplogEntryRef::from_bytes(&it.bytes).unwrap();
         out.extend(s.push(&e, now).unwrap());
         if s.should_cut(max_bytes, Duration::from_secs(3600), now)
-            || extra_cuts
-                .get(i % extra_cuts.len().max(1))
-                .copied()
-                .unwrap_or(false)
+            || extra_cuts.get(i % extra_cuts.len().max(1)).copied().unwrap_or(false)
         {
             out.extend(s.cut());
         }

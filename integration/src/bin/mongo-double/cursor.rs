@@ -56,21 +56,11 @@ impl Cursors {
 
 impl Cursor {
     pub fn is_await_data(&self) -> bool {
-        matches!(
-            self.source,
-            Source::Oplog {
-                await_data: true,
-                ..
-            }
-        )
+        matches!(self.source, Source::Oplog { await_data: true, .. })
     }
 
     /// Takes up to `n` documents; returns them and whether the cursor is exhausted.
-    pub fn next_batch(
-        &mut self,
-        oplog: &Oplog,
-        n: Option<usize>,
-    ) -> CmdResult<(Vec<RawDocumentBuf>, bool)> {
+    pub fn next_batch(&mut self, oplog: &Oplog, n: Option<usize>) -> CmdResult<(Vec<RawDocumentBuf>, bool)> {
         let mut want = n.unwrap_or(usize::MAX).max(1);
         if let Some(r) = self.remaining {
             want = want.min(usize::try_from(r).unwrap_or(usize::MAX));
@@ -86,9 +76,7 @@ impl Cursor {
                 }
                 q.is_empty()
             }
-            Source::Oplog {
-                next_seq, filter, ..
-            } => {
+            Source::Oplog { next_seq, filter, .. } => {
                 let entries = oplog.entries();
                 let first = entries.front().map(|e| e.seq).unwrap_or(*next_seq);
                 if *next_seq < first {
@@ -105,11 +93,7 @@ impl Cursor {
                     }
                     *next_seq = e.seq + 1;
                     let doc = e.raw.to_document().map_err(|err| {
-                        CmdError::new(
-                            1,
-                            "InternalError",
-                            format!("oplog entry is not valid BSON: {err}"),
-                        )
+                        CmdError::new(1, "InternalError", format!("oplog entry is not valid BSON: {err}"))
                     })?;
                     if matcher::matches(&doc, filter)? {
                         bytes += e.raw.as_bytes().len();
@@ -147,9 +131,8 @@ pub fn reply(id: i64, ns: &str, first: bool, batch: Vec<RawDocumentBuf>) -> RawD
 pub fn docs_to_raw(docs: Vec<Document>) -> CmdResult<VecDeque<RawDocumentBuf>> {
     docs.iter()
         .map(|d| {
-            RawDocumentBuf::from_document(d).map_err(|e| {
-                CmdError::new(1, "InternalError", format!("cannot encode a document: {e}"))
-            })
+            RawDocumentBuf::from_document(d)
+                .map_err(|e| CmdError::new(1, "InternalError", format!("cannot encode a document: {e}")))
         })
         .collect()
 }

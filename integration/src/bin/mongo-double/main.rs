@@ -34,10 +34,7 @@ use state::{Config, Shared, State};
 use wire::RequestKind;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "mongo-double",
-    about = "MongoDB replica-set test double (one member, in memory)"
-)]
+#[command(name = "mongo-double", about = "MongoDB replica-set test double (one member, in memory)")]
 struct Args {
     /// TCP port on 127.0.0.1 (0: any free port).
     #[arg(long)]
@@ -117,11 +114,7 @@ async fn run(args: Args) -> Result<()> {
         topology_counter: 0,
         lsid_uid: {
             use sha2::Digest;
-            let who = args
-                .user
-                .as_deref()
-                .map(|u| format!("{u}@admin"))
-                .unwrap_or_default();
+            let who = args.user.as_deref().map(|u| format!("{u}@admin")).unwrap_or_default();
             sha2::Sha256::digest(who.as_bytes()).to_vec()
         },
     };
@@ -198,8 +191,7 @@ async fn serve(shared: Arc<Shared>, sock: TcpStream, id: i64) -> Result<()> {
         if matches!(name.as_str(), "hello" | "isMaster" | "ismaster") {
             await_topology_change(&shared, &req.body).await;
         }
-        conn.wait_until =
-            (name == "getMore").then(|| Instant::now() + max_time(&req.body, "maxTimeMS", 1000));
+        conn.wait_until = (name == "getMore").then(|| Instant::now() + max_time(&req.body, "maxTimeMS", 1000));
         let reply = loop {
             let mut rx = shared.oplog_tx.subscribe();
             match commands::run(&shared, &mut conn, &req.body) {
@@ -214,9 +206,7 @@ async fn serve(shared: Arc<Shared>, sock: TcpStream, id: i64) -> Result<()> {
         next_request_id = next_request_id.wrapping_add(1);
         match req.kind {
             RequestKind::Msg { more_to_come: true } => {}
-            RequestKind::Msg {
-                more_to_come: false,
-            } => {
+            RequestKind::Msg { more_to_come: false } => {
                 wire::write_msg(&mut w, next_request_id, req.request_id, false, &reply).await?;
             }
             RequestKind::Query => {
@@ -230,10 +220,7 @@ async fn serve(shared: Arc<Shared>, sock: TcpStream, id: i64) -> Result<()> {
 /// An awaitable `hello` (with `topologyVersion` and `maxAwaitTimeMS`) answers when the
 /// topology changes or the time is up.
 async fn await_topology_change(shared: &Shared, body: &bson::Document) {
-    let (Ok(tv), Some(_)) = (
-        body.get_document("topologyVersion"),
-        body.get("maxAwaitTimeMS"),
-    ) else {
+    let (Ok(tv), Some(_)) = (body.get_document("topologyVersion"), body.get("maxAwaitTimeMS")) else {
         return;
     };
     let mut rx = shared.topology_tx.subscribe();

@@ -136,9 +136,7 @@ pub fn matches(doc: &Document, filter: &Document) -> CmdResult<bool> {
             }
             "$comment" => true,
             _ if k.starts_with('$') => {
-                return Err(CmdError::bad_value(format!(
-                    "unknown top level operator: {k}"
-                )))
+                return Err(CmdError::bad_value(format!("unknown top level operator: {k}")))
             }
             _ => field_matches(get_path(doc, k), cond)?,
         };
@@ -253,9 +251,7 @@ pub fn project(doc: &Document, proj: &Document) -> Document {
     let including = proj
         .iter()
         .any(|(k, v)| k != "_id" && crate::state::truthy(Some(v)));
-    let id_excluded = proj
-        .get("_id")
-        .is_some_and(|v| !crate::state::truthy(Some(v)));
+    let id_excluded = proj.get("_id").is_some_and(|v| !crate::state::truthy(Some(v)));
     let mut out = Document::new();
     for (k, v) in doc {
         let keep = if k == "_id" {

@@ -172,11 +172,7 @@ impl Oplog {
     }
 
     /// Appends an entry built by `build(ts, wall)`; returns its optime.
-    pub fn append(
-        &mut self,
-        term: i64,
-        build: impl FnOnce(Timestamp, DateTime) -> Document,
-    ) -> OpTime {
+    pub fn append(&mut self, term: i64, build: impl FnOnce(Timestamp, DateTime) -> Document) -> OpTime {
         let ts = self.next_ts();
         let doc = build(ts, DateTime::now());
         match RawDocumentBuf::from_document(&doc) {

@@ -76,8 +76,7 @@ impl Shared {
     /// Tells waiters about new oplog entries / a topology change.
     pub fn publish(&self, st: &State) {
         let seq = st.oplog.last_seq();
-        self.oplog_tx
-            .send_if_modified(|v| std::mem::replace(v, seq) != seq);
+        self.oplog_tx.send_if_modified(|v| std::mem::replace(v, seq) != seq);
         let counter = st.topology_counter;
         self.topology_tx
             .send_if_modified(|v| std::mem::replace(v, counter) != counter);

@@ -68,10 +68,7 @@ impl Collection {
         let mut d = doc! {"name": name, "type": self.kind.name(), "options": self.options.clone()};
         match self.kind {
             Kind::Collection => {
-                d.insert(
-                    "info",
-                    doc! {"readOnly": false, "uuid": uuid_bson(&self.uuid)},
-                );
+                d.insert("info", doc! {"readOnly": false, "uuid": uuid_bson(&self.uuid)});
                 d.insert("idIndex", id_index());
             }
             Kind::View => {

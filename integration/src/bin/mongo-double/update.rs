@@ -169,11 +169,7 @@ pub fn set_path(doc: &mut Document, path: &str, v: Bson) -> CmdResult<()> {
                         None => (rest, None),
                     };
                     let i: usize = idx.parse().map_err(|_| {
-                        CmdError::new(
-                            28,
-                            "PathNotViable",
-                            format!("Cannot create field '{idx}' in array '{head}'"),
-                        )
+                        CmdError::new(28, "PathNotViable", format!("Cannot create field '{idx}' in array '{head}'"))
                     })?;
                     if arr.len() <= i {
                         arr.resize(i + 1, Bson::Null);

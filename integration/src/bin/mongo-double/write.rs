@@ -39,18 +39,13 @@ pub fn log_command(
     o2: Option<Document>,
 ) -> OpTime {
     let term = st.term;
-    st.oplog.append(term, |ts, wall| {
-        command_entry(db, ui, o, o2, ts, term, wall)
-    })
+    st.oplog
+        .append(term, |ts, wall| command_entry(db, ui, o, o2, ts, term, wall))
 }
 
 pub fn check_names(db: &str, coll: &str) -> CmdResult<()> {
     if db.is_empty() || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
-        return Err(CmdError::new(
-            73,
-            "InvalidNamespace",
-            format!("Invalid database name: '{db}'"),
-        ));
+        return Err(CmdError::new(73, "InvalidNamespace", format!("Invalid database name: '{db}'")));
     }
     if coll.is_empty() || coll.contains('$') || coll.contains('\0') {
         return Err(CmdError::new(
@@ -80,11 +75,7 @@ pub fn ensure_collection(st: &mut State, db: &str, coll: &str) -> CmdResult<[u8;
     }
     check_names(db, coll)?;
     if db == "local" && coll == "oplog.rs" {
-        return Err(CmdError::new(
-            20,
-            "IllegalOperation",
-            "cannot write to 'local.oplog.rs'",
-        ));
+        return Err(CmdError::new(20, "IllegalOperation", "cannot write to 'local.oplog.rs'"));
     }
     let c = Collection::new(Kind::Collection, Document::new(), None);
     let uuid = c.uuid;
@@ -114,13 +105,7 @@ fn replicated(db: &str) -> bool {
 }
 
 /// Inserts one document (an `_id` ObjectId is added first when missing).
-pub fn insert(
-    st: &mut State,
-    db: &str,
-    coll: &str,
-    mut d: Document,
-    log: &mut WriteLog,
-) -> CmdResult<()> {
+pub fn insert(st: &mut State, db: &str, coll: &str, mut d: Document, log: &mut WriteLog) -> CmdResult<()> {
     let ui = ensure_collection(st, db, coll)?;
     if !d.contains_key("_id") {
         let mut with_id = doc! {"_id": ObjectId::new()};
@@ -172,13 +157,7 @@ pub struct UpdateStmt<'a> {
 }
 
 /// Runs one update statement.
-pub fn update(
-    st: &mut State,
-    db: &str,
-    coll: &str,
-    stmt: UpdateStmt<'_>,
-    log: &mut WriteLog,
-) -> CmdResult<Updated> {
+pub fn update(st: &mut State, db: &str, coll: &str, stmt: UpdateStmt<'_>, log: &mut WriteLog) -> CmdResult<Updated> {
     let UpdateStmt {
         filter,
         u,
@@ -187,9 +166,7 @@ pub fn update(
     } = stmt;
     let operator = update::is_operator_update(u);
     if !operator && multi {
-        return Err(CmdError::failed_to_parse(
-            "multi update is not supported for replacement-style update",
-        ));
+        return Err(CmdError::failed_to_parse("multi update is not supported for replacement-style update"));
     }
     let mut out = Updated::default();
     let positions: Vec<usize> = match st.store.get(db, coll) {
@@ -212,10 +189,7 @@ pub fn update(
         if upsert {
             let mut d = Document::new();
             for (k, v) in filter {
-                if !k.starts_with('$')
-                    && !k.contains('.')
-                    && !matches!(v, Bson::Document(x) if x.keys().any(|k| k.starts_with('$')))
-                {
+                if !k.starts_with('$') && !k.contains('.') && !matches!(v, Bson::Document(x) if x.keys().any(|k| k.starts_with('$'))) {
                     d.insert(k.clone(), v.clone());
                 }
             }

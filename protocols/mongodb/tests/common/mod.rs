@@ -45,10 +45,7 @@ pub fn is_oplog_file(p: &Path) -> bool {
 }
 
 pub fn oplog_files() -> Vec<PathBuf> {
-    bson_files()
-        .into_iter()
-        .filter(|p| is_oplog_file(p))
-        .collect()
+    bson_files().into_iter().filter(|p| is_oplog_file(p)).collect()
 }
 
 /// All oplog fixture files' bytes, concatenated in file order, and each
@@ -138,14 +135,7 @@ fn inner(unit: usize, e: usize, n: usize, ids: &mut Vec<String>) -> Vec<Bson> {
 }
 
 /// An entry in the field order of a real transaction entry.
-fn txn_entry(
-    unit: usize,
-    ts: OplogTs,
-    term: Option<i64>,
-    prev: Option<OplogTs>,
-    o: Document,
-    multi: bool,
-) -> Vec<u8> {
+fn txn_entry(unit: usize, ts: OplogTs, term: Option<i64>, prev: Option<OplogTs>, o: Document, multi: bool) -> Vec<u8> {
     let mut d = doc! {
         "lsid": {"id": uuid(unit as u8), "uid": Binary{subtype: bson::spec::BinarySubtype::Generic, bytes: vec![3; 32]}},
         "txnNumber": 1i64, "op": "c", "ns": "admin.$cmd", "o": o, "ts": ts.to_bson(),
@@ -156,10 +146,7 @@ fn txn_entry(
     d.insert("v", 2i64);
     d.insert("wall", DateTime::from_millis(i64::from(ts.secs) * 1000));
     let p = prev.unwrap_or(OplogTs { secs: 0, inc: 0 });
-    d.insert(
-        "prevOpTime",
-        doc! {"ts": p.to_bson(), "t": if prev.is_some() { term.unwrap_or(1) } else { -1 }},
-    );
+    d.insert("prevOpTime", doc! {"ts": p.to_bson(), "t": if prev.is_some() { term.unwrap_or(1) } else { -1 }});
     if multi {
         d.insert("multiOpType", 1);
     }
@@ -175,10 +162,7 @@ pub fn mixed_stream(units: &[(usize, UnitKind, usize, usize)]) -> (Vec<Item>, Ve
         .filter(|&i| i + 1 == real.len() || real[i + 1].0.secs > real[i].0.secs)
         .collect();
     // Per real index: synthetic entries (unit, bytes builder) after it.
-    type Pending = (
-        usize,
-        Box<dyn Fn(OplogTs, Option<i64>, Option<OplogTs>) -> Vec<u8>>,
-    );
+    type Pending = (usize, Box<dyn Fn(OplogTs, Option<i64>, Option<OplogTs>) -> Vec<u8>>);
     let mut after: Vec<Vec<Pending>> = (0..real.len()).map(|_| Vec::new()).collect();
     let mut ids: Vec<Vec<String>> = Vec::new();
     for (u, &(g, kind, size, span)) in units.iter().enumerate() {
@@ -208,14 +192,7 @@ pub fn mixed_stream(units: &[(usize, UnitKind, usize, usize)]) -> (Vec<Item>, Ve
                 after[gi].push((
                     u,
                     Box::new(move |ts, t, prev| {
-                        txn_entry(
-                            u,
-                            ts,
-                            t,
-                            prev,
-                            doc! {"applyOps": ops.clone(), "prepare": true},
-                            false,
-                        )
+                        txn_entry(u, ts, t, prev, doc! {"applyOps": ops.clone(), "prepare": true}, false)
                     }),
                 ));
                 let gj = gaps[(g % gaps.len() + span).min(gaps.len() - 1)];
@@ -240,36 +217,18 @@ pub fn mixed_stream(units: &[(usize, UnitKind, usize, usize)]) -> (Vec<Item>, Ve
     let mut spans: Vec<UnitSpan> = units
         .iter()
         .enumerate()
-        .map(|(u, &(_, kind, _, _))| UnitSpan {
-            kind,
-            first: usize::MAX,
-            last: 0,
-            ids: ids[u].clone(),
-        })
+        .map(|(u, &(_, kind, _, _))| UnitSpan { kind, first: usize::MAX, last: 0, ids: ids[u].clone() })
         .collect();
     for (i, (ts, bytes)) in real.iter().enumerate() {
-        out.push(Item {
-            ts: *ts,
-            bytes: bytes.clone(),
-            unit: None,
-        });
-        let term = pitr_mongodb::OplogEntryRef::from_bytes(bytes)
-            .unwrap()
-            .term();
+        out.push(Item { ts: *ts, bytes: bytes.clone(), unit: None });
+        let term = pitr_mongodb::OplogEntryRef::from_bytes(bytes).unwrap().term();
         for (j, (u, build)) in after[i].iter().enumerate() {
-            let sts = OplogTs {
-                secs: ts.secs,
-                inc: ts.inc + 1 + j as u32,
-            };
+            let sts = OplogTs { secs: ts.secs, inc: ts.inc + 1 + j as u32 };
             let b = build(sts, term, last_of[*u]);
             last_of[*u] = Some(sts);
             spans[*u].first = spans[*u].first.min(out.len());
             spans[*u].last = out.len();
-            out.push(Item {
-                ts: sts,
-                bytes: b,
-                unit: Some(*u),
-            });
+            out.push(Item { ts: sts, bytes: b, unit: Some(*u) });
         }
     }
     (out, spans)

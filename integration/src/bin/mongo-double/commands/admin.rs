@@ -25,13 +25,7 @@ fn ts_date(ts: Timestamp) -> DateTime {
     DateTime::from_millis(i64::from(ts.time) * 1000)
 }
 
-pub fn hello(
-    shared: &Shared,
-    st: &mut State,
-    conn: &mut Conn,
-    name: &str,
-    body: &Document,
-) -> Document {
+pub fn hello(shared: &Shared, st: &mut State, conn: &mut Conn, name: &str, body: &Document) -> Document {
     let host = shared.config.host.clone();
     let last = st.oplog.last_ts();
     let optime = doc! {"ts": last, "t": st.term};
@@ -168,7 +162,6 @@ pub fn step_down(st: &mut State) -> Document {
 /// Appends `{op: "n", o: {msg}}`.
 pub fn write_noop(st: &mut State, msg: &str) {
     let term = st.term;
-    st.oplog.append(term, |ts, wall| {
-        noop_entry(doc! {"msg": msg}, ts, term, wall)
-    });
+    st.oplog
+        .append(term, |ts, wall| noop_entry(doc! {"msg": msg}, ts, term, wall));
 }

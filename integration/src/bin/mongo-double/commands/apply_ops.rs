@@ -25,16 +25,12 @@ use crate::write::{self, WriteLog};
 
 pub fn apply_ops(st: &mut State, body: &Document) -> CmdResult<Document> {
     let Some(Bson::Array(ops)) = body.get("applyOps") else {
-        return Err(CmdError::failed_to_parse(
-            "applyOps needs an array of operations",
-        ));
+        return Err(CmdError::failed_to_parse("applyOps needs an array of operations"));
     };
     let mut results = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let Bson::Document(op) = op else {
-            return Err(CmdError::failed_to_parse(format!(
-                "applyOps entry {i} is not an object"
-            )));
+            return Err(CmdError::failed_to_parse(format!("applyOps entry {i} is not an object")));
         };
         if let Err(mut e) = apply_one(st, op) {
             e.msg = format!("applyOps entry {i}: {}", e.msg);
@@ -59,9 +55,7 @@ fn target(st: &State, op: &Document) -> CmdResult<(String, String)> {
             return Ok(found);
         }
     }
-    let ns = op
-        .get_str("ns")
-        .map_err(|_| CmdError::failed_to_parse("oplog entry has no 'ns'"))?;
+    let ns = op.get_str("ns").map_err(|_| CmdError::failed_to_parse("oplog entry has no 'ns'"))?;
     split_ns(ns)
         .map(|(d, c)| (d.to_string(), c.to_string()))
         .ok_or_else(|| CmdError::new(73, "InvalidNamespace", format!("invalid ns: {ns}")))
@@ -73,9 +67,7 @@ fn object<'a>(op: &'a Document, field: &str) -> CmdResult<&'a Document> {
 }
 
 fn apply_one(st: &mut State, op: &Document) -> CmdResult<()> {
-    let kind = op
-        .get_str("op")
-        .map_err(|_| CmdError::failed_to_parse("oplog entry has no 'op'"))?;
+    let kind = op.get_str("op").map_err(|_| CmdError::failed_to_parse("oplog entry has no 'op'"))?;
     let mut log = WriteLog::default();
     match kind {
         "n" => return Ok(()),
@@ -92,8 +84,7 @@ fn apply_one(st: &mut State, op: &Document) -> CmdResult<()> {
                 .get("_id")
                 .cloned()
                 .ok_or_else(|| CmdError::failed_to_parse("update entry has no o2._id"))?;
-            let old =
-                write::get_by_id(st, &db, &coll, &id).unwrap_or_else(|| doc! {"_id": id.clone()});
+            let old = write::get_by_id(st, &db, &coll, &id).unwrap_or_else(|| doc! {"_id": id.clone()});
             let (new, logged) = if o.get("$v").and_then(as_i64) == Some(2) {
                 let d = object(o, "diff")?;
                 let mut new = old;

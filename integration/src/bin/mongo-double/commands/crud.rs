@@ -16,14 +16,10 @@ fn statements<'a>(body: &'a Document, field: &str) -> CmdResult<Vec<&'a Document
             .iter()
             .map(|v| match v {
                 Bson::Document(d) => Ok(d),
-                _ => Err(CmdError::type_mismatch(format!(
-                    "{field} entries must be objects"
-                ))),
+                _ => Err(CmdError::type_mismatch(format!("{field} entries must be objects"))),
             })
             .collect(),
-        _ => Err(CmdError::failed_to_parse(format!(
-            "BSON field '{field}' is missing but a required field"
-        ))),
+        _ => Err(CmdError::failed_to_parse(format!("BSON field '{field}' is missing but a required field"))),
     }
 }
 
@@ -148,12 +144,7 @@ pub fn delete(st: &mut State, db: &str, body: &Document, mode: &Mode) -> CmdResu
     Ok(out)
 }
 
-pub fn find_and_modify(
-    st: &mut State,
-    db: &str,
-    body: &Document,
-    mode: &Mode,
-) -> CmdResult<Document> {
+pub fn find_and_modify(st: &mut State, db: &str, body: &Document, mode: &Mode) -> CmdResult<Document> {
     let coll = coll_name(body)?;
     let empty = Document::new();
     let query = body.get_document("query").unwrap_or(&empty);
@@ -187,11 +178,7 @@ pub fn find_and_modify(
     } else {
         let u = match body.get("update") {
             Some(Bson::Document(u)) => u,
-            _ => {
-                return Err(CmdError::failed_to_parse(
-                    "Either an update or remove=true must be specified",
-                ))
-            }
+            _ => return Err(CmdError::failed_to_parse("Either an update or remove=true must be specified")),
         };
         let f = id_filter.clone().unwrap_or_else(|| query.clone());
         let stmt = UpdateStmt {

@@ -81,11 +81,7 @@ pub fn list_databases(st: &mut State, body: &Document) -> CmdResult<Document> {
         let size = if name == "local" {
             st.oplog.size_bytes() as i64
         } else {
-            st.store
-                .dbs
-                .get(&name)
-                .map(|c| c.values().map(|c| c.size_bytes()).sum::<u64>())
-                .unwrap_or(0) as i64
+            st.store.dbs.get(&name).map(|c| c.values().map(|c| c.size_bytes()).sum::<u64>()).unwrap_or(0) as i64
         };
         let entry = if name_only {
             doc! {"name": name}
@@ -139,31 +135,15 @@ pub fn list_indexes(st: &mut State, db: &str, body: &Document) -> CmdResult<RawD
     } else {
         match st.store.get(db, &coll) {
             Some(c) if c.kind == Kind::Collection => c.indexes.clone(),
-            Some(_) => {
-                return Err(CmdError::new(
-                    166,
-                    "CommandNotSupportedOnView",
-                    format!("Namespace {db}.{coll} is a view, not a collection"),
-                ))
-            }
-            None => {
-                return Err(CmdError::ns_not_found(format!(
-                    "ns does not exist: {db}.{coll}"
-                )))
-            }
+            Some(_) => return Err(CmdError::new(166, "CommandNotSupportedOnView", format!("Namespace {db}.{coll} is a view, not a collection"))),
+            None => return Err(CmdError::ns_not_found(format!("ns does not exist: {db}.{coll}"))),
         }
     };
     cursor_of(st, format!("{db}.$cmd.listIndexes.{coll}"), indexes)
 }
 
 /// Records a view definition the way the server does: an insert into `<db>.system.views`.
-fn insert_view_definition(
-    st: &mut State,
-    db: &str,
-    name: &str,
-    view_on: &str,
-    pipeline: Bson,
-) -> CmdResult<()> {
+fn insert_view_definition(st: &mut State, db: &str, name: &str, view_on: &str, pipeline: Bson) -> CmdResult<()> {
     let mut log = WriteLog::default();
     write::insert(
         st,
@@ -181,28 +161,17 @@ pub fn create(st: &mut State, db: &str, body: &Document) -> CmdResult<Document> 
 }
 
 /// `create`, giving a plain collection the UUID `uuid` (applyOps replays keep the `ui`).
-pub fn create_with_uuid(
-    st: &mut State,
-    db: &str,
-    body: &Document,
-    uuid: Option<[u8; 16]>,
-) -> CmdResult<Document> {
+pub fn create_with_uuid(st: &mut State, db: &str, body: &Document, uuid: Option<[u8; 16]>) -> CmdResult<Document> {
     let name = coll_name(body)?;
     write::check_names(db, &name)?;
     if st.store.get(db, &name).is_some() || (db == "local" && name == "oplog.rs") {
-        return Err(CmdError::ns_exists(format!(
-            "Collection {db}.{name} already exists."
-        )));
+        return Err(CmdError::ns_exists(format!("Collection {db}.{name} already exists.")));
     }
     let mut options = own_args(body);
     options.remove("create");
     if let Ok(view_on) = options.get_str("viewOn").map(str::to_string) {
-        let pipeline = options
-            .get("pipeline")
-            .cloned()
-            .unwrap_or(Bson::Array(Vec::new()));
-        st.store
-            .insert_collection(db, &name, Collection::new(Kind::View, options, None));
+        let pipeline = options.get("pipeline").cloned().unwrap_or(Bson::Array(Vec::new()));
+        st.store.insert_collection(db, &name, Collection::new(Kind::View, options, None));
         insert_view_definition(st, db, &name, &view_on, pipeline)?;
     } else if let Ok(ts) = options.get_document("timeseries").cloned() {
         let buckets = format!("system.buckets.{name}");
@@ -218,8 +187,7 @@ pub fn create_with_uuid(
         let mut o = doc! {"create": buckets.clone()};
         o.extend(bucket_opts);
         log_command(st, db, Some(ui), o, None);
-        st.store
-            .insert_collection(db, &name, Collection::new(Kind::Timeseries, options, None));
+        st.store.insert_collection(db, &name, Collection::new(Kind::Timeseries, options, None));
         insert_view_definition(st, db, &name, &buckets, Bson::Array(Vec::new()))?;
     } else {
         let c = Collection::new(Kind::Collection, options.clone(), uuid);
@@ -236,9 +204,7 @@ pub fn create_with_uuid(
 pub fn create_indexes(st: &mut State, db: &str, body: &Document) -> CmdResult<Document> {
     let coll = coll_name(body)?;
     let Some(Bson::Array(specs)) = body.get("indexes") else {
-        return Err(CmdError::failed_to_parse(
-            "BSON field 'createIndexes.indexes' is missing but a required field",
-        ));
+        return Err(CmdError::failed_to_parse("BSON field 'createIndexes.indexes' is missing but a required field"));
     };
     let created = st.store.get(db, &coll).is_none();
     let ui = write::ensure_collection(st, db, &coll)?;
@@ -252,17 +218,11 @@ pub fn create_indexes(st: &mut State, db: &str, body: &Document) -> CmdResult<Do
             return Err(CmdError::type_mismatch("index specs must be objects"));
         };
         let (Ok(key), Ok(name)) = (s.get_document("key"), s.get_str("name")) else {
-            return Err(CmdError::failed_to_parse(
-                "index specs need 'key' and 'name'",
-            ));
+            return Err(CmdError::failed_to_parse("index specs need 'key' and 'name'"));
         };
         if let Some(existing) = c.indexes.iter().find(|i| i.get_str("name") == Ok(name)) {
             if existing.get_document("key") != Ok(key) {
-                return Err(CmdError::new(
-                    86,
-                    "IndexKeySpecsConflict",
-                    format!("An existing index has the same name as the requested index: {name}"),
-                ));
+                return Err(CmdError::new(86, "IndexKeySpecsConflict", format!("An existing index has the same name as the requested index: {name}")));
             }
             continue;
         }
@@ -313,9 +273,7 @@ pub fn drop_indexes(st: &mut State, db: &str, body: &Document) -> CmdResult<Docu
         .filter(|i| match body.get("index") {
             Some(Bson::String(s)) if s == "*" => true,
             Some(Bson::String(s)) => i.get_str("name") == Ok(s.as_str()),
-            Some(Bson::Array(names)) => names
-                .iter()
-                .any(|n| matches!(n, Bson::String(s) if i.get_str("name") == Ok(s.as_str()))),
+            Some(Bson::Array(names)) => names.iter().any(|n| matches!(n, Bson::String(s) if i.get_str("name") == Ok(s.as_str()))),
             Some(Bson::Document(key)) => i.get_document("key") == Ok(key),
             _ => false,
         })
@@ -327,13 +285,7 @@ pub fn drop_indexes(st: &mut State, db: &str, body: &Document) -> CmdResult<Docu
     c.indexes.retain(|i| !wanted.contains(i));
     for spec in wanted {
         let name = spec.get_str("name").unwrap_or("").to_string();
-        log_command(
-            st,
-            db,
-            Some(ui),
-            doc! {"dropIndexes": coll.clone(), "index": name},
-            Some(spec),
-        );
+        log_command(st, db, Some(ui), doc! {"dropIndexes": coll.clone(), "index": name}, Some(spec));
     }
     Ok(doc! {"nIndexesWas": was, "ok": 1.0})
 }
@@ -347,26 +299,13 @@ fn drop_one(st: &mut State, db: &str, name: &str) -> CmdResult<Option<i32>> {
         Kind::Collection => {
             st.store.remove_collection(db, name);
             if db != "local" {
-                log_command(
-                    st,
-                    db,
-                    Some(ui),
-                    doc! {"drop": name},
-                    Some(doc! {"numRecords": n as i32}),
-                );
+                log_command(st, db, Some(ui), doc! {"drop": name}, Some(doc! {"numRecords": n as i32}));
             }
         }
         Kind::View | Kind::Timeseries => {
             st.store.remove_collection(db, name);
             let mut log = WriteLog::default();
-            write::delete(
-                st,
-                db,
-                "system.views",
-                &doc! {"_id": format!("{db}.{name}")},
-                true,
-                &mut log,
-            )?;
+            write::delete(st, db, "system.views", &doc! {"_id": format!("{db}.{name}")}, true, &mut log)?;
             txn::finish(st, &Mode::Plain, log);
             if kind == Kind::Timeseries {
                 drop_one(st, db, &format!("system.buckets.{name}"))?;
@@ -410,9 +349,7 @@ pub fn coll_mod(st: &mut State, db: &str, body: &Document) -> CmdResult<Document
     let name = coll_name(body)?;
     let args = own_args(body);
     let Some(c) = st.store.get_mut(db, &name) else {
-        return Err(CmdError::ns_not_found(format!(
-            "ns does not exist: {db}.{name}"
-        )));
+        return Err(CmdError::ns_not_found(format!("ns does not exist: {db}.{name}")));
     };
     let ui = c.uuid;
     let mut o2 = doc! {"collectionOptions_old": {"uuid": uuid_bson(&ui)}};
@@ -425,18 +362,11 @@ pub fn coll_mod(st: &mut State, db: &str, body: &Document) -> CmdResult<Document
                 return Err(CmdError::type_mismatch("collMod index must be an object"));
             };
             let idx = c.indexes.iter_mut().find(|i| {
-                spec.get_str("name")
-                    .is_ok_and(|n| i.get_str("name") == Ok(n))
-                    || spec
-                        .get_document("keyPattern")
-                        .is_ok_and(|kp| i.get_document("key") == Ok(kp))
+                spec.get_str("name").is_ok_and(|n| i.get_str("name") == Ok(n))
+                    || spec.get_document("keyPattern").is_ok_and(|kp| i.get_document("key") == Ok(kp))
             });
             let Some(idx) = idx else {
-                return Err(CmdError::new(
-                    27,
-                    "IndexNotFound",
-                    "cannot find index for collMod",
-                ));
+                return Err(CmdError::new(27, "IndexNotFound", "cannot find index for collMod"));
             };
             let mut old = Document::new();
             for (ik, iv) in spec {
@@ -476,31 +406,14 @@ pub fn coll_mod(st: &mut State, db: &str, body: &Document) -> CmdResult<Document
 }
 
 pub fn rename_collection(st: &mut State, body: &Document) -> CmdResult<Document> {
-    let from = body
-        .get_str("renameCollection")
-        .map_err(|_| CmdError::type_mismatch("renameCollection needs a namespace"))?
-        .to_string();
-    let to = body
-        .get_str("to")
-        .map_err(|_| CmdError::type_mismatch("'to' must be a namespace"))?
-        .to_string();
+    let from = body.get_str("renameCollection").map_err(|_| CmdError::type_mismatch("renameCollection needs a namespace"))?.to_string();
+    let to = body.get_str("to").map_err(|_| CmdError::type_mismatch("'to' must be a namespace"))?.to_string();
     let (Some((fdb, fcoll)), Some((tdb, tcoll))) = (split_ns(&from), split_ns(&to)) else {
-        return Err(CmdError::new(
-            73,
-            "InvalidNamespace",
-            "Invalid namespace specified",
-        ));
+        return Err(CmdError::new(73, "InvalidNamespace", "Invalid namespace specified"));
     };
-    let (fdb, fcoll, tdb, tcoll) = (
-        fdb.to_string(),
-        fcoll.to_string(),
-        tdb.to_string(),
-        tcoll.to_string(),
-    );
+    let (fdb, fcoll, tdb, tcoll) = (fdb.to_string(), fcoll.to_string(), tdb.to_string(), tcoll.to_string());
     if fdb != tdb {
-        return Err(CmdError::bad_value(
-            "renaming across databases is not supported by this test server",
-        ));
+        return Err(CmdError::bad_value("renaming across databases is not supported by this test server"));
     }
     write::check_names(&tdb, &tcoll)?;
     let Some(src_ui) = st.store.get(&fdb, &fcoll).map(|c| c.uuid) else {

@@ -94,8 +94,7 @@ fn finish(r: Reply, st: &State) -> RawDocumentBuf {
         Reply::Doc(d) => match RawDocumentBuf::from_document(&d) {
             Ok(raw) => raw,
             Err(e) => RawDocumentBuf::from_document(
-                &CmdError::new(1, "InternalError", format!("cannot encode the reply: {e}"))
-                    .to_doc(),
+                &CmdError::new(1, "InternalError", format!("cannot encode the reply: {e}")).to_doc(),
             )
             .unwrap_or_default(),
         },

@@ -23,12 +23,7 @@ fn internal(e: impl std::fmt::Display) -> CmdError {
 }
 
 /// All documents of a namespace as (decoded, raw) pairs; oplog entries keep their bytes.
-fn scan(
-    st: &State,
-    db: &str,
-    coll: &str,
-    filter: &Document,
-) -> CmdResult<Vec<(Document, Option<RawDocumentBuf>)>> {
+fn scan(st: &State, db: &str, coll: &str, filter: &Document) -> CmdResult<Vec<(Document, Option<RawDocumentBuf>)>> {
     let mut out = Vec::new();
     if is_oplog(db, coll) {
         for e in st.oplog.entries() {
@@ -47,10 +42,7 @@ fn scan(
     Ok(out)
 }
 
-fn to_raw(
-    items: Vec<(Document, Option<RawDocumentBuf>)>,
-    proj: &Document,
-) -> CmdResult<Vec<RawDocumentBuf>> {
+fn to_raw(items: Vec<(Document, Option<RawDocumentBuf>)>, proj: &Document) -> CmdResult<Vec<RawDocumentBuf>> {
     items
         .into_iter()
         .map(|(d, raw)| match raw {
@@ -85,12 +77,7 @@ pub fn find(st: &mut State, db: &str, body: &Document) -> CmdResult<RawDocumentB
                 "error processing query: ns={ns} tailable cursor requested on non capped collection"
             )));
         }
-        let next_seq = st
-            .oplog
-            .entries()
-            .front()
-            .map(|e| e.seq)
-            .unwrap_or(st.oplog.last_seq() + 1);
+        let next_seq = st.oplog.entries().front().map(|e| e.seq).unwrap_or(st.oplog.last_seq() + 1);
         Cursor {
             ns: ns.clone(),
             source: Source::Oplog {
@@ -102,11 +89,7 @@ pub fn find(st: &mut State, db: &str, body: &Document) -> CmdResult<RawDocumentB
         }
     } else {
         let mut items = scan(st, db, &coll, &filter)?;
-        matcher::sort_docs(
-            &mut items,
-            body.get_document("sort").unwrap_or(&empty),
-            |(d, _)| d,
-        );
+        matcher::sort_docs(&mut items, body.get_document("sort").unwrap_or(&empty), |(d, _)| d);
         let skip = body.get("skip").and_then(as_i64).unwrap_or(0).max(0) as usize;
         let items: Vec<_> = items.into_iter().skip(skip).collect();
         let raws = to_raw(items, body.get_document("projection").unwrap_or(&empty))?;
@@ -121,31 +104,19 @@ pub fn find(st: &mut State, db: &str, body: &Document) -> CmdResult<RawDocumentB
     } else {
         c.next_batch(&st.oplog, Some(first))?
     };
-    let id = if exhausted || single {
-        0
-    } else {
-        st.cursors.add(c)
-    };
+    let id = if exhausted || single { 0 } else { st.cursors.add(c) };
     Ok(cursor::reply(id, &ns, true, batch))
 }
 
 /// `getMore`; `Ok(None)` asks the caller to wait for new oplog entries and run it again.
-pub fn get_more(
-    st: &mut State,
-    body: &Document,
-    wait_until: Option<Instant>,
-) -> CmdResult<Option<Reply>> {
+pub fn get_more(st: &mut State, body: &Document, wait_until: Option<Instant>) -> CmdResult<Option<Reply>> {
     let id = body
         .get("getMore")
         .and_then(as_i64)
         .ok_or_else(|| CmdError::type_mismatch("getMore cursor id must be a long"))?;
     let State { cursors, oplog, .. } = st;
     let Some(c) = cursors.get_mut(id) else {
-        return Err(CmdError::new(
-            43,
-            "CursorNotFound",
-            format!("cursor id {id} not found"),
-        ));
+        return Err(CmdError::new(43, "CursorNotFound", format!("cursor id {id} not found")));
     };
     let ns = c.ns.clone();
     let (batch, exhausted) = match c.next_batch(oplog, batch_size(body)) {
@@ -204,9 +175,7 @@ pub fn count(st: &mut State, db: &str, body: &Document) -> CmdResult<Document> {
 
 pub fn distinct(st: &mut State, db: &str, body: &Document) -> CmdResult<Document> {
     let coll = coll_name(body)?;
-    let key = body
-        .get_str("key")
-        .map_err(|_| CmdError::failed_to_parse("distinct needs 'key'"))?;
+    let key = body.get_str("key").map_err(|_| CmdError::failed_to_parse("distinct needs 'key'"))?;
     let empty = Document::new();
     let q = body.get_document("query").unwrap_or(&empty);
     let mut values: Vec<Bson> = Vec::new();
@@ -224,11 +193,7 @@ pub fn distinct(st: &mut State, db: &str, body: &Document) -> CmdResult<Document
 pub fn aggregate(st: &mut State, db: &str, body: &Document) -> CmdResult<RawDocumentBuf> {
     let coll = match body.get("aggregate") {
         Some(Bson::String(s)) => s.clone(),
-        _ => {
-            return Err(CmdError::bad_value(
-                "aggregate on a database is not supported by this test server",
-            ))
-        }
+        _ => return Err(CmdError::bad_value("aggregate on a database is not supported by this test server")),
     };
     let ns = format!("{db}.{coll}");
     let Some(Bson::Array(pipeline)) = body.get("pipeline") else {
@@ -240,9 +205,7 @@ pub fn aggregate(st: &mut State, db: &str, body: &Document) -> CmdResult<RawDocu
         .collect();
     for stage in pipeline {
         let Bson::Document(stage) = stage else {
-            return Err(CmdError::type_mismatch(
-                "each pipeline stage must be an object",
-            ));
+            return Err(CmdError::type_mismatch("each pipeline stage must be an object"));
         };
         let Some((name, arg)) = stage.iter().next() else {
             return Err(CmdError::failed_to_parse("empty pipeline stage"));
@@ -315,9 +278,7 @@ fn run_stage(mut docs: Vec<Document>, name: &str, arg: &Bson) -> CmdResult<Vec<D
             let g = arg_doc()?;
             let id = g.get("_id").cloned().unwrap_or(Bson::Null);
             if matches!(&id, Bson::String(s) if s.starts_with('$')) {
-                return Err(CmdError::bad_value(
-                    "$group by a field is not supported by this test server",
-                ));
+                return Err(CmdError::bad_value("$group by a field is not supported by this test server"));
             }
             if docs.is_empty() {
                 return Ok(Vec::new());
@@ -334,9 +295,7 @@ fn run_stage(mut docs: Vec<Document>, name: &str, arg: &Bson) -> CmdResult<Vec<D
                             .filter_map(|d| matcher::get_path(d, &f[1..]).and_then(as_i64))
                             .sum::<i64>(),
                         Some(v) => as_i64(v).unwrap_or(0) * docs.len() as i64,
-                        None => {
-                            return Err(CmdError::bad_value("only $sum is supported in $group"))
-                        }
+                        None => return Err(CmdError::bad_value("only $sum is supported in $group")),
                     },
                     _ => return Err(CmdError::bad_value("bad $group accumulator")),
                 };
