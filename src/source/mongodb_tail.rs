@@ -95,10 +95,17 @@ pub fn is_auth(e: &MongoError) -> bool {
 /// An error of the driver as one plain sentence.
 pub fn describe(e: &MongoError) -> anyhow::Error {
     match &*e.kind {
-        _ if is_auth(e) => anyhow!(
-            "authentication failed: check the user name and password in the URL \
-             (the user needs read access to local.oplog.rs); the server said: {e}"
-        ),
+        _ if is_auth(e) => {
+            let said = match &*e.kind {
+                ErrorKind::Authentication { message, .. } => message.clone(),
+                ErrorKind::Command(c) => c.message.clone(),
+                _ => String::new(),
+            };
+            anyhow!(
+                "authentication failed ({said}): check the user name and password in the URL \
+                 (the user needs read access to local.oplog.rs)"
+            )
+        }
         ErrorKind::ServerSelection { .. } => anyhow!(
             "the replica set is unreachable ({e}); check the hosts, port and replicaSet in the URL"
         ),
