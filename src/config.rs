@@ -394,12 +394,7 @@ impl Config {
             let kind = match url.as_deref().map(|u| (u, url_kind(u))) {
                 Some((_, Some(UrlKind::Postgres))) => Some(UrlKind::Postgres),
                 Some((_, Some(UrlKind::MySql))) => Some(UrlKind::MySql),
-                Some((_, Some(UrlKind::MongoDb))) => {
-                    problems.push(format!(
-                        "{what}: archiving MongoDB is not available in this version of pitr"
-                    ));
-                    None
-                }
+                Some((_, Some(UrlKind::MongoDb))) => Some(UrlKind::MongoDb),
                 Some((u, None)) => {
                     problems.push(format!(
                         "{what}: unsupported URL {}; use postgres://user@host:port/db",

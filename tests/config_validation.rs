@@ -107,11 +107,12 @@ url = "http://h/db"
 }
 
 #[test]
-fn unsupported_and_not_yet_available_engines() {
+fn supported_and_unsupported_engines() {
     let t = |url: &str| format!("repo = \"/r\"\n[[source]]\nname = \"a\"\nurl = \"{url}\"\n");
     let ok = Config::parse(&t("mysql://u:pw@h:3306"), &env(&[])).unwrap();
     assert_eq!(ok.sources[0].kind, pitr::source::UrlKind::MySql);
-    assert!(err(&t("mongodb://h"), &[]).contains("MongoDB is not available"));
+    let ok = Config::parse(&t("mongodb://u:pw@h1,h2/?replicaSet=rs0"), &env(&[])).unwrap();
+    assert_eq!(ok.sources[0].kind, pitr::source::UrlKind::MongoDb);
     let e = err(&t("redis://u:hunter2@h"), &[]);
     assert!(e.contains("unsupported URL"), "{e}");
     assert!(!e.contains("hunter2"), "secret leaked: {e}");

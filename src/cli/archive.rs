@@ -38,6 +38,11 @@ pub struct ArchiveArgs {
     /// zstd level of stored segments.
     #[arg(long, default_value_t = 1)]
     pub zstd_level: i32,
+    /// MongoDB: where a new archive starts: `oldest` (the oldest entry the
+    /// oplog holds, the default), `now`, or an oplog timestamp SECS:INC.
+    /// Ignored once the source has an archive (it resumes from its tail).
+    #[arg(long)]
+    pub start_at: Option<crate::source::mongodb::StartAt>,
     /// MySQL/MariaDB: server id to register with as a replica (default: a
     /// stable value derived from the source name, in 0x70000000..0x7fffffff).
     #[arg(long)]
@@ -71,11 +76,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
     match url_kind(&args.url) {
         Some(UrlKind::Postgres) => {}
         Some(UrlKind::MySql) => return run_mysql(args).await,
-        Some(UrlKind::MongoDb) => {
-            return Err(anyhow!(
-                "archiving MongoDB is not available in this version of pitr"
-            ))
-        }
+        Some(UrlKind::MongoDb) => return run_mongo(args).await,
         None => {
             return Err(anyhow!(
                 "cannot tell which database {:?} is: use a postgres:// URL",
@@ -118,6 +119,26 @@ async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
         lease,
+        ..Default::default()
+    };
+    let cancel = shutdown_token();
+    archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
+    Ok(0)
+}
+
+async fn run_mongo(args: ArchiveArgs) -> anyhow::Result<i32> {
+    use crate::source::mongodb::{archive, MongoArchiveOptions};
+    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let opts = MongoArchiveOptions {
+        url: args.url,
+        name: args.name,
+        flush_interval: args.flush_interval,
+        zstd_level: args.zstd_level,
+        start_at: args.start_at,
+        uploader: crate::archive::pipeline::UploaderOptions {
+            parallelism: args.parallel.max(1),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let cancel = shutdown_token();

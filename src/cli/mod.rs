@@ -1,7 +1,7 @@
 //! Command-line interface: one file per verb.
 //!
 //! Exit codes: 0 success; 1 a failed check (`status`, `verify`), "not (yet)
-//! archived" (`wal-fetch`, `binlog-fetch`) or any other error; 2 usage or
+//! archived" (`wal-fetch`, `binlog-fetch`, `oplog-fetch`) or any other error; 2 usage or
 //! configuration errors. `wal-fetch` exits 126 on an error other than "not
 //! archived" (an unreachable repository, a corrupt segment): PostgreSQL
 //! aborts recovery on that status instead of taking it for the end of the
@@ -12,6 +12,7 @@ pub mod backup;
 pub mod binlog_fetch;
 pub mod common;
 pub mod compact;
+pub mod oplog_fetch;
 pub mod prune;
 pub mod restore;
 pub mod run;
@@ -45,6 +46,10 @@ pub enum Command {
     /// Write one archived MySQL/MariaDB binlog file to a path (or --list
     /// them). Exit status 1 when it is not archived.
     BinlogFetch(binlog_fetch::BinlogFetchArgs),
+    /// Write archived MongoDB oplog entries (a timestamp range) as one
+    /// oplog.bson file for mongorestore --oplogReplay (or --list the
+    /// archived segments). Exit status 1 when the range is not archived.
+    OplogFetch(oplog_fetch::OplogFetchArgs),
     /// Recoverable window, base backups, gaps and lag of each source.
     /// Exit status 1 when a gap splits the window or the lag is too high.
     Status(status::StatusArgs),
@@ -80,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
         Command::BinlogFetch(a) => binlog_fetch::run(a).await,
+        Command::OplogFetch(a) => oplog_fetch::run(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Status(a) => status::run(a).await,

@@ -1,5 +1,5 @@
 //! The engine model: what differs between PostgreSQL, MySQL/MariaDB (and
-//! MongoDB next) sits behind [`EngineOps`]; catalog, retention, status,
+//! MongoDB) sits behind [`EngineOps`]; catalog, retention, status,
 //! verify, run and metrics speak to it and never ask "which engine?".
 //!
 //! An engine plugs in with one module here implementing [`EngineOps`] and
@@ -20,6 +20,7 @@
 //! Archiving, backup and restore are run per engine by the CLI verbs (see
 //! `docs/architecture.md` for both paths in one picture each).
 
+pub mod mongodb;
 pub mod mysql;
 pub mod postgres;
 
@@ -100,7 +101,7 @@ pub trait EngineOps: Send + Sync + std::fmt::Debug {
 }
 
 /// Every engine pitr knows, in the order URLs and manifests are tried.
-pub static ENGINES: &[&dyn EngineOps] = &[&postgres::Postgres, &mysql::MySql];
+pub static ENGINES: &[&dyn EngineOps] = &[&postgres::Postgres, &mysql::MySql, &mongodb::MongoDb];
 
 /// The engine whose identities carry `code`.
 pub fn by_code(code: pitr_segment::Engine) -> Option<&'static dyn EngineOps> {
@@ -231,6 +232,14 @@ mod tests {
         assert_eq!(by_url("mariadb://u@h").map(|e| e.name()), Some("mysql"));
         assert_eq!(by_url("mysql://u@h").map(|e| e.name()), Some("mysql"));
         assert!(by_url("http://h").is_none());
+        assert_eq!(
+            by_url("mongodb://u@h/?replicaSet=rs0").map(|e| e.name()),
+            Some("mongodb")
+        );
+        assert_eq!(
+            by_code(pitr_segment::Engine::MongoDb).map(|e| e.name()),
+            Some("mongodb")
+        );
         assert_eq!(
             by_code(pitr_segment::Engine::MariaDb).map(|e| e.name()),
             Some("mysql")

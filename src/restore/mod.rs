@@ -2,6 +2,7 @@
 
 pub mod binlog_fetch;
 pub mod mysql;
+pub mod oplog_fetch;
 pub mod owner;
 pub mod pg;
 pub mod pg_recover;

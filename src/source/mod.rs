@@ -1,6 +1,8 @@
 //! Log sources: one adapter per engine, each turning a replication stream
 //! into sealed segments for the uploader.
 
+pub mod mongodb;
+pub mod mongodb_tail;
 pub mod mysql;
 pub mod mysql_segment;
 pub mod pg_index;

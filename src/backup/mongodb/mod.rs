@@ -4,3 +4,4 @@
 //! positions at the start and end of the dump (see [`manifest`]).
 
 pub mod manifest;
+pub mod take;

@@ -1,0 +1,127 @@
+//! The MongoDB engine: positions are oplog timestamps `(secs, inc)` mapped
+//! onto `LogPos {hi: 0, lo: secs << 32 | inc}`; the epoch is the replica
+//! set's term `t`. A logical base backup (see `backup::mongodb::manifest`)
+//! needs the oplog from the newest entry before its dump began (`start`) to
+//! the newest entry after it ended (`end`): loaded documents plus those
+//! entries applied make a consistent database.
+
+use std::sync::Arc;
+
+use pitr_mongodb::OplogTs;
+use pitr_segment::{Epoch, LogPos};
+use tokio_util::sync::CancellationToken;
+
+use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
+use crate::archive::keys::BackupKey;
+use crate::backup::mongodb::manifest::{
+    MongoManifest, MONGO_BACKUP_KIND, MONGO_MANIFEST_FORMAT_VERSION,
+};
+use crate::backup::mongodb::take::{take_mongo_backup, MongoBackupOptions};
+use crate::source::mongodb::{archive, MongoArchiveOptions};
+use crate::source::postgres::ArchiveProgress;
+use crate::source::{url_kind, UrlKind};
+use crate::storage::Repo;
+
+/// MongoDB replica sets: oplog tailing and logical base backups.
+#[derive(Debug)]
+pub struct MongoDb;
+
+/// The epoch of entries of term `t` (terms start at 0 on a new set; a
+/// missing term, as on very old servers, is epoch 0).
+pub fn term_epoch(t: Option<i64>) -> Epoch {
+    Epoch(t.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
+}
+
+impl EngineOps for MongoDb {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+
+    fn codes(&self) -> &'static [pitr_segment::Engine] {
+        &[pitr_segment::Engine::MongoDb]
+    }
+
+    fn handles_url(&self, url: &str) -> bool {
+        url_kind(url) == Some(UrlKind::MongoDb)
+    }
+
+    fn format_position(&self, epoch: Epoch, pos: LogPos) -> String {
+        match OplogTs::from_log_pos(pos) {
+            Some(ts) => format!("term {} ts {}:{}", epoch.0, ts.secs, ts.inc),
+            None => format!("term {} position {}", epoch.0, pos.to_hex()),
+        }
+    }
+
+    fn backup_summary(
+        &self,
+        key: &BackupKey,
+        manifest: &serde_json::Value,
+    ) -> anyhow::Result<Option<BackupSummary>> {
+        if manifest.get("kind").and_then(|k| k.as_str()) != Some(MONGO_BACKUP_KIND) {
+            return Ok(None);
+        }
+        let k = key.to_key();
+        let m: MongoManifest = serde_json::from_value(manifest.clone()).map_err(|e| {
+            anyhow::anyhow!("backup manifest {k} is not a valid MongoDB backup manifest: {e}")
+        })?;
+        if m.format_version > MONGO_MANIFEST_FORMAT_VERSION {
+            anyhow::bail!(
+                "backup manifest {k} has format version {} (this pitr reads up to {MONGO_MANIFEST_FORMAT_VERSION}); upgrade pitr",
+                m.format_version
+            );
+        }
+        let parts = m
+            .streams()
+            .flat_map(|s| s.parts.iter())
+            .map(|p| StoredPart {
+                name: p.key.clone(),
+                size: p.size,
+                sha256: p.sha256.clone(),
+            })
+            .collect();
+        let end = OplogTs::from(m.end);
+        Ok(Some(BackupSummary {
+            key: key.clone(),
+            engine: &MongoDb,
+            server_engine: pitr_segment::Engine::MongoDb,
+            stored_bytes: m.stored_bytes(),
+            parts,
+            label: m.label,
+            server_version: m.server_version,
+            system_id: m.system_id,
+            epoch: term_epoch(Some(m.start_term)),
+            log_start: OplogTs::from(m.start).to_log_pos(),
+            // Exclusive: the entry at `end` itself must be archived.
+            consistent_at: end.pos_after(),
+            start_time: m.start_time,
+            consistent_time: m.end_wall,
+            stop_time: m.stop_time,
+        }))
+    }
+
+    fn archive(
+        &self,
+        req: ArchiveRequest,
+        repo: Repo,
+        cancel: CancellationToken,
+        progress: Arc<ArchiveProgress>,
+    ) -> EngineFuture<()> {
+        let opts = MongoArchiveOptions {
+            url: req.url,
+            name: Some(req.name),
+            flush_interval: req.flush_interval,
+            ..Default::default()
+        };
+        Box::pin(async move { archive(opts, repo, cancel, progress).await })
+    }
+
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey> {
+        let opts = MongoBackupOptions {
+            url: req.url,
+            name: Some(req.name),
+            label: Some(req.label),
+            ..Default::default()
+        };
+        Box::pin(async move { take_mongo_backup(&opts, &repo).await.map(|r| r.key) })
+    }
+}
