@@ -502,7 +502,10 @@ async fn prune_deletes_fenced_objects_and_nothing_a_backup_needs() {
     let fenced = seg(1, 100, 200).to_key();
     let dry = prune(&repo, &src(), &opts(true)).await.unwrap();
     assert_eq!(dry.deleted_fenced, vec![fenced.clone()]);
-    assert!(repo.exists(&fenced).await.unwrap(), "a dry run deletes nothing");
+    assert!(
+        repo.exists(&fenced).await.unwrap(),
+        "a dry run deletes nothing"
+    );
     let rep = prune(&repo, &src(), &opts(false)).await.unwrap();
     assert_eq!(rep.deleted_fenced, vec![fenced.clone()]);
     assert_eq!(rep.deleted_keys, vec![fenced.clone()]);

@@ -129,6 +129,7 @@ async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
 async fn run_mongo(args: ArchiveArgs) -> anyhow::Result<i32> {
     use crate::source::mongodb::{archive, MongoArchiveOptions};
     let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let lease = args.lease();
     let opts = MongoArchiveOptions {
         url: args.url,
         name: args.name,
@@ -139,6 +140,7 @@ async fn run_mongo(args: ArchiveArgs) -> anyhow::Result<i32> {
             parallelism: args.parallel.max(1),
             ..Default::default()
         },
+        lease,
         ..Default::default()
     };
     let cancel = shutdown_token();

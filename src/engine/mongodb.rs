@@ -110,6 +110,7 @@ impl EngineOps for MongoDb {
             url: req.url,
             name: Some(req.name),
             flush_interval: req.flush_interval,
+            lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })

@@ -277,6 +277,7 @@ mod tests {
                 end: b,
                 tmin: None,
                 tmax: None,
+                generation: 0,
             },
             1,
         )
@@ -302,6 +303,7 @@ mod tests {
             epoch: Epoch(2),
             start: p(12, 0),
             end: p(14, 0),
+            generation: 0,
         };
         assert!(plan(&segs, &[g], p(11, 1), p(14, 2))
             .unwrap_err()

@@ -47,13 +47,14 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::catalog::Catalog;
 use crate::archive::gaps::{write_gap, GapError, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
-use crate::archive::keys::SourceName;
+use crate::archive::keys::{SegmentKey, SourceName};
+use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
-use crate::archive::sink::RepoSink;
+use crate::archive::progress::ArchiveProgress;
+use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::mongodb_tail::{
     connect, is_transient, open, redact_url, Opened, Reader, StartFrom,
 };
-use crate::source::postgres::ArchiveProgress;
 use crate::storage::{Repo, StorageError};
 
 /// Where a new archive starts (ignored when the repository has a tail).
@@ -93,6 +94,8 @@ pub struct MongoArchiveOptions {
     pub zstd_level: i32,
     pub uploader: UploaderOptions,
     pub start_at: Option<StartAt>,
+    /// How the writer lease is taken.
+    pub lease: LeaseOptions,
     /// Stop (storing everything) once the entry at or after this `ts` is
     /// archived: for tests and catch-up runs.
     pub stop_at: Option<OplogTs>,
@@ -108,6 +111,7 @@ impl Default for MongoArchiveOptions {
             zstd_level: 1,
             uploader: UploaderOptions::default(),
             start_at: None,
+            lease: LeaseOptions::default(),
             stop_at: None,
         }
     }
@@ -162,6 +166,10 @@ struct Archiver {
     last_pushed: Option<OplogTs>,
     replay: Replay,
     written: bool,
+    /// Segments stored beyond the tail, rewritten under their own keys.
+    reuse: Vec<SegmentKey>,
+    lease: Option<Lease>,
+    guard: LeaseGuard,
 }
 
 /// Runs `pitr archive` for MongoDB until cancelled (or `stop_at`).
@@ -172,9 +180,17 @@ pub async fn archive(
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
     let shown = redact_url(&opts.url);
-    let mut a = prepare(opts, repo, progress)
-        .await
-        .map_err(|e| anyhow!("cannot archive {shown}: {e:#}"))?;
+    let mut a = match prepare(opts, repo, progress, &cancel).await {
+        Ok(a) => a,
+        Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {
+            return Ok(())
+        }
+        Err(e) => match e.downcast::<LeaseError>() {
+            // One sentence of its own: it names the holder.
+            Ok(lease) => return Err(lease.into()),
+            Err(e) => return Err(anyhow!("cannot archive {shown}: {e:#}")),
+        },
+    };
     let result = a.run(&cancel).await;
     let finished = match a.uploader.take() {
         Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
@@ -183,6 +199,18 @@ pub async fn archive(
     if let Ok(Some(d)) = &finished {
         a.note(d);
         tracing::info!("oplog durable up to {}", show_end(d.epoch, d.pos));
+    }
+    a.progress.lease_generation.store(0, Ordering::Relaxed);
+    if let Some(lost) = a.guard.lost() {
+        return Err(anyhow!(lost));
+    }
+    if let (Some(lease), true) = (a.lease.take(), finished.is_ok()) {
+        if a.written {
+            lease.release().await;
+        } else {
+            // A first attempt that failed writes nothing, its lease included.
+            lease.release_unused().await;
+        }
     }
     result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
     finished?;
@@ -260,6 +288,7 @@ async fn prepare(
     opts: MongoArchiveOptions,
     repo: Repo,
     progress: Arc<ArchiveProgress>,
+    cancel: &CancellationToken,
 ) -> anyhow::Result<Archiver> {
     let conn = connect(&opts.url, FIRST_CONNECT_TIMEOUT).await?;
     let name = opts
@@ -280,9 +309,16 @@ async fn prepare(
             ));
         }
     }
+    // The lease first: the tail is only final once no one else writes.
+    let lease = Lease::acquire(&repo, &source, opts.lease, cancel).await?;
+    let guard = lease.guard();
+    progress
+        .lease_generation
+        .store(u64::from(lease.generation()), Ordering::Relaxed);
     let catalog = Catalog::load(&repo, &source)
         .await
         .map_err(|e| anyhow!("{e}"))?;
+    let mut reuse = Vec::new();
     let (seg, resume, tail_epoch, initial, replay) = match find_tail(&catalog) {
         Some(t) => {
             let last = OplogTs::last_before(t.end).ok_or_else(|| {
@@ -303,6 +339,17 @@ async fn prepare(
                 pos: t.end,
                 last_commit: t.last_commit,
             };
+            // Segments stored beyond a hole keep their keys when re-cut.
+            for e in catalog.epochs() {
+                if let Some(ec) = catalog.epoch(e) {
+                    reuse.extend(
+                        ec.segments()
+                            .iter()
+                            .filter(|s| s.key.start >= t.end)
+                            .map(|s| s.key.clone()),
+                    );
+                }
+            }
             (
                 Segmenter::resume_at(t.end),
                 StartFrom::After(last),
@@ -340,6 +387,7 @@ async fn prepare(
         version = %conn.version,
         "connected to the replica set"
     );
+    lease.record_takeover(catalog.high_water()).await?;
     progress.timeline.store(tail_epoch.0, Ordering::Relaxed);
     Ok(Archiver {
         opts,
@@ -356,6 +404,9 @@ async fn prepare(
         last_pushed: None,
         replay,
         written: false,
+        reuse,
+        lease: Some(lease),
+        guard,
     })
 }
 
@@ -479,6 +530,8 @@ impl Archiver {
             engine: Engine::MongoDb,
             system_id: self.set_name.clone(),
             zstd_level: self.opts.zstd_level,
+            lease: self.guard.clone(),
+            reuse: reuse_map(self.reuse.drain(..)),
         });
         self.uploader = Some(Uploader::start(
             sink,
@@ -510,6 +563,7 @@ impl Archiver {
                 "oplog rolled over before pitr archived it: the entries after {shown_last} and before {first} are lost"
             ),
             detected_at: Utc::now(),
+            generation: self.guard.generation(),
         };
         match write_gap(&self.repo, &self.source, &gap).await {
             Ok(_) | Err(GapError::Storage(StorageError::Divergent { .. })) => {}
@@ -632,6 +686,7 @@ mod tests {
                 end: b,
                 tmin: Some(TimestampMicros(1)),
                 tmax: Some(TimestampMicros(i64::from(b.lo as u32))),
+                generation: 0,
             },
             size: 1,
         }
@@ -645,6 +700,7 @@ mod tests {
             epoch: Epoch(2),
             start: ts(12, 0),
             end: ts(15, 0),
+            generation: 0,
         };
         let c = Catalog::from_parts(
             src,
