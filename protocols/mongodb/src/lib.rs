@@ -1,9 +1,37 @@
-//! MongoDB oplog positions.
+//! MongoDB oplog support for pitr: the exact raw bytes of oplog entries, from
+//! the server to a segment and back to a restore.
 //!
-//! No MongoDB server can run on the machines this project is built and
-//! tested on, so this crate holds only the engine-neutral mapping of an oplog
-//! timestamp onto [`pitr_segment::LogPos`]; the oplog tailer lands when a
-//! server is available to test it against.
+//! * [`entry`]: [`OplogEntry`] / [`OplogEntryRef`], a view over ONE entry's
+//!   raw BSON bytes with the fields indexing and restore need.
+//! * [`txn`]: transaction boundaries ([`TxnTracker`]): where a segment may be cut.
+//! * [`segmenter`]: the sans-IO segment builder ([`Segmenter`]) and the
+//!   position rule that makes consecutive segments chain exactly.
+//! * [`oplog_file`]: `oplog.bson` (documents back to back), read and written.
+//! * [`apply`]: the restore planner turning entries into `applyOps` requests.
+//! * [`tail`] (feature `driver`): the tailable-cursor reader over the official driver.
+//!
+//! Positions: an oplog entry's `ts` is a BSON Timestamp `(seconds, increment)`,
+//! unique and strictly increasing in a replica set's oplog; [`OplogTs`] maps it
+//! onto [`pitr_segment::LogPos`] as `hi = 0, lo = seconds << 32 | increment`.
+//! The epoch of a segment is the replica-set term `t` of its entries.
+
+pub mod apply;
+pub mod entry;
+pub mod error;
+pub mod oplog_file;
+pub mod segmenter;
+//TMPCFG
+//TMP pub mod tail;
+pub mod txn;
+
+pub use apply::{
+    plan, ApplyLimits, ApplyOptions, ApplyPlanner, ApplyRequest, ApplyStats, BatchKind, Pushed,
+};
+pub use entry::{CommandKind, EntryMeta, OpKind, OpTime, OplogEntry, OplogEntryRef};
+pub use error::DecodeError;
+pub use oplog_file::{OplogFileReader, OplogFileWriter, MAX_ENTRY_LEN};
+pub use segmenter::{SealedOplogSegment, Segmenter};
+pub use txn::{Boundary, TxnTracker};
 
 use pitr_segment::LogPos;
 use std::fmt;
@@ -19,6 +47,53 @@ impl OplogTs {
     /// Engine-neutral position: `lo = secs << 32 | inc`, so order is preserved.
     pub fn to_log_pos(self) -> LogPos {
         LogPos::new(0, (u64::from(self.secs) << 32) | u64::from(self.inc))
+    }
+
+    /// The position right after this timestamp (`lo + 1`): the exclusive end
+    /// of a segment whose last entry has this `ts`. Never equal to another
+    /// entry's position unless that entry directly follows (same second,
+    /// next increment).
+    pub fn pos_after(self) -> LogPos {
+        match self.to_log_pos().lo.checked_add(1) {
+            Some(lo) => LogPos::new(0, lo),
+            None => LogPos::new(1, 0),
+        }
+    }
+
+    /// The greatest timestamp strictly before the exclusive end position
+    /// `end` (inverse of [`OplogTs::pos_after`]); `None` for `LogPos::ZERO`
+    /// or a position that is not a MongoDB one.
+    pub fn last_before(end: LogPos) -> Option<OplogTs> {
+        match (end.hi, end.lo) {
+            (1, 0) => Some(OplogTs {
+                secs: u32::MAX,
+                inc: u32::MAX,
+            }),
+            (0, 0) => None,
+            (0, lo) => OplogTs::from_log_pos(LogPos::new(0, lo - 1)),
+            _ => None,
+        }
+    }
+
+    /// From a BSON Timestamp.
+    pub fn from_bson(t: bson::Timestamp) -> OplogTs {
+        OplogTs {
+            secs: t.time,
+            inc: t.increment,
+        }
+    }
+
+    /// As a BSON Timestamp (for queries).
+    pub fn to_bson(self) -> bson::Timestamp {
+        bson::Timestamp {
+            time: self.secs,
+            increment: self.inc,
+        }
+    }
+
+    /// The timestamp's seconds as a commit time (µs), for entries without `wall`.
+    pub fn as_micros(self) -> pitr_segment::TimestampMicros {
+        pitr_segment::TimestampMicros::from_unix_secs(i64::from(self.secs))
     }
 
     /// Inverse of [`OplogTs::to_log_pos`]; `None` when `hi` is set.
@@ -71,5 +146,25 @@ mod tests {
         assert_eq!(OplogTs::from_log_pos(a.to_log_pos()), Some(a));
         assert_eq!(OplogTs::from_log_pos(LogPos::new(1, 0)), None);
         assert!("17".parse::<OplogTs>().is_err());
+    }
+
+    #[test]
+    fn pos_after_is_the_exclusive_end() {
+        let a = OplogTs { secs: 5, inc: 7 };
+        assert_eq!(a.pos_after(), OplogTs { secs: 5, inc: 8 }.to_log_pos());
+        assert_eq!(OplogTs::last_before(a.pos_after()), Some(a));
+        let b = OplogTs {
+            secs: 5,
+            inc: u32::MAX,
+        };
+        assert_eq!(b.pos_after(), OplogTs { secs: 6, inc: 0 }.to_log_pos());
+        assert_eq!(OplogTs::last_before(b.pos_after()), Some(b));
+        let m = OplogTs {
+            secs: u32::MAX,
+            inc: u32::MAX,
+        };
+        assert!(m.pos_after() > m.to_log_pos());
+        assert_eq!(OplogTs::last_before(m.pos_after()), Some(m));
+        assert_eq!(OplogTs::last_before(LogPos::ZERO), None);
     }
 }

@@ -1,0 +1,627 @@
+//! Restore planner: oplog entries → `applyOps` requests.
+//!
+//! A restore replays the archived entries onto a target that holds a base
+//! backup, up to a target `ts` INCLUSIVE. [`ApplyPlanner`] is fed the
+//! entries in oplog order and emits, in the order they must run, the
+//! command documents to send ([`ApplyRequest`]), many entries per round
+//! trip where that is safe:
+//!
+//! * **Which entries**: every entry with `ts <= target`, none after it. A
+//!   transaction counts at its commit: it is applied whole when its commit
+//!   entry (last `applyOps`, or `commitTransaction` of a prepared one) is at
+//!   or before the target, and not at all otherwise (an abort, or a commit
+//!   after the target, drops it). Each batch of linked batches
+//!   (`multiOpType: 1`) is a complete insert of its own, included by its own
+//!   `ts`.
+//! * **CRUD** (`i`, `u`, `d`) entries batch together into one
+//!   `{applyOps: [...]}`, bounded by [`ApplyLimits`] (operations and request
+//!   bytes; 16 MiB by default, the server's command size limit).
+//! * **Transactions** (and user `applyOps`, linked batches): their inner
+//!   operations are flattened in order into ONE request (the server applies
+//!   an `applyOps` of CRUD operations atomically); one whose operations are
+//!   all CRUD joins the current CRUD batch when it fits whole, otherwise it
+//!   is sent alone. Only a transaction larger than the bounds by itself is
+//!   split over consecutive requests (counted in [`ApplyStats::split_txns`];
+//!   the restore target has no other clients, and a failure fails the restore).
+//! * **Commands** (`op: c` other than the above) run ALONE, in log order:
+//!   `{applyOps: [entry]}`, except index builds: `startIndexBuild` and
+//!   `abortIndexBuild` are skipped, `commitIndexBuild` and the old
+//!   `createIndexes` oplog form become a `createIndexes` command on the
+//!   entry's database (servers 4.4+ refuse to apply them through `applyOps`).
+//! * **No-ops** (`n`) and newer servers' internal ops (`ci`, `cu`, `cd`,
+//!   `km`) are skipped; any other unknown `op` is an error.
+//!
+//! Namespaces skipped (counted in [`ApplyStats::skipped_ns`]): `local.*`
+//! (never replicated), `config.*` (sessions — `config.system.sessions` —,
+//! `config.transactions`, `config.image_collection`: bookkeeping the target
+//! keeps for itself), `admin.system.version` (feature compatibility version)
+//! and `admin.system.keys` (the target's signing keys). `admin.system.users`
+//! and `admin.system.roles` are applied, so users and roles are as of the
+//! target. A command's namespace is `db.<first value of o>`.
+//!
+//! Each operation sent is a new document holding only the fields
+//! `applyOps` needs, copied value for value from the entry: `op`, `ns`,
+//! `o`, `o2`, `b` (old upsert flag) and, with
+//! [`ApplyOptions::preserve_uuid`], `ui`. Dropped: `ts`, `t`, `h`, `v`,
+//! `wall` (the target writes its own oplog entries), `lsid`, `txnNumber`,
+//! `stmtId`, `prevOpTime`, `multiOpType`, `partialTxn`, `fromMigrate`
+//! (session and migration history of the source, which `applyOps` either
+//! rejects or would turn into bogus retryable-write records), and `ui` by
+//! default (a base backup loaded by `mongorestore` gives collections new
+//! UUIDs; `applyOps` resolves `ns` then).
+
+use std::collections::{HashMap, VecDeque};
+
+use bson::raw::{RawBsonRef, RawDocument, RawDocumentBuf};
+
+use crate::entry::{CommandKind, OpKind, OplogEntryRef};
+use crate::error::DecodeError;
+use crate::OplogTs;
+
+/// Bounds of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyLimits {
+    /// Operations per `applyOps`.
+    pub max_ops: usize,
+    /// Bytes of the request document.
+    pub max_bytes: usize,
+}
+
+impl Default for ApplyLimits {
+    fn default() -> Self {
+        ApplyLimits {
+            max_ops: 5000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Planner settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// The last `ts` to apply (inclusive).
+    pub target: OplogTs,
+    pub limits: ApplyLimits,
+    /// Keep `ui` (collection UUIDs): only when the base backup kept them.
+    pub preserve_uuid: bool,
+    /// Add `bypassDocumentValidation: true` to `applyOps` (the entries
+    /// passed validation when they were first written).
+    pub bypass_document_validation: bool,
+}
+
+impl ApplyOptions {
+    pub fn new(target: OplogTs) -> ApplyOptions {
+        ApplyOptions {
+            target,
+            limits: ApplyLimits::default(),
+            preserve_uuid: false,
+            bypass_document_validation: true,
+        }
+    }
+}
+
+/// What a request holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// CRUD operations (and whole all-CRUD transactions).
+    Crud,
+    /// One transaction (or one part of a transaction too large for one request).
+    Transaction,
+    /// One command entry, alone.
+    Command,
+}
+
+/// One command to send, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyRequest {
+    pub kind: BatchKind,
+    /// The database to run it on (`admin` for `applyOps`).
+    pub db: String,
+    pub command: RawDocumentBuf,
+    /// Oplog entries it covers (a transaction's entries all count).
+    pub entries: usize,
+    /// Operations inside it.
+    pub ops: usize,
+    /// `ts` of the last entry it covers.
+    pub last_ts: OplogTs,
+}
+
+/// Counters of a plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Entries fed with `ts <= target`.
+    pub entries: u64,
+    /// Entries covered by the requests emitted.
+    pub applied_entries: u64,
+    pub requests: u64,
+    pub ops: u64,
+    pub max_ops_per_request: u64,
+    pub request_bytes: u64,
+    pub skipped_noops: u64,
+    pub skipped_ns: u64,
+    pub skipped_index_builds: u64,
+    pub skipped_internal: u64,
+    pub txns_applied: u64,
+    /// Transactions aborted, or committed after the target.
+    pub txns_dropped: u64,
+    /// Transactions too large for one request.
+    pub split_txns: u64,
+}
+
+impl ApplyStats {
+    /// Entries per round trip.
+    pub fn entries_per_request(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.applied_entries as f64 / self.requests as f64
+        }
+    }
+}
+
+/// The planner's answer to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Taken into the plan (possibly skipped by the rules).
+    Taken,
+    /// After the target: not applied; stop feeding and call `finish`.
+    PastTarget,
+}
+
+type TxnId = (Vec<u8>, i64);
+
+#[derive(Debug, Default)]
+struct OpenTxn {
+    ops: Vec<Vec<u8>>,
+    entries: usize,
+}
+
+/// A batch being filled.
+#[derive(Debug, Default)]
+struct Batch {
+    ops: Vec<Vec<u8>>,
+    /// Bytes of the `applyOps` array elements so far.
+    body: usize,
+    entries: usize,
+    last_ts: Option<OplogTs>,
+}
+
+/// Bytes of an array element: type, decimal index, NUL, document.
+fn element_len(index: usize, doc_len: usize) -> usize {
+    1 + index.to_string().len() + 1 + doc_len
+}
+
+/// `{applyOps: [...], bypassDocumentValidation: true}` around `body` bytes.
+fn request_len(body: usize, bypass: bool) -> usize {
+    4 + (1 + 9) + 4 + body + 1 + if bypass { 1 + 25 + 1 } else { 0 } + 1
+}
+
+/// Feeds on entries in order and emits requests; see the module docs.
+#[derive(Debug)]
+pub struct ApplyPlanner {
+    opts: ApplyOptions,
+    batch: Batch,
+    open: HashMap<TxnId, OpenTxn>,
+    out: VecDeque<ApplyRequest>,
+    stats: ApplyStats,
+    past_target: bool,
+}
+
+impl ApplyPlanner {
+    pub fn new(opts: ApplyOptions) -> ApplyPlanner {
+        ApplyPlanner {
+            opts,
+            batch: Batch::default(),
+            open: HashMap::new(),
+            out: VecDeque::new(),
+            stats: ApplyStats::default(),
+            past_target: false,
+        }
+    }
+
+    pub fn stats(&self) -> &ApplyStats {
+        &self.stats
+    }
+
+    /// The next request ready to send.
+    pub fn pop(&mut self) -> Option<ApplyRequest> {
+        self.out.pop_front()
+    }
+
+    /// Ends the plan: flushes the last batch; transactions still open (their
+    /// commit is after the target, or was never archived) are dropped.
+    pub fn finish(&mut self) {
+        self.flush();
+        self.stats.txns_dropped += self.open.len() as u64;
+        self.open.clear();
+    }
+
+    /// Feeds the next entry.
+    pub fn push(&mut self, e: &OplogEntryRef<'_>) -> Result<Pushed, DecodeError> {
+        let ts = e.ts();
+        if self.past_target || ts > self.opts.target {
+            self.past_target = true;
+            return Ok(Pushed::PastTarget);
+        }
+        self.stats.entries += 1;
+        let m = *e.meta();
+        match m.op {
+            OpKind::Noop => self.stats.skipped_noops += 1,
+            OpKind::Other => match e.op_str() {
+                "ci" | "cu" | "cd" | "km" => self.stats.skipped_internal += 1,
+                other => {
+                    return Err(DecodeError::new(format!(
+                        "op {other:?} is unknown to this version of pitr and cannot be restored"
+                    ))
+                    .at_ts(ts))
+                }
+            },
+            OpKind::Insert | OpKind::Update | OpKind::Delete => {
+                if skip_ns(e.ns().unwrap_or("")) {
+                    self.stats.skipped_ns += 1;
+                } else {
+                    let op = self.filtered(e.doc()).map_err(|r| r.at_ts(ts))?;
+                    self.add_group(vec![op], 1, ts, true);
+                }
+            }
+            OpKind::Command if m.is_txn() => self.txn_entry(e)?,
+            OpKind::Command if m.command == Some(CommandKind::ApplyOps) => {
+                // Linked batches and user applyOps: an atomic group.
+                let (ops, crud) = self.inner_ops(e)?;
+                self.stats.txns_applied += 1;
+                self.add_group(ops, 1, ts, crud);
+            }
+            OpKind::Command => self.command(e)?,
+        }
+        Ok(Pushed::Taken)
+    }
+
+    fn txn_entry(&mut self, e: &OplogEntryRef<'_>) -> Result<(), DecodeError> {
+        let m = *e.meta();
+        let id: TxnId = (
+            e.lsid().map(|l| l.as_bytes().to_vec()).unwrap_or_default(),
+            m.txn_number.unwrap_or_default(),
+        );
+        match m.command {
+            Some(CommandKind::ApplyOps) => {
+                let (ops, _) = self.inner_ops(e)?;
+                if m.partial_txn || m.prepare {
+                    let t = self.open.entry(id).or_default();
+                    t.ops.extend(ops);
+                    t.entries += 1;
+                } else {
+                    let mut t = self.open.remove(&id).unwrap_or_default();
+                    t.ops.extend(ops);
+                    self.commit(t, e.ts());
+                }
+            }
+            Some(CommandKind::CommitTransaction) => {
+                // Without its prepare entry (before the archive's start) the
+                // operations are unknown; nothing to apply.
+                if let Some(t) = self.open.remove(&id) {
+                    self.commit(t, e.ts());
+                } else {
+                    self.stats.txns_dropped += 1;
+                }
+            }
+            _ => {
+                self.open.remove(&id);
+                self.stats.txns_dropped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, t: OpenTxn, ts: OplogTs) {
+        self.stats.txns_applied += 1;
+        let crud = t.ops.iter().all(|op| is_crud_op(op));
+        self.add_group(t.ops, t.entries + 1, ts, crud);
+    }
+
+    /// The filtered inner operations of an `applyOps` entry, skipped
+    /// namespaces left out; `true` when all are CRUD.
+    fn inner_ops(&mut self, e: &OplogEntryRef<'_>) -> Result<(Vec<Vec<u8>>, bool), DecodeError> {
+        let mut out = Vec::new();
+        let mut crud = true;
+        for op in e.apply_ops()? {
+            let ns = op.get_str("ns").unwrap_or("");
+            let kind = op.get_str("op").unwrap_or("");
+            let target_ns = if kind == "c" { command_ns(ns, op) } else { ns.to_string() };
+            if skip_ns(&target_ns) {
+                self.stats.skipped_ns += 1;
+                continue;
+            }
+            crud &= matches!(kind, "i" | "u" | "d");
+            out.push(self.filtered(op).map_err(|r| r.at_ts(e.ts()))?);
+        }
+        Ok((out, crud))
+    }
+
+    /// Adds a group of operations that must not be split (unless it alone
+    /// exceeds the bounds). `crud`: may share a request with others.
+    fn add_group(&mut self, ops: Vec<Vec<u8>>, entries: usize, ts: OplogTs, crud: bool) {
+        if ops.is_empty() {
+            // Every operation in it was skipped.
+            return;
+        }
+        let lim = self.opts.limits;
+        let bypass = self.opts.bypass_document_validation;
+        let fits = |b: &Batch| {
+            let mut body = b.body;
+            for (i, op) in ops.iter().enumerate() {
+                body += element_len(b.ops.len() + i, op.len());
+            }
+            b.ops.len() + ops.len() <= lim.max_ops && request_len(body, bypass) <= lim.max_bytes
+        };
+        if crud && fits(&self.batch) {
+            self.append(ops, entries, ts);
+            return;
+        }
+        self.flush();
+        if fits(&self.batch) {
+            self.append(ops, entries, ts);
+            self.flush_as(if crud { BatchKind::Crud } else { BatchKind::Transaction });
+            return;
+        }
+        // Larger than one request by itself: consecutive requests.
+        if entries > 1 || ops.len() > 1 {
+            self.stats.split_txns += 1;
+        }
+        let n = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
+            if !self.batch.ops.is_empty() && !fits_one(&self.batch, &op, lim, bypass) {
+                self.flush_as(BatchKind::Transaction);
+            }
+            let last = i + 1 == n;
+            self.append(vec![op], if last { entries } else { 0 }, ts);
+        }
+        self.flush_as(BatchKind::Transaction);
+    }
+
+    fn append(&mut self, ops: Vec<Vec<u8>>, entries: usize, ts: OplogTs) {
+        for op in ops {
+            self.batch.body += element_len(self.batch.ops.len(), op.len());
+            self.batch.ops.push(op);
+        }
+        self.batch.entries += entries;
+        self.batch.last_ts = Some(ts);
+    }
+
+    fn flush(&mut self) {
+        self.flush_as(BatchKind::Crud);
+    }
+
+    fn flush_as(&mut self, kind: BatchKind) {
+        if self.batch.ops.is_empty() {
+            return;
+        }
+        let b = std::mem::take(&mut self.batch);
+        let command = build_apply_ops(&b.ops, self.opts.bypass_document_validation);
+        let last_ts = b.last_ts.unwrap_or(self.opts.target);
+        self.emit(ApplyRequest {
+            kind,
+            db: "admin".into(),
+            command,
+            entries: b.entries,
+            ops: b.ops.len(),
+            last_ts,
+        });
+    }
+
+    fn emit(&mut self, r: ApplyRequest) {
+        let s = &mut self.stats;
+        s.requests += 1;
+        s.ops += r.ops as u64;
+        s.max_ops_per_request = s.max_ops_per_request.max(r.ops as u64);
+        s.applied_entries += r.entries as u64;
+        s.request_bytes += r.command.as_bytes().len() as u64;
+        self.out.push_back(r);
+    }
+
+    fn command(&mut self, e: &OplogEntryRef<'_>) -> Result<(), DecodeError> {
+        let ts = e.ts();
+        let ns = e.ns().unwrap_or("");
+        let o = e
+            .o()
+            .ok_or_else(|| DecodeError::new("command without \"o\"").at_ts(ts))?;
+        if skip_ns(&command_ns(ns, e.doc())) {
+            self.stats.skipped_ns += 1;
+            return Ok(());
+        }
+        let db = ns.split('.').next().unwrap_or("").to_string();
+        let name = e.command_name().unwrap_or("");
+        let command = match name {
+            "startIndexBuild" | "abortIndexBuild" => {
+                self.stats.skipped_index_builds += 1;
+                return Ok(());
+            }
+            "commitIndexBuild" => {
+                let coll = o.get_str(name).map_err(|_| bad(name, ts))?;
+                let indexes = o.get_array("indexes").map_err(|_| bad(name, ts))?;
+                let mut c = RawDocumentBuf::new();
+                c.append("createIndexes", coll);
+                c.append_ref("indexes", RawBsonRef::Array(indexes));
+                c
+            }
+            "createIndexes" => {
+                let coll = o.get_str(name).map_err(|_| bad(name, ts))?;
+                let mut spec = RawDocumentBuf::new();
+                for el in o.iter() {
+                    let (k, v) = el.map_err(|_| bad(name, ts))?;
+                    if k != "createIndexes" {
+                        spec.append_ref(k, v);
+                    }
+                }
+                let mut arr = bson::RawArrayBuf::new();
+                arr.push(spec);
+                let mut c = RawDocumentBuf::new();
+                c.append("createIndexes", coll);
+                c.append("indexes", arr);
+                c
+            }
+            _ => {
+                let op = self.filtered(e.doc()).map_err(|r| r.at_ts(ts))?;
+                self.flush();
+                let command = build_apply_ops(&[op], self.opts.bypass_document_validation);
+                self.emit(ApplyRequest {
+                    kind: BatchKind::Command,
+                    db: "admin".into(),
+                    command,
+                    entries: 1,
+                    ops: 1,
+                    last_ts: ts,
+                });
+                return Ok(());
+            }
+        };
+        self.flush();
+        self.emit(ApplyRequest {
+            kind: BatchKind::Command,
+            db,
+            command,
+            entries: 1,
+            ops: 1,
+            last_ts: ts,
+        });
+        Ok(())
+    }
+
+    /// A copy of `src` with only the fields `applyOps` needs.
+    fn filtered(&self, src: &RawDocument) -> Result<Vec<u8>, DecodeError> {
+        let mut d = RawDocumentBuf::new();
+        for el in src.iter() {
+            let (k, v) = el.map_err(|e| DecodeError::new(format!("malformed BSON: {e}")))?;
+            let keep = match k {
+                "op" | "ns" | "o" | "o2" | "b" => true,
+                "ui" => self.opts.preserve_uuid,
+                _ => false,
+            };
+            if keep {
+                d.append_ref(k, v);
+            }
+        }
+        Ok(d.into_bytes())
+    }
+}
+
+fn bad(name: &str, ts: OplogTs) -> DecodeError {
+    DecodeError::new(format!("malformed {name} command")).at_ts(ts)
+}
+
+fn fits_one(b: &Batch, op: &[u8], lim: ApplyLimits, bypass: bool) -> bool {
+    b.ops.len() < lim.max_ops
+        && request_len(b.body + element_len(b.ops.len(), op.len()), bypass) <= lim.max_bytes
+}
+
+fn is_crud_op(op: &[u8]) -> bool {
+    RawDocument::from_bytes(op)
+        .ok()
+        .and_then(|d| d.get_str("op").ok())
+        .is_some_and(|k| matches!(k, "i" | "u" | "d"))
+}
+
+/// The namespace a command acts on: `db.<first value of o>` when that is a
+/// string, else the entry's `ns`.
+fn command_ns(ns: &str, entry: &RawDocument) -> String {
+    let db = ns.split('.').next().unwrap_or("");
+    let first = entry
+        .get_document("o")
+        .ok()
+        .and_then(|o| o.iter().next())
+        .and_then(|el| el.ok());
+    match first {
+        Some((_, RawBsonRef::String(coll))) => format!("{db}.{coll}"),
+        _ => ns.to_string(),
+    }
+}
+
+/// Namespaces a restore never writes; see the module docs.
+pub fn skip_ns(ns: &str) -> bool {
+    ns.starts_with("local.")
+        || ns.starts_with("config.")
+        || ns == "admin.system.version"
+        || ns == "admin.system.keys"
+}
+
+/// `{applyOps: [ops...], bypassDocumentValidation: true}`, built from the
+/// operations' bytes.
+fn build_apply_ops(ops: &[Vec<u8>], bypass: bool) -> RawDocumentBuf {
+    let mut out = Vec::with_capacity(64 + ops.iter().map(|o| o.len() + 8).sum::<usize>());
+    out.extend_from_slice(&[0; 4]);
+    out.push(0x04);
+    out.extend_from_slice(b"applyOps\0");
+    let arr = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (i, op) in ops.iter().enumerate() {
+        out.push(0x03);
+        out.extend_from_slice(i.to_string().as_bytes());
+        out.push(0);
+        out.extend_from_slice(op);
+    }
+    out.push(0);
+    let arr_len = (out.len() - arr) as i32;
+    out[arr..arr + 4].copy_from_slice(&arr_len.to_le_bytes());
+    if bypass {
+        out.push(0x08);
+        out.extend_from_slice(b"bypassDocumentValidation\0");
+        out.push(1);
+    }
+    out.push(0);
+    let len = out.len() as i32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    // The framing above is valid by construction.
+    RawDocumentBuf::from_bytes(out).unwrap_or_default()
+}
+
+/// Plans a whole stream: requests in order, and the counters.
+pub fn plan<'a>(
+    entries: impl IntoIterator<Item = OplogEntryRef<'a>>,
+    opts: ApplyOptions,
+) -> Result<(Vec<ApplyRequest>, ApplyStats), DecodeError> {
+    let mut p = ApplyPlanner::new(opts);
+    let mut out = Vec::new();
+    for e in entries {
+        if p.push(&e)? == Pushed::PastTarget {
+            break;
+        }
+        out.extend(std::iter::from_fn(|| p.pop()));
+    }
+    p.finish();
+    out.extend(std::iter::from_fn(|| p.pop()));
+    Ok((out, p.stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    #[test]
+    fn request_sizes_are_exact() {
+        let ops: Vec<Vec<u8>> = (0..12)
+            .map(|i| {
+                RawDocumentBuf::from_document(&doc! {"op": "i", "ns": "a.b", "o": {"_id": i}})
+                    .unwrap()
+                    .into_bytes()
+            })
+            .collect();
+        for bypass in [false, true] {
+            let r = build_apply_ops(&ops, bypass);
+            let body: usize = ops.iter().enumerate().map(|(i, o)| element_len(i, o.len())).sum();
+            assert_eq!(r.as_bytes().len(), request_len(body, bypass));
+            let d = r.to_document().unwrap();
+            assert_eq!(d.get_array("applyOps").unwrap().len(), 12);
+            assert_eq!(d.get_bool("bypassDocumentValidation").is_ok(), bypass);
+        }
+    }
+
+    #[test]
+    fn namespaces_skipped() {
+        for ns in ["local.oplog.rs", "config.system.sessions", "config.transactions", "admin.system.version"] {
+            assert!(skip_ns(ns), "{ns}");
+        }
+        for ns in ["admin.system.users", "admin.system.roles", "test.c", "configx.c"] {
+            assert!(!skip_ns(ns), "{ns}");
+        }
+    }
+}
