@@ -13,6 +13,7 @@
 
 pub mod archiver;
 pub mod benchmarks_md;
+pub mod mongo;
 pub mod mysql;
 pub mod mysql_restore_util;
 pub mod pg;
@@ -24,6 +25,7 @@ pub mod util;
 
 use std::path::PathBuf;
 
+pub use mongo::{MongoDouble, MongoOptions};
 pub use mysql::{Flavor, MySqlServer};
 pub use pg::{PgServer, PgVersion};
 pub use s3::{S3Impl, S3Server};

@@ -1,0 +1,165 @@
+//! `applyOps`: applies oplog entries in order, the way a restore replays them.
+//!
+//! - `i`: the document is stored under its `_id` (an existing one is replaced: applyOps
+//!   upserts);
+//! - `u`: `o2._id` names the document; `o` is a `$v: 2` diff (applied as the server
+//!   applies it, nested sub-diffs included), a `$set`/`$unset`-style update, or a whole
+//!   replacement; a missing document is created from `{_id}` first (`alwaysUpsert`);
+//! - `d`: deletes by `_id` (a missing document is fine); `n`: nothing;
+//! - `c`: `create`, `createIndexes`, `commitIndexBuild` (`startIndexBuild` and
+//!   `abortIndexBuild` change nothing), `dropIndexes`, `collMod`, `drop`,
+//!   `dropDatabase`, `renameCollection`, and nested `applyOps` (transactions).
+//!
+//! The collection is found by `ui` when a collection has that UUID, else by `ns`. Each
+//! applied operation writes its own oplog entry, as the server logs a non-atomic applyOps.
+
+use bson::{doc, Bson, Document};
+
+use super::ddl;
+use crate::diff;
+use crate::state::{as_i64, CmdError, CmdResult, State};
+use crate::store::split_ns;
+use crate::txn::{self, Mode};
+use crate::update;
+use crate::write::{self, WriteLog};
+
+pub fn apply_ops(st: &mut State, body: &Document) -> CmdResult<Document> {
+    let Some(Bson::Array(ops)) = body.get("applyOps") else {
+        return Err(CmdError::failed_to_parse("applyOps needs an array of operations"));
+    };
+    let mut results = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let Bson::Document(op) = op else {
+            return Err(CmdError::failed_to_parse(format!("applyOps entry {i} is not an object")));
+        };
+        if let Err(mut e) = apply_one(st, op) {
+            e.msg = format!("applyOps entry {i}: {}", e.msg);
+            return Err(e);
+        }
+        results.push(Bson::Boolean(true));
+    }
+    Ok(doc! {"applied": results.len() as i32, "results": results, "ok": 1.0})
+}
+
+fn ui_of(op: &Document) -> Option<[u8; 16]> {
+    match op.get("ui") {
+        Some(Bson::Binary(b)) => b.bytes.as_slice().try_into().ok(),
+        _ => None,
+    }
+}
+
+/// `(db, coll)` of a CRUD entry: by `ui` when known, else by `ns`.
+fn target(st: &State, op: &Document) -> CmdResult<(String, String)> {
+    if let Some(ui) = ui_of(op) {
+        if let Some(found) = st.store.ns_of_uuid(&ui) {
+            return Ok(found);
+        }
+    }
+    let ns = op.get_str("ns").map_err(|_| CmdError::failed_to_parse("oplog entry has no 'ns'"))?;
+    split_ns(ns)
+        .map(|(d, c)| (d.to_string(), c.to_string()))
+        .ok_or_else(|| CmdError::new(73, "InvalidNamespace", format!("invalid ns: {ns}")))
+}
+
+fn object<'a>(op: &'a Document, field: &str) -> CmdResult<&'a Document> {
+    op.get_document(field)
+        .map_err(|_| CmdError::failed_to_parse(format!("oplog entry has no object '{field}'")))
+}
+
+fn apply_one(st: &mut State, op: &Document) -> CmdResult<()> {
+    let kind = op.get_str("op").map_err(|_| CmdError::failed_to_parse("oplog entry has no 'op'"))?;
+    let mut log = WriteLog::default();
+    match kind {
+        "n" => return Ok(()),
+        "c" => return apply_command(st, op),
+        "i" => {
+            let (db, coll) = target(st, op)?;
+            let o = object(op, "o")?.clone();
+            write::put(st, &db, &coll, o, None, &mut log)?;
+        }
+        "u" => {
+            let (db, coll) = target(st, op)?;
+            let o = object(op, "o")?;
+            let id = object(op, "o2")?
+                .get("_id")
+                .cloned()
+                .ok_or_else(|| CmdError::failed_to_parse("update entry has no o2._id"))?;
+            let old = write::get_by_id(st, &db, &coll, &id).unwrap_or_else(|| doc! {"_id": id.clone()});
+            let (new, logged) = if o.get("$v").and_then(as_i64) == Some(2) {
+                let d = object(o, "diff")?;
+                let mut new = old;
+                diff::apply(&mut new, d)?;
+                (new, Some(o.clone()))
+            } else if update::is_operator_update(o) {
+                let mut u = o.clone();
+                u.remove("$v");
+                let mut new = old.clone();
+                update::apply_operators(&mut new, &u, false)?;
+                let logged = doc! {"$v": 2, "diff": diff::compute(&old, &new)};
+                (new, Some(logged))
+            } else {
+                (update::replace(&old, o)?, None)
+            };
+            write::put(st, &db, &coll, new, logged, &mut log)?;
+        }
+        "d" => {
+            let (db, coll) = target(st, op)?;
+            let id = object(op, "o")?
+                .get("_id")
+                .cloned()
+                .ok_or_else(|| CmdError::failed_to_parse("delete entry has no o._id"))?;
+            write::delete(st, &db, &coll, &doc! {"_id": id}, true, &mut log)?;
+        }
+        other => return Err(CmdError::bad_value(format!("unknown oplog op {other:?}"))),
+    }
+    txn::finish(st, &Mode::Plain, log);
+    Ok(())
+}
+
+fn apply_command(st: &mut State, op: &Document) -> CmdResult<()> {
+    let ns = op.get_str("ns").unwrap_or("admin.$cmd");
+    let db = ns.split_once('.').map(|(d, _)| d).unwrap_or(ns).to_string();
+    let o = object(op, "o")?;
+    let name = o.keys().next().cloned().unwrap_or_default();
+    let coll = o.get_str(&name).unwrap_or("").to_string();
+    match name.as_str() {
+        "create" => {
+            ddl::create_with_uuid(st, &db, o, ui_of(op))?;
+        }
+        "createIndexes" => {
+            let mut spec = o.clone();
+            spec.remove("createIndexes");
+            ddl::create_indexes(st, &db, &doc! {"createIndexes": coll, "indexes": [spec]})?;
+        }
+        "commitIndexBuild" => {
+            let indexes = o.get("indexes").cloned().unwrap_or(Bson::Array(Vec::new()));
+            ddl::create_indexes(st, &db, &doc! {"createIndexes": coll, "indexes": indexes})?;
+        }
+        "startIndexBuild" | "abortIndexBuild" => {}
+        "dropIndexes" | "deleteIndexes" => {
+            let index = o.get("index").cloned().unwrap_or(Bson::Null);
+            ddl::drop_indexes(st, &db, &doc! {"dropIndexes": coll, "index": index})?;
+        }
+        "collMod" => {
+            ddl::coll_mod(st, &db, o)?;
+        }
+        "drop" => {
+            ddl::drop(st, &db, o)?;
+        }
+        "dropDatabase" => {
+            ddl::drop_database(st, &db)?;
+        }
+        "renameCollection" => {
+            ddl::rename_collection(st, o)?;
+        }
+        "applyOps" => {
+            apply_ops(st, o)?;
+        }
+        other => {
+            return Err(CmdError::bad_value(format!(
+                "applyOps of the command {other:?} is not supported by this test server"
+            )))
+        }
+    }
+    Ok(())
+}
