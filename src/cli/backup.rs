@@ -28,6 +28,9 @@ pub struct BackupArgs {
     /// Largest stored part, in MiB.
     #[arg(long, default_value_t = 64)]
     pub part_size_mib: usize,
+    /// MongoDB: collections dumped at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -44,6 +47,17 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
             args.json,
         )
         .await;
+    }
+    if url_kind(&args.url) == Some(UrlKind::MongoDb) {
+        let opts = crate::backup::mongodb::take::MongoBackupOptions {
+            url: args.url.clone(),
+            name: args.name.clone(),
+            label: args.label.clone(),
+            parallel: usize::from(args.parallel),
+            part_size: args.part_size_mib.max(1) << 20,
+            ..Default::default()
+        };
+        return crate::backup::mongodb::take::run_cli(opts, &args.repo, args.json).await;
     }
     if url_kind(&args.url) != Some(UrlKind::Postgres) {
         return Err(anyhow!(
