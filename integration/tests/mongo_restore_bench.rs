@@ -1,7 +1,7 @@
 //! Benchmark (ignored by default; run with `cargo test --release -p
 //! pitr-integration --test mongo_restore_bench -- --ignored --nocapture`):
 //! the oplog replay of a MongoDB restore, 100 000 entries (inserts, then
-//! updates) archived from the replica-set test double (no real mongod runs
+//! updates) archived (by the tests' stand-in for `pitr archive`) from the replica-set test double (no real mongod runs
 //! here), applied to two fresh doubles in the same run: once batched
 //! (`ApplyLimits::default()`: many entries per `applyOps`), once one entry
 //! per request. Prints entries, round trips and seconds of each; both
@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bson::{doc, Document};
 use futures::TryStreamExt as _;
@@ -19,7 +19,8 @@ use pitr::restore::mongodb::apply::{apply_oplog, ApplyConfig};
 use pitr::restore::mongodb::plan::MongoTarget;
 use pitr::restore::mongodb::{load, make_plan};
 use pitr::storage::Repo;
-use pitr_integration::archiver::Archiver;
+#[path = "mongo_restore_support/copier.rs"]
+mod copier;
 use pitr_integration::restore_util::{pitr, text};
 use pitr_integration::{MongoDouble, MongoOptions};
 
@@ -59,7 +60,13 @@ async fn oplog_replay_batched_vs_one_entry_per_request() {
     let src = Client::with_uri_str(source.url()).await.unwrap();
     let items = src.database("bench").collection::<Document>("items");
     items.insert_one(doc! {"_id": -1, "v": 0}).await.unwrap();
-    let archiver = Archiver::start(&source.url(), &repo_path, "bench", dir.path(), &[]);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let copier = tokio::spawn(copier::copy_oplog(
+        source.url(),
+        repo_s.clone(),
+        "bench",
+        stop_rx,
+    ));
     let o = pitr(&[
         "backup",
         &source.url(),
@@ -82,8 +89,8 @@ async fn oplog_replay_batched_vs_one_entry_per_request() {
         .await
         .unwrap();
     let want = docs(&src).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    archiver.terminate();
+    stop_tx.send(true).unwrap();
+    copier.await.unwrap();
 
     let repo = Repo::open_existing(&repo_s).await.unwrap();
     let source_name = SourceName::new("bench").unwrap();

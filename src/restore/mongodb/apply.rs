@@ -128,6 +128,14 @@ fn command_code(e: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
+/// The server's message of a command error (the whole error otherwise).
+fn command_message(e: &mongodb::error::Error) -> String {
+    match &*e.kind {
+        ErrorKind::Command(c) => format!("{} ({})", c.message, c.code_name),
+        _ => e.to_string(),
+    }
+}
+
 /// Sends requests, tolerating idempotency errors inside the backup's window.
 struct Sender<'a> {
     client: &'a Client,
@@ -146,10 +154,18 @@ impl Sender<'_> {
             {
                 self.one_by_one(&r).await?;
             }
+            Err(e) if command_code(&e) == Some(48) => {
+                return Err(anyhow!(
+                    "the target already holds a collection the archived oplog creates at ts {} ({}); restore into a replica set without it",
+                    ts_text(r.last_ts),
+                    command_message(&e)
+                ))
+            }
             Err(e) => {
                 return Err(anyhow!(
-                    "applying the oplog up to ts {} on the target failed: {e}",
-                    ts_text(r.last_ts)
+                    "applying the oplog up to ts {} on the target failed: {}",
+                    ts_text(r.last_ts),
+                    command_message(&e)
                 ))
             }
         }

@@ -502,7 +502,8 @@ mod tests {
     fn documents_split_across_chunks() {
         let docs: Vec<RawDocumentBuf> = (0..5i32)
             .map(|i| {
-                RawDocumentBuf::from_document(&doc! {"_id": i, "s": "x".repeat(i as usize * 7)}).unwrap()
+                RawDocumentBuf::from_document(&doc! {"_id": i, "s": "x".repeat(i as usize * 7)})
+                    .unwrap()
             })
             .collect();
         let all: Vec<u8> = docs.iter().flat_map(|d| d.as_bytes().to_vec()).collect();
