@@ -392,6 +392,9 @@ async fn backup_mid_workload_and_exact_restores_across_a_step_down() {
     let terms = j["plan"]["terms"].as_array().unwrap();
     assert!(terms.len() >= 2, "{j}");
     // Both transactions were applied (the large one as a partialTxn chain).
-    assert!(j["apply"]["transactions_applied"].as_u64().unwrap() >= 2, "{j}");
+    assert!(
+        j["apply"]["transactions_applied"].as_u64().unwrap() >= 2,
+        "{j}"
+    );
     assert_eq!(last.state["files.blobs"].len(), 18);
 }

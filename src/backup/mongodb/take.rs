@@ -391,7 +391,7 @@ pub async fn run_cli(opts: MongoBackupOptions, repo: &str, json: bool) -> anyhow
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
     let signals = tokio::spawn(async move {
-        if crate::backup::mongodb::take::stop_signal().await {
+        if stop_signal().await {
             c2.cancel();
         }
     });

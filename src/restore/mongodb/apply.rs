@@ -59,20 +59,11 @@ const IDEMPOTENT_CODES: &[i32] = &[
 ];
 
 /// How to apply.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyConfig {
     /// Keep `ui` in operations (the load kept the source's UUIDs).
     pub preserve_uuid: bool,
     pub limits: ApplyLimits,
-}
-
-impl Default for ApplyConfig {
-    fn default() -> Self {
-        ApplyConfig {
-            preserve_uuid: false,
-            limits: ApplyLimits::default(),
-        }
-    }
 }
 
 /// What the replay did.

@@ -189,7 +189,7 @@ pub async fn clashes(client: &Client, m: &MongoManifest) -> anyhow::Result<Vec<S
             .await
             .context("listCollections admin on the target")?;
         for c in m.collections.iter().filter(|c| c.db == "admin") {
-            if have.iter().any(|h| *h == c.name) {
+            if have.contains(&c.name) {
                 out.push(format!("admin.{}", c.name));
             }
         }
