@@ -1,7 +1,7 @@
 //! A stand-in for `pitr archive` in the MongoDB restore tests (the real
 //! archiver is built on another branch): copies the source's oplog into the
 //! repository as segments, with the proto crate's segmenter.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
