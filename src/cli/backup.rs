@@ -38,6 +38,9 @@ pub struct BackupArgs {
     /// Largest stored part, in MiB.
     #[arg(long, default_value_t = 64)]
     pub part_size_mib: usize,
+    /// MongoDB: collections dumped at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -45,9 +48,20 @@ pub struct BackupArgs {
 
 pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
     let kind = url_kind(&args.url);
+    if kind == Some(UrlKind::MongoDb) {
+        let opts = crate::backup::mongodb::take::MongoBackupOptions {
+            url: args.url.clone(),
+            name: args.name.clone(),
+            label: args.label.clone(),
+            parallel: usize::from(args.parallel),
+            part_size: args.part_size_mib.max(1) << 20,
+            ..Default::default()
+        };
+        return crate::backup::mongodb::take::run_cli(opts, &args.repo, args.json).await;
+    }
     if !matches!(kind, Some(UrlKind::MySql | UrlKind::Postgres)) {
         return Err(anyhow!(
-            "base backups are available for PostgreSQL and MySQL/MariaDB; {:?} is neither a postgres:// nor a mysql:// URL",
+            "base backups are available for PostgreSQL, MySQL/MariaDB and MongoDB; {:?} is not a postgres://, mysql:// or mongodb:// URL",
             redact(&args.url)
         ));
     }

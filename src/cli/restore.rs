@@ -24,7 +24,7 @@ use crate::restore::time::{parse_time, utc_text};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("restore_target").required(true).args(["to", "to_lsn", "to_name", "latest", "to_gtid", "to_position"])))]
+#[command(group(clap::ArgGroup::new("restore_target").required(true).args(["to", "to_lsn", "to_name", "latest", "to_gtid", "to_position", "to_ts"])))]
 pub struct RestoreArgs {
     /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
@@ -82,6 +82,9 @@ pub struct RestoreArgs {
     /// MySQL/MariaDB: every transaction ending at or before FILE:POS.
     #[arg(long)]
     pub to_position: Option<String>,
+    /// MongoDB: every oplog entry with ts at or before SECONDS:INCREMENT, none after.
+    #[arg(long)]
+    pub to_ts: Option<String>,
     /// MySQL/MariaDB: drop the backup's databases on the target first.
     #[arg(long)]
     pub replace: bool,
@@ -98,6 +101,30 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
+    let mongo_target = args
+        .target
+        .as_deref()
+        .is_some_and(|t| crate::source::url_kind(t) == Some(crate::source::UrlKind::MongoDb));
+    let mongo = mongo_target
+        || args.to_ts.is_some()
+        || (args.target.is_none()
+            && source_engine(&args.repo, args.name.as_deref()).await
+                == Some(pitr_segment::Engine::MongoDb));
+    if mongo {
+        return crate::restore::mongodb::run_mongo(crate::restore::mongodb::MongoRestoreArgs {
+            repo: args.repo,
+            name: args.name,
+            to: args.to,
+            to_ts: args.to_ts,
+            latest: args.latest,
+            target: args.target,
+            dry_run: args.dry_run,
+            replace: args.replace,
+            json: args.json,
+            parallel: usize::from(args.parallel),
+        })
+        .await;
+    }
     let mysql_target = args
         .target
         .as_deref()
@@ -391,4 +418,14 @@ async fn mysql_source(repo: &str, name: Option<&str>) -> bool {
         crate::archive::identity::read_identity(&repo, &source).await,
         Ok(Some(id)) if matches!(id.engine, pitr_segment::Engine::MySql | pitr_segment::Engine::MariaDb)
     )
+}
+
+/// The engine of the (named or only) source of the repository.
+async fn source_engine(repo: &str, name: Option<&str>) -> Option<pitr_segment::Engine> {
+    let repo = Repo::open_existing(repo).await.ok()?;
+    let source = resolve_source(&repo, name).await.ok()?;
+    match crate::archive::identity::read_identity(&repo, &source).await {
+        Ok(Some(id)) => Some(id.engine),
+        _ => None,
+    }
 }

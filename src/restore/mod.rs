@@ -1,6 +1,7 @@
 //! Restore: planning and fetching archived log back out of the repository.
 
 pub mod binlog_fetch;
+pub mod mongodb;
 pub mod mysql;
 pub mod oplog_fetch;
 pub mod owner;

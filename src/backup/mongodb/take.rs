@@ -1,18 +1,58 @@
-//! Placeholder of the MongoDB logical base backup (the real one is built on
-//! another branch with exactly this interface; this one only lets the
-//! engine compile and says plainly that backups are not available).
+//! Taking a MongoDB logical base backup (`pitr backup mongodb://...`).
+//!
+//! Order (the manifest's contract, see [`super::manifest`]):
+//!
+//! 1. the replica-set name (`hello.setName`) is the source identity's
+//!    system id; the repository's identity must match before anything is
+//!    written;
+//! 2. `start` = the newest oplog entry (its `ts` and term `t`);
+//! 3. the catalog of every dumped database (see [`super::dump`]), then each
+//!    collection's documents, `parallel` collections at a time, each as one
+//!    zstd stream cut into parts; users and roles;
+//! 4. `end` = the newest oplog entry after the dump, and its `wall`;
+//! 5. wait until the repository's oplog archive covers `[start, end]`
+//!    (`pitr archive` must be running for this replica set): the backup is
+//!    restorable only with that stretch of oplog. The wait is bounded: it
+//!    fails when the archive does not grow for [`OplogWait::idle`] or when
+//!    no oplog of the source was ever archived;
+//! 6. `manifest.json`, last, create-if-absent.
+//!
+//! A failure or a stop (SIGTERM) after step 1 deletes the parts written so
+//! far: a backup directory holds a manifest and all its parts, or nothing.
 
-use crate::archive::keys::BackupKey;
-use crate::backup::mongodb::manifest::MongoManifest;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use bson::doc;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use mongodb::Client;
+use pitr_mongodb::OplogTs;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::dump::{self, OplogTop};
+use super::manifest::{
+    CollectionDump, MongoManifest, TsJson, MONGO_BACKUP_KIND, MONGO_MANIFEST_FORMAT_VERSION,
+};
+use crate::archive::catalog::Catalog;
+use crate::archive::identity::{ensure_identity, SourceIdentity};
+use crate::archive::keys::{BackupKey, SourceName};
+use crate::backup::mysql::dump::StreamWriter;
+use crate::restore::mongodb::plan::{covers, oplog_chain};
 use crate::storage::Repo;
 
-/// Settings of one MongoDB base backup.
+/// Settings of one backup.
 #[derive(Debug, Clone)]
 pub struct MongoBackupOptions {
     pub url: String,
     pub name: Option<String>,
     pub label: Option<String>,
+    /// Collections dumped at once.
     pub parallel: usize,
+    /// Largest stored part (compressed bytes).
     pub part_size: usize,
     pub zstd_level: i32,
 }
@@ -30,19 +70,399 @@ impl Default for MongoBackupOptions {
     }
 }
 
-/// A stored backup.
+/// Result of a backup.
 #[derive(Debug, Clone)]
 pub struct MongoBackupResult {
     pub key: BackupKey,
     pub manifest: MongoManifest,
 }
 
-/// Takes one MongoDB base backup (not available in this build).
+/// How long to wait for the archiver to store the backup's oplog.
+#[derive(Debug, Clone, Copy)]
+pub struct OplogWait {
+    /// Give up when the archive has not grown for this long.
+    pub idle: Duration,
+    /// Give up at once after this long when the source has no oplog archived at all.
+    pub none: Duration,
+}
+
+impl Default for OplogWait {
+    fn default() -> Self {
+        OplogWait {
+            idle: Duration::from_secs(60),
+            none: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The source name used when `--name` is not given: `mongo-<replica set>` (as the archiver).
+pub fn default_source_name(set_name: &str) -> String {
+    format!("mongo-{set_name}")
+}
+
+/// Connects with the driver (short server selection: a wrong URL fails fast).
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    let mut o = mongodb::options::ClientOptions::parse(url)
+        .await
+        .map_err(|e| anyhow!("invalid MongoDB URL {}: {e}", redact(url)))?;
+    o.server_selection_timeout
+        .get_or_insert(Duration::from_secs(15));
+    o.connect_timeout.get_or_insert(Duration::from_secs(15));
+    o.app_name.get_or_insert_with(|| "pitr".into());
+    Client::with_options(o).map_err(|e| anyhow!("connecting to {}: {e}", redact(url)))
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((cred, host)) => match cred.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The replica-set name and server version of a server.
+pub async fn server_facts(client: &Client, url: &str) -> anyhow::Result<(String, String)> {
+    let admin = client.database("admin");
+    let hello = admin
+        .run_command(doc! {"hello": 1})
+        .await
+        .map_err(|e| anyhow!("cannot reach the MongoDB server {}: {e}", redact(url)))?;
+    let set = hello.get_str("setName").map_err(|_| {
+        anyhow!(
+            "{} is not a replica-set member: pitr needs the oplog of a replica set (a one-member set is enough)",
+            redact(url)
+        )
+    })?;
+    let version = admin
+        .run_command(doc! {"buildInfo": 1})
+        .await
+        .ok()
+        .and_then(|b| b.get_str("version").ok().map(str::to_string))
+        .unwrap_or_default();
+    Ok((set.to_string(), version))
+}
+
+/// Takes a backup; see the module docs.
 pub async fn take_mongo_backup(
-    _opts: &MongoBackupOptions,
-    _repo: &Repo,
+    opts: &MongoBackupOptions,
+    repo: &Repo,
 ) -> anyhow::Result<MongoBackupResult> {
-    Err(anyhow::anyhow!(
-        "MongoDB base backups are not available in this build of pitr"
-    ))
+    take_mongo_backup_with(opts, repo, OplogWait::default(), CancellationToken::new()).await
+}
+
+/// [`take_mongo_backup`] with an explicit oplog wait and a stop signal.
+pub async fn take_mongo_backup_with(
+    opts: &MongoBackupOptions,
+    repo: &Repo,
+    wait: OplogWait,
+    cancel: CancellationToken,
+) -> anyhow::Result<MongoBackupResult> {
+    let start_time = Utc::now();
+    let client = connect(&opts.url).await?;
+    let (set_name, version) = server_facts(&client, &opts.url).await?;
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| default_source_name(&set_name));
+    let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
+    ensure_identity(
+        repo,
+        &SourceIdentity::new(&name, pitr_segment::Engine::MongoDb, &set_name),
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    let start = dump::oplog_top(&client).await?;
+    let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
+    let key =
+        BackupKey::new(source.clone(), start.ts.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
+    let run = async {
+        let r = tokio::select! {
+            r = dump_all(opts, repo, &client, &key) => r?,
+            _ = cancel.cancelled() => return Err(anyhow!("stopped before the dump finished")),
+        };
+        let end = dump::oplog_top(&client).await?;
+        tokio::select! {
+            r = wait_for_oplog(repo, &source, start.ts, end.ts, wait) => r?,
+            _ = cancel.cancelled() => return Err(anyhow!("stopped while waiting for the archiver")),
+        }
+        anyhow::Ok((r, end))
+    };
+    let ((users, roles, collections), end) = match run.await {
+        Ok(v) => v,
+        Err(e) => {
+            remove_parts(repo, &key).await;
+            return Err(e);
+        }
+    };
+    let manifest = MongoManifest {
+        format_version: MONGO_MANIFEST_FORMAT_VERSION,
+        kind: MONGO_BACKUP_KIND.into(),
+        engine: "mongodb".into(),
+        id,
+        label: opts.label.clone().unwrap_or_default(),
+        system_id: set_name,
+        server_version: version,
+        start: TsJson::from(start.ts),
+        start_term: start.term,
+        end: TsJson::from(end.ts),
+        end_term: end.term,
+        end_wall: wall_time(&end),
+        start_time,
+        stop_time: Utc::now(),
+        users: Some(users),
+        roles: Some(roles),
+        collections,
+    };
+    let stored = repo
+        .put_if_absent(
+            &key.to_key(),
+            Bytes::from(serde_json::to_vec_pretty(&manifest)?),
+        )
+        .await;
+    if let Err(e) = stored {
+        remove_parts(repo, &key).await;
+        return Err(anyhow!("storing the backup manifest: {e}"));
+    }
+    Ok(MongoBackupResult { key, manifest })
+}
+
+fn wall_time(t: &OplogTop) -> DateTime<Utc> {
+    t.wall_ms
+        .and_then(DateTime::from_timestamp_millis)
+        .or_else(|| DateTime::from_timestamp(i64::from(t.ts.secs), 0))
+        .unwrap_or_else(Utc::now)
+}
+
+type Dumped = (
+    super::manifest::Stream,
+    super::manifest::Stream,
+    Vec<CollectionDump>,
+);
+
+/// Steps 3: catalog, documents (in parallel), users and roles.
+async fn dump_all(
+    opts: &MongoBackupOptions,
+    repo: &Repo,
+    client: &Client,
+    key: &BackupKey,
+) -> anyhow::Result<Dumped> {
+    let mut catalog = Vec::new();
+    for db in dump::list_databases(client).await? {
+        catalog.extend(dump::read_catalog(client, &db).await?);
+    }
+    let jobs: VecDeque<usize> = (0..catalog.len())
+        .filter(|i| dump::has_data(&catalog[*i]))
+        .collect();
+    let queue = Arc::new(Mutex::new(jobs));
+    let shared = Arc::new(catalog.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..opts.parallel.clamp(1, 64) {
+        let (queue, repo, key, client, shared) = (
+            queue.clone(),
+            repo.clone(),
+            key.clone(),
+            client.clone(),
+            shared.clone(),
+        );
+        let (part_size, level) = (opts.part_size, opts.zstd_level);
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let job = queue.lock().await.pop_front();
+                let Some(i) = job else { break };
+                let c = &shared[i];
+                let name = format!("c{i:05}.bson");
+                let mut w = StreamWriter::new(&repo, &key, &name, part_size, level)?;
+                let n = dump::dump_documents(&client, &c.db, &c.name, &mut w).await?;
+                done.push((i, n, w.finish().await?));
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut first_err = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(v)) => {
+                for (i, n, s) in v {
+                    catalog[i].documents = n;
+                    catalog[i].data = Some(s);
+                }
+            }
+            Ok(Err(e)) => first_err = first_err.or(Some(e)),
+            Err(e) => first_err = first_err.or(Some(anyhow!("backup worker failed: {e}"))),
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut w = StreamWriter::new(repo, key, "users.bson", opts.part_size, opts.zstd_level)?;
+    dump::dump_documents(client, "admin", "system.users", &mut w)
+        .await
+        .context("dumping users (admin.system.users; the backup user needs the backup role)")?;
+    let users = w.finish().await?;
+    let mut w = StreamWriter::new(repo, key, "roles.bson", opts.part_size, opts.zstd_level)?;
+    dump::dump_documents(client, "admin", "system.roles", &mut w)
+        .await
+        .context("dumping roles (admin.system.roles)")?;
+    let roles = w.finish().await?;
+    Ok((users, roles, catalog))
+}
+
+/// Waits until the archive covers `[start, end]` (step 5 in the module docs).
+async fn wait_for_oplog(
+    repo: &Repo,
+    source: &SourceName,
+    start: OplogTs,
+    end: OplogTs,
+    wait: OplogWait,
+) -> anyhow::Result<()> {
+    let (from, to) = (start.to_log_pos(), end.pos_after());
+    let began = Instant::now();
+    let mut last_growth = Instant::now();
+    let mut last_tail = None;
+    let mut told = false;
+    loop {
+        let catalog = Catalog::load(repo, source)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let terms: Vec<_> = catalog
+            .epochs()
+            .into_iter()
+            .filter_map(|e| catalog.epoch(e).map(|c| c.segments().to_vec()))
+            .collect();
+        let chain = oplog_chain(&terms);
+        if covers(&chain, from, to) {
+            return Ok(());
+        }
+        let tail = chain.last().map(|s| s.key.end);
+        if tail != last_tail {
+            last_growth = Instant::now();
+            last_tail = tail;
+        }
+        if tail.is_none() && began.elapsed() >= wait.none {
+            return Err(anyhow!(
+                "no oplog of source {} is archived in the repository: run `pitr archive <mongodb-url> --repo <repo> --name {}` alongside backups, then back up again",
+                source.as_str(),
+                source.as_str()
+            ));
+        }
+        if last_growth.elapsed() >= wait.idle {
+            return Err(anyhow!(
+                "the archive of source {} did not reach the backup's oplog end {}:{} within {:?} (it ends at {}): is `pitr archive` running for this replica set?",
+                source.as_str(),
+                end.secs,
+                end.inc,
+                wait.idle,
+                tail.and_then(OplogTs::last_before)
+                    .map(|t| format!("{}:{}", t.secs, t.inc))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+        if !told {
+            eprintln!(
+                "backup: waiting for the archiver to store the oplog up to {}:{}",
+                end.secs, end.inc
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Deletes what a failed backup stored (best effort).
+async fn remove_parts(repo: &Repo, key: &BackupKey) {
+    if let Ok(objs) = repo.list(&key.dir()).await {
+        for o in objs {
+            let _ = repo.delete(o.location.as_ref()).await;
+        }
+    }
+}
+
+/// `pitr backup mongodb://...`: takes the backup and prints a summary;
+/// SIGTERM/SIGINT stop it cleanly (nothing is left in the repository).
+pub async fn run_cli(opts: MongoBackupOptions, repo: &str, json: bool) -> anyhow::Result<i32> {
+    let repo = Repo::open(repo).await.map_err(|e| anyhow!("{e}"))?;
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let signals = tokio::spawn(async move {
+        if stop_signal().await {
+            c2.cancel();
+        }
+    });
+    let r = take_mongo_backup_with(&opts, &repo, OplogWait::default(), cancel.clone()).await;
+    signals.abort();
+    let r = match r {
+        Ok(r) => r,
+        Err(_) if cancel.is_cancelled() => {
+            eprintln!("backup stopped by a signal before it completed; nothing was kept in the repository");
+            return Ok(1);
+        }
+        Err(e) => return Err(e),
+    };
+    let m = &r.manifest;
+    let docs: u64 = m.collections.iter().map(|c| c.documents).sum();
+    if json {
+        let v = serde_json::json!({
+            "source": r.key.source.as_str(),
+            "backup": r.key.dir(),
+            "id": m.id,
+            "replica_set": m.system_id,
+            "start": format!("{}:{}", m.start.secs, m.start.inc),
+            "end": format!("{}:{}", m.end.secs, m.end.inc),
+            "end_wall": m.end_wall,
+            "collections": m.collections.len(),
+            "documents": docs,
+            "stored_bytes": m.stored_bytes(),
+        });
+        println!("{v}");
+    } else {
+        eprintln!(
+            "backup {} complete: oplog {}:{} .. {}:{} (consistent at {}), {} collections, {docs} documents, {} bytes stored",
+            r.key.dir(),
+            m.start.secs,
+            m.start.inc,
+            m.end.secs,
+            m.end.inc,
+            m.end_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            m.collections.len(),
+            m.stored_bytes()
+        );
+    }
+    Ok(0)
+}
+
+/// Resolves on SIGTERM or SIGINT (true), or never when they cannot be watched.
+pub async fn stop_signal() -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(
+            redact("mongodb://pitr:secret@h1:27017,h2:27018/?replicaSet=rs0"),
+            "mongodb://pitr:***@h1:27017,h2:27018/?replicaSet=rs0"
+        );
+        assert_eq!(redact("mongodb://h/"), "mongodb://h/");
+        assert_eq!(default_source_name("rs0"), "mongo-rs0");
+    }
 }

@@ -1,0 +1,400 @@
+//! MongoDB backup and point-in-time restore end to end, against the
+//! replica-set test double (`mongo-double`; no real mongod can run where
+//! these tests run): `pitr archive` streams the oplog while a ledger
+//! workload runs through the official driver; `pitr backup` is taken in the
+//! middle of it; then DDL (create, createIndexes, drop), a multi-document
+//! transaction, a transaction larger than 16 MB (a `partialTxn` chain) and
+//! a step-down (a new term). The source's state is recorded at chosen
+//! points with the `ts` and `wall` of the newest oplog entry; restores into
+//! a second double must equal it exactly: to a `ts` (every entry at or
+//! before it, none after), to a time, and `--latest`. Also: `--dry-run`
+//! changes nothing, a target before the window and a non-empty target
+//! without `--replace` are refused in one sentence. The oplog is archived by
+//! a stand-in for `pitr archive` (see `mongo_restore_support/copier.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use futures::TryStreamExt as _;
+use mongodb::{Client, Collection};
+use tokio::sync::watch;
+#[path = "mongo_restore_support/copier.rs"]
+mod copier;
+use copier::copy_oplog;
+use pitr_integration::restore_util::{pitr, text};
+use pitr_integration::{pitr_bin, MongoDouble, MongoOptions};
+
+fn start() -> MongoDouble {
+    MongoDouble::start_bin(
+        Path::new(env!("CARGO_BIN_EXE_mongo-double")),
+        MongoOptions {
+            noop_interval_secs: 0,
+            ..Default::default()
+        },
+    )
+    .expect("start mongo-double")
+}
+
+async fn client(url: &str) -> Client {
+    Client::with_uri_str(url).await.expect("client")
+}
+
+/// `ts` (secs, inc) and `wall` (ms) of the newest oplog entry.
+async fn newest(c: &Client) -> ((u32, u32), i64) {
+    let coll: Collection<RawDocumentBuf> = c.database("local").collection("oplog.rs");
+    let d = coll
+        .find_one(doc! {})
+        .sort(doc! {"$natural": -1})
+        .await
+        .unwrap()
+        .unwrap()
+        .to_document()
+        .unwrap();
+    let ts = d.get_timestamp("ts").unwrap();
+    let wall = d.get_datetime("wall").unwrap().timestamp_millis();
+    ((ts.time, ts.increment), wall)
+}
+
+/// A document as compared: large ones by length and a hash of their bytes.
+fn comparable(d: RawDocumentBuf) -> Document {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    if d.as_bytes().len() > 4096 {
+        let id = d
+            .to_document()
+            .unwrap()
+            .get("_id")
+            .cloned()
+            .unwrap_or(Bson::Null);
+        let mut h = DefaultHasher::new();
+        d.as_bytes().hash(&mut h);
+        return doc! {"_id": id, "len": d.as_bytes().len() as i64, "hash": h.finish() as i64};
+    }
+    d.to_document().unwrap()
+}
+
+type State = BTreeMap<String, Vec<Document>>;
+
+/// Every collection of the user databases, documents sorted by `_id`.
+async fn state(c: &Client) -> State {
+    let mut out = State::new();
+    for db in ["bank", "files"] {
+        let d = c.database(db);
+        let mut names = d.list_collection_names().await.unwrap();
+        names.sort();
+        for n in names {
+            if n.starts_with("system.") {
+                continue;
+            }
+            let coll: Collection<RawDocumentBuf> = d.collection(&n);
+            let docs: Vec<RawDocumentBuf> = coll
+                .find(doc! {})
+                .sort(doc! {"_id": 1})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            out.insert(
+                format!("{db}.{n}"),
+                docs.into_iter().map(comparable).collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Index names per collection of `bank`.
+async fn indexes(c: &Client) -> BTreeMap<String, Vec<String>> {
+    let d = c.database("bank");
+    let mut out = BTreeMap::new();
+    for n in d.list_collection_names().await.unwrap() {
+        let mut names = d
+            .collection::<Document>(&n)
+            .list_index_names()
+            .await
+            .unwrap();
+        names.sort();
+        out.insert(n, names);
+    }
+    out
+}
+
+/// A point of the source's history.
+#[derive(Debug, Clone)]
+struct Point {
+    ts: (u32, u32),
+    wall_ms: i64,
+    state: State,
+}
+
+async fn point(c: &Client) -> Point {
+    let (ts, wall_ms) = newest(c).await;
+    Point {
+        ts,
+        wall_ms,
+        state: state(c).await,
+    }
+}
+
+/// One transfer: a ledger entry and two balance updates (three writes).
+async fn transfer(c: &Client, n: i64) {
+    let bank = c.database("bank");
+    let (from, to) = (n % 10, (n * 7 + 3) % 10);
+    bank.collection::<Document>("ledger")
+        .insert_one(doc! {"_id": n, "from": from, "to": to, "amount": n % 13 + 1})
+        .await
+        .unwrap();
+    let acc = bank.collection::<Document>("accounts");
+    acc.update_one(
+        doc! {"_id": from},
+        doc! {"$inc": {"balance": -(n % 13 + 1)}, "$set": {"last": n}},
+    )
+    .await
+    .unwrap();
+    acc.update_one(doc! {"_id": to}, doc! {"$inc": {"balance": n % 13 + 1}})
+        .await
+        .unwrap();
+}
+
+fn restore(repo: &str, target: &[&str], url: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["restore", "--repo", repo, "--name", "src"];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--target", url]);
+    args.extend_from_slice(extra);
+    pitr(&args)
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", text(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// One plain sentence on stderr, non-zero exit.
+fn refused(o: &std::process::Output, words: &str) {
+    assert!(!o.status.success(), "expected a refusal: {}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{}", text(o));
+    assert!(errors[0].contains(words), "{}", text(o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_mid_workload_and_exact_restores_across_a_step_down() {
+    let source = start();
+    let target = start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let src = client(&source.url()).await;
+    let dst = client(&target.url()).await;
+
+    // Before the archiver: accounts and an index.
+    let bank = src.database("bank");
+    bank.collection::<Document>("accounts")
+        .insert_many((0..10).map(|i| doc! {"_id": i, "owner": format!("o{i}"), "balance": 1000}))
+        .await
+        .unwrap();
+    bank.run_command(
+        doc! {"createIndexes": "ledger", "indexes": [{"key": {"from": 1}, "name": "from_1"}]},
+    )
+    .await
+    .unwrap();
+    bank.collection::<Document>("scratch")
+        .insert_one(doc! {"_id": "tmp"})
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let copier = tokio::spawn(copy_oplog(source.url(), repo_s.clone(), "src", stop_rx));
+
+    let mut n = 0i64;
+    for _ in 0..20 {
+        n += 1;
+        transfer(&src, n).await;
+    }
+    // The backup runs while transfers go on.
+    let backup = Command::new(pitr_bin())
+        .args([
+            "backup",
+            &source.url(),
+            "--repo",
+            &repo_s,
+            "--name",
+            "src",
+            "--json",
+            "--parallel",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..60 {
+        n += 1;
+        transfer(&src, n).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || backup.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let b: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert!(b["documents"].as_u64().unwrap() >= 10, "{b}");
+
+    // DDL, a transaction, then the point A right before a > 16 MB transaction.
+    bank.run_command(doc! {"create": "audit", "validator": {"kind": {"$exists": true}}})
+        .await
+        .unwrap();
+    bank.run_command(doc! {"createIndexes": "audit", "indexes": [{"key": {"kind": 1, "at": -1}, "name": "kind_at"}]})
+        .await
+        .unwrap();
+    bank.collection::<Document>("scratch").drop().await.unwrap();
+    let mut s = src.start_session().await.unwrap();
+    s.start_transaction().await.unwrap();
+    bank.collection::<Document>("audit")
+        .insert_one(doc! {"_id": 1, "kind": "txn", "at": 1})
+        .session(&mut s)
+        .await
+        .unwrap();
+    bank.collection::<Document>("accounts")
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"frozen": true}})
+        .session(&mut s)
+        .await
+        .unwrap();
+    s.commit_transaction().await.unwrap();
+    n += 1;
+    transfer(&src, n).await;
+    let a = point(&src).await;
+
+    let blob = "x".repeat(1 << 20);
+    let mut s = src.start_session().await.unwrap();
+    s.start_transaction().await.unwrap();
+    for i in 0..18 {
+        src.database("files")
+            .collection::<Document>("blobs")
+            .insert_one(doc! {"_id": i, "data": blob.as_str()})
+            .session(&mut s)
+            .await
+            .unwrap();
+    }
+    s.commit_transaction().await.unwrap();
+
+    // A new term, then more transfers; B is a point in the new term.
+    let _ = src
+        .database("admin")
+        .run_command(doc! {"replSetStepDown": 1, "force": true})
+        .await;
+    for _ in 0..5 {
+        n += 1;
+        transfer(&src, n).await;
+    }
+    let b_point = point(&src).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for _ in 0..5 {
+        n += 1;
+        transfer(&src, n).await;
+    }
+    let last = point(&src).await;
+    assert!(a.ts < b_point.ts && b_point.ts < last.ts);
+    // Let the copier store everything, then stop it.
+    stop_tx.send(true).unwrap();
+    copier.await.unwrap();
+
+    // --dry-run: the plan, nothing changed.
+    let plan = ok(&restore(
+        &repo_s,
+        &["--latest"],
+        &target.url(),
+        &["--dry-run"],
+    ));
+    assert!(
+        plan.contains("base backup") && plan.contains("oplog segments"),
+        "{plan}"
+    );
+    assert!(!dst
+        .list_database_names()
+        .await
+        .unwrap()
+        .contains(&"bank".to_string()));
+
+    // Before the window: refused.
+    refused(
+        &restore(&repo_s, &["--to-ts", "1:0"], &target.url(), &[]),
+        "before the recoverable window",
+    );
+
+    // Exact ts: A, none of the large transaction.
+    let ta = format!("{}:{}", a.ts.0, a.ts.1);
+    ok(&restore(&repo_s, &["--to-ts", &ta], &target.url(), &[]));
+    assert_eq!(state(&dst).await, a.state, "restore to ts {ta}");
+    assert_eq!(
+        indexes(&dst).await,
+        indexes(&src)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k != "scratch")
+            .collect()
+    );
+
+    // A non-empty target without --replace: refused, unchanged.
+    let tb = chrono::DateTime::from_timestamp_millis(b_point.wall_ms)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S%.3fZ")
+        .to_string();
+    refused(
+        &restore(&repo_s, &["--to", &tb], &target.url(), &[]),
+        "--replace",
+    );
+    assert_eq!(state(&dst).await, a.state);
+
+    // A time in the new term, with --replace.
+    ok(&restore(
+        &repo_s,
+        &["--to", &tb],
+        &target.url(),
+        &["--replace"],
+    ));
+    assert_eq!(state(&dst).await, b_point.state, "restore to time {tb}");
+
+    // --replace drops the backup's databases only: `files` (created after
+    // the backup) is still there, and the replay refuses to create it again.
+    let o = restore(&repo_s, &["--latest"], &target.url(), &["--replace"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already holds a collection"),
+        "{}",
+        text(&o)
+    );
+
+    // Everything, into an empty replica set.
+    let target2 = start();
+    let dst2 = client(&target2.url()).await;
+    let out = ok(&restore(
+        &repo_s,
+        &["--latest"],
+        &target2.url(),
+        &["--json"],
+    ));
+    assert_eq!(state(&dst2).await, last.state, "restore --latest");
+    let j: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        j["apply"]["last_ts_applied"].as_str().unwrap(),
+        format!("{}:{}", last.ts.0, last.ts.1)
+    );
+    assert!(
+        j["apply"]["round_trips"].as_u64().unwrap()
+            < j["apply"]["entries_applied"].as_u64().unwrap()
+    );
+    // The replay crossed the step-down: segments of two terms.
+    let terms = j["plan"]["terms"].as_array().unwrap();
+    assert!(terms.len() >= 2, "{j}");
+    // Both transactions were applied (the large one as a partialTxn chain).
+    assert!(
+        j["apply"]["transactions_applied"].as_u64().unwrap() >= 2,
+        "{j}"
+    );
+    assert_eq!(last.state["files.blobs"].len(), 18);
+}
