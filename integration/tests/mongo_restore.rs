@@ -9,8 +9,7 @@
 //! a second double must equal it exactly: to a `ts` (every entry at or
 //! before it, none after), to a time, and `--latest`. Also: `--dry-run`
 //! changes nothing, a target before the window and a non-empty target
-//! without `--replace` are refused in one sentence. The oplog is archived by
-//! a stand-in for `pitr archive` (see `mongo_restore_support/copier.rs`).
+//! without `--replace` are refused in one sentence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -21,12 +20,10 @@ use std::time::Duration;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt as _;
 use mongodb::{Client, Collection};
-use tokio::sync::watch;
-#[path = "mongo_restore_support/copier.rs"]
-mod copier;
-use copier::copy_oplog;
+use pitr_integration::archiver::{wait_for, Archiver};
 use pitr_integration::restore_util::{pitr, text};
 use pitr_integration::{pitr_bin, MongoDouble, MongoOptions};
+use pitr_mongodb::OplogTs;
 
 fn start() -> MongoDouble {
     MongoDouble::start_bin(
@@ -37,6 +34,23 @@ fn start() -> MongoDouble {
         },
     )
     .expect("start mongo-double")
+}
+
+/// The newest archived `ts`, from `oplog-fetch --list`.
+fn archived_last(repo: &Path) -> Option<OplogTs> {
+    let out = Command::new(pitr_bin())
+        .args(["oplog-fetch", "--repo"])
+        .arg(repo)
+        .args(["--name", "src", "--list"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse::<OplogTs>().ok())
+        .max()
 }
 
 async fn client(url: &str) -> Client {
@@ -207,8 +221,7 @@ async fn backup_mid_workload_and_exact_restores_across_a_step_down() {
         .insert_one(doc! {"_id": "tmp"})
         .await
         .unwrap();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let copier = tokio::spawn(copy_oplog(source.url(), repo_s.clone(), "src", stop_rx));
+    let archiver = Archiver::start(&source.url(), &repo, "src", dir.path(), &[]);
 
     let mut n = 0i64;
     for _ in 0..20 {
@@ -299,9 +312,15 @@ async fn backup_mid_workload_and_exact_restores_across_a_step_down() {
     }
     let last = point(&src).await;
     assert!(a.ts < b_point.ts && b_point.ts < last.ts);
-    // Let the copier store everything, then stop it.
-    stop_tx.send(true).unwrap();
-    copier.await.unwrap();
+    // Let the archiver store everything, then stop it.
+    let newest_ts = OplogTs {
+        secs: last.ts.0,
+        inc: last.ts.1,
+    };
+    wait_for("the archive to catch up", Duration::from_secs(30), || {
+        archived_last(&repo).is_some_and(|t| t >= newest_ts)
+    });
+    archiver.terminate();
 
     // --dry-run: the plan, nothing changed.
     let plan = ok(&restore(

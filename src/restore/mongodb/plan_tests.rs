@@ -29,6 +29,7 @@ fn seg(term: u64, start: OplogTs, last: OplogTs, tmin: i64, tmax: i64) -> Segmen
             end: last.pos_after(),
             tmin: Some(TimestampMicros(us(tmin))),
             tmax: Some(TimestampMicros(us(tmax))),
+            generation: 0,
         },
         size: 100,
     }
@@ -208,6 +209,7 @@ fn holes_and_gaps_are_refused() {
         epoch: Epoch(2),
         start: ts(199, 2).to_log_pos(),
         end: ts(250, 2).to_log_pos(),
+        generation: 0,
     };
     let e = plan_mongo(&chain, &[gap], &backups(), &MongoTarget::Ts(ts(260, 0))).unwrap_err();
     assert!(e.0.contains("recorded gap"), "{e}");
