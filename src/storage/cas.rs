@@ -14,9 +14,9 @@
 //! does it itself: every conditional write of a key takes an exclusive
 //! `flock` on the key's directory (no lock file is ever created), compares
 //! the current content (the version of a local object is the SHA-256 of its
-//! bytes), writes a temporary file under
-//! `<root>/.pitr-scratch/`, fsyncs it, renames it onto the key and fsyncs the
-//! directory. Readers need no lock: a rename is atomic. Only processes that
+//! bytes), writes a temporary file beside the key (`<key>#<digits>`,
+//! hidden from listings like the store's own staging files), fsyncs it,
+//! renames it onto the key and fsyncs the directory. Readers need no lock: a rename is atomic. Only processes that
 //! see the same directory (one machine, or a file system with working
 //! `flock`, not every NFS) are kept apart this way.
 
@@ -27,7 +27,7 @@ use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use sha2::{Digest, Sha256};
 
-use super::{nonce, parse_key, Repo, StorageError, SCRATCH_PREFIX};
+use super::{parse_key, Repo, StorageError};
 
 /// The version of an object as read by [`Repo::get_versioned`]: opaque,
 /// only good for a later [`Repo::put_if_version`] of the same key.
@@ -180,6 +180,22 @@ fn conflict(key: &str) -> CasError {
     }
 }
 
+/// A unique all-digit suffix (time, pid, sequence): far longer than the
+/// local store's own staging counters, so the two never collide.
+fn digits_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{nanos}{:010}{:06}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed) % 1_000_000
+    )
+}
+
 /// The locked compare-and-write of a local repository (see the module docs).
 fn local_cas(
     root: &FsPath,
@@ -188,8 +204,6 @@ fn local_cas(
     expected: Option<[u8; 32]>,
     data: &[u8],
 ) -> Result<Version, CasError> {
-    let scratch = root.join(SCRATCH_PREFIX);
-    std::fs::create_dir_all(&scratch).map_err(|e| io_err("put", key, e))?;
     let target: PathBuf = root.join(rel);
     let dir = target
         .parent()
@@ -209,7 +223,10 @@ fn local_cas(
     if current != expected {
         return Err(conflict(key));
     }
-    let tmp = scratch.join(format!("cas-{}", nonce()));
+    // Beside the key, named like the local store's own staging files
+    // (`<name>#<digits>`), which listings never show and `remove_leftovers`
+    // sweeps after a crash.
+    let tmp = PathBuf::from(format!("{}#{}", target.display(), digits_nonce()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
