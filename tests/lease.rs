@@ -443,7 +443,7 @@ async fn status_flags_an_expired_lease_and_fenced_objects() {
 #[tokio::test]
 async fn prune_deletes_fenced_objects_and_nothing_a_backup_needs() {
     use pitr::archive::keys::BackupKey;
-    use pitr::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+    use pitr::backup::postgres::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
     use pitr::retention::{prune, Policy, PruneOptions};
     use pitr_postgres::lsn::Lsn;
     let repo = Repo::open("memory://").await.unwrap();

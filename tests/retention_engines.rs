@@ -29,9 +29,11 @@ use pitr::archive::catalog::Catalog;
 use pitr::archive::gaps::{write_gap, GapRecord};
 use pitr::archive::index::Indexer;
 use pitr::archive::keys::{BackupKey, SegmentKey, SourceName};
-use pitr::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
 use pitr::backup::mysql::manifest::{
     MysqlManifest, Part, Stream, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
+};
+use pitr::backup::postgres::manifest::{
+    ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
 };
 use pitr::engine::list_backups;
 use pitr::retention::{prune, Policy, PruneOptions, PruneReport};

@@ -30,7 +30,7 @@ use pitr::archive::catalog::{Catalog, CoverageError};
 use pitr::archive::gaps::{write_gap, GapRecord};
 use pitr::archive::index::Indexer;
 use pitr::archive::keys::{BackupKey, SegmentKey, SourceName};
-use pitr::backup::manifest::{
+use pitr::backup::postgres::manifest::{
     list_backups, ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
 };
 use pitr::retention::{align_down, prune, Policy, PruneOptions, PruneReport};

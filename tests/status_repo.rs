@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use pitr::archive::gaps::{write_gap, GapRecord};
 use pitr::archive::identity::{ensure_identity, SourceIdentity};
 use pitr::archive::keys::{BackupKey, SegmentKey, SourceName};
-use pitr::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo};
+use pitr::backup::postgres::manifest::{ArchiveInfo, BackupManifest, PartInfo};
 use pitr::monitor::status::repo_status;
 use pitr::storage::Repo;
 use pitr_postgres::lsn::Lsn;

@@ -111,7 +111,9 @@ const FILE: u64 = 0x1000;
 /// Epoch 1 holds `[FILE, 6 × FILE)` in one segment per file; backups
 /// start at 1 × FILE and 4 × FILE.
 async fn history(repo: &Repo) -> (BackupKey, BackupKey) {
-    use pitr::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
+    use pitr::backup::postgres::manifest::{
+        ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
+    };
     for f in 1..6u64 {
         let key = pitr::archive::keys::SegmentKey {
             source: SourceName::new("db").unwrap(),

@@ -15,7 +15,7 @@ use clap::Args;
 
 use crate::backup::interrupt::{run_interruptible, Cleanup, Outcome, StartedBackup};
 use crate::backup::mysql::{take_mysql_backup, MysqlBackupOptions};
-use crate::backup::take::{take_backup, BackupOptions, Progress};
+use crate::backup::postgres::take::{take_backup, BackupOptions, Progress};
 use crate::cli::common::{shutdown_signal, Signal};
 use crate::config::redact;
 use crate::source::{url_kind, UrlKind};

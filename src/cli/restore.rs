@@ -14,12 +14,12 @@ use crate::archive::catalog::Catalog;
 use crate::archive::identity::resolve_source;
 use crate::archive::keys::BackupKey;
 use crate::archive::pins::{Pin, PinGuard};
-use crate::backup::manifest::{list_backups, BackupManifest};
+use crate::backup::postgres::manifest::{list_backups, BackupManifest};
 use crate::restore::owner::{self, Owner};
-use crate::restore::pg;
-use crate::restore::pg_recover::{self, RecoverOptions};
-use crate::restore::plan::{plan, plan_on, timeline_path, Plan, Target};
-use crate::restore::planned;
+use crate::restore::postgres as pg;
+use crate::restore::postgres::plan::{plan, plan_on, timeline_path, Plan, Target};
+use crate::restore::postgres::planned;
+use crate::restore::postgres::recover::{self as pg_recover, RecoverOptions};
 use crate::restore::time::{parse_time, utc_text};
 use crate::storage::Repo;
 

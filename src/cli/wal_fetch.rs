@@ -22,9 +22,9 @@ use anyhow::anyhow;
 use clap::Args;
 
 use crate::archive::pins;
-use crate::restore::planned::{planned, PlanRange};
+use crate::restore::postgres::planned::{planned, PlanRange};
+use crate::restore::postgres::wal_fetch::{FetchOptions, FetchOutcome};
 use crate::restore::prefetch::{self, Spool};
-use crate::restore::wal_fetch::{FetchOptions, FetchOutcome};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
 //! The PostgreSQL engine: positions are LSNs on a timeline (the epoch);
-//! a base backup (`BASE_BACKUP`, see `backup::manifest`) needs the WAL from
+//! a base backup (`BASE_BACKUP`, see `backup::postgres::manifest`) needs the WAL from
 //! its start LSN, rounded down to a WAL-file boundary, to its stop LSN.
 
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
 use crate::archive::keys::BackupKey;
-use crate::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
-use crate::backup::take::{take_backup, BackupOptions};
+use crate::backup::postgres::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+use crate::backup::postgres::take::{take_backup, BackupOptions};
 use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;

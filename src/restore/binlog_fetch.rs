@@ -28,7 +28,7 @@ use pitr_segment::{LogPos, TimestampMicros};
 
 use crate::archive::catalog::{Catalog, SegmentEntry};
 use crate::archive::keys::{SegmentKey, SourceName};
-use crate::restore::wal_fetch::write_atomically;
+use crate::restore::postgres::wal_fetch::write_atomically;
 use crate::source::mysql_segment::{
     last_event_type, read_meta, MysqlMeta, FIRST_EVENT_OFFSET, MYSQL_EPOCH,
 };

@@ -1,16 +1,11 @@
-//! Restore: planning and fetching archived log back out of the repository.
+//! Restore: planning and fetching archived log back out of the repository,
+//! one module per engine, and what they share.
 
 pub mod binlog_fetch;
 pub mod mongodb;
 pub mod mysql;
 pub mod oplog_fetch;
 pub mod owner;
-pub mod pg;
-pub mod pg_recover;
-pub mod plan;
-#[cfg(test)]
-mod plan_tests;
-pub mod planned;
+pub mod postgres;
 pub mod prefetch;
 pub mod time;
-pub mod wal_fetch;

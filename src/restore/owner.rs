@@ -113,7 +113,7 @@ impl Owner {
 /// When running as root: the user the restored directory `dir` will belong
 /// to (`--owner`, else the owner of its parent); `None` otherwise.
 pub fn resolve(dir: &Path, owner: Option<&str>) -> anyhow::Result<Option<Owner>> {
-    if !crate::restore::pg::running_as_root() {
+    if !crate::restore::postgres::running_as_root() {
         return Ok(None);
     }
     let o = match owner {
@@ -123,7 +123,7 @@ pub fn resolve(dir: &Path, owner: Option<&str>) -> anyhow::Result<Option<Owner>>
             let m = std::fs::metadata(parent).map_err(|e| {
                 anyhow!("{}: {e}; create it or pass --owner USER", parent.display())
             })?;
-            let name = crate::restore::pg::user_name(m.uid())?;
+            let name = crate::restore::postgres::user_name(m.uid())?;
             Owner::lookup(&name)?
         }
     };

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
-use crate::restore::wal_fetch::{
+use crate::restore::postgres::wal_fetch::{
     fetch_wal_file, rebuild_file, write_atomically, FetchOptions, FetchOutcome, Rebuilt,
 };
 use crate::storage::Repo;

@@ -176,7 +176,10 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
     // Pin the backup and the log planned on for the whole load and apply.
     let mut segs: Vec<String> = p.fde_segment.iter().cloned().collect();
     segs.extend(p.segments.iter().cloned());
-    let ranges = crate::restore::planned::pin_ranges(&segs, matches!(target, MysqlTarget::Latest))?;
+    let ranges = crate::restore::postgres::planned::pin_ranges(
+        &segs,
+        matches!(target, MysqlTarget::Latest),
+    )?;
     let ttl = if a.pin_ttl.is_zero() {
         crate::archive::pins::DEFAULT_TTL
     } else {

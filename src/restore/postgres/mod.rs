@@ -14,8 +14,15 @@
 //! `recovery_target_timeline` and `recovery_target_action = 'promote'`.
 //! The `restore_command` also carries the plan's WAL ranges (and, when the
 //! server is started by the user, the restore pin to renew): see
-//! `restore::planned` and `cli::wal_fetch`. `--recover` itself runs in
-//! `restore::pg_recover`.
+//! `restore::postgres::planned` and `cli::wal_fetch`. `--recover` itself runs in
+//! `restore::postgres::recover`.
+
+pub mod plan;
+#[cfg(test)]
+mod plan_tests;
+pub mod planned;
+pub mod recover;
+pub mod wal_fetch;
 
 use std::io::{Read, Write as _};
 use std::os::unix::fs::MetadataExt as _;
@@ -28,8 +35,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::archive::keys::{BackupKey, SegmentKey};
-use crate::backup::manifest::{ArchiveInfo, BackupManifest};
-use crate::restore::plan::{Plan, Target};
+use crate::backup::postgres::manifest::{ArchiveInfo, BackupManifest};
+use crate::restore::postgres::plan::{Plan, Target};
 use crate::restore::time::pg_timestamp;
 use crate::storage::Repo;
 

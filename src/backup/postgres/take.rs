@@ -36,7 +36,9 @@ use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::lease::{read_lease, LeaseOptions, LeaseState};
 use crate::backup::interrupt::StartedBackup;
-use crate::backup::manifest::{ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION};
+use crate::backup::postgres::manifest::{
+    ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
+};
 use crate::source::postgres::{archive, default_slot_name, ArchiveProgress, PgArchiveOptions};
 use crate::storage::Repo;
 

@@ -33,7 +33,7 @@ use pitr_postgres::conninfo::{Config, Host};
 use pitr_postgres::lsn::Lsn;
 use serde::Serialize;
 
-use crate::restore::plan::{Plan, Target};
+use crate::restore::postgres::plan::{Plan, Target};
 use crate::restore::time::utc_text;
 
 /// How often a progress line is printed while recovery runs.

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::archive::catalog::{Catalog, CoverageError};
 use crate::archive::keys::BackupKey;
-use crate::backup::manifest::BackupManifest;
+use crate::backup::postgres::manifest::BackupManifest;
 use crate::restore::time::{from_micros, to_micros, utc_text};
 
 /// What to restore to.

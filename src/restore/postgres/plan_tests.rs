@@ -7,8 +7,8 @@ use proptest::prelude::*;
 
 use crate::archive::catalog::{Catalog, CoverageError, SegmentEntry};
 use crate::archive::keys::{BackupKey, GapKey, SegmentKey, SourceName};
-use crate::backup::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
-use crate::restore::plan::{plan, PlanError, Target};
+use crate::backup::postgres::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+use crate::restore::postgres::plan::{plan, PlanError, Target};
 
 const SEG: u64 = 0x100_0000;
 
