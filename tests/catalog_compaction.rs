@@ -20,8 +20,9 @@ use object_store::{
 };
 use pitr::archive::catalog::Catalog;
 use pitr::archive::compaction::{compact, CompactionOptions};
-use pitr::archive::index::{list_index_keys, Indexer};
+use pitr::archive::index::list_index_keys;
 use pitr::archive::keys::{SegmentKey, SourceName};
+use pitr::archive::rollup::Indexer;
 use pitr::storage::Repo;
 use pitr_segment::{
     decode, encode, Codec, Engine, Epoch, LogPos, SegmentHeader, TimestampMicros, WriterOptions,

@@ -10,8 +10,9 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutOptions, PutPayload};
 use pitr::archive::catalog::Catalog;
-use pitr::archive::index::{list_index_keys, Indexer};
+use pitr::archive::index::list_index_keys;
 use pitr::archive::keys::{SegmentKey, SourceName};
+use pitr::archive::rollup::Indexer;
 use pitr::storage::Repo;
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
 

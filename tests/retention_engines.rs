@@ -27,8 +27,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pitr::archive::catalog::Catalog;
 use pitr::archive::gaps::{write_gap, GapRecord};
-use pitr::archive::index::Indexer;
 use pitr::archive::keys::{BackupKey, SegmentKey, SourceName};
+use pitr::archive::rollup::Indexer;
 use pitr::backup::mysql::manifest::{
     MysqlManifest, Part, Stream, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
 };

@@ -28,8 +28,8 @@ use object_store::{
 };
 use pitr::archive::catalog::{Catalog, CoverageError};
 use pitr::archive::gaps::{write_gap, GapRecord};
-use pitr::archive::index::Indexer;
 use pitr::archive::keys::{BackupKey, SegmentKey, SourceName};
+use pitr::archive::rollup::Indexer;
 use pitr::backup::postgres::manifest::{
     list_backups, ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
 };

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pitr::archive::catalog::Catalog;
 use pitr::archive::compaction::{compact, CompactionOptions};
 use pitr::archive::identity::{ensure_identity, IdentityError, SourceIdentity};
-use pitr::archive::index::Indexer;
 use pitr::archive::keys::{SegmentKey, SourceName};
+use pitr::archive::rollup::Indexer;
 use pitr::storage::{conformance, Repo};
 use pitr_integration::{require, s3, S3Impl, S3Server};
 use pitr_segment::{

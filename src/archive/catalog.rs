@@ -38,12 +38,7 @@ use crate::archive::index;
 use crate::archive::keys::{self, BackupKey, GapKey, HistoryKey, SegmentKey, SourceName};
 use crate::storage::{Repo, StorageError};
 
-/// A segment key and the object's size in bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentEntry {
-    pub key: SegmentKey,
-    pub size: u64,
-}
+pub use crate::archive::keys::SegmentEntry;
 
 /// Errors loading a catalog.
 #[derive(Debug, thiserror::Error)]

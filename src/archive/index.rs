@@ -40,9 +40,8 @@ use futures::{StreamExt, TryStreamExt};
 use pitr_segment::{Epoch, LogPos};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::catalog::{Catalog, CatalogError, SegmentEntry};
 use crate::archive::gaps::hex;
-use crate::archive::keys::{self, GapKey, IndexKey, SegmentKey, SourceName};
+use crate::archive::keys::{self, GapKey, IndexKey, SegmentEntry, SegmentKey, SourceName};
 use crate::storage::{Repo, StorageError};
 
 /// Segments per level-0 index object.
@@ -58,8 +57,6 @@ const GET_CONCURRENCY: usize = 8;
 pub enum IndexError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
     #[error("index object {key} is unusable: {reason}; delete it and run the roll-up again")]
     Corrupt { key: String, reason: String },
     #[error("segments {start}..{end} of epoch {epoch} straddle an index object boundary; compaction must not merge across it")]
@@ -71,7 +68,7 @@ pub enum IndexError {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct IndexBody {
+pub(crate) struct IndexBody {
     format: u32,
     #[serde(serialize_with = "hex::ser_epoch", deserialize_with = "hex::de_epoch")]
     epoch: Epoch,
@@ -81,7 +78,7 @@ struct IndexBody {
     last: LogPos,
     level: u8,
     generation: u32,
-    segments: Vec<(String, u64)>,
+    pub(crate) segments: Vec<(String, u64)>,
 }
 
 /// Lists every index key of `source`, grouped by epoch.
@@ -103,16 +100,16 @@ fn overlaps(k: &IndexKey, start: LogPos, end: LogPos) -> bool {
     k.first < end && start < k.last
 }
 
-fn bridged(gaps: &[GapKey], from: LogPos, to: LogPos) -> bool {
+pub(crate) fn bridged(gaps: &[GapKey], from: LogPos, to: LogPos) -> bool {
     from == to || gaps.iter().any(|g| g.start <= from && g.end >= to)
 }
 
 /// The index objects of one epoch, with validity and the loading chain.
 #[derive(Debug, Clone)]
 pub struct IndexView {
-    all: Vec<IndexKey>,
-    valid: Vec<IndexKey>,
-    chain: Vec<IndexKey>,
+    pub(crate) all: Vec<IndexKey>,
+    pub(crate) valid: Vec<IndexKey>,
+    pub(crate) chain: Vec<IndexKey>,
 }
 
 /// Segments read from the index chain.
@@ -121,7 +118,7 @@ pub struct LoadedIndex {
     pub segments: Vec<SegmentEntry>,
     /// Key of the last indexed segment: list `log/` after it.
     pub last_segment_key: Option<String>,
-    bodies: HashMap<IndexKey, Vec<(String, u64)>>,
+    pub(crate) bodies: HashMap<IndexKey, Vec<(String, u64)>>,
 }
 
 impl IndexView {
@@ -185,7 +182,7 @@ impl IndexView {
     }
 
     /// Generation for a new object over `[first, last)` built from `children`.
-    fn new_generation(&self, first: LogPos, last: LogPos, children: &[IndexKey]) -> u32 {
+    pub(crate) fn new_generation(&self, first: LogPos, last: LogPos, children: &[IndexKey]) -> u32 {
         let base = children.iter().map(|c| c.generation).max().unwrap_or(0);
         let others = self
             .all
@@ -212,7 +209,7 @@ impl IndexView {
         }
     }
 
-    async fn try_load_chain(
+    pub(crate) async fn try_load_chain(
         &self,
         repo: &Repo,
         source: &SourceName,
@@ -246,7 +243,7 @@ fn corrupt(k: &IndexKey, reason: &str) -> IndexError {
     }
 }
 
-async fn read_body(repo: &Repo, k: &IndexKey) -> Result<IndexBody, IndexError> {
+pub(crate) async fn read_body(repo: &Repo, k: &IndexKey) -> Result<IndexBody, IndexError> {
     let bytes = repo.get(&k.to_key()).await?;
     let body: IndexBody = serde_json::from_slice(&bytes).map_err(|e| corrupt(k, &e.to_string()))?;
     if body.format != FORMAT
@@ -261,7 +258,7 @@ async fn read_body(repo: &Repo, k: &IndexKey) -> Result<IndexBody, IndexError> {
     Ok(body)
 }
 
-async fn write_body(
+pub(crate) async fn write_body(
     repo: &Repo,
     k: &IndexKey,
     segments: Vec<(String, u64)>,
@@ -278,144 +275,6 @@ async fn write_body(
     let bytes = serde_json::to_vec(&body).map_err(|e| corrupt(k, &e.to_string()))?;
     repo.put_if_absent(&k.to_key(), Bytes::from(bytes)).await?;
     Ok(body.segments)
-}
-
-/// What a roll-up wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RollUpReport {
-    pub written: Vec<IndexKey>,
-}
-
-/// Writes roll-up index objects.
-#[derive(Debug, Clone, Copy)]
-pub struct Indexer {
-    pub segments_per_index: usize,
-    pub fan_out: usize,
-}
-
-impl Default for Indexer {
-    fn default() -> Self {
-        Indexer {
-            segments_per_index: SEGMENTS_PER_INDEX,
-            fan_out: FAN_OUT,
-        }
-    }
-}
-
-impl Indexer {
-    /// Indexes every full run of `segments_per_index` unindexed segments and
-    /// merges `fan_out` consecutive objects of one level into the next level.
-    pub async fn roll_up(
-        &self,
-        repo: &Repo,
-        source: &SourceName,
-    ) -> Result<RollUpReport, IndexError> {
-        let per = self.segments_per_index.max(1);
-        let fan = self.fan_out.max(2);
-        let catalog = Catalog::load(repo, source).await?;
-        let mut all_keys = list_index_keys(repo, source).await?;
-        let mut report = RollUpReport::default();
-        for epoch in catalog.epochs() {
-            let Some(ec) = catalog.epoch(epoch) else {
-                continue;
-            };
-            let gaps = ec.gaps();
-            let mut view = IndexView::new(all_keys.remove(&epoch).unwrap_or_default(), gaps);
-            let mut bodies = match view.try_load_chain(repo, source).await {
-                Ok(loaded) => loaded.bodies,
-                Err(IndexError::Storage(e)) if e.is_transient() => return Err(e.into()),
-                Err(e) => {
-                    // Unreadable chain: index from scratch; new generations supersede it.
-                    tracing::warn!(source = %source, error = %e, "rebuilding the index");
-                    view.chain.clear();
-                    HashMap::new()
-                }
-            };
-            // Level 0: consecutive unindexed segments after the chain.
-            let chain = ec.segments();
-            let mut i = match view.chain.last() {
-                Some(last) => {
-                    let i = chain.partition_point(|s| s.key.start < last.last);
-                    match chain.get(i) {
-                        Some(s) if bridged(gaps, last.last, s.key.start) => i,
-                        _ => chain.len(),
-                    }
-                }
-                None => 0,
-            };
-            while i + per <= chain.len() {
-                let group = &chain[i..i + per];
-                if group
-                    .windows(2)
-                    .any(|w| !bridged(gaps, w[0].key.end, w[1].key.start))
-                {
-                    // An unexplained hole: stop indexing this epoch here.
-                    break;
-                }
-                let (first, last) = (group[0].key.start, group[per - 1].key.end);
-                let key = IndexKey {
-                    source: source.clone(),
-                    epoch,
-                    first,
-                    last,
-                    level: 0,
-                    generation: view.new_generation(first, last, &[]),
-                };
-                let segs = group.iter().map(|s| (s.key.file_name(), s.size)).collect();
-                let segs = write_body(repo, &key, segs).await?;
-                bodies.insert(key.clone(), segs);
-                report.written.push(key.clone());
-                let mut all = view.all.clone();
-                all.push(key);
-                view = IndexView::new(all, gaps);
-                i += per;
-                if i < chain.len() && !bridged(gaps, last, chain[i].key.start) {
-                    break;
-                }
-            }
-            // Higher levels.
-            'merge: while let Some(w) = view.chain.windows(fan).find(|w| {
-                w.iter().all(|k| k.level == w[0].level && k.level < u8::MAX)
-                    && w.windows(2).all(|p| bridged(gaps, p[0].last, p[1].first))
-            }) {
-                let children: Vec<IndexKey> = w.to_vec();
-                let (first, last) = (children[0].first, children[fan - 1].last);
-                let key = IndexKey {
-                    source: source.clone(),
-                    epoch,
-                    first,
-                    last,
-                    level: children[0].level + 1,
-                    generation: view.new_generation(first, last, &children),
-                };
-                let mut segs = Vec::new();
-                for c in &children {
-                    if !bodies.contains_key(c) {
-                        match read_body(repo, c).await {
-                            Ok(b) => {
-                                bodies.insert(c.clone(), b.segments);
-                            }
-                            Err(IndexError::Storage(e)) if e.is_transient() => return Err(e.into()),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "not merging index objects");
-                                break 'merge;
-                            }
-                        }
-                    }
-                    if let Some(b) = bodies.get(c) {
-                        segs.extend(b.iter().cloned());
-                    }
-                }
-                let segs = write_body(repo, &key, segs).await?;
-                bodies.insert(key.clone(), segs);
-                report.written.push(key.clone());
-                let mut all = view.all.clone();
-                all.push(key);
-                view = IndexView::new(all, gaps);
-            }
-        }
-        Ok(report)
-    }
 }
 
 /// After compaction wrote `by` covering the `replaced` segments of one

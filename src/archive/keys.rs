@@ -347,6 +347,13 @@ fn split_gen(name: &str, base_len: usize) -> Option<(&str, u32)> {
     (generation > 0).then_some((&name[..base_len], generation))
 }
 
+/// A segment key and the object's size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentEntry {
+    pub key: SegmentKey,
+    pub size: u64,
+}
+
 /// A gap record: `[start, end)` of `epoch` is known to be lost.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GapKey {

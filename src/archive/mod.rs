@@ -12,4 +12,5 @@ pub mod lease;
 pub mod pins;
 pub mod pipeline;
 pub mod progress;
+pub mod rollup;
 pub mod sink;

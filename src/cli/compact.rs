@@ -13,8 +13,8 @@ use clap::Args;
 use pitr_segment::TimestampMicros;
 
 use crate::archive::compaction::{compact, CompactionOptions};
-use crate::archive::index::Indexer;
 use crate::archive::keys::SourceName;
+use crate::archive::rollup::Indexer;
 use crate::cli::common::parse_duration;
 use crate::monitor::status::list_sources;
 use crate::storage::Repo;
