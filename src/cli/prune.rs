@@ -138,6 +138,15 @@ fn render(r: &PruneReport) -> String {
             i.dir
         ));
     }
+    for p in &r.pinned {
+        out.push_str(&format!("  {p}\n"));
+    }
+    if !r.deleted_fenced.is_empty() {
+        out.push_str(&format!(
+            "  {verb} {} fenced object(s) (written after their archiver lost the writer lease)\n",
+            r.deleted_fenced.len()
+        ));
+    }
     for k in &r.written_keys {
         let w = if r.dry_run { "would write" } else { "wrote" };
         out.push_str(&format!("  {w}  {k}\n"));
