@@ -666,3 +666,70 @@ async fn crash_between_deletions_leaves_a_consistent_repo() {
 async fn duplicate_backup_draws_are_harmless() {
     scenario(417_086_935_282_410_172, 1, None).await;
 }
+
+/// The crash points of a prune again, now with a reader: a restore holds a
+/// live pin on the oldest backup (which `keep_backups = 1` would delete).
+/// After every crash and after the re-run, that backup and its log chain are
+/// intact, through the index and the listing alike.
+#[tokio::test]
+async fn crash_between_deletions_keeps_what_a_live_restore_pinned() {
+    use pitr::archive::pins::{Pin, PinGuard, PinRange};
+    let (mut crashes, mut pinned_reports) = (0, 0);
+    for seed in [7u64, 1234, 99_991, 0xfeed] {
+        let mut fail_at = 1;
+        loop {
+            let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+            let good = Repo::from_store(store.clone(), "memory://");
+            populate(&good, seed).await;
+            let catalog = Catalog::load_listing(&good, &src()).await.unwrap();
+            let backups = list_backups(&good, &src(), catalog.backups()).await.unwrap();
+            if backups.len() < 2 {
+                break; // nothing keep_backups = 1 would delete
+            }
+            let (key, m) = &backups[0];
+            let epoch = Epoch(u64::from(m.timeline));
+            let from = align_down(key.start, FILE);
+            let pinned: Vec<_> = chains(&good, &catalog)
+                .await
+                .into_iter()
+                .filter(|(d, _)| *d == key.dir())
+                .collect();
+            let ttl = Duration::from_secs(3600);
+            let pin = Pin::new(
+                &src(),
+                "a test restore",
+                key,
+                vec![PinRange::new(epoch, from, None)],
+                Utc::now(),
+                ttl,
+            );
+            let guard = PinGuard::acquire(&good, pin, ttl).await.unwrap();
+            let crashing = Repo::from_store(
+                Arc::new(CrashAfter {
+                    inner: store.clone(),
+                    ops: AtomicU64::new(0),
+                    fail_at,
+                }),
+                "memory://",
+            );
+            let r = prune(&crashing, &src(), &options(1, None, false)).await;
+            check_consistent(&good, &pinned, Some((epoch, from))).await;
+            if r.is_ok() {
+                guard.release().await.unwrap();
+                break; // no mutation left to interrupt
+            }
+            crashes += 1;
+            let rep = prune(&good, &src(), &options(1, None, false))
+                .await
+                .unwrap();
+            if rep.pinned.iter().any(|p| p.contains(&key.dir())) {
+                pinned_reports += 1;
+            }
+            check_consistent(&good, &pinned, Some((epoch, from))).await;
+            guard.release().await.unwrap();
+            fail_at += 1;
+        }
+    }
+    assert!(crashes > 10, "only {crashes} crash points exercised");
+    assert!(pinned_reports > 0, "no prune ever had to keep a pinned backup");
+}

@@ -24,7 +24,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::backup::mongodb::manifest::{MongoManifest, MONGO_BACKUP_KIND};
 use crate::backup::mongodb::take::{connect, redact};
-use crate::cli::wal_fetch::resolve_source;
+use crate::archive::identity::resolve_source;
 use crate::restore::time::{parse_time, to_micros, utc_text};
 use crate::storage::Repo;
 use plan::{oplog_chain, plan_mongo, MongoPlan, MongoTarget};
