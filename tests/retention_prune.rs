@@ -682,7 +682,9 @@ async fn crash_between_deletions_keeps_what_a_live_restore_pinned() {
             let good = Repo::from_store(store.clone(), "memory://");
             populate(&good, seed).await;
             let catalog = Catalog::load_listing(&good, &src()).await.unwrap();
-            let backups = list_backups(&good, &src(), catalog.backups()).await.unwrap();
+            let backups = list_backups(&good, &src(), catalog.backups())
+                .await
+                .unwrap();
             if backups.len() < 2 {
                 break; // nothing keep_backups = 1 would delete
             }
@@ -731,5 +733,8 @@ async fn crash_between_deletions_keeps_what_a_live_restore_pinned() {
         }
     }
     assert!(crashes > 10, "only {crashes} crash points exercised");
-    assert!(pinned_reports > 0, "no prune ever had to keep a pinned backup");
+    assert!(
+        pinned_reports > 0,
+        "no prune ever had to keep a pinned backup"
+    );
 }

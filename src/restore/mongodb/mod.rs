@@ -21,10 +21,10 @@ use anyhow::anyhow;
 use pitr_mongodb::OplogTs;
 
 use crate::archive::catalog::Catalog;
+use crate::archive::identity::resolve_source;
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::backup::mongodb::manifest::{MongoManifest, MONGO_BACKUP_KIND};
 use crate::backup::mongodb::take::{connect, redact};
-use crate::archive::identity::resolve_source;
 use crate::restore::time::{parse_time, to_micros, utc_text};
 use crate::storage::Repo;
 use plan::{oplog_chain, plan_mongo, MongoPlan, MongoTarget};
