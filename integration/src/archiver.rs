@@ -47,6 +47,11 @@ impl Archiver {
     }
 
     /// SIGTERM; the exit status must be 0. Returns the log.
+    /// The archiver's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn terminate(mut self) -> String {
         send(self.child.id(), Signal::Term);
         let status = wait_child(&mut self.child, Duration::from_secs(60));

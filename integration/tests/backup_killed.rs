@@ -84,6 +84,16 @@ fn empty_dirs(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `kill SIG PID` of an archiver process.
+fn kill(a: &Archiver, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &a.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
 fn spawn_backup(url: &str, repo: &Path, log: &Path, extra: &[&str]) -> Child {
     Command::new(pitr_bin())
         .args(["backup", url, "--repo"])
@@ -130,6 +140,15 @@ fn pg_backup_sigterm_cleans_up_and_sigkill_leftovers_are_pruned() {
     let log = tmp.path().join("backup.log");
     let url = pg.url();
 
+    // An archiver holds the writer lease but is paused: the backups below
+    // wait for it to store their WAL (instead of archiving it themselves),
+    // which keeps them in the window between data and manifest.
+    let paused = Archiver::start(&url, &repo, "main", tmp.path(), &["--lease-ttl", "10m"]);
+    wait_for("the writer lease", Duration::from_secs(30), || {
+        repo.join("main/lease/writer.json").exists()
+    });
+    kill(&paused, "-STOP");
+
     // SIGTERM: cleaned up by the process itself.
     let mut child = backup_waiting_for_wal(&url, &repo, &log);
     send(child.id(), Signal::Term);
@@ -152,6 +171,8 @@ fn pg_backup_sigterm_cleans_up_and_sigkill_leftovers_are_pruned() {
     assert_eq!(killed.len(), 1, "{killed:?}");
     let (killed_dir, manifest, parts) = killed[0].clone();
     assert!(!manifest && parts >= 2, "{killed:?}");
+    kill(&paused, "-CONT");
+    paused.terminate(); // stores what it has and releases the lease
 
     // A complete backup (an archiver stores its WAL) overtakes it.
     std::thread::sleep(Duration::from_millis(20)); // a later backup id

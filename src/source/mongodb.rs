@@ -420,6 +420,10 @@ impl Archiver {
             match self.session(cancel).await {
                 Ok(SessionEnd::Shutdown | SessionEnd::Done) => return Ok(()),
                 Err(e) => {
+                    // A holder that lost its lease never reconnects.
+                    if let Some(lost) = self.guard.lost() {
+                        return Err(anyhow!(lost));
+                    }
                     if !transient(&e) || !self.written {
                         return Err(e);
                     }

@@ -451,6 +451,10 @@ impl Archiver {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Continue) => backoff = Duration::from_millis(250),
                 Err(e) => {
+                    // A holder that lost its lease never reconnects.
+                    if let Some(lost) = self.guard.lost() {
+                        return Err(anyhow!(lost));
+                    }
                     let transient = mysql_kind(&e).is_some_and(|k| k.is_transient());
                     if !transient || !self.written {
                         return Err(e);

@@ -195,6 +195,11 @@ impl Archiver {
                     pending_switch = Some((tli, start));
                 }
                 Err(e) => {
+                    // A holder that lost its lease never reconnects: another
+                    // process archives the source now.
+                    if let Some(lost) = self.guard.lost() {
+                        return Err(anyhow!(lost));
+                    }
                     let transient = e
                         .downcast_ref::<PgError>()
                         .map(|p| p.is_transient())
