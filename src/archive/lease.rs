@@ -740,3 +740,42 @@ async fn renew_loop(
         }
     }
 }
+
+/// An archiver that could not start: cancelled while waiting for the lease
+/// is a clean stop (`Ok`); a lease error is a sentence of its own (it names
+/// the holder); anything else says which database could not be archived.
+pub fn start_failure(e: anyhow::Error, shown_url: &str) -> anyhow::Result<()> {
+    match e.downcast::<LeaseError>() {
+        Ok(LeaseError::Cancelled) => Ok(()),
+        Ok(lease) => Err(lease.into()),
+        Err(e) => Err(anyhow::anyhow!("cannot archive {shown_url}: {e:#}")),
+    }
+}
+
+/// What every archiver does with its lease once it stopped and its uploader
+/// finished: a lease lost meanwhile is the error to report; otherwise, when
+/// everything received was stored (`stored`), the lease is released — as
+/// unused when the archiver never wrote (a failed first attempt leaves no
+/// lease objects behind).
+pub async fn wind_down(
+    lease: Option<Lease>,
+    guard: &LeaseGuard,
+    progress: &crate::archive::progress::ArchiveProgress,
+    wrote: bool,
+    stored: bool,
+) -> anyhow::Result<()> {
+    progress
+        .lease_generation
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    if let Some(lost) = guard.lost() {
+        return Err(anyhow::anyhow!(lost));
+    }
+    if let (Some(lease), true) = (lease, stored) {
+        if wrote {
+            lease.release().await;
+        } else {
+            lease.release_unused().await;
+        }
+    }
+    Ok(())
+}

@@ -48,7 +48,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::gaps::{write_gap, GapError, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
-use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::{reuse_map, RepoSink};
@@ -182,14 +182,7 @@ pub async fn archive(
     let shown = redact_url(&opts.url);
     let mut a = match prepare(opts, repo, progress, &cancel).await {
         Ok(a) => a,
-        Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {
-            return Ok(())
-        }
-        Err(e) => match e.downcast::<LeaseError>() {
-            // One sentence of its own: it names the holder.
-            Ok(lease) => return Err(lease.into()),
-            Err(e) => return Err(anyhow!("cannot archive {shown}: {e:#}")),
-        },
+        Err(e) => return start_failure(e, &shown),
     };
     let result = a.run(&cancel).await;
     let finished = match a.uploader.take() {
@@ -200,18 +193,14 @@ pub async fn archive(
         a.note(d);
         tracing::info!("oplog durable up to {}", show_end(d.epoch, d.pos));
     }
-    a.progress.lease_generation.store(0, Ordering::Relaxed);
-    if let Some(lost) = a.guard.lost() {
-        return Err(anyhow!(lost));
-    }
-    if let (Some(lease), true) = (a.lease.take(), finished.is_ok()) {
-        if a.written {
-            lease.release().await;
-        } else {
-            // A first attempt that failed writes nothing, its lease included.
-            lease.release_unused().await;
-        }
-    }
+    wind_down(
+        a.lease.take(),
+        &a.guard,
+        &a.progress,
+        a.written,
+        finished.is_ok(),
+    )
+    .await?;
     result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
     finished?;
     Ok(())

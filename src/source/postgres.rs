@@ -51,7 +51,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::gaps::{write_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
-use crate::archive::lease::{Lease, LeaseError, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{wind_down, Lease, LeaseError, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::pg_index::{Commit, CommitIndexer};
@@ -164,14 +164,15 @@ pub async fn archive(
     if let Ok(Some(d)) = &finished {
         a.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
     }
-    a.progress.lease_generation.store(0, Ordering::Relaxed);
-    if let Some(lost) = a.guard.lost() {
-        return Err(anyhow!(lost));
-    }
-    if let (Some(lease), true) = (a.lease.take(), finished.is_ok()) {
-        // Nothing of this archiver writes any more: let a successor in.
-        lease.release().await;
-    }
+    // Nothing of this archiver writes any more: let a successor in.
+    wind_down(
+        a.lease.take(),
+        &a.guard,
+        &a.progress,
+        true,
+        finished.is_ok(),
+    )
+    .await?;
     match result {
         Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {}
         other => other?,
