@@ -61,12 +61,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use pitr_segment::LogPos;
+use pitr_segment::{Epoch, LogPos};
 use serde::Serialize;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::index::{self, list_index_keys};
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::archive::pins::{PinAppeared, PinWatch};
 use crate::engine::{list_backups, BackupSummary};
 use crate::storage::Repo;
 
@@ -268,8 +269,15 @@ fn id_time(id: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Deletes (or, dry run, records) `key`.
-async fn delete(repo: &Repo, rep: &mut PruneReport, key: String, dry: bool) -> anyhow::Result<()> {
+async fn delete(
+    repo: &Repo,
+    rep: &mut PruneReport,
+    key: String,
+    dry: bool,
+    watch: &mut PinWatch,
+) -> anyhow::Result<()> {
     if !dry {
+        watch.before_delete().await?;
         repo.delete(&key).await?;
         tracing::info!(source = %rep.source, %key, "pruned");
     }
@@ -283,16 +291,18 @@ async fn delete_backup(
     rep: &mut PruneReport,
     key: &BackupKey,
     dry: bool,
+    watch: &mut PinWatch,
 ) -> anyhow::Result<()> {
     let manifest = key.to_key();
     let objects = repo.list(&key.dir()).await?;
+    watch.batch();
     if objects.iter().any(|o| o.location.as_ref() == manifest) {
-        delete(repo, rep, manifest.clone(), dry).await?;
+        delete(repo, rep, manifest.clone(), dry, watch).await?;
     }
     for o in objects {
         let k = o.location.to_string();
         if k != manifest {
-            delete(repo, rep, k, dry).await?;
+            delete(repo, rep, k, dry, watch).await?;
         }
     }
     if !dry {
@@ -375,10 +385,63 @@ pub async fn prune(
         crate::archive::pins::lower_cut((cut_epoch, cut), &pins, &mut rep.pinned);
     // ---- end of restore pins
 
+    // Pins are read again before every batch of deletions: a restore that
+    // pins from now on stops the prune instead of losing files mid-way.
+    let mut watch = PinWatch::new(repo, source, &pins);
+    let deleted = delete_planned(
+        repo,
+        source,
+        opts,
+        &catalog,
+        &backups,
+        &keep,
+        (cut_epoch, cut),
+        &mut rep,
+        &mut watch,
+    )
+    .await;
+    if let Err(e) = deleted {
+        match e.downcast::<PinAppeared>() {
+            Ok(p) => {
+                tracing::warn!(source = %source, "{p}");
+                rep.note = Some(p.to_string());
+                return Ok(rep);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    rep.cut = Some(Cut {
+        epoch: cut_epoch.to_hex(),
+        position: cut.to_hex(),
+    });
+    if rep.deleted_keys.is_empty() {
+        rep.note = Some(format!(
+            "nothing to prune: {} backup(s) kept, no older backup or log",
+            rep.kept_backups.len()
+        ));
+    }
+    Ok(rep)
+}
+
+/// Deletes what [`prune`] planned: unkept and orphaned backups, the log
+/// below the cut, fenced objects.
+#[allow(clippy::too_many_arguments)]
+async fn delete_planned(
+    repo: &Repo,
+    source: &SourceName,
+    opts: &PruneOptions,
+    catalog: &Catalog,
+    backups: &[BackupSummary],
+    keep: &[bool],
+    (cut_epoch, cut): (Epoch, LogPos),
+    rep: &mut PruneReport,
+    watch: &mut PinWatch,
+) -> anyhow::Result<()> {
+    let dry = opts.dry_run;
     // 1. Backups.
-    for (b, keep) in backups.iter().zip(&keep) {
+    for (b, keep) in backups.iter().zip(keep) {
         if !keep {
-            delete_backup(repo, &mut rep, &b.key, dry).await?;
+            delete_backup(repo, rep, &b.key, dry, watch).await?;
         }
     }
     let newest_start = backups.iter().filter_map(|b| id_time(&b.key.id)).max();
@@ -387,8 +450,16 @@ pub async fn prune(
             continue;
         }
         let started = id_time(&k.id);
+        if let Some(p) = watch.protecting(k) {
+            rep.pinned.push(format!(
+                "incomplete backup {} kept because {} covers it",
+                k.dir(),
+                p.describe()
+            ));
+            continue;
+        }
         if is_orphaned(started, newest_start, opts.now, opts.incomplete_grace) {
-            delete_backup(repo, &mut rep, k, dry).await?;
+            delete_backup(repo, rep, k, dry, watch).await?;
             rep.incomplete_backups.push(IncompleteBackup {
                 dir: k.dir(),
                 started,
@@ -409,10 +480,11 @@ pub async fn prune(
             continue;
         }
         let limit = if whole { LogPos::MAX } else { cut };
+        watch.batch();
         // Index first, so it never lists a deleted segment.
         if whole {
             for k in index_keys.get(&epoch).into_iter().flatten() {
-                delete(repo, &mut rep, k.to_key(), dry).await?;
+                delete(repo, rep, k.to_key(), dry, watch).await?;
             }
         } else {
             let plan = index::plan_cut(repo, source, epoch, ec.gaps(), cut).await?;
@@ -425,7 +497,7 @@ pub async fn prune(
             rep.written_keys
                 .extend(plan.replacements.iter().map(|k| k.to_key()));
             for k in &plan.deletions {
-                delete(repo, &mut rep, k.to_key(), dry).await?;
+                delete(repo, rep, k.to_key(), dry, watch).await?;
             }
         }
         let mut segs: Vec<_> = ec
@@ -438,35 +510,26 @@ pub async fn prune(
         segs.sort_by_key(|s| s.key.to_key());
         for s in segs {
             rep.deleted_segment_bytes += s.size;
-            delete(repo, &mut rep, s.key.to_key(), dry).await?;
+            delete(repo, rep, s.key.to_key(), dry, watch).await?;
         }
         for g in ec.gaps().iter().filter(|g| whole || g.end <= limit) {
-            delete(repo, &mut rep, g.to_key(), dry).await?;
+            delete(repo, rep, g.to_key(), dry, watch).await?;
         }
         if whole {
             rep.deleted_epochs.push(epoch.to_hex());
         }
     }
     // 3. Fenced objects: garbage whatever their position.
+    watch.batch();
     for f in catalog.fenced() {
         let key = f.key();
         if rep.deleted_keys.contains(&key) {
             continue;
         }
-        delete(repo, &mut rep, key.clone(), dry).await?;
+        delete(repo, rep, key.clone(), dry, watch).await?;
         rep.deleted_fenced.push(key);
     }
-    rep.cut = Some(Cut {
-        epoch: cut_epoch.to_hex(),
-        position: cut.to_hex(),
-    });
-    if rep.deleted_keys.is_empty() {
-        rep.note = Some(format!(
-            "nothing to prune: {} backup(s) kept, no older backup or log",
-            rep.kept_backups.len()
-        ));
-    }
-    Ok(rep)
+    Ok(())
 }
 
 #[cfg(test)]

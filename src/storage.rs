@@ -198,6 +198,9 @@ struct RepoInner {
     label: String,
     /// `Some(true)` when the server honours `PutMode::Create`, probed lazily.
     conditional: OnceCell<bool>,
+    /// `Some(true)` when the server honours `PutMode::Update` (If-Match),
+    /// probed lazily (see `cas`).
+    conditional_updates: OnceCell<bool>,
     /// The directory of a `file://` repository (conditional updates are
     /// done by the repo itself there, see `cas`).
     local_root: Option<std::path::PathBuf>,
@@ -391,6 +394,7 @@ impl Repo {
                 store: CountingStore::new(store),
                 label: label.to_string(),
                 conditional: OnceCell::new(),
+                conditional_updates: OnceCell::new(),
                 local_root: None,
             }),
         }

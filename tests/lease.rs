@@ -384,9 +384,15 @@ async fn a_store_ignoring_conditional_writes_needs_a_declared_single_writer() {
     let lease = Lease::acquire(&repo, &src(), single, &cancel)
         .await
         .unwrap();
-    assert_eq!(lease.generation(), 0, "no lease: objects keep generation 0");
+    assert_eq!(
+        lease.generation(),
+        1,
+        "no lease object, but a generation above every earlier takeover"
+    );
     lease.record_takeover(None).await.unwrap();
     assert!(read_lease(&repo, &src()).await.unwrap().is_none());
+    let c = Catalog::load(&repo, &src()).await.unwrap();
+    assert_eq!(c.fences().latest().map(|t| t.generation), Some(1));
     lease.release().await;
 }
 

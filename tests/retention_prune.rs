@@ -738,3 +738,77 @@ async fn crash_between_deletions_keeps_what_a_live_restore_pinned() {
         "no prune ever had to keep a pinned backup"
     );
 }
+
+/// A backup still being taken (no manifest yet, older than the grace, a
+/// newer backup complete) holds a backup pin: prune keeps its directory
+/// and the log from its start. Without the pin the same prune deletes both,
+/// so the pin is what keeps them.
+#[tokio::test]
+async fn a_backup_being_taken_keeps_its_directory_and_its_log() {
+    use pitr::archive::pins::{Pin, PinGuard};
+    for pinned in [false, true] {
+        let repo = Repo::open("memory://").await.unwrap();
+        for f in 1..8u64 {
+            let key = SegmentKey {
+                source: src(),
+                epoch: Epoch(1),
+                start: LogPos::from_lsn(f * FILE),
+                end: LogPos::from_lsn((f + 1) * FILE),
+                tmin: Some(TimestampMicros(f as i64 * 1_000)),
+                tmax: Some(TimestampMicros(f as i64 * 1_000 + 10)),
+                generation: 0,
+            };
+            repo.put_if_absent(&key.to_key(), Bytes::from(vec![f as u8; 16]))
+                .await
+                .unwrap();
+        }
+        let at = |s: i64| DateTime::from_timestamp(BASE + s, 0).unwrap();
+        assert!(put_backup(&repo, Epoch(1), FILE + 8, 2 * FILE, at(100)).await);
+        assert!(put_backup(&repo, Epoch(1), 6 * FILE + 8, 7 * FILE, at(300)).await);
+        let running =
+            BackupKey::new(src(), LogPos::from_lsn(3 * FILE + 8), "20240101T000320000Z").unwrap();
+        repo.put_if_absent(
+            &running.part_key("base.tar.zst.000").unwrap(),
+            Bytes::from_static(b"p"),
+        )
+        .await
+        .unwrap();
+        let ttl = Duration::from_secs(3600);
+        let guard = if pinned {
+            let pin = Pin::for_backup(&running, Epoch(1), Utc::now(), ttl);
+            Some(PinGuard::acquire(&repo, pin, ttl).await.unwrap())
+        } else {
+            None
+        };
+        let rep = prune(&repo, &src(), &options(1, None, false))
+            .await
+            .unwrap();
+        let parts_left = repo.list(&running.dir()).await.unwrap().len();
+        let catalog = Catalog::load_listing(&repo, &src()).await.unwrap();
+        let log_kept = catalog
+            .segments_covering(
+                Epoch(1),
+                LogPos::from_lsn(3 * FILE),
+                LogPos::from_lsn(8 * FILE),
+            )
+            .is_ok();
+        if pinned {
+            assert_eq!(parts_left, 1, "{rep:?}");
+            assert!(log_kept, "{rep:?}");
+            assert!(
+                rep.pinned
+                    .iter()
+                    .any(|p| p.contains(&running.dir()) && p.contains("backup pin")),
+                "{:?}",
+                rep.pinned
+            );
+            assert!(rep.incomplete_backups.is_empty());
+        } else {
+            assert_eq!(parts_left, 0, "{rep:?}");
+            assert!(!log_kept, "{rep:?}");
+        }
+        if let Some(g) = guard {
+            g.release().await.unwrap();
+        }
+    }
+}

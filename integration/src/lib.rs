@@ -14,6 +14,7 @@
 pub mod archiver;
 pub mod benchmarks_md;
 pub mod mongo;
+mod mongo_real;
 pub mod mysql;
 pub mod mysql_restore_util;
 pub mod pg;

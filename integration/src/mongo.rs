@@ -1,9 +1,17 @@
-//! A throwaway MongoDB replica set for tests: the `mongo-double` binary of this crate (a
-//! wire-protocol double, see `MONGO-DOUBLE.md`), one member `rs0` on a free loopback
-//! port, stopped when the handle drops. No real `mongod` can be installed here.
+//! A throwaway MongoDB replica set for tests: one member `rs0` on a free loopback port,
+//! stopped when the handle drops.
 //!
-//! The binary is `<target>/debug/mongo-double` (cargo builds it with this crate's tests),
-//! or env `PITR_MONGO_DOUBLE_BIN`.
+//! By default it is the `mongo-double` binary of this crate (a wire-protocol double, see
+//! `MONGO-DOUBLE.md`): `<target>/debug/mongo-double` (cargo builds it with this crate's
+//! tests), or env `PITR_MONGO_DOUBLE_BIN`.
+//!
+//! [`MongoDouble::server`] starts a real `mongod` instead when env `PITR_MONGOD_BIN` names
+//! one (see [`real_mongod`]): `--replSet rs0` on a free port with a data directory in a
+//! temporary directory, `--keyFile` when a user is wanted, initiated with
+//! `replSetInitiate` and given its user through the localhost exception. Tests of pitr's
+//! MongoDB engine use it; tests that need what only the double can do (a seeded oplog, a
+//! tiny oplog cap, a step-down with a long freeze on a one-member set) and the tests of
+//! the double itself always use the double.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -35,12 +43,21 @@ impl Default for MongoOptions {
     }
 }
 
-/// A running double; killed on drop.
+/// A running double (or real `mongod`); killed on drop.
 #[derive(Debug)]
 pub struct MongoDouble {
     child: Child,
     port: u16,
     user: Option<(String, String)>,
+    /// A real server's data directory, removed on drop.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The real `mongod` named by env `PITR_MONGOD_BIN`, if any.
+pub fn real_mongod() -> Option<PathBuf> {
+    std::env::var_os("PITR_MONGOD_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The double's binary: env `PITR_MONGO_DOUBLE_BIN`, else `<target>/debug/mongo-double`.
@@ -62,6 +79,31 @@ impl MongoDouble {
     /// Starts the double (on a free port) and waits until it listens.
     pub fn start(opts: MongoOptions) -> Result<MongoDouble> {
         Self::start_bin(&double_bin(), opts)
+    }
+
+    /// A real `mongod` when `PITR_MONGOD_BIN` names one ([`real_mongod`]), else the
+    /// double `double` (tests pass `env!("CARGO_BIN_EXE_mongo-double")`). `opts` must not
+    /// need the double (`seed_oplog`, `oplog_cap_bytes`): a real server refuses them.
+    pub fn server(double: &Path, opts: MongoOptions) -> Result<MongoDouble> {
+        match real_mongod() {
+            Some(mongod) => crate::mongo_real::start(&mongod, opts),
+            None => Self::start_bin(double, opts),
+        }
+    }
+
+    /// Wraps a started real server (see `mongo_real`).
+    pub(crate) fn from_real(
+        child: Child,
+        port: u16,
+        user: Option<(String, String)>,
+        dir: tempfile::TempDir,
+    ) -> MongoDouble {
+        MongoDouble {
+            child,
+            port,
+            user,
+            _dir: Some(dir),
+        }
     }
 
     /// Like [`MongoDouble::start`] with an explicit binary (tests pass
@@ -110,6 +152,7 @@ impl MongoDouble {
             child,
             port,
             user: opts.user,
+            _dir: None,
         })
     }
 

@@ -9,6 +9,9 @@
 //!   SIGCONTed stops with
 //!   "lost the writer lease"; an object of its generation reaching past the
 //!   takeover is fenced: `verify` and `status` report it, restore skips it;
+//! * the lease object deleted by hand after two takeovers: the next
+//!   archiver continues above every earlier generation, so nothing it stores
+//!   is fenced: `status` exits 0 and `restore --latest` has the newest row;
 //! * a lone `pitr backup` (no archiver) archives its WAL itself over a
 //!   temporary slot and leaves no replication slot behind.
 #![allow(clippy::unwrap_used)]
@@ -144,6 +147,8 @@ fn writer_lease_pg15() {
     eprintln!("fencing after a pause: done at {:?}", t0.elapsed());
     lone_backup_leaves_no_slot(&server, &url, tmp.path());
     eprintln!("lone backup: done at {:?}", t0.elapsed());
+    lease_object_removed(&server, &url, tmp.path());
+    eprintln!("lease object removed: done at {:?}", t0.elapsed());
 }
 
 fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
@@ -238,6 +243,51 @@ fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
     assert_eq!(
         st["sources"][0]["writer_lease"]["state"], "released",
         "{st}"
+    );
+}
+
+/// After [`takeover_after_kill`] (generations 1 and 2, the lease released;
+/// the other steps used other repositories):
+/// an operator deletes `writer.json`, as the error for an unreadable lease
+/// says to. The next archiver must not start again at generation 1, below
+/// generation 2's takeover record, where all it stores would be fenced.
+fn lease_object_removed(server: &PgServer, url: &str, tmp: &Path) {
+    let repo = tmp.join("repo");
+    fs::remove_file(repo.join("main/lease/writer.json")).unwrap();
+    let c = Proc::archive(url, &repo, "main", "pitr_third", &[]);
+    c.wait_log("streaming WAL from");
+    insert(server, 1001..=1010);
+    wait_archived(server, &repo, "main");
+    let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
+    assert!(o.status.success(), "status: {}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["sources"][0]["writer_lease"]["generation"], 3, "{st}");
+    let o = pitr(&["verify", "--repo", repo_arg(&repo)]);
+    assert!(o.status.success(), "verify: {}", text(&o));
+    let work = tmp.join("work-removed");
+    fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(id("-u")), Some(id("-g"))).unwrap();
+    let mut ctx = Ctx {
+        repo: repo.clone(),
+        work,
+        bin: server.bin("postgres").parent().unwrap().to_path_buf(),
+        n: 0,
+        name: "main".into(),
+    };
+    let truth: Vec<i64> = server
+        .psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
+        .unwrap()
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(truth.last(), Some(&1010));
+    assert_eq!(ctx.restore(&["--latest"]), truth);
+    c.signal("-TERM");
+    let mut c = c;
+    assert!(
+        wait_child(&mut c.child, Duration::from_secs(60)).success(),
+        "{}",
+        c.log()
     );
 }
 

@@ -1,12 +1,16 @@
 //! `pitr archive mongodb://` / `pitr oplog-fetch` / `status` against the
 //! MongoDB replica-set test double (`mongo-double`: no real mongod can run
-//! where these tests run; see integration/MONGO-DOUBLE.md).
-#![allow(clippy::unwrap_used)]
+//! where these tests run; see integration/MONGO-DOUBLE.md). The tests that
+//! do not need the double's own abilities (a seeded oplog, a tiny oplog
+//! cap, a 60-s step-down of the only member) run against a real `mongod`
+//! when `PITR_MONGOD_BIN` names one.
 //!
 //! Oracle: the server's own oplog, read through the official driver as
 //! raw BSON. What `oplog-fetch` writes for a range must be, byte for byte,
 //! the server's entries of that range; every archived entry must decode
 //! with the `pitr_mongodb` crate.
+
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -302,7 +306,7 @@ fn seeded_fixture_oplog_is_archived_unchanged() {
 
 #[test]
 fn killed_three_times_under_load_loses_and_duplicates_nothing() {
-    let db = MongoDouble::start(quiet()).unwrap();
+    let db = MongoDouble::server(Path::new(env!("CARGO_BIN_EXE_mongo-double")), quiet()).unwrap();
     let url = db.url();
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
@@ -441,7 +445,7 @@ fn chrono_like(secs: u32) -> String {
 
 #[test]
 fn wrong_credentials_fail_in_one_sentence_and_write_nothing() {
-    let db = MongoDouble::start(quiet()).unwrap();
+    let db = MongoDouble::server(Path::new(env!("CARGO_BIN_EXE_mongo-double")), quiet()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let out = Command::new(pitr_bin())

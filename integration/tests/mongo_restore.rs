@@ -25,8 +25,9 @@ use pitr_integration::restore_util::{pitr, text};
 use pitr_integration::{pitr_bin, MongoDouble, MongoOptions};
 use pitr_mongodb::OplogTs;
 
+/// The double, or a real `mongod` when `PITR_MONGOD_BIN` names one.
 fn start() -> MongoDouble {
-    MongoDouble::start_bin(
+    MongoDouble::server(
         Path::new(env!("CARGO_BIN_EXE_mongo-double")),
         MongoOptions {
             noop_interval_secs: 0,

@@ -101,10 +101,6 @@ pub async fn compact(
         .0
         .saturating_sub(i64::try_from(opts.min_age.as_micros()).unwrap_or(i64::MAX));
     let mut report = CompactionReport::default();
-    // Restore pins: small segments inside a pinned range are merged but not deleted.
-    let pins = crate::archive::pins::live_pins(repo, source, chrono::Utc::now())
-        .await
-        .map_err(|e| CompactionError::Pins(format!("{e:#}")))?;
     for epoch in catalog.epochs() {
         let Some(ec) = catalog.epoch(epoch) else {
             continue;
@@ -113,7 +109,7 @@ pub async fn compact(
         let mut groups = leftovers(ec);
         groups.extend(plan_runs(ec, &view, opts.target_size, cutoff));
         for g in groups {
-            run_group(repo, source, ec, g, opts, &pins, &mut report).await?;
+            run_group(repo, source, ec, g, opts, &mut report).await?;
         }
     }
     Ok(report)
@@ -273,7 +269,6 @@ async fn run_group(
     ec: &EpochCatalog,
     g: Group,
     opts: &CompactionOptions,
-    pins: &[crate::archive::pins::Pin],
     report: &mut CompactionReport,
 ) -> Result<(), CompactionError> {
     let cover = match g.cover {
@@ -297,6 +292,12 @@ async fn run_group(
     if let Some(k) = index::replace_in_index(repo, source, ec.gaps(), &replaced, &cover).await? {
         report.index_replacements.push(k);
     }
+    // Restore pins: small segments inside a pinned range are merged but not
+    // deleted. Read again before every group's deletions, so a restore that
+    // pinned after this compaction started loses nothing mid-way.
+    let pins = crate::archive::pins::live_pins(repo, source, chrono::Utc::now())
+        .await
+        .map_err(|e| CompactionError::Pins(format!("{e:#}")))?;
     for p in &g.parts {
         if let Some(pin) = pins
             .iter()

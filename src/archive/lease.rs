@@ -10,16 +10,32 @@
 //! ```
 //!
 //! Protocol (every write is a compare-and-swap, see `storage::cas`):
-//! * **acquire**: no lease object → conditional create of generation 1. A
-//!   lease that is released, or whose `expires_at` has passed, is taken over
-//!   by a conditional update (If-Match the version read) to generation + 1:
-//!   of several contenders exactly one wins. A live lease is waited for (or,
-//!   with `--no-wait`, refused naming its holder).
+//! * **generation**: derived from the repository as a whole, never from one
+//!   object: one above the highest of the lease object's generation and every
+//!   takeover record's (see [`generation_floor`]). Deleting `writer.json`
+//!   (by hand, or a first attempt cleaning up after itself) therefore never
+//!   lets a later writer start below an earlier takeover, where all it wrote
+//!   would be fenced. Takeover records are never deleted by maintenance.
+//! * **acquire**: no lease object → conditional create at that generation. A
+//!   lease that is released or expired is taken over by a conditional update
+//!   (If-Match the version read): of several contenders exactly one wins. A
+//!   live lease is waited for (or, with `--no-wait`, refused naming its
+//!   holder).
+//! * **expiry** is decided so that no clock skew lets two writers overlap: a
+//!   contender takes an unreleased lease over only once it has watched the
+//!   very same version of the object unchanged for a full ttl on its own
+//!   monotonic clock (the holder renews every ttl/3, so an unchanged version
+//!   means the holder's own deadline, measured from before that version was
+//!   written, has passed). `expires_at` only tells people and `status`; a
+//!   `--no-wait` contender refuses a lease that is live by it, and watches
+//!   an expired one for a ttl before taking it over.
 //! * **renew**: every ttl/3 a conditional update moves `expires_at` to
 //!   now + ttl. A holder that cannot renew before its own deadline (measured
 //!   on its monotonic clock from the moment it sent the last successful
-//!   renewal, minus a tenth of the ttl as a margin), or that finds the lease
-//!   changed under it, has lost it and stops writing at once.
+//!   renewal, minus a tenth of the ttl for differing clock rates), or that
+//!   finds the lease changed under it, has lost it and stops writing at once.
+//!   A renewal whose answer was lost (applied, then a transient error) is
+//!   recognised as its own when the next one conflicts with it.
 //! * **release** (clean shutdown): a conditional update marks it released,
 //!   so a successor need not wait for the expiry.
 //! * **takeover record**: right after acquiring generation `h`, before writing
@@ -29,16 +45,17 @@
 //!   writes carries `h` in its key; the records fence objects written late by
 //!   a writer that lost the lease (see `fence`).
 //!
-//! A contender on the same host and in the same PID namespace as the holder
-//! does not wait for the expiry of a lease whose holder process no longer
-//! exists (killed, crashed): a restart after a crash resumes at once.
+//! A contender running under the same kernel boot (`boot_id`) and in the
+//! same PID namespace as the holder does not wait for the expiry of a lease
+//! whose holder process no longer exists (killed, crashed): a restart after a
+//! crash resumes at once. The host name is never trusted for this (cloned
+//! machines share it); records without a boot id are waited for.
 //!
-//! Expiry is judged by contenders on their own wall clock against the
-//! holder's `expires_at`: clocks more than a ttl apart can let two writers
-//! overlap, and fencing keeps the late writer's objects out of every restore.
-//! A store that ignores conditional writes cannot keep writers apart at all:
-//! archiving there needs the operator's `--single-writer` declaration, and
-//! then runs without a lease (generation 0).
+//! A store that ignores conditional writes (`If-None-Match` or `If-Match`)
+//! cannot keep writers apart at all: archiving there needs the operator's
+//! `--single-writer` declaration, and then runs without a lease object, but
+//! still under a generation of its own and its takeover record, so what it
+//! writes is never fenced by an earlier takeover.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -67,10 +84,14 @@ pub struct Holder {
     pub pid: u32,
     /// When the holding process started.
     pub started: DateTime<Utc>,
-    /// The holder's PID namespace (`/proc/self/ns/pid`), so a process on the
-    /// same host and namespace can tell that the holder no longer exists.
+    /// The holder's PID namespace (`/proc/self/ns/pid`), so a process of the
+    /// same boot and namespace can tell that the holder no longer exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<String>,
+    /// The holder's kernel boot (`/proc/sys/kernel/random/boot_id`): the
+    /// same boot and PID namespace mean the same process table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 impl Holder {
@@ -82,20 +103,36 @@ impl Holder {
             pid: std::process::id(),
             started: *STARTED.get_or_init(Utc::now),
             pid_ns: pid_namespace(),
+            boot_id: boot_id(),
         }
     }
 
-    /// True when the holder provably no longer runs: same host, same PID
-    /// namespace, and no process with its pid. (A reused pid only makes a
-    /// contender wait for the expiry.)
+    /// True when the holder provably no longer runs: same kernel boot, same
+    /// PID namespace, and no process with its pid. (A reused pid only makes
+    /// a contender wait for the expiry.) The host name plays no part.
     pub fn is_gone(&self) -> bool {
-        let me = Holder::me();
-        self.pid != me.pid
-            && self.host == me.host
-            && self.pid_ns.is_some()
-            && self.pid_ns == me.pid_ns
-            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        process_gone(self.pid, &self.boot_id, &self.pid_ns)
     }
+}
+
+/// True when process `pid` of kernel boot `boot_id` and PID namespace
+/// `pid_ns` provably no longer runs: both are this process's own (so this
+/// process sees the same process table) and no process has that pid.
+pub fn process_gone(pid: u32, boot_id: &Option<String>, pid_ns: &Option<String>) -> bool {
+    let me = Holder::me();
+    pid != me.pid
+        && boot_id.is_some()
+        && *boot_id == me.boot_id
+        && pid_ns.is_some()
+        && *pid_ns == me.pid_ns
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn pid_namespace() -> Option<String> {
@@ -166,6 +203,17 @@ impl LeaseRecord {
         Duration::from_millis(self.ttl_ms.max(1))
     }
 
+    /// Whether a contender may take this lease over now, having watched this
+    /// very version of it unchanged for `watched` on its monotonic clock (see
+    /// the module docs): released, abandoned, or unrenewed for a whole ttl.
+    /// Wall clocks play no part, so no clock skew lets two writers overlap.
+    pub fn may_take_over(&self, now: DateTime<Utc>, watched: Duration) -> bool {
+        match self.state(now) {
+            LeaseState::Released | LeaseState::Abandoned => true,
+            LeaseState::Live | LeaseState::Expired => watched >= self.ttl(),
+        }
+    }
+
     /// "held by <host> pid <pid> since <t>, expires <t>"
     pub fn describe(&self) -> String {
         format!(
@@ -215,9 +263,14 @@ impl Default for LeaseOptions {
 pub enum LeaseError {
     #[error("the writer lease of {name} is {desc}: another process archives it now; stop it, or run without --no-wait to wait for it")]
     Held { name: SourceName, desc: String },
-    #[error("the repository {repo} ignores conditional writes, so pitr cannot keep two archivers of {name} apart; run exactly one archiver per source and declare it with --single-writer (single_writer = true in the config)")]
-    Unsupported { repo: String, name: SourceName },
-    #[error("the writer lease {key} is unreadable ({reason}); if no archiver of this source runs, delete that object")]
+    #[error("the repository {repo} ignores conditional writes ({what}), so pitr cannot keep two archivers of {name} apart; run exactly one archiver per source and declare it with --single-writer (single_writer = true in the config)")]
+    Unsupported {
+        repo: String,
+        name: SourceName,
+        /// Which condition: `If-None-Match` or `If-Match`.
+        what: &'static str,
+    },
+    #[error("the writer lease {key} is unreadable ({reason}); if no archiver of this source runs, delete that object (the next archiver continues above every earlier generation)")]
     Corrupt { key: String, reason: String },
     #[error("writer lease generation {0} is beyond what segment keys can record")]
     Exhausted(u64),
@@ -248,6 +301,23 @@ fn corrupt(key: &str, e: impl fmt::Display) -> LeaseError {
         key: key.to_string(),
         reason: e.to_string(),
     }
+}
+
+/// The highest writer generation the repository records for `source`: the
+/// lease object's and every takeover record's (0 when there is none). A new
+/// writer takes the next one above it, so generations never go down, even
+/// when the lease object is gone.
+pub async fn generation_floor(repo: &Repo, source: &SourceName) -> Result<u64, LeaseError> {
+    let takeovers = repo
+        .list(&keys::lease_prefix(source))
+        .await?
+        .iter()
+        .filter_map(|m| keys::parse_takeover_key(source, m.location.as_ref()))
+        .map(|t| t.generation)
+        .max()
+        .unwrap_or(0);
+    let lease = read_lease(repo, source).await?.map_or(0, |r| r.generation);
+    Ok(takeovers.max(lease))
 }
 
 /// Reads the writer lease of `source`, if there is one.
@@ -347,17 +417,23 @@ const EXPIRED_UNRENEWED: &str = "another process (this one could not renew it be
 #[derive(Debug, Clone)]
 pub struct LeaseGuard {
     shared: Option<Arc<Shared>>,
+    /// The generation of what is written (a lease's, or a declared single
+    /// writer's own).
+    generation: u32,
 }
 
 impl LeaseGuard {
-    /// A guard that never fails (no lease: single-writer mode, tests).
+    /// A guard that never fails, at generation 0 (tests, tools that write no log).
     pub fn none() -> LeaseGuard {
-        LeaseGuard { shared: None }
+        LeaseGuard {
+            shared: None,
+            generation: 0,
+        }
     }
 
     /// The generation every object written under this lease carries.
     pub fn generation(&self) -> u32 {
-        self.shared.as_ref().map(|s| s.generation).unwrap_or(0)
+        self.generation
     }
 
     /// Ok while the lease is held and its deadline has not passed.
@@ -423,6 +499,8 @@ pub struct Lease {
     holder: Holder,
     stop: CancellationToken,
     task: Option<JoinHandle<Option<(LeaseRecord, Version)>>>,
+    /// This process created the lease object (there was none).
+    created: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -448,22 +526,45 @@ impl Lease {
                 return Err(LeaseError::Unsupported {
                     repo: repo.to_string(),
                     name: source.clone(),
+                    what: "If-None-Match",
                 });
             }
-            tracing::warn!(source = %source, "the repository ignores conditional writes: archiving without a writer lease, trusting --single-writer");
-            return Ok(Lease::unleased(repo, source));
+            return Lease::unleased(repo, source).await;
+        }
+        if !repo.conditional_updates().await? {
+            if !opts.single_writer {
+                return Err(LeaseError::Unsupported {
+                    repo: repo.to_string(),
+                    name: source.clone(),
+                    what: "If-Match",
+                });
+            }
+            return Lease::unleased(repo, source).await;
         }
         let key = keys::writer_lease_key(source);
         let me = Holder::me();
         let ttl = opts.ttl.max(Duration::from_millis(300));
         let mut announced: Option<(u64, Holder)> = None;
+        // The version of the lease object seen, and since when (monotonic).
+        let mut watching: Option<(Version, Instant)> = None;
         loop {
             let now = Utc::now();
             let current = read_versioned(repo, source).await?;
+            let watched = match (&current, &watching) {
+                (Some((_, v)), Some((seen, since))) if v == seen => since.elapsed(),
+                (Some((_, v)), _) => {
+                    watching = Some((v.clone(), Instant::now()));
+                    Duration::ZERO
+                }
+                (None, _) => Duration::ZERO,
+            };
+            let floor = generation_floor(repo, source).await?;
             let generation = match &current {
-                None => 1,
-                Some((rec, _)) if rec.state(now) == LeaseState::Live => {
-                    if !opts.wait {
+                None => floor + 1,
+                Some((rec, _)) if !rec.may_take_over(now, watched) => {
+                    // An expired lease is watched for a ttl even with
+                    // --no-wait: its holder may only have a slower clock.
+                    if !opts.wait && rec.state(now) == LeaseState::Live {
                         return Err(LeaseError::Held {
                             name: source.clone(),
                             desc: rec.describe(),
@@ -477,8 +578,9 @@ impl Lease {
                         );
                         announced = Some(who);
                     }
-                    let until_expiry = (rec.expires_at - now).to_std().unwrap_or_default();
-                    let pause = until_expiry
+                    let pause = rec
+                        .ttl()
+                        .saturating_sub(watched)
                         .min(rec.ttl() / 3)
                         .max(Duration::from_millis(100));
                     tokio::select! {
@@ -487,7 +589,7 @@ impl Lease {
                     }
                     continue;
                 }
-                Some((rec, _)) => rec.generation + 1,
+                Some((rec, _)) => rec.generation.max(floor) + 1,
             };
             let short = u32::try_from(generation).map_err(|_| LeaseError::Exhausted(generation))?;
             let rec = LeaseRecord {
@@ -511,6 +613,9 @@ impl Lease {
                             LeaseState::Expired => {
                                 tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which stopped renewing it at {}", old.holder, old.renewed_at)
                             }
+                            LeaseState::Live => {
+                                tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which left it unrenewed for {:?} (its clock runs ahead of this one's)", old.holder, watched)
+                            }
                             LeaseState::Abandoned => {
                                 tracing::warn!(source = %source, "took over the writer lease of {source} (generation {generation}) from {}, which no longer runs", old.holder)
                             }
@@ -521,7 +626,10 @@ impl Lease {
                     } else {
                         tracing::debug!(source = %source, "took the writer lease of {source} (generation 1)");
                     }
-                    return Ok(Lease::start(repo, source, rec, version, short, sent, me));
+                    let created = current.is_none();
+                    return Ok(Lease::start(
+                        repo, source, rec, version, short, sent, me, created,
+                    ));
                 }
                 Err(CasError::Conflict { .. }) => continue,
                 Err(CasError::Storage(e)) => return Err(e.into()),
@@ -529,17 +637,29 @@ impl Lease {
         }
     }
 
-    fn unleased(repo: &Repo, source: &SourceName) -> Lease {
-        Lease {
+    /// A declared single writer on a store without conditional writes: no
+    /// lease object, but a generation above every earlier one (and, once
+    /// [`Lease::record_takeover`] ran, a takeover record of its own), so
+    /// nothing it writes is fenced by an earlier takeover.
+    async fn unleased(repo: &Repo, source: &SourceName) -> Result<Lease, LeaseError> {
+        let generation = generation_floor(repo, source).await? + 1;
+        let short = u32::try_from(generation).map_err(|_| LeaseError::Exhausted(generation))?;
+        tracing::warn!(source = %source, "the repository ignores conditional writes: archiving without a writer lease (generation {generation}), trusting --single-writer");
+        Ok(Lease {
             repo: repo.clone(),
             source: source.clone(),
-            guard: LeaseGuard::none(),
+            guard: LeaseGuard {
+                shared: None,
+                generation: short,
+            },
             holder: Holder::me(),
             stop: CancellationToken::new(),
             task: None,
-        }
+            created: false,
+        })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start(
         repo: &Repo,
         source: &SourceName,
@@ -548,6 +668,7 @@ impl Lease {
         generation: u32,
         sent: Instant,
         me: Holder,
+        created: bool,
     ) -> Lease {
         let ttl = rec.ttl();
         let shared = Arc::new(Shared {
@@ -571,10 +692,12 @@ impl Lease {
             source: source.clone(),
             guard: LeaseGuard {
                 shared: Some(shared),
+                generation,
             },
             holder: me,
             stop,
             task: Some(task),
+            created,
         }
     }
 
@@ -615,36 +738,53 @@ impl Lease {
     }
 
     /// For a first attempt that failed before writing anything: a lease
-    /// this process created (generation 1) is deleted with its takeover
-    /// record, leaving the repository as it was; any other is released.
+    /// object this process created is deleted with its takeover record,
+    /// leaving the repository as it was (the lease object only while it is
+    /// still this process's own version); any other is released.
     pub async fn release_unused(mut self) {
-        if self.generation() != 1 {
+        if !self.created {
             return self.release().await;
         }
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        let last = match self.task.take() {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
+        let Some((_, version)) = last else {
+            return;
+        };
         if self.guard.check().is_err() {
             return;
         }
+        let generation = u64::from(self.generation());
+        let unused = "could not remove the unused writer lease";
         let prefix = keys::lease_prefix(&self.source);
-        let created = match self.repo.list(&prefix).await {
+        let listed = match self.repo.list(&prefix).await {
             Ok(list) => list,
             Err(e) => {
-                tracing::warn!(source = %self.source, "could not remove the unused writer lease: {e}");
+                tracing::warn!(source = %self.source, "{unused}: {e}");
                 return;
             }
         };
-        for m in created {
+        for m in listed {
             let k = m.location.to_string();
-            let ours =
-                keys::parse_takeover_key(&self.source, &k).is_some_and(|t| t.generation == 1);
-            if ours || k == keys::writer_lease_key(&self.source) {
+            if keys::parse_takeover_key(&self.source, &k)
+                .is_some_and(|t| t.generation == generation)
+            {
                 if let Err(e) = self.repo.delete(&k).await {
-                    tracing::warn!(source = %self.source, "could not remove the unused writer lease: {e}");
+                    tracing::warn!(source = %self.source, "{unused}: {e}");
                 }
             }
+        }
+        let key = keys::writer_lease_key(&self.source);
+        match self.repo.get_versioned(&key).await {
+            Ok(Some((_, v))) if v == version => {
+                if let Err(e) = self.repo.delete(&key).await {
+                    tracing::warn!(source = %self.source, "{unused}: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(source = %self.source, "{unused}: {e}"),
         }
     }
 
@@ -697,7 +837,11 @@ async fn renew_loop(
     let ttl = rec.ttl();
     let guard = LeaseGuard {
         shared: Some(shared.clone()),
+        generation: shared.generation,
     };
+    // Renewals whose outcome is unknown since the last certain one (a
+    // transient error: each may have been applied), with when each was sent.
+    let mut unsure: Vec<(LeaseRecord, Instant)> = Vec::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Some((rec, version)),
@@ -719,6 +863,7 @@ async fn renew_loop(
             Ok(v) => {
                 rec = next;
                 version = v;
+                unsure.clear();
                 shared.set_deadline(sent + own_ttl(ttl));
             }
             Err(CasError::Conflict { .. }) => match read_versioned(&repo, &shared.source).await {
@@ -726,7 +871,19 @@ async fn renew_loop(
                 Ok(Some((cur, v))) if cur == next => {
                     rec = cur;
                     version = v;
+                    unsure.clear();
                     shared.set_deadline(sent + own_ttl(ttl));
+                }
+                // An earlier renewal of ours whose answer was lost: it was
+                // applied, so the deadline counts from when it was sent, and
+                // the next turn renews from its version.
+                Ok(Some((cur, v))) if unsure.iter().any(|(u, _)| *u == cur) => {
+                    if let Some((_, at)) = unsure.iter().find(|(u, _)| *u == cur) {
+                        shared.set_deadline(*at + own_ttl(ttl));
+                    }
+                    unsure.clear();
+                    rec = cur;
+                    version = v;
                 }
                 Ok(Some((cur, _))) => {
                     shared.mark_lost(format!("{} (generation {})", cur.holder, cur.generation))
@@ -735,6 +892,10 @@ async fn renew_loop(
                 Err(e) => tracing::warn!(source = %shared.source, "renewing the writer lease: {e}"),
             },
             Err(e) => {
+                // Bounded: the deadline passes long before this grows.
+                if unsure.len() < 64 {
+                    unsure.push((next, sent));
+                }
                 tracing::warn!(source = %shared.source, "could not renew the writer lease (retrying until it expires): {e}")
             }
         }

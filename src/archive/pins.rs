@@ -87,6 +87,14 @@ pub struct Pin {
     /// The planned backup directory (`BackupKey::dir`).
     pub backup: String,
     pub ranges: Vec<PinRange>,
+    /// A backup pin's holder process, by kernel boot and PID namespace: a
+    /// backup that was killed leaves a pin nobody renews, which readers of
+    /// the same boot and namespace ignore at once once its pid is gone (a
+    /// restore's pin is renewed by other processes, `wal-fetch`, and has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
 }
 
 impl Pin {
@@ -116,7 +124,43 @@ impl Pin {
             target: target.to_string(),
             backup: backup.dir(),
             ranges,
+            boot_id: None,
+            pid_ns: None,
         }
+    }
+
+    /// A pin of a backup being taken: its directory and the log from its
+    /// start on, so prune deletes neither while it runs (its id starts with
+    /// `b`; a restore's with `r`).
+    pub fn for_backup(backup: &BackupKey, epoch: Epoch, now: DateTime<Utc>, ttl: Duration) -> Pin {
+        let mut pin = Pin::new(
+            &backup.source,
+            &format!("backup {} being taken", backup.dir()),
+            backup,
+            vec![PinRange::new(epoch, backup.start, None)],
+            now,
+            ttl,
+        );
+        pin.id.replace_range(0..1, "b");
+        let me = crate::archive::lease::Holder::me();
+        pin.boot_id = me.boot_id;
+        pin.pid_ns = me.pid_ns;
+        pin
+    }
+
+    /// `backup` or `restore`: what holds the pin.
+    pub fn holder_kind(&self) -> &'static str {
+        if self.id.starts_with('b') {
+            "backup"
+        } else {
+            "restore"
+        }
+    }
+
+    /// True when the process holding this pin provably no longer runs (see
+    /// `boot_id`): the pin protects nothing any more.
+    pub fn holder_gone(&self) -> bool {
+        crate::archive::lease::process_gone(self.pid, &self.boot_id, &self.pid_ns)
     }
 
     /// True when the pin names this backup.
@@ -133,10 +177,11 @@ impl Pin {
         })
     }
 
-    /// `restore pin <id> (<host>, pid <pid>, since <time>)`.
+    /// `restore pin <id> (<host>, pid <pid>, since <time>)` (or `backup pin …`).
     pub fn describe(&self) -> String {
         format!(
-            "restore pin {} ({}, pid {}, since {})",
+            "{} pin {} ({}, pid {}, since {})",
+            self.holder_kind(),
             self.id,
             self.host,
             self.pid,
@@ -213,6 +258,9 @@ pub async fn live_pins(
                 continue;
             }
             match read_pin(repo, &newest).await? {
+                Some(p) if p.holder_gone() => {
+                    tracing::debug!(pin = %p.id, "ignoring the pin of a process that no longer runs");
+                }
                 Some(p) => out.push(p),
                 None => continue 'again,
             }
@@ -383,6 +431,67 @@ impl PinGuard {
 impl Drop for PinGuard {
     fn drop(&mut self) {
         self.renewer.abort();
+    }
+}
+
+/// How many deletions one reading of the pins covers during a prune.
+const PIN_BATCH: usize = 64;
+
+/// A pin that appeared while maintenance was deleting.
+#[derive(Debug, thiserror::Error)]
+#[error("{pin} appeared while pruning; prune stopped before deleting anything more (run it again once that restore has ended)")]
+pub struct PinAppeared {
+    pub pin: String,
+}
+
+/// Prune: the pins read when the deletions were planned, read again before
+/// every batch of deletions. A restore that pinned after prune read the pins
+/// stops the prune ([`PinAppeared`]) before it deletes what that restore
+/// planned on.
+#[derive(Debug)]
+pub struct PinWatch {
+    repo: Repo,
+    source: SourceName,
+    known: Vec<Pin>,
+    until_reread: usize,
+}
+
+impl PinWatch {
+    /// Watches for pins other than `pins` (the ones the plan honoured).
+    pub fn new(repo: &Repo, source: &SourceName, pins: &[Pin]) -> PinWatch {
+        PinWatch {
+            repo: repo.clone(),
+            source: source.clone(),
+            known: pins.to_vec(),
+            until_reread: 0,
+        }
+    }
+
+    /// The pin known to protect backup `key`, if any.
+    pub fn protecting(&self, key: &BackupKey) -> Option<&Pin> {
+        self.known.iter().find(|p| p.protects_backup(key))
+    }
+
+    /// Starts a batch: the next deletion reads the pins again first.
+    pub fn batch(&mut self) {
+        self.until_reread = 0;
+    }
+
+    /// Before one deletion: reads the pins again at the start of a batch and
+    /// every [`PIN_BATCH`] deletions; a pin not known yet is [`PinAppeared`].
+    pub async fn before_delete(&mut self) -> anyhow::Result<()> {
+        if self.until_reread == 0 {
+            let now = live_pins(&self.repo, &self.source, Utc::now()).await?;
+            if let Some(p) = now
+                .iter()
+                .find(|p| !self.known.iter().any(|k| k.id == p.id))
+            {
+                return Err(PinAppeared { pin: p.describe() }.into());
+            }
+            self.until_reread = PIN_BATCH;
+        }
+        self.until_reread -= 1;
+        Ok(())
     }
 }
 

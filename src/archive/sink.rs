@@ -8,7 +8,11 @@
 //!
 //! Every key carries the writer-lease generation, and nothing is written
 //! once the lease is lost (`lease`): a late write that slips through anyway
-//! is fenced by the next holder's takeover record (`fence`). A segment
+//! is fenced by the next holder's takeover record (`fence`). A put that
+//! completes only after the holder's lease deadline does not count as
+//! stored: the durable watermark never covers it, so nothing of it is
+//! confirmed to the database (a successor may have taken over meanwhile and
+//! fenced it). A segment
 //! re-archived over exactly the range of one the repository already held
 //! beyond the resume point (stored out of order before a crash) is written
 //! under that object's key, so it is an idempotent retry, never a duplicate
@@ -105,7 +109,13 @@ impl SegmentSink for RepoSink {
             self.lease
                 .check()
                 .map_err(|e| SinkError::definite(e.to_string()))?;
-            match self.repo.put_if_absent(&key, object.into()).await {
+            let put = self.repo.put_if_absent(&key, object.into()).await;
+            if let (Ok(_), Err(lost)) = (&put, self.lease.check()) {
+                return Err(SinkError::definite(format!(
+                    "segment {key} was stored only after this archiver's lease deadline, so it does not count as archived ({lost})"
+                )));
+            }
+            match put {
                 Ok(PutOutcome::Created) => {
                     tracing::debug!(key = %key, "segment stored");
                     Ok(())

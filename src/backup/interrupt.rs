@@ -12,19 +12,74 @@
 //! blocking thread), so the directory is listed again a moment later. What
 //! a crash or SIGKILL leaves behind is removed by `pitr prune` (see
 //! `retention`: incomplete backups).
+//!
+//! A running backup also holds a pin (`archive::pins`, [`StartedBackup::begin`])
+//! on its directory and on the log from its start position: `pitr prune`
+//! (another process, any time) deletes neither while the backup runs, however
+//! long it takes, and the pin is released when the backup ends.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use chrono::Utc;
+use pitr_segment::Epoch;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::BackupKey;
+use crate::archive::pins::{self, Pin, PinGuard};
 use crate::storage::Repo;
 
 /// Where a backup publishes its directory as soon as it knows it (before
-/// the first part is stored).
-pub type StartedBackup = Arc<OnceLock<BackupKey>>;
+/// the first part is stored), and the pin that protects it meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct StartedBackup {
+    key: Arc<OnceLock<BackupKey>>,
+    pin_id: Arc<Mutex<Option<String>>>,
+}
+
+impl StartedBackup {
+    /// Publishes the backup's directory, then pins it and the log of `epoch`
+    /// from the backup's start on (see the module docs). The backup keeps the
+    /// guard while it runs and releases it when it ends; whoever runs it
+    /// under [`run_interruptible`] has the pin released there too.
+    pub async fn begin(
+        &self,
+        repo: &Repo,
+        key: &BackupKey,
+        epoch: Epoch,
+    ) -> anyhow::Result<PinGuard> {
+        let _ = self.key.set(key.clone());
+        let pin = Pin::for_backup(key, epoch, Utc::now(), pins::DEFAULT_TTL);
+        let id = pin.id.clone();
+        if let Ok(mut g) = self.pin_id.lock() {
+            *g = Some(id);
+        }
+        PinGuard::acquire(repo, pin, pins::DEFAULT_TTL).await
+    }
+
+    /// The backup's directory, once published.
+    pub fn get(&self) -> Option<&BackupKey> {
+        self.key.get()
+    }
+
+    /// Removes the backup's pin (when it still exists).
+    async fn release_pin(&self, repo: &Repo) {
+        let id = self.pin_id.lock().ok().and_then(|mut g| g.take());
+        if let (Some(id), Some(key)) = (id, self.key.get()) {
+            if let Err(e) = pins::release_by_id(repo, &key.source, &id).await {
+                tracing::warn!(backup = %key.dir(), "could not remove the backup's pin (it expires by itself): {e:#}");
+            }
+        }
+    }
+}
+
+/// Releases a finished backup's pin (one that cannot be removed expires).
+pub async fn release_pin(pin: PinGuard) {
+    if let Err(e) = pin.release().await {
+        tracing::warn!("could not remove the backup's pin (it expires by itself): {e:#}");
+    }
+}
 
 /// How a backup run under [`run_interruptible`] ended.
 #[derive(Debug)]
@@ -64,7 +119,7 @@ impl Cleanup {
 }
 
 /// Runs `backup` until it ends or `cancel` fires; then removes the
-/// directory it published in `started`.
+/// directory it published in `started`. Either way its pin is released.
 pub async fn run_interruptible<T>(
     backup: impl Future<Output = anyhow::Result<T>>,
     started: &StartedBackup,
@@ -73,14 +128,19 @@ pub async fn run_interruptible<T>(
 ) -> Outcome<T> {
     tokio::select! {
         biased;
-        r = backup => return Outcome::Finished(r),
+        r = backup => {
+            started.release_pin(repo).await;
+            return Outcome::Finished(r);
+        }
         _ = cancel.cancelled() => {}
     }
     // `backup` is dropped here: its connections and tasks end.
     let Some(key) = started.get() else {
         return Outcome::Interrupted(Cleanup::NothingStored);
     };
-    Outcome::Interrupted(match remove_backup_dir(repo, key).await {
+    let removed = remove_backup_dir(repo, key).await;
+    started.release_pin(repo).await;
+    Outcome::Interrupted(match removed {
         Ok(objects) => Cleanup::Removed {
             dir: key.dir(),
             objects,
@@ -142,7 +202,7 @@ mod tests {
     /// put in flight when it is dropped), then never finishes.
     async fn stuck_backup(repo: Repo, started: StartedBackup) -> anyhow::Result<()> {
         let k = key()?;
-        let _ = started.set(k.clone());
+        let _pin = started.begin(&repo, &k, Epoch(1)).await?;
         for p in ["a.zst.000", "a.zst.001"] {
             repo.put_if_absent(&k.part_key(p)?, Bytes::from_static(b"x"))
                 .await?;
@@ -181,6 +241,12 @@ mod tests {
         assert_eq!(dir, key()?.dir());
         assert_eq!(objects, 3);
         assert!(repo.list(&dir).await?.is_empty());
+        assert!(
+            pins::live_pins(&repo, &key()?.source, Utc::now())
+                .await?
+                .is_empty(),
+            "the interrupted backup's pin is released"
+        );
         assert!(repo.exists("db/source.json").await?);
         Ok(())
     }

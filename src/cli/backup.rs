@@ -1,4 +1,4 @@
-//! `pitr backup <postgres-url|mysql-url> --repo R [--name N] [--json]`: a
+//! `pitr backup <postgres-url|mysql-url|mongodb-url> --repo R [--name N] [--json]`: a
 //! base backup into the repository; a PostgreSQL backup succeeds once the
 //! WAL making it consistent is archived too.
 //!
@@ -14,6 +14,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use crate::backup::interrupt::{run_interruptible, Cleanup, Outcome, StartedBackup};
+use crate::backup::mongodb::take::{take_mongo_backup, MongoBackupOptions};
 use crate::backup::mysql::{take_mysql_backup, MysqlBackupOptions};
 use crate::backup::postgres::take::{take_backup, BackupOptions, Progress};
 use crate::cli::common::{shutdown_signal, Signal};
@@ -24,7 +25,8 @@ use crate::storage::Repo;
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Database: postgres://user[:password]@host[:port]/db (a REPLICATION role)
-    /// or mysql://user:password@host:port (mariadb:// too).
+    /// or mysql://user:password@host:port (mariadb:// too)
+    /// or mongodb://user:password@host1,host2/?replicaSet=NAME.
     pub url: String,
     /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
@@ -48,18 +50,10 @@ pub struct BackupArgs {
 
 pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
     let kind = url_kind(&args.url);
-    if kind == Some(UrlKind::MongoDb) {
-        let opts = crate::backup::mongodb::take::MongoBackupOptions {
-            url: args.url.clone(),
-            name: args.name.clone(),
-            label: args.label.clone(),
-            parallel: usize::from(args.parallel),
-            part_size: args.part_size_mib.max(1) << 20,
-            ..Default::default()
-        };
-        return crate::backup::mongodb::take::run_cli(opts, &args.repo, args.json).await;
-    }
-    if !matches!(kind, Some(UrlKind::MySql | UrlKind::Postgres)) {
+    if !matches!(
+        kind,
+        Some(UrlKind::MySql | UrlKind::Postgres | UrlKind::MongoDb)
+    ) {
         return Err(anyhow!(
             "base backups are available for PostgreSQL, MySQL/MariaDB and MongoDB; {:?} is not a postgres://, mysql:// or mongodb:// URL",
             redact(&args.url)
@@ -69,6 +63,25 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
     let (cancel, signal) = shutdown_signal();
     let started = StartedBackup::default();
     let part_size = args.part_size_mib.max(1) << 20;
+    if kind == Some(UrlKind::MongoDb) {
+        let opts = MongoBackupOptions {
+            url: args.url.clone(),
+            name: args.name.clone(),
+            label: args.label.clone(),
+            parallel: usize::from(args.parallel),
+            part_size,
+            started: started.clone(),
+            ..Default::default()
+        };
+        let backup = take_mongo_backup(&opts, &repo);
+        return match run_interruptible(backup, &started, &repo, &cancel).await {
+            Outcome::Finished(r) => {
+                crate::backup::mongodb::take::print_report(&r?, args.json);
+                Ok(0)
+            }
+            Outcome::Interrupted(c) => Ok(interrupted(&c, &signal)),
+        };
+    }
     if kind == Some(UrlKind::MySql) {
         let opts = MysqlBackupOptions {
             url: args.url.clone(),

@@ -121,6 +121,7 @@ impl EngineOps for MongoDb {
             url: req.url,
             name: Some(req.name),
             label: Some(req.label),
+            started: req.started,
             ..Default::default()
         };
         Box::pin(async move { take_mongo_backup(&opts, &repo).await.map(|r| r.key) })

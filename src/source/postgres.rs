@@ -535,8 +535,7 @@ impl Archiver {
                 }
                 changed = durable_rx.changed() => {
                     if changed.is_ok() {
-                        let durable = self.durable_lsn(epoch);
-                        stream.send_status(received, durable, durable, false).await?;
+                        let durable = self.confirm(&mut stream, received, epoch).await?;
                         last_status = Instant::now();
                         if self.opts.stop_at.is_some_and(|s| durable >= s) {
                             self.seal(&mut buf, received).await?;
@@ -549,8 +548,7 @@ impl Archiver {
                         self.seal(&mut buf, received).await?;
                     }
                     if last_status.elapsed() >= Duration::from_secs(10) {
-                        let durable = self.durable_lsn(epoch);
-                        stream.send_status(received, durable, durable, false).await?;
+                        self.confirm(&mut stream, received, epoch).await?;
                         last_status = Instant::now();
                     }
                 }
@@ -579,8 +577,7 @@ impl Archiver {
                         }
                         Some(ReplicationMessage::Keepalive { reply_requested, .. }) => {
                             if reply_requested {
-                                let durable = self.durable_lsn(epoch);
-                                stream.send_status(received, durable, durable, false).await?;
+                                self.confirm(&mut stream, received, epoch).await?;
                                 last_status = Instant::now();
                             }
                         }
@@ -607,6 +604,23 @@ impl Archiver {
                 }
             }
         }
+    }
+
+    /// Sends standby status: `received` as written, the durable position as
+    /// flushed and applied; only while the lease is still held, so a holder
+    /// that lost it never lets the server recycle WAL on its word.
+    async fn confirm(
+        &self,
+        stream: &mut ReplicationStream,
+        received: Lsn,
+        epoch: Epoch,
+    ) -> anyhow::Result<Lsn> {
+        self.guard.check()?;
+        let durable = self.durable_lsn(epoch);
+        stream
+            .send_status(received, durable, durable, false)
+            .await?;
+        Ok(durable)
     }
 
     fn durable_lsn(&self, epoch: Epoch) -> Lsn {
@@ -694,6 +708,7 @@ impl Archiver {
         if let Some(d) = durable {
             let lsn = Lsn(d.pos.lo);
             self.progress.durable_lsn.store(lsn.0, Ordering::Relaxed);
+            self.guard.check()?;
             stream
                 .send_status(received, lsn, lsn, false)
                 .await

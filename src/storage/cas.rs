@@ -106,6 +106,69 @@ impl Repo {
         Ok(Some((data, version)))
     }
 
+    /// True when a replacement conditioned on a stale version is refused:
+    /// the store honours `If-Match`. Probed once per repository on a scratch
+    /// object (create, replace with the version read, then replace again
+    /// with that first, now stale, version, which must conflict); a
+    /// `file://` repository does its own compare-and-swap and needs no probe.
+    /// A store that honours `If-None-Match` but ignores `If-Match` would let
+    /// two lease contenders win the same generation and hide every loss from
+    /// renewals, so the writer lease refuses it (see `archive::lease`).
+    pub async fn conditional_updates(&self) -> Result<bool, StorageError> {
+        if self.inner.local_root.is_some() {
+            return Ok(true);
+        }
+        self.inner
+            .conditional_updates
+            .get_or_try_init(|| self.probe_updates())
+            .await
+            .copied()
+    }
+
+    async fn probe_updates(&self) -> Result<bool, StorageError> {
+        let key = format!(
+            "{}/probe-if-match-{}",
+            super::SCRATCH_PREFIX,
+            digits_nonce()
+        );
+        let honoured = async {
+            let first = match self
+                .create_versioned(&key, Bytes::from_static(b"probe-1"))
+                .await
+            {
+                Ok(v) => v,
+                // Create is not honoured either: the caller refuses for that.
+                Err(CasError::Conflict { .. }) => return Ok(false),
+                Err(CasError::Storage(e)) => return Err(e),
+            };
+            match self
+                .put_if_version(&key, Bytes::from_static(b"probe-2"), &first)
+                .await
+            {
+                Ok(_) => {}
+                Err(CasError::Conflict { .. }) => return Ok(false),
+                Err(CasError::Storage(e)) => return Err(e),
+            }
+            match self
+                .put_if_version(&key, Bytes::from_static(b"probe-3"), &first)
+                .await
+            {
+                Ok(_) => Ok(false),
+                Err(CasError::Conflict { .. }) => Ok(true),
+                Err(CasError::Storage(e)) => Err(e),
+            }
+        }
+        .await;
+        if let Err(e) = self.delete(&key).await {
+            tracing::warn!(key = %key, error = %e, "could not delete the probe object");
+        }
+        let honoured = honoured?;
+        if !honoured {
+            tracing::warn!(repo = %self, "the storage server ignores If-Match (conditional updates)");
+        }
+        Ok(honoured)
+    }
+
     /// Creates `key` only if it does not exist.
     pub async fn create_versioned(&self, key: &str, data: Bytes) -> Result<Version, CasError> {
         self.conditional_put(key, data, None).await

@@ -31,7 +31,6 @@ use chrono::{DateTime, Utc};
 use mongodb::Client;
 use pitr_mongodb::OplogTs;
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use super::dump::{self, OplogTop};
 use super::manifest::{
@@ -40,6 +39,7 @@ use super::manifest::{
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::backup::interrupt::StartedBackup;
 use crate::backup::mysql::dump::StreamWriter;
 use crate::restore::mongodb::plan::{covers, oplog_chain};
 use crate::storage::Repo;
@@ -55,6 +55,9 @@ pub struct MongoBackupOptions {
     /// Largest stored part (compressed bytes).
     pub part_size: usize,
     pub zstd_level: i32,
+    /// Where the backup publishes its directory once it knows it, so an
+    /// interrupted backup can be cleaned up (see `backup::interrupt`).
+    pub started: StartedBackup,
 }
 
 impl Default for MongoBackupOptions {
@@ -66,6 +69,7 @@ impl Default for MongoBackupOptions {
             parallel: 4,
             part_size: 64 << 20,
             zstd_level: 3,
+            started: StartedBackup::default(),
         }
     }
 }
@@ -153,15 +157,16 @@ pub async fn take_mongo_backup(
     opts: &MongoBackupOptions,
     repo: &Repo,
 ) -> anyhow::Result<MongoBackupResult> {
-    take_mongo_backup_with(opts, repo, OplogWait::default(), CancellationToken::new()).await
+    take_mongo_backup_with(opts, repo, OplogWait::default()).await
 }
 
-/// [`take_mongo_backup`] with an explicit oplog wait and a stop signal.
+/// [`take_mongo_backup`] with an explicit oplog wait. A caller that stops
+/// it early drops the future and removes the directory published in
+/// `opts.started` (`backup::interrupt::run_interruptible`).
 pub async fn take_mongo_backup_with(
     opts: &MongoBackupOptions,
     repo: &Repo,
     wait: OplogWait,
-    cancel: CancellationToken,
 ) -> anyhow::Result<MongoBackupResult> {
     let start_time = Utc::now();
     let client = connect(&opts.url).await?;
@@ -181,16 +186,18 @@ pub async fn take_mongo_backup_with(
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key =
         BackupKey::new(source.clone(), start.ts.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
+    let pin = opts
+        .started
+        .begin(
+            repo,
+            &key,
+            crate::engine::mongodb::term_epoch(Some(start.term)),
+        )
+        .await?;
     let run = async {
-        let r = tokio::select! {
-            r = dump_all(opts, repo, &client, &key) => r?,
-            _ = cancel.cancelled() => return Err(anyhow!("stopped before the dump finished")),
-        };
+        let r = dump_all(opts, repo, &client, &key).await?;
         let end = dump::oplog_top(&client).await?;
-        tokio::select! {
-            r = wait_for_oplog(repo, &source, start.ts, end.ts, wait) => r?,
-            _ = cancel.cancelled() => return Err(anyhow!("stopped while waiting for the archiver")),
-        }
+        wait_for_oplog(repo, &source, start.ts, end.ts, wait).await?;
         anyhow::Ok((r, end))
     };
     let ((users, roles, collections), end) = match run.await {
@@ -229,6 +236,7 @@ pub async fn take_mongo_backup_with(
         remove_parts(repo, &key).await;
         return Err(anyhow!("storing the backup manifest: {e}"));
     }
+    crate::backup::interrupt::release_pin(pin).await;
     Ok(MongoBackupResult { key, manifest })
 }
 
@@ -384,27 +392,8 @@ async fn remove_parts(repo: &Repo, key: &BackupKey) {
     }
 }
 
-/// `pitr backup mongodb://...`: takes the backup and prints a summary;
-/// SIGTERM/SIGINT stop it cleanly (nothing is left in the repository).
-pub async fn run_cli(opts: MongoBackupOptions, repo: &str, json: bool) -> anyhow::Result<i32> {
-    let repo = Repo::open(repo).await.map_err(|e| anyhow!("{e}"))?;
-    let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    let signals = tokio::spawn(async move {
-        if stop_signal().await {
-            c2.cancel();
-        }
-    });
-    let r = take_mongo_backup_with(&opts, &repo, OplogWait::default(), cancel.clone()).await;
-    signals.abort();
-    let r = match r {
-        Ok(r) => r,
-        Err(_) if cancel.is_cancelled() => {
-            eprintln!("backup stopped by a signal before it completed; nothing was kept in the repository");
-            return Ok(1);
-        }
-        Err(e) => return Err(e),
-    };
+/// Prints the summary of a finished backup (`--json`: one JSON object on stdout).
+pub fn print_report(r: &MongoBackupResult, json: bool) {
     let m = &r.manifest;
     let docs: u64 = m.collections.iter().map(|c| c.documents).sum();
     if json {
@@ -433,22 +422,6 @@ pub async fn run_cli(opts: MongoBackupOptions, repo: &str, json: bool) -> anyhow
             m.collections.len(),
             m.stored_bytes()
         );
-    }
-    Ok(0)
-}
-
-/// Resolves on SIGTERM or SIGINT (true), or never when they cannot be watched.
-pub async fn stop_signal() -> bool {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => true,
-        _ = int.recv() => true,
     }
 }
 

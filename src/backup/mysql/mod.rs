@@ -244,7 +244,10 @@ pub async fn take_mysql_backup(
         .ok_or_else(|| anyhow!("binlog file name {} has no numeric suffix", pos.file))?;
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key = BackupKey::new(source.clone(), start, &id).map_err(|e| anyhow!("{e}"))?;
-    let _ = opts.started.set(key.clone());
+    let pin = opts
+        .started
+        .begin(repo, &key, crate::source::mysql_segment::MYSQL_EPOCH)
+        .await?;
 
     let schema = Schema { databases: schema };
     let mut sw = StreamWriter::new(repo, &key, "schema.json", opts.part_size, opts.zstd_level)?;
@@ -321,6 +324,7 @@ pub async fn take_mysql_backup(
     )
     .await
     .map_err(|e| anyhow!("storing the backup manifest: {e}"))?;
+    crate::backup::interrupt::release_pin(pin).await;
     Ok(MysqlBackupReport { key, manifest })
 }
 
