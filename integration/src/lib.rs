@@ -66,8 +66,15 @@ pub fn skip_log_path() -> PathBuf {
         .unwrap_or_else(|| workspace_dir().join("target").join("pitr-skipped.log"))
 }
 
+/// True when env `PITR_REQUIRE_SERVERS` is `1` (CI): a missing server or tool is then a
+/// failure of the test that needs it, not a skip.
+pub fn servers_required() -> bool {
+    std::env::var("PITR_REQUIRE_SERVERS").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Records a skipped test: prints `SKIPPED: <module>::<test>: <reason>` to stderr and
-/// appends it to the skip log. Called by [`require!`].
+/// appends it to the skip log. Called by [`require!`]. Under `PITR_REQUIRE_SERVERS=1`
+/// it panics instead (after logging), so no skip passes unnoticed, whoever runs the tests.
 pub fn record_skip(module: &str, reason: &str) {
     // libtest runs each test on a thread named after the test.
     let test = std::thread::current()
@@ -85,10 +92,14 @@ pub fn record_skip(module: &str, reason: &str) {
     if let Err(e) = util::append_line(&log, &line) {
         eprintln!("pitr-integration: cannot write the skip log: {e:#}");
     }
+    if servers_required() {
+        panic!("{who} needs what is missing here, and PITR_REQUIRE_SERVERS=1 forbids skipping: {reason}");
+    }
 }
 
 /// In a `#[test]` fn: if `$avail` is `Err(reason)`, record and print
-/// `SKIPPED: <test>: <reason>` and return from the test.
+/// `SKIPPED: <test>: <reason>` and return from the test (under
+/// `PITR_REQUIRE_SERVERS=1`: fail it, see [`record_skip`]).
 #[macro_export]
 macro_rules! require {
     ($avail:expr) => {

@@ -13,6 +13,11 @@
 //!   `pitr prune --json` removes and reports it, and then `pitr status`
 //!   passes and no empty directory is left in the repository.
 //!
+//! A backup paused (SIGSTOP) while it waits for its WAL, then overtaken by
+//! a complete backup and a `pitr prune --keep-backups 1 --incomplete-grace
+//! 0s` in another process: its pin keeps its directory and the WAL from its
+//! start, so once resumed (SIGCONT) it completes, and `verify` is clean.
+//!
 //! MariaDB: SIGINT while the dump of a large table is being stored: exit
 //! status 130, the directory is gone; the same for `pitr run` stopped by
 //! SIGTERM during its scheduled backup (exit status 0).
@@ -269,6 +274,95 @@ fn pg_backup_sigterm_cleans_up_and_sigkill_leftovers_are_pruned() {
     assert!(o.status.success(), "{}", text(&o));
     let o = pitr(&["verify"], &repo);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn pg_backup_paused_during_prune_keeps_its_parts_and_wal() {
+    require!(pg::available(PgVersion::V15));
+    let pg = PgServer::start(PgVersion::V15).unwrap();
+    pg.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let log = tmp.path().join("backup.log");
+    let url = pg.url();
+    let archiver = Archiver::start(&url, &repo, "main", tmp.path(), &["--lease-ttl", "10m"]);
+    wait_for("the writer lease", Duration::from_secs(30), || {
+        repo.join("main/lease/writer.json").exists()
+    });
+    // The archiver paused: the first backup stores its data and waits for
+    // its WAL; then it is paused itself, mid-backup.
+    kill(&archiver, "-STOP");
+    let mut first = backup_waiting_for_wal(&url, &repo, &log);
+    let first_dir = backup_dirs(&repo, "main")[0].0.clone();
+    assert!(Command::new("kill")
+        .args(["-STOP", &first.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    kill(&archiver, "-CONT");
+    // A second backup completes and more WAL follows.
+    std::thread::sleep(Duration::from_millis(20)); // a later backup id
+    let o = pitr(&["backup", &url, "--name", "main"], &repo);
+    assert!(o.status.success(), "{}", text(&o));
+    for _ in 0..3 {
+        pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+            .unwrap();
+        pg.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    // Prune in another process: the paused backup is incomplete, older than
+    // the grace and overtaken, so only its pin keeps it (and its WAL).
+    let o = pitr(
+        &[
+            "prune",
+            "--keep-backups",
+            "1",
+            "--incomplete-grace",
+            "0s",
+            "--json",
+        ],
+        &repo,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r[0]["incomplete_backups"].as_array().unwrap().len(),
+        0,
+        "{r}"
+    );
+    assert!(
+        r[0]["pinned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains(&first_dir)),
+        "{r}"
+    );
+    // Resumed, the paused backup finds its WAL archived and completes.
+    assert!(Command::new("kill")
+        .args(["-CONT", &first.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_child(&mut first, Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "the paused backup failed: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let dirs = backup_dirs(&repo, "main");
+    assert!(
+        dirs.iter()
+            .any(|(d, manifest, _)| *d == first_dir && *manifest),
+        "{dirs:?}"
+    );
+    archiver.terminate();
+    let o = pitr(&["verify"], &repo);
+    assert!(o.status.success(), "{}", text(&o));
+    // Its pin is gone with it: the next prune keeps only the newest backup.
+    let o = pitr(&["prune", "--keep-backups", "1", "--json"], &repo);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(backup_dirs(&repo, "main").len(), 1);
 }
 
 #[test]

@@ -12,6 +12,10 @@
 //! * the lease object deleted by hand after two takeovers: the next
 //!   archiver continues above every earlier generation, so nothing it stores
 //!   is fenced: `status` exits 0 and `restore --latest` has the newest row;
+//! * a second archiver whose clock runs 25 s ahead (libfaketime) never takes
+//!   the lease of a holder that keeps renewing it (before, it judged expiry
+//!   by its own wall clock and took over at once); it takes over once the
+//!   holder stops, and the archive is whole: `status` 0, exact restore;
 //! * a lone `pitr backup` (no archiver) archives its WAL itself over a
 //!   temporary slot and leaves no replication slot behind.
 #![allow(clippy::unwrap_used)]
@@ -34,8 +38,26 @@ struct Proc {
 
 impl Proc {
     fn archive(url: &str, repo: &Path, name: &str, slot: &str, extra: &[&str]) -> Proc {
+        Proc::archive_by(Command::new(pitr_bin()), url, repo, name, slot, extra)
+    }
+
+    /// An archiver whose clocks run `ahead` (libfaketime's `faketime -f +<ahead>`).
+    fn archive_ahead(url: &str, repo: &Path, name: &str, slot: &str, ahead: &str) -> Proc {
+        let mut cmd = Command::new("faketime");
+        cmd.args(["-f", ahead]).arg(pitr_bin());
+        Proc::archive_by(cmd, url, repo, name, slot, &[])
+    }
+
+    fn archive_by(
+        mut cmd: Command,
+        url: &str,
+        repo: &Path,
+        name: &str,
+        slot: &str,
+        extra: &[&str],
+    ) -> Proc {
         let log = repo.with_file_name(format!("{name}-{slot}.log"));
-        let child = Command::new(pitr_bin())
+        let child = cmd
             .args(["archive", url, "--repo"])
             .arg(repo)
             .args(["--name", name, "--slot", slot, "--flush-interval", "200ms"])
@@ -149,6 +171,8 @@ fn writer_lease_pg15() {
     eprintln!("lone backup: done at {:?}", t0.elapsed());
     lease_object_removed(&server, &url, tmp.path());
     eprintln!("lease object removed: done at {:?}", t0.elapsed());
+    clock_ahead_waits_for_a_live_holder(&server, &url, tmp.path());
+    eprintln!("clock ahead: done at {:?}", t0.elapsed());
 }
 
 fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
@@ -289,6 +313,75 @@ fn lease_object_removed(server: &PgServer, url: &str, tmp: &Path) {
         "{}",
         c.log()
     );
+}
+
+fn clock_ahead_waits_for_a_live_holder(server: &PgServer, url: &str, tmp: &Path) {
+    let faketime = Command::new("faketime")
+        .args(["-f", "+0s", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !faketime {
+        pitr_integration::record_skip(module_path!(), "faketime is not installed");
+        return;
+    }
+    let repo = tmp.join("skew-repo");
+    let a = Proc::archive(url, &repo, "skew", "pitr_skew_a", &[]);
+    a.wait_log("streaming WAL from");
+    let o = pitr(&["backup", url, "--repo", repo_arg(&repo), "--name", "skew"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let b = Proc::archive_ahead(url, &repo, "skew", "pitr_skew_b", "+25s");
+    b.wait_log("waiting for the writer lease of skew: held by");
+    // Writes for several ttls (3 s): the holder renews, so the lease is
+    // never unchanged for a ttl, whatever the second one's clock says.
+    let until = std::time::Instant::now() + Duration::from_secs(9);
+    let mut next = 2001;
+    while std::time::Instant::now() < until {
+        insert(server, next..=next + 9);
+        next += 10;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !b.log().contains("took over the writer lease")
+            && !b.log().contains("took the writer lease"),
+        "{}",
+        b.log()
+    );
+    assert!(!a.log().contains("lost the writer lease"), "{}", a.log());
+    // The holder stops cleanly: the second one takes over and goes on.
+    a.signal("-TERM");
+    let mut a = a;
+    assert!(
+        wait_child(&mut a.child, Duration::from_secs(60)).success(),
+        "{}",
+        a.log()
+    );
+    b.wait_log("streaming WAL from");
+    insert(server, next..=next + 9);
+    wait_archived(server, &repo, "skew");
+    let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
+    assert!(o.status.success(), "status: {}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["sources"][0]["writer_lease"]["generation"], 2, "{st}");
+    let o = pitr(&["verify", "--repo", repo_arg(&repo)]);
+    assert!(o.status.success(), "verify: {}", text(&o));
+    let work = tmp.join("work-skew");
+    fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(id("-u")), Some(id("-g"))).unwrap();
+    let mut ctx = Ctx {
+        repo: repo.clone(),
+        work,
+        bin: server.bin("postgres").parent().unwrap().to_path_buf(),
+        n: 0,
+        name: "skew".into(),
+    };
+    let truth: Vec<i64> = server
+        .psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
+        .unwrap()
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(ctx.restore(&["--latest"]), truth);
+    drop(b);
 }
 
 fn fenced_after_pause(server: &PgServer, url: &str, tmp: &Path) {
