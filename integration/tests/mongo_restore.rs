@@ -418,3 +418,169 @@ async fn backup_mid_workload_and_exact_restores_across_a_step_down() {
     );
     assert_eq!(last.state["files.blobs"].len(), 18);
 }
+
+/// `pitr prune --keep-backups 1` and `pitr compact --min-age 0s` of `repo`
+/// in a loop until `stop`; returns the rounds run.
+fn maintenance(repo: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    let mut rounds = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for args in [
+            ["prune", "--keep-backups", "1"],
+            ["compact", "--min-age", "0s"],
+        ] {
+            let o = Command::new(pitr_bin())
+                .args(args)
+                .args(["--repo", &repo, "--name", "src"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{args:?}: {}", text(&o));
+        }
+        rounds += 1;
+    }
+    rounds
+}
+
+/// A MongoDB restore pins the backup and the oplog it planned on: a prune
+/// run while it loads keeps that (older) backup and says why, prune and
+/// compaction rounds in other processes during the whole restore delete
+/// nothing it reads, the restore is exact, and once it has ended prune
+/// deletes the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_pins_its_backup_and_oplog_under_prune_and_compaction() {
+    let source = start();
+    let target = start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let src = client(&source.url()).await;
+    let dst = client(&target.url()).await;
+    src.database("bank")
+        .collection::<Document>("accounts")
+        .insert_many((0..10).map(|i| doc! {"_id": i, "owner": format!("o{i}"), "balance": 1000}))
+        .await
+        .unwrap();
+    // Enough data that loading the backup takes a while.
+    let blob = "x".repeat(2000);
+    for chunk in 0..10 {
+        src.database("files")
+            .collection::<Document>("blobs")
+            .insert_many((0..1000).map(|i| doc! {"_id": chunk * 1000 + i, "data": &blob}))
+            .await
+            .unwrap();
+    }
+    let archiver = Archiver::start(&source.url(), &repo, "src", dir.path(), &[]);
+    let backup = || {
+        let o = pitr(&[
+            "backup",
+            &source.url(),
+            "--repo",
+            &repo_s,
+            "--name",
+            "src",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+        v["backup"].as_str().unwrap().to_string()
+    };
+    let archived = |p: &Point| {
+        let want = OplogTs {
+            secs: p.ts.0,
+            inc: p.ts.1,
+        };
+        wait_for(
+            "the archive to reach the point",
+            Duration::from_secs(60),
+            || archived_last(&repo).is_some_and(|t| t >= want),
+        );
+    };
+    let b1 = backup();
+    for n in 1..=200 {
+        transfer(&src, n).await;
+    }
+    let p1 = point(&src).await;
+    archived(&p1);
+    // Writes after p1 before b2: b2 cannot serve a restore to p1.
+    for n in 201..=220 {
+        transfer(&src, n).await;
+    }
+    let b2 = backup();
+    for n in 221..=300 {
+        transfer(&src, n).await;
+    }
+    let p2 = point(&src).await;
+    archived(&p2);
+
+    // Restore to p1: only b1 (older than b2, which keep 1 keeps) serves it.
+    let ts1 = format!("{}:{}", p1.ts.0, p1.ts.1);
+    let child = Command::new(pitr_bin())
+        .args([
+            "restore", "--repo", &repo_s, "--name", "src", "--to-ts", &ts1,
+        ])
+        .args(["--target", &target.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pins = repo.join("src/pins");
+    let has_pin = || {
+        std::fs::read_dir(&pins)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    };
+    wait_for("the restore pin", Duration::from_secs(60), has_pin);
+    let o = pitr(&[
+        "prune",
+        "--repo",
+        &repo_s,
+        "--name",
+        "src",
+        "--keep-backups",
+        "1",
+        "--json",
+    ]);
+    let rep = ok(&o);
+    let pin_text: Vec<String> = std::fs::read_dir(&pins)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        rep.contains(&format!("backup {b1} kept because restore pin")),
+        "{rep}\npins: {pin_text:?}\nb1 {b1}"
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loop_ = std::thread::spawn({
+        let (repo, stop) = (repo_s.clone(), stop.clone());
+        move || maintenance(repo, stop)
+    });
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = loop_.join().expect("prune and compaction rounds");
+    ok(&out);
+    assert_eq!(state(&dst).await, p1.state, "restore to ts {ts1}");
+    eprintln!("maintenance rounds during and after the restore: {rounds}");
+    assert!(!has_pin(), "the restore released its pin");
+    // No pin any more: prune deletes b1 and keeps b2.
+    let rep = ok(&pitr(&[
+        "prune",
+        "--repo",
+        &repo_s,
+        "--name",
+        "src",
+        "--keep-backups",
+        "1",
+        "--json",
+    ]));
+    assert!(!repo.join("src/backups").join(&b1).exists() && !rep.is_empty());
+    let left: Vec<String> = std::fs::read_dir(repo.join("src/backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(b2.contains(&left[0]), "{b2} vs {left:?}");
+    archiver.terminate();
+}

@@ -5,21 +5,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::Utc;
-
 use anyhow::{anyhow, Context as _};
 use clap::Args;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::resolve_source;
 use crate::archive::keys::BackupKey;
-use crate::archive::pins::{Pin, PinGuard};
 use crate::backup::postgres::manifest::{list_backups, BackupManifest};
 use crate::restore::owner::{self, Owner};
 use crate::restore::postgres as pg;
 use crate::restore::postgres::plan::{plan, plan_on, timeline_path, Plan, Target};
 use crate::restore::postgres::planned;
 use crate::restore::postgres::recover::{self as pg_recover, RecoverOptions};
+use crate::restore::session;
 use crate::restore::time::{parse_time, utc_text};
 use crate::storage::Repo;
 
@@ -122,6 +120,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
             replace: args.replace,
             json: args.json,
             parallel: usize::from(args.parallel),
+            pin_ttl: args.pin_ttl,
         })
         .await;
     }
@@ -221,10 +220,14 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
     let owner = owner::resolve(&dir, args.owner.as_deref())?;
     let exe = std::env::current_exe().context("locating the pitr binary")?;
     let (exe, bin_copy) = owner::runnable_binary(&exe, &dir, owner.as_ref())?;
-    let ttl = args.pin_ttl;
-    let ranges = planned::pin_ranges(&p.segments, matches!(target, Target::Latest))?;
-    let pin = Pin::new(&source, &p.target, key, ranges, Utc::now(), ttl);
-    let guard = PinGuard::acquire(&repo, pin, ttl).await?;
+    let planned = session::Planned {
+        source: &source,
+        target: &p.target,
+        backup: key,
+        segments: &p.segments,
+        open_ended: matches!(target, Target::Latest),
+    };
+    let guard = session::pin(&repo, planned, args.pin_ttl).await?;
     let pin_id = guard.id().await;
     let ctx = PgRestore {
         args: &args,

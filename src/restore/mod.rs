@@ -8,4 +8,5 @@ pub mod oplog_fetch;
 pub mod owner;
 pub mod postgres;
 pub mod prefetch;
+pub mod session;
 pub mod time;

@@ -25,6 +25,7 @@ use crate::archive::identity::resolve_source;
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::backup::mongodb::manifest::{MongoManifest, MONGO_BACKUP_KIND};
 use crate::backup::mongodb::take::{connect, redact};
+use crate::restore::session;
 use crate::restore::time::{parse_time, to_micros, utc_text};
 use crate::storage::Repo;
 use plan::{oplog_chain, plan_mongo, MongoPlan, MongoTarget};
@@ -46,6 +47,8 @@ pub struct MongoRestoreArgs {
     pub json: bool,
     /// Collections loaded at once.
     pub parallel: usize,
+    /// Time to live of the restore pin (zero: the default).
+    pub pin_ttl: std::time::Duration,
 }
 
 /// Parses the target options.
@@ -167,12 +170,37 @@ pub async fn run_mongo(a: MongoRestoreArgs) -> anyhow::Result<i32> {
         .iter()
         .find(|(k, _)| k.dir() == p.backup_dir)
         .ok_or_else(|| anyhow!("the planned backup vanished"))?;
-    let client = connect(&url).await?;
+    // Pin the backup and the oplog planned on for the whole load and replay:
+    // prune and compaction in other processes delete none of it meanwhile.
+    let planned = session::Planned {
+        source: &source,
+        target: &p.target,
+        backup: key,
+        segments: &p.segments,
+        open_ended: matches!(target, MongoTarget::Latest),
+    };
+    let guard = session::pin(&repo, planned, a.pin_ttl).await?;
+    let res = load_and_apply(&a, &repo, &p, key, manifest, &target, &url).await;
+    session::release(guard).await;
+    res
+}
+
+/// Checks the target, loads the backup and replays the oplog (under the pin).
+async fn load_and_apply(
+    a: &MongoRestoreArgs,
+    repo: &Repo,
+    p: &MongoPlan,
+    key: &BackupKey,
+    manifest: &MongoManifest,
+    target: &MongoTarget,
+    url: &str,
+) -> anyhow::Result<i32> {
+    let client = connect(url).await?;
     client
         .database("admin")
         .run_command(bson::doc! {"ping": 1})
         .await
-        .map_err(|e| anyhow!("cannot reach the target {}: {e}", redact(&url)))?;
+        .map_err(|e| anyhow!("cannot reach the target {}: {e}", redact(url)))?;
     let clash = load::clashes(&client, manifest).await?;
     if !clash.is_empty() {
         if !a.replace {
@@ -187,9 +215,9 @@ pub async fn run_mongo(a: MongoRestoreArgs) -> anyhow::Result<i32> {
         "loading base backup {} ({} collections) into {}",
         p.backup_dir,
         manifest.collections.len(),
-        redact(&url)
+        redact(url)
     );
-    let loaded = load::load_backup(&repo, key, manifest, &client, a.parallel.max(1)).await?;
+    let loaded = load::load_backup(repo, key, manifest, &client, a.parallel.max(1)).await?;
     eprintln!(
         "loaded {} documents, {} indexes, {} views (collection UUIDs {}); applying the archived oplog to {}",
         loaded.documents,
@@ -202,7 +230,7 @@ pub async fn run_mongo(a: MongoRestoreArgs) -> anyhow::Result<i32> {
         preserve_uuid: loaded.uuids_preserved,
         ..Default::default()
     };
-    let rep = apply::apply_oplog(&repo, &p, &target, &client, cfg).await?;
+    let rep = apply::apply_oplog(repo, p, target, &client, cfg).await?;
     eprintln!(
         "restore {}: {} oplog entries applied in {} round trips ({} operations, {} transactions), stopped {}; last applied ts {}",
         if rep.reached_target { "complete" } else { "INCOMPLETE" },

@@ -31,9 +31,9 @@ use pitr_segment::Epoch;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::resolve_source;
-use crate::archive::pins::{Pin, PinGuard};
 use crate::backup::mysql::dump::{q, q1};
 use crate::backup::mysql::manifest::list_mysql_backups;
+use crate::restore::session;
 use crate::restore::time::{parse_time, to_micros, utc_text};
 use crate::storage::Repo;
 use plan::{plan_mysql, MysqlTarget};
@@ -176,21 +176,16 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
     // Pin the backup and the log planned on for the whole load and apply.
     let mut segs: Vec<String> = p.fde_segment.iter().cloned().collect();
     segs.extend(p.segments.iter().cloned());
-    let ranges = crate::restore::postgres::planned::pin_ranges(
-        &segs,
-        matches!(target, MysqlTarget::Latest),
-    )?;
-    let ttl = if a.pin_ttl.is_zero() {
-        crate::archive::pins::DEFAULT_TTL
-    } else {
-        a.pin_ttl
+    let planned = session::Planned {
+        source: &source,
+        target: &p.target,
+        backup: key,
+        segments: &segs,
+        open_ended: matches!(target, MysqlTarget::Latest),
     };
-    let pin = Pin::new(&source, &p.target, key, ranges, chrono::Utc::now(), ttl);
-    let guard = PinGuard::acquire(&repo, pin, ttl).await?;
+    let guard = session::pin(&repo, planned, a.pin_ttl).await?;
     let res = load_and_apply(&a, &repo, &p, key, manifest, target, flavor, url).await;
-    if let Err(e) = guard.release().await {
-        tracing::warn!("removing the restore pin: {e:#}");
-    }
+    session::release(guard).await;
     res
 }
 

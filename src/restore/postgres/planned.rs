@@ -7,15 +7,12 @@
 //! 126) from one past the plan's end (the end of the archive: exit 1, and
 //! PostgreSQL ends recovery).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use pitr_postgres::lsn::{parse_wal_file_name, Lsn};
-use pitr_segment::{Epoch, LogPos};
 
-use crate::archive::keys::SegmentKey;
-use crate::archive::pins::PinRange;
+use crate::restore::session::epoch_spans;
 
 /// `[from, to)` of timeline `tli`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,19 +42,6 @@ impl FromStr for PlanRange {
     }
 }
 
-/// Per epoch: the first start and the last end of the planned segments
-/// (`segments` are keys, in log order), in epoch order.
-pub fn epoch_spans(segments: &[String]) -> anyhow::Result<Vec<(Epoch, LogPos, LogPos)>> {
-    let mut spans: BTreeMap<Epoch, (LogPos, LogPos)> = BTreeMap::new();
-    for k in segments {
-        let sk = SegmentKey::parse(k).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let e = spans.entry(sk.epoch).or_insert((sk.start, sk.end));
-        e.0 = e.0.min(sk.start);
-        e.1 = e.1.max(sk.end);
-    }
-    Ok(spans.into_iter().map(|(e, (s, t))| (e, s, t)).collect())
-}
-
 /// The PostgreSQL plan ranges of `segments`.
 pub fn pg_ranges(segments: &[String]) -> anyhow::Result<Vec<PlanRange>> {
     Ok(epoch_spans(segments)?
@@ -67,18 +51,6 @@ pub fn pg_ranges(segments: &[String]) -> anyhow::Result<Vec<PlanRange>> {
             from: Lsn(s.lo),
             to: Lsn(t.lo),
         })
-        .collect())
-}
-
-/// The pin ranges of `segments`; with `open_ended` the last epoch's range
-/// has no end (a `--latest` restore reads whatever is archived after it).
-pub fn pin_ranges(segments: &[String], open_ended: bool) -> anyhow::Result<Vec<PinRange>> {
-    let spans = epoch_spans(segments)?;
-    let n = spans.len();
-    Ok(spans
-        .into_iter()
-        .enumerate()
-        .map(|(i, (e, s, t))| PinRange::new(e, s, (!(open_ended && i + 1 == n)).then_some(t)))
         .collect())
 }
 
