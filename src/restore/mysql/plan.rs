@@ -16,6 +16,10 @@
 //!   next file continues a segment ending its file (the replay checks that
 //!   the file really ended with a ROTATE event). Any other hole, or a
 //!   recorded gap, refuses the plan.
+//! * A quiet server: when the contiguous archive ends exactly at the
+//!   backup's coordinates (nothing written since), the plan is the backup
+//!   alone (no segments) for `--latest`, its own coordinates or its snapshot
+//!   time; any later target is beyond the archive.
 //! * Window: refused when the target is before the oldest backup or after
 //!   the last archived commit / position, with the window in the message.
 
@@ -192,6 +196,15 @@ pub fn plan_mysql(
     let file_start = LogPos::new(start.hi, 4);
     // The segment holding the backup's coordinates (or starting right at them).
     let first = chain.partition_point(|s| s.key.end <= start);
+    // The contiguous archive ends exactly at the backup's coordinates (a
+    // quiet server: nothing was written since the backup, or not yet
+    // archived): the backup itself is the newest state there is.
+    let ends_at_backup = first > 0
+        && chain[first - 1].key.end == start
+        && chain.get(first).is_none_or(|s| s.key.start > start);
+    if ends_at_backup {
+        return backup_only_plan(bk, m, target, gaps, chain.get(first));
+    }
     let seg0 = chain
         .get(first)
         .filter(|s| s.key.start <= start)
@@ -312,6 +325,57 @@ pub fn plan_mysql(
         fde_segment,
         log_end,
         bytes,
+    })
+}
+
+/// The plan when the archive ends at the backup's coordinates: the backup
+/// alone, no log; only a target the backup itself reaches is served.
+fn backup_only_plan(
+    bk: &BackupKey,
+    m: &MysqlManifest,
+    target: &MysqlTarget,
+    gaps: &[GapKey],
+    after_hole: Option<&SegmentEntry>,
+) -> Result<MysqlPlan, PlanError> {
+    let start = bk.start;
+    let then = || {
+        after_hole
+            .map(|n| format!(" (then {})", hole_error(gaps, start, n.key.start).0))
+            .unwrap_or_default()
+    };
+    match target {
+        MysqlTarget::Time(t) if t.0 > m.snapshot_time_us => {
+            return Err(PlanError(format!(
+                "{target} is after the last archived commit: the archive ends at backup {}, so the recoverable window is {} .. {}{}",
+                bk.id,
+                time_text(m.snapshot_time_us),
+                time_text(m.snapshot_time_us),
+                then()
+            )));
+        }
+        MysqlTarget::Position(p) if p.to_log_pos().is_some_and(|p| p != start) => {
+            return Err(PlanError(format!(
+                "{target} is beyond the archived binlog: the archive ends at backup {}'s coordinates {}:{}{}",
+                bk.id,
+                m.binlog_file,
+                m.binlog_pos,
+                then()
+            )));
+        }
+        _ => {}
+    }
+    Ok(MysqlPlan {
+        target: target.to_string(),
+        backup_dir: bk.dir(),
+        backup_id: bk.id.clone(),
+        backup_position: format!("{}:{}", m.binlog_file, m.binlog_pos),
+        backup_gtid: m.gtid.clone(),
+        backup_snapshot_time: time_text(m.snapshot_time_us),
+        backup_start: start,
+        segments: Vec::new(),
+        fde_segment: None,
+        log_end: pos_text(start),
+        bytes: 0,
     })
 }
 

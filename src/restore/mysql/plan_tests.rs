@@ -254,3 +254,34 @@ fn fde_segment_when_the_file_start_is_not_contiguous() {
     let e = plan_mysql(&c[1..], &[], &backups, &MysqlTarget::Latest).unwrap_err();
     assert!(e.0.contains("FORMAT_DESCRIPTION"), "{e}");
 }
+
+#[test]
+fn an_archive_ending_at_a_quiet_backup_restores_the_backup_alone() {
+    // Nothing written after the backup at 2:400, the archive's end.
+    let b = [backup(2, 400, 200, "0-1-9")];
+    let p = plan_mysql(&chain(), &[], &b, &MysqlTarget::Latest).unwrap();
+    assert!(p.segments.is_empty() && p.fde_segment.is_none(), "{p:?}");
+    assert_eq!((p.log_end.as_str(), p.bytes), ("2:400", 0));
+    // Its own coordinates and its snapshot time are served too...
+    let at = MysqlTarget::Position(BinlogPos::new("binlog.000002", 400));
+    assert!(plan_mysql(&chain(), &[], &b, &at)
+        .unwrap()
+        .segments
+        .is_empty());
+    let t = MysqlTarget::Time(TimestampMicros(200));
+    assert!(plan_mysql(&chain(), &[], &b, &t)
+        .unwrap()
+        .segments
+        .is_empty());
+    // ...but nothing later: the archive does not reach past the backup.
+    let later = MysqlTarget::Time(TimestampMicros(201));
+    let e = plan_mysql(&chain(), &[], &b, &later).unwrap_err();
+    assert!(e.0.contains("after the last archived commit"), "{e}");
+    let beyond = MysqlTarget::Position(BinlogPos::new("binlog.000002", 500));
+    let e = plan_mysql(&chain(), &[], &b, &beyond).unwrap_err();
+    assert!(e.0.contains("beyond the archived binlog"), "{e}");
+    // A backup inside the archive still reads the log after it.
+    let inside = [backup(2, 200, 90, "0-1-8")];
+    let p = plan_mysql(&chain(), &[], &inside, &MysqlTarget::Latest).unwrap();
+    assert!(!p.segments.is_empty());
+}
