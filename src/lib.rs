@@ -9,5 +9,6 @@ pub mod engine;
 pub mod monitor;
 pub mod restore;
 pub mod retention;
+pub mod retry;
 pub mod source;
 pub mod storage;

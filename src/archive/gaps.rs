@@ -117,6 +117,23 @@ pub async fn write_gap(
     Ok(repo.put_if_absent(&key, Bytes::from(body)).await?)
 }
 
+/// What an archiver does on finding a lost stretch of log: stores `gap`
+/// under its writer lease (checked first: a holder that lost the lease
+/// records nothing), where a record of the same range already stored (by an
+/// earlier attempt, with other words) counts as recorded.
+pub async fn record_gap(
+    repo: &Repo,
+    source: &SourceName,
+    lease: &crate::archive::lease::LeaseGuard,
+    gap: &GapRecord,
+) -> anyhow::Result<()> {
+    lease.check()?;
+    match write_gap(repo, source, gap).await {
+        Ok(_) | Err(GapError::Storage(StorageError::Divergent { .. })) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads the record behind `key` and checks that it matches the key.
 pub async fn read_gap(repo: &Repo, key: &GapKey) -> Result<GapRecord, GapError> {
     let k = key.to_key();

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod compaction;
+pub mod driver;
 pub mod fence;
 pub mod gaps;
 pub mod identity;

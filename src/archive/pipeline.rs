@@ -272,18 +272,18 @@ async fn store_with_retry(
     opts: &UploaderOptions,
     stats: &UploadStats,
 ) -> Result<(), SinkError> {
-    let mut delay = opts.initial_backoff;
+    let mut backoff = crate::retry::Backoff::new(opts.initial_backoff, opts.max_backoff);
     loop {
         match sink.store(seg).await {
             Ok(()) => return Ok(()),
             Err(e) if e.transient => {
                 stats.upload_errors.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     start = %seg.start, end = %seg.end,
                     "storing segment failed, retrying in {:?}: {}", delay, e.message
                 );
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(opts.max_backoff);
             }
             Err(e) => {
                 stats.upload_errors.fetch_add(1, Ordering::Relaxed);

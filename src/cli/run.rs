@@ -155,7 +155,7 @@ async fn supervise(
     m: Arc<SourceMetrics>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     while !cancel.is_cancelled() {
         let req = ArchiveRequest {
             url: s.url.expose().to_string(),
@@ -177,22 +177,22 @@ async fn supervise(
             return;
         }
         if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
+        let delay = backoff.next_delay();
         match r {
             Ok(()) => {
-                tracing::warn!(source = %s.name, "archiver returned; restarting in {backoff:?}")
+                tracing::warn!(source = %s.name, "archiver returned; restarting in {delay:?}")
             }
             Err(e) => {
-                tracing::error!(source = %s.name, url = %s.url, "archiver failed, restarting in {backoff:?}: {e:#}")
+                tracing::error!(source = %s.name, url = %s.url, "archiver failed, restarting in {delay:?}: {e:#}")
             }
         }
         m.restarts.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
 }
 

@@ -45,7 +45,8 @@ use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::gaps::{write_gap, GapError, GapRecord};
+use crate::archive::driver::{drive, Connection, Ended, Failure};
+use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
@@ -55,7 +56,7 @@ use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::mongodb_tail::{
     connect, is_transient, open, redact_url, Opened, Reader, StartFrom,
 };
-use crate::storage::{Repo, StorageError};
+use crate::storage::Repo;
 
 /// Where a new archive starts (ignored when the repository has a tail).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +185,7 @@ pub async fn archive(
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),
     };
-    let result = a.run(&cancel).await;
+    let result = drive(&mut a, &cancel).await;
     let finished = match a.uploader.take() {
         Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
         None => Ok(None),
@@ -399,38 +400,37 @@ async fn prepare(
     })
 }
 
-impl Archiver {
-    async fn run(&mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(());
-            }
-            match self.session(cancel).await {
-                Ok(SessionEnd::Shutdown | SessionEnd::Done) => return Ok(()),
-                Err(e) => {
-                    // A holder that lost its lease never reconnects.
-                    if let Some(lost) = self.guard.lost() {
-                        return Err(anyhow!(lost));
-                    }
-                    if !transient(&e) || !self.written {
-                        return Err(e);
-                    }
-                    if self.uploader.as_ref().is_some_and(|u| u.is_stopped()) {
-                        return Err(e);
-                    }
-                    tracing::warn!("oplog read interrupted, reconnecting in {backoff:?}: {e:#}");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
+impl Connection for Archiver {
+    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
+        Ok(match self.engine_session(cancel).await? {
+            SessionEnd::Shutdown => Ended::Shutdown,
+            SessionEnd::Done => Ended::Done,
+        })
+    }
+
+    fn classify(&self, e: &anyhow::Error) -> Failure {
+        if transient(e) {
+            Failure::Transient
+        } else {
+            Failure::Definite
         }
     }
 
-    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    fn got_through(&self) -> bool {
+        self.written
+    }
+
+    fn uploader_failed(&self) -> bool {
+        self.uploader.as_ref().is_some_and(|u| u.is_stopped())
+    }
+
+    fn lease(&self) -> &LeaseGuard {
+        &self.guard
+    }
+}
+
+impl Archiver {
+    async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
         let opened = open(&self.client, self.resume).await?;
         self.setup_repository().await?;
         let cursor = match opened {
@@ -558,10 +558,7 @@ impl Archiver {
             detected_at: Utc::now(),
             generation: self.guard.generation(),
         };
-        match write_gap(&self.repo, &self.source, &gap).await {
-            Ok(_) | Err(GapError::Storage(StorageError::Divergent { .. })) => {}
-            Err(e) => return Err(anyhow!("{e}")),
-        }
+        record_gap(&self.repo, &self.source, &self.guard, &gap).await?;
         self.progress.gaps.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             "GAP: the oplog of replica set {} rolled over before pitr archived it: the entries \

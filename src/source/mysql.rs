@@ -44,7 +44,8 @@ use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::{Catalog, SegmentEntry};
-use crate::archive::gaps::{write_gap, GapError, GapRecord};
+use crate::archive::driver::{drive, Connection, Ended, Failure};
+use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
@@ -55,7 +56,7 @@ use crate::source::mysql_segment::{
     default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
     FIRST_EVENT_OFFSET, MYSQL_EPOCH,
 };
-use crate::storage::{Repo, StorageError};
+use crate::storage::Repo;
 
 /// Settings of one MySQL/MariaDB archiver.
 #[derive(Debug, Clone)]
@@ -178,7 +179,7 @@ pub async fn archive(
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),
     };
-    let result = a.run(&cancel).await;
+    let result = drive(&mut a, &cancel).await;
     let finished = match a.uploader.take() {
         Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
         None => Ok(None),
@@ -429,39 +430,36 @@ fn mysql_kind(e: &anyhow::Error) -> Option<ErrorKind> {
     e.downcast_ref::<MysqlError>().map(|m| m.kind())
 }
 
-impl Archiver {
-    async fn run(&mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(());
-            }
-            match self.session(cancel).await {
-                Ok(SessionEnd::Shutdown) => return Ok(()),
-                Ok(SessionEnd::Continue) => backoff = Duration::from_millis(250),
-                Err(e) => {
-                    // A holder that lost its lease never reconnects.
-                    if let Some(lost) = self.guard.lost() {
-                        return Err(anyhow!(lost));
-                    }
-                    let transient = mysql_kind(&e).is_some_and(|k| k.is_transient());
-                    if !transient || !self.written {
-                        return Err(e);
-                    }
-                    if self.uploader.as_ref().is_some_and(|u| u.is_stopped()) {
-                        return Err(e);
-                    }
-                    tracing::warn!("replication connection lost, reconnecting in {backoff:?}: {e}");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
+impl Connection for Archiver {
+    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
+        Ok(match self.engine_session(cancel).await? {
+            SessionEnd::Shutdown => Ended::Shutdown,
+            SessionEnd::Continue => Ended::Continue,
+        })
+    }
+
+    fn classify(&self, e: &anyhow::Error) -> Failure {
+        if mysql_kind(e).is_some_and(|k| k.is_transient()) {
+            Failure::Transient
+        } else {
+            Failure::Definite
         }
     }
 
+    fn got_through(&self) -> bool {
+        self.written
+    }
+
+    fn uploader_failed(&self) -> bool {
+        self.uploader.as_ref().is_some_and(|u| u.is_stopped())
+    }
+
+    fn lease(&self) -> &LeaseGuard {
+        &self.guard
+    }
+}
+
+impl Archiver {
     /// Where to ask the server to start.
     async fn start_from(&self) -> anyhow::Result<StartFrom> {
         let Some(r) = self.next else {
@@ -483,7 +481,7 @@ impl Archiver {
         Ok(StartFrom::Position(BinlogPos::new(file, r.offset)))
     }
 
-    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
         let start = self.start_from().await?;
         let mut copts = ClientOptions::new(self.server_id);
         copts.read_timeout = Duration::from_secs(20);
@@ -569,11 +567,7 @@ impl Archiver {
             detected_at: Utc::now(),
             generation: self.guard.generation(),
         };
-        self.guard.check()?;
-        match write_gap(&self.repo, &self.source, &gap).await {
-            Ok(_) | Err(GapError::Storage(StorageError::Divergent { .. })) => {}
-            Err(e) => return Err(anyhow!("{e}")),
-        }
+        record_gap(&self.repo, &self.source, &self.guard, &gap).await?;
         self.progress.gaps.fetch_add(1, Ordering::Relaxed);
         let meta = self.meta.as_ref();
         tracing::error!(

@@ -48,7 +48,8 @@ use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::gaps::{write_gap, GapRecord};
+use crate::archive::driver::{drive, Connection, Ended, Failure};
+use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
 use crate::archive::lease::{wind_down, Lease, LeaseError, LeaseGuard, LeaseOptions};
@@ -130,6 +131,8 @@ struct Archiver {
     guard: LeaseGuard,
     /// The lease was just taken on the current connection.
     fresh_lease: bool,
+    /// A timeline switch the next session follows.
+    pending_switch: Option<(TimelineId, Lsn)>,
 }
 
 /// Runs `pitr archive` for PostgreSQL until cancelled (or `stop_at`).
@@ -153,9 +156,10 @@ pub async fn archive(
         lease: None,
         guard: LeaseGuard::none(),
         fresh_lease: false,
+        pending_switch: None,
         opts,
     };
-    let result = a.run(&cancel).await;
+    let result = drive(&mut a, &cancel).await;
     // Whatever happened, store what was received before returning.
     let finished = match a.uploader.take() {
         Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
@@ -181,62 +185,48 @@ pub async fn archive(
     Ok(())
 }
 
-impl Archiver {
-    async fn run(&mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(250);
-        let mut pending_switch: Option<(TimelineId, Lsn)> = None;
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(());
+impl Connection for Archiver {
+    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
+        let switch = self.pending_switch.take();
+        Ok(match self.pg_session(cancel, switch).await? {
+            SessionEnd::Shutdown => Ended::Shutdown,
+            SessionEnd::Done => Ended::Done,
+            SessionEnd::NextTimeline { tli, start } => {
+                self.pending_switch = Some((tli, start));
+                Ended::Continue
             }
-            match self.session(cancel, pending_switch.take()).await {
-                Ok(SessionEnd::Shutdown) | Ok(SessionEnd::Done) => return Ok(()),
-                Ok(SessionEnd::NextTimeline { tli, start }) => {
-                    backoff = Duration::from_millis(250);
-                    pending_switch = Some((tli, start));
-                }
-                Err(e) => {
-                    // A holder that lost its lease never reconnects: another
-                    // process archives the source now.
-                    if let Some(lost) = self.guard.lost() {
-                        return Err(anyhow!(lost));
-                    }
-                    let transient = e
-                        .downcast_ref::<PgError>()
-                        .map(|p| p.is_transient())
-                        .unwrap_or(false);
-                    // After a takeover, the slot may still be held by the
-                    // previous holder's connection until the server drops it
-                    // (wal_sender_timeout): wait for it.
-                    let slot_busy = self.lease.is_some()
-                        && e.downcast_ref::<PgError>().and_then(|p| p.code()) == Some("55006");
-                    if slot_busy {
-                        tracing::warn!(slot = %self.slot, "the replication slot is still in use by another connection (the previous archiver's?); retrying in {backoff:?}");
-                    } else if !transient || !self.connected_once {
-                        // A first connection that fails is a configuration problem
-                        // the operator must see, not something to retry silently.
-                        return Err(e);
-                    }
-                    if self.uploader.as_ref().is_some_and(|u| u.is_stopped()) {
-                        // The uploader failed definitely; surface its error.
-                        return Err(e);
-                    }
-                    if !slot_busy {
-                        tracing::warn!(
-                            "replication connection lost, reconnecting in {backoff:?}: {e:#}"
-                        );
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    let cap = if slot_busy { 2 } else { 30 };
-                    backoff = (backoff * 2).min(Duration::from_secs(cap));
-                }
-            }
+        })
+    }
+
+    fn classify(&self, e: &anyhow::Error) -> Failure {
+        let pg = e.downcast_ref::<PgError>();
+        // After a takeover, the slot may still be held by the previous
+        // holder's connection until the server drops it (wal_sender_timeout).
+        if self.lease.is_some() && pg.and_then(|p| p.code()) == Some("55006") {
+            tracing::warn!(slot = %self.slot, "the replication slot is still in use by another connection (the previous archiver's?)");
+            return Failure::Busy;
+        }
+        if pg.is_some_and(|p| p.is_transient()) {
+            Failure::Transient
+        } else {
+            Failure::Definite
         }
     }
 
+    fn got_through(&self) -> bool {
+        self.connected_once
+    }
+
+    fn uploader_failed(&self) -> bool {
+        self.uploader.as_ref().is_some_and(|u| u.is_stopped())
+    }
+
+    fn lease(&self) -> &LeaseGuard {
+        &self.guard
+    }
+}
+
+impl Archiver {
     /// Every connection: the server's identity and WAL segment size; on the
     /// first one also the source name, identity check, slot name and uploader.
     async fn prepare(
@@ -323,7 +313,7 @@ impl Archiver {
         Ok(ident)
     }
 
-    async fn session(
+    async fn pg_session(
         &mut self,
         cancel: &CancellationToken,
         switch: Option<(TimelineId, Lsn)>,
@@ -485,10 +475,7 @@ impl Archiver {
             detected_at: Utc::now(),
             generation: self.guard.generation(),
         };
-        self.guard.check()?;
-        write_gap(&self.repo, &source, &gap)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        record_gap(&self.repo, &source, &self.guard, &gap).await?;
         self.progress.gaps.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             timeline = tli.0,

@@ -1,0 +1,127 @@
+//! The archiver driver: the reconnect loop every engine's archiver runs,
+//! written once.
+//!
+//! An engine's archiver implements [`Connection`]: one session of its
+//! replication protocol (connect, resume from the durable tail, stream,
+//! seal and submit segments) and the facts the driver decides on. The
+//! driver runs sessions until one ends the work, and between them decides,
+//! the same way for every engine:
+//!
+//! * a holder that lost its writer lease never reconnects (another process
+//!   archives the source now) and reports the loss;
+//! * a definite error stops the archiver;
+//! * a transient error before the first session that got through (a wrong
+//!   host, port or password) stops it too: the operator must see it, not a
+//!   silent retry loop;
+//! * an uploader that failed definitely stops it (its error is the one to
+//!   see);
+//! * otherwise it reconnects after a backoff (250 ms doubling to 30 s;
+//!   `Busy`: capped at 2 s, for a resource the previous holder's connection
+//!   still holds until the server drops it), reset whenever a session ends
+//!   in [`Ended::Continue`] (a new timeline or binlog file to follow at once);
+//! * cancellation (SIGTERM) ends the wait at once: the session itself
+//!   flushed what it had received before returning.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::lease::LeaseGuard;
+use crate::retry::Backoff;
+
+/// How a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Cancelled: everything received was stored.
+    Shutdown,
+    /// The requested stop position was reached.
+    Done,
+    /// Continue with a new session at once (a new timeline, a rotation).
+    Continue,
+}
+
+/// What a session's error means for the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Configuration, data or protocol error: retrying cannot help.
+    Definite,
+    /// Network trouble, a restarting server: reconnect after a backoff.
+    Transient,
+    /// A resource still held by a previous connection: retry soon.
+    Busy,
+}
+
+/// One engine's archiver as the driver sees it.
+pub trait Connection: Send {
+    /// Runs one session until it ends or fails.
+    fn session(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = anyhow::Result<Ended>> + Send;
+
+    /// What an error of [`Connection::session`] means.
+    fn classify(&self, e: &anyhow::Error) -> Failure;
+
+    /// True once a session got through to the server and the repository.
+    fn got_through(&self) -> bool;
+
+    /// True when the uploader stopped on a definite error.
+    fn uploader_failed(&self) -> bool;
+
+    /// The writer lease the archiver writes under.
+    fn lease(&self) -> &LeaseGuard;
+}
+
+/// First and largest reconnect delays.
+pub const RECONNECT_INITIAL: Duration = Duration::from_millis(250);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Largest delay while a resource is [`Failure::Busy`].
+pub const BUSY_MAX: Duration = Duration::from_secs(2);
+
+/// Runs sessions of `c` until one ends the work, `cancel` fires, or an
+/// error must stop the archiver (see the module docs).
+pub async fn drive<C: Connection>(c: &mut C, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let e = match c.session(cancel).await {
+            Ok(Ended::Shutdown | Ended::Done) => return Ok(()),
+            Ok(Ended::Continue) => {
+                backoff.reset();
+                continue;
+            }
+            Err(e) => e,
+        };
+        if let Some(lost) = c.lease().lost() {
+            return Err(anyhow!(lost));
+        }
+        let failure = c.classify(&e);
+        let delay = match failure {
+            Failure::Definite => return Err(e),
+            Failure::Transient if !c.got_through() => return Err(e),
+            _ if c.uploader_failed() => return Err(e),
+            Failure::Busy => {
+                let d = backoff.next_capped(BUSY_MAX);
+                tracing::warn!("{e:#}; retrying in {d:?}");
+                d
+            }
+            Failure::Transient => {
+                let d = backoff.next_delay();
+                tracing::warn!("connection lost, reconnecting in {d:?}: {e:#}");
+                d
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

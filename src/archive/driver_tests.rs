@@ -1,0 +1,245 @@
+//! The driver's loop against a scripted double of [`Connection`], in paused
+//! virtual time: reconnects and their delays, the first connection, lost
+//! leases, definite errors, a failed uploader, `Continue` and cancellation.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::archive::keys::{self, SourceName};
+use crate::archive::lease::{Lease, LeaseOptions};
+use crate::storage::Repo;
+
+/// One scripted session.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Gets through, then ends like this.
+    End(Ended),
+    /// Fails like this (after getting through, when the flag is set).
+    Fail(Failure, bool),
+    /// Gets through, then the lease is lost and the session fails.
+    LoseLease,
+    /// Waits for cancellation, then shuts down.
+    UntilCancelled,
+}
+
+struct Double {
+    steps: VecDeque<Step>,
+    /// When each session started (virtual time).
+    started: Arc<Mutex<Vec<Instant>>>,
+    through: bool,
+    uploader_failed: bool,
+    guard: LeaseGuard,
+    lease: Option<(Repo, Lease)>,
+    /// What `classify` answers: the kind of the last scripted failure.
+    kind: Failure,
+}
+
+impl Double {
+    fn new(steps: &[Step], kind: Failure) -> Double {
+        Double {
+            steps: steps.iter().copied().collect(),
+            started: Arc::default(),
+            through: false,
+            uploader_failed: false,
+            guard: LeaseGuard::none(),
+            lease: None,
+            kind,
+        }
+    }
+
+    fn gaps(&self) -> Vec<u128> {
+        let s = self.started.lock().map(|g| g.clone()).unwrap_or_default();
+        s.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect()
+    }
+}
+
+impl Connection for Double {
+    async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
+        if let Ok(mut g) = self.started.lock() {
+            g.push(Instant::now());
+        }
+        match self.steps.pop_front() {
+            None => Err(anyhow!("the driver ran past the script")),
+            Some(Step::End(e)) => {
+                self.through = true;
+                Ok(e)
+            }
+            Some(Step::Fail(kind, through)) => {
+                self.kind = kind;
+                self.through |= through;
+                Err(anyhow!("scripted failure"))
+            }
+            Some(Step::LoseLease) => {
+                self.through = true;
+                let (repo, _) = self.lease.as_ref().ok_or_else(|| anyhow!("no lease"))?;
+                let key = keys::writer_lease_key(&SourceName::new("d")?);
+                let (body, v) = repo
+                    .get_versioned(&key)
+                    .await?
+                    .ok_or_else(|| anyhow!("no lease object"))?;
+                let mut rec: serde_json::Value = serde_json::from_slice(&body)?;
+                rec["generation"] = 9.into();
+                repo.put_if_version(&key, serde_json::to_vec(&rec)?.into(), &v)
+                    .await?;
+                self.guard.wait_lost().await;
+                Err(anyhow!("upload refused: lease lost"))
+            }
+            Some(Step::UntilCancelled) => {
+                self.through = true;
+                cancel.cancelled().await;
+                Ok(Ended::Shutdown)
+            }
+        }
+    }
+
+    fn classify(&self, _e: &anyhow::Error) -> Failure {
+        self.kind
+    }
+
+    fn got_through(&self) -> bool {
+        self.through
+    }
+
+    fn uploader_failed(&self) -> bool {
+        self.uploader_failed
+    }
+
+    fn lease(&self) -> &LeaseGuard {
+        &self.guard
+    }
+}
+
+/// A double (`kind`: what `classify` answers before any scripted failure).
+fn double(steps: &[Step], kind: Failure) -> Double {
+    Double::new(steps, kind)
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_reconnect_with_a_doubling_delay_reset_by_continue() {
+    let through = Step::Fail(Failure::Transient, true);
+    let mut d = double(
+        &[
+            Step::End(Ended::Continue),
+            through,
+            through,
+            through,
+            Step::End(Ended::Continue),
+            through,
+            Step::End(Ended::Done),
+        ],
+        Failure::Transient,
+    );
+    drive(&mut d, &CancellationToken::new()).await.unwrap();
+    assert_eq!(d.gaps(), vec![0, 250, 500, 1000, 0, 250]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_delay_is_capped_and_busy_resources_are_retried_soon() {
+    let mut steps = vec![Step::Fail(Failure::Transient, true); 9];
+    steps.push(Step::End(Ended::Done));
+    let mut d = double(&steps, Failure::Transient);
+    drive(&mut d, &CancellationToken::new()).await.unwrap();
+    let gaps = d.gaps();
+    assert_eq!(gaps.last(), Some(&30_000), "{gaps:?}");
+    assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+    let mut steps = vec![Step::Fail(Failure::Busy, true); 5];
+    steps.push(Step::End(Ended::Done));
+    let mut d = double(&steps, Failure::Busy);
+    drive(&mut d, &CancellationToken::new()).await.unwrap();
+    assert_eq!(d.gaps(), vec![250, 500, 1000, 2000, 2000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_connection_that_fails_is_reported_not_retried() {
+    let mut d = double(&[Step::Fail(Failure::Transient, false)], Failure::Transient);
+    let e = drive(&mut d, &CancellationToken::new()).await.unwrap_err();
+    assert_eq!(e.to_string(), "scripted failure");
+    assert_eq!(d.gaps().len(), 0, "one session only");
+    // A busy resource is waited for even before the first session.
+    let mut d = double(
+        &[Step::Fail(Failure::Busy, false), Step::End(Ended::Done)],
+        Failure::Busy,
+    );
+    drive(&mut d, &CancellationToken::new()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn definite_errors_and_a_failed_uploader_stop_the_archiver() {
+    let mut d = double(
+        &[
+            Step::End(Ended::Continue),
+            Step::Fail(Failure::Definite, true),
+        ],
+        Failure::Definite,
+    );
+    assert!(drive(&mut d, &CancellationToken::new()).await.is_err());
+    let mut d = double(
+        &[
+            Step::End(Ended::Continue),
+            Step::Fail(Failure::Transient, true),
+        ],
+        Failure::Transient,
+    );
+    d.uploader_failed = true;
+    assert!(drive(&mut d, &CancellationToken::new()).await.is_err());
+    assert_eq!(d.gaps(), vec![0]);
+}
+
+#[tokio::test]
+async fn a_holder_that_lost_its_lease_never_reconnects() {
+    let repo = Repo::open("memory://").await.unwrap();
+    let cancel = CancellationToken::new();
+    let opts = LeaseOptions {
+        ttl: Duration::from_millis(600),
+        wait: false,
+        single_writer: false,
+    };
+    let lease = Lease::acquire(&repo, &SourceName::new("d").unwrap(), opts, &cancel)
+        .await
+        .unwrap();
+    let mut d = double(
+        &[Step::LoseLease, Step::End(Ended::Done)],
+        Failure::Transient,
+    );
+    d.guard = lease.guard();
+    d.lease = Some((repo, lease));
+    let e = drive(&mut d, &cancel).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with("lost the writer lease of d"),
+        "{e}"
+    );
+    assert_eq!(d.steps.len(), 1, "no session after the loss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_ends_a_backoff_and_a_session() {
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let mut d = double(
+        &[
+            Step::End(Ended::Continue),
+            Step::Fail(Failure::Transient, true),
+            Step::End(Ended::Done),
+        ],
+        Failure::Transient,
+    );
+    // Cancelled during the backoff after the failure: no further session.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c2.cancel();
+    });
+    drive(&mut d, &cancel).await.unwrap();
+    assert_eq!(d.steps.len(), 1);
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let mut d = double(&[Step::UntilCancelled], Failure::Transient);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c2.cancel();
+    });
+    drive(&mut d, &cancel).await.unwrap();
+    assert!(d.steps.is_empty());
+}
