@@ -22,10 +22,10 @@ pub mod wal_fetch;
 
 use clap::{Parser, Subcommand};
 
-/// Continuous log archiving and point-in-time restore for PostgreSQL and
-/// MySQL/MariaDB: pitr connects to the database as a replica, streams its
-/// transaction log into time-indexed segments in a repository (a local
-/// directory or S3) and restores to any instant.
+/// Continuous log archiving and point-in-time restore for PostgreSQL,
+/// MySQL/MariaDB and MongoDB: pitr connects to the database as a replica,
+/// streams its transaction log into time-indexed segments in a repository
+/// (a local directory or S3) and restores to any instant.
 #[derive(Debug, Parser)]
 #[command(name = "pitr", version, about, long_about = None)]
 pub struct Cli {
@@ -59,9 +59,11 @@ pub enum Command {
     /// Run the sidecar from a config file: every source's archiver,
     /// scheduled base backups, /metrics and /healthz.
     Run(run::RunArgs),
-    /// Take a PostgreSQL base backup into the repository.
+    /// Take a base backup (PostgreSQL, MySQL/MariaDB or MongoDB) into the
+    /// repository.
     Backup(backup::BackupArgs),
-    /// Restore a PostgreSQL cluster to a point in time.
+    /// Restore to a point in time: a PostgreSQL cluster into --target-dir, a
+    /// MySQL/MariaDB or MongoDB database into the --target server.
     Restore(restore::RestoreArgs),
     /// Delete old base backups and the log only they needed.
     Prune(prune::PruneArgs),
@@ -93,5 +95,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(a).await,
         Command::Prune(a) => prune::run(a).await,
         Command::Compact(a) => compact::run(a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        for p in path {
+            cmd = cmd
+                .find_subcommand(p)
+                .cloned()
+                .unwrap_or_else(|| panic!("no subcommand {p}"));
+        }
+        cmd.render_long_help().to_string()
+    }
+
+    #[test]
+    fn help_speaks_of_every_engine() {
+        for path in [&[][..], &["backup"], &["restore"]] {
+            let h = help(path);
+            for engine in ["PostgreSQL", "MySQL/MariaDB", "MongoDB"] {
+                assert!(
+                    h.contains(engine),
+                    "`pitr {path:?} --help` omits {engine}:\n{h}"
+                );
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `pitr restore --repo R [--name N] (--to TIME | --to-lsn X/Y | --to-name
-//! NAME | --latest) --target-dir DIR [--dry-run] [--recover]`: plans, then
-//! unpacks a base backup and configures PostgreSQL recovery to the target.
+//! NAME | --latest | --to-position | --to-gtid | --to-ts) (--target-dir DIR
+//! | --target URL) [--dry-run] [--recover]`: PostgreSQL plans, then unpacks a
+//! base backup and configures recovery to the target; MySQL/MariaDB and
+//! MongoDB restores are handed to their engine's module.
 
 use std::path::PathBuf;
 use std::time::Duration;
