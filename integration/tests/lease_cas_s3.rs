@@ -32,3 +32,49 @@ async fn compare_and_swap_s3s_fs() {
     require!(s3::available(S3Impl::S3sFs));
     cas(S3Impl::S3sFs, false).await;
 }
+
+/// On a real S3 server: the If-Match probe passes (the server refuses a
+/// stale version), and a lease object deleted after two takeovers does not
+/// lower the next generation (it continues above every takeover record).
+async fn generations(i: S3Impl) {
+    use pitr::archive::keys::{writer_lease_key, SourceName};
+    use pitr::archive::lease::{generation_floor, Lease, LeaseOptions};
+    use pitr_segment::{Epoch, LogPos};
+    let server = S3Server::start(i).unwrap();
+    let repo = Repo::open_with(&server.repo_url("gens"), &server.env())
+        .await
+        .unwrap();
+    assert!(repo.conditional_updates().await.unwrap());
+    let src = SourceName::new("main").unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let opts = LeaseOptions {
+        ttl: std::time::Duration::from_secs(5),
+        wait: false,
+        single_writer: false,
+    };
+    for (want, at) in [(1u32, 100u64), (2, 200)] {
+        let l = Lease::acquire(&repo, &src, opts, &cancel).await.unwrap();
+        assert_eq!(l.generation(), want);
+        l.record_takeover(Some((Epoch(1), LogPos::from_lsn(at))))
+            .await
+            .unwrap();
+        l.release().await;
+    }
+    repo.delete(&writer_lease_key(&src)).await.unwrap();
+    assert_eq!(generation_floor(&repo, &src).await.unwrap(), 2);
+    let l = Lease::acquire(&repo, &src, opts, &cancel).await.unwrap();
+    assert_eq!(l.generation(), 3);
+    l.release().await;
+}
+
+#[tokio::test]
+async fn generations_continue_after_the_lease_object_is_deleted_moto() {
+    require!(s3::available(S3Impl::Moto));
+    generations(S3Impl::Moto).await;
+}
+
+#[tokio::test]
+async fn generations_continue_after_the_lease_object_is_deleted_s3s_fs() {
+    require!(s3::available(S3Impl::S3sFs));
+    generations(S3Impl::S3sFs).await;
+}
