@@ -4,7 +4,9 @@
 //! against the standby. The standby is promoted (timeline 2) and takes more
 //! writes. Restores to times on timeline 1 and on timeline 2 must hold
 //! exactly the rows committed at or before the target, following the
-//! archived `00000002.history`.
+//! archived `00000002.history`; `--timeline 1`, `--timeline current` (the
+//! backup's) and `--timeline 2` with `--latest` hold exactly the rows of
+//! that timeline's history.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
@@ -149,4 +151,38 @@ fn restore_across_promotion_from_a_standby_backup() {
     }
     let got = ctx.restore(&["--latest"]);
     assert_eq!(got, (1..=16).collect::<Vec<_>>());
+    // Staying on a timeline: 1 (by number, and `current`, the backup's) ends
+    // where the standby left it, with every row it replayed; 2 by number is
+    // the latest.
+    let timeline1: Vec<i64> = (1..=10).collect();
+    assert_eq!(ctx.restore(&["--latest", "--timeline", "1"]), timeline1);
+    assert_eq!(
+        ctx.restore(&["--latest", "--timeline", "current"]),
+        timeline1
+    );
+    assert_eq!(
+        ctx.restore(&["--latest", "--timeline", "2"]),
+        (1..=16).collect::<Vec<_>>()
+    );
+    // On timeline 1, a time of a timeline-2 row is past its end: the restore
+    // stops at timeline 1's last row, not at a row of another history.
+    let o = pitr(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        "--name",
+        "src",
+        "--to",
+        &format!("{}Z", all[14].ts),
+        "--timeline",
+        "1",
+        "--dry-run",
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert!(
+        !o.status.success() || plan["timeline"] == 1,
+        "a timeline-1 plan reached another timeline: {}",
+        text(&o)
+    );
 }
