@@ -100,8 +100,11 @@ pub fn assert_has_gtids(target: &MySqlServer, source_state: &str) {
     }
 }
 
-/// Every table (and view) of database `db`, row by row, as the client
-/// prints them: the oracle restored servers are compared with.
+/// Every table (and view) of database `db`: its definition as the server
+/// shows it (columns, defaults, indexes, keys; without the table's
+/// `AUTO_INCREMENT=` counter), then its rows as the client prints them; and
+/// every trigger of the database with its statement. The oracle restored
+/// servers are compared with.
 pub fn dump(s: &MySqlServer, db: &str) -> String {
     let tables = s
         .sql(&format!(
@@ -111,12 +114,39 @@ pub fn dump(s: &MySqlServer, db: &str) -> String {
     let mut out = String::new();
     for t in tables.lines() {
         out.push_str(&format!("== {t}\n"));
+        let create = s.sql(&format!("SHOW CREATE TABLE {db}.`{t}`")).unwrap();
+        out.push_str(&strip_auto_increment(&create));
+        out.push('\n');
         out.push_str(
             &s.sql(&format!("SELECT * FROM {db}.`{t}` ORDER BY 1"))
                 .unwrap(),
         );
         out.push('\n');
     }
+    out.push_str("== triggers\n");
+    out.push_str(
+        &s.sql(&format!(
+            "SELECT TRIGGER_NAME, EVENT_MANIPULATION, EVENT_OBJECT_TABLE, ACTION_TIMING, \
+             ACTION_STATEMENT FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='{db}' \
+             ORDER BY TRIGGER_NAME"
+        ))
+        .unwrap(),
+    );
+    out
+}
+
+/// `SHOW CREATE TABLE` output without the ` AUTO_INCREMENT=N` table option
+/// (the next counter value, which a restore need not reproduce).
+fn strip_auto_increment(create: &str) -> String {
+    let mut out = String::with_capacity(create.len());
+    let mut rest = create;
+    while let Some(i) = rest.find(" AUTO_INCREMENT=") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + " AUTO_INCREMENT=".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
     out
 }
 

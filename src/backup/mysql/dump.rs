@@ -104,6 +104,8 @@ pub async fn read_schema(conn: &mut Conn) -> anyhow::Result<Vec<DatabaseSchema>>
                     kind: "view".into(),
                     sql_mode: None,
                     create: cell(&r, 1),
+                    character_set_client: Some(cell(&r, 2)).filter(|c| !c.is_empty()),
+                    collation_connection: Some(cell(&r, 3)).filter(|c| !c.is_empty()),
                 });
                 continue;
             }
@@ -120,6 +122,8 @@ pub async fn read_schema(conn: &mut Conn) -> anyhow::Result<Vec<DatabaseSchema>>
                 .into(),
                 sql_mode: None,
                 create: cell(&r, 1),
+                character_set_client: None,
+                collation_connection: None,
             });
         }
         objects.extend(views);
@@ -147,6 +151,8 @@ pub async fn read_schema(conn: &mut Conn) -> anyhow::Result<Vec<DatabaseSchema>>
                 kind: ty.to_ascii_lowercase(),
                 sql_mode: Some(cell(&row, 1)),
                 create: cell(&row, 2),
+                character_set_client: Some(cell(&row, 3)).filter(|c| !c.is_empty()),
+                collation_connection: Some(cell(&row, 4)).filter(|c| !c.is_empty()),
             });
         }
         let triggers = q(
@@ -170,6 +176,8 @@ pub async fn read_schema(conn: &mut Conn) -> anyhow::Result<Vec<DatabaseSchema>>
                 kind: "trigger".into(),
                 sql_mode: Some(cell(&row, 1)),
                 create: cell(&row, 2),
+                character_set_client: Some(cell(&row, 3)).filter(|c| !c.is_empty()),
+                collation_connection: Some(cell(&row, 4)).filter(|c| !c.is_empty()),
             });
         }
         out.push(DatabaseSchema {

@@ -62,6 +62,14 @@ pub struct SchemaObject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_mode: Option<String>,
     pub create: String,
+    /// The `character_set_client` and `collation_connection` it was created
+    /// under (views, routines, triggers: the server keeps them with the
+    /// object and parses its body with them); restored with it, as
+    /// `mysqldump` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub character_set_client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collation_connection: Option<String>,
 }
 
 /// One user database.

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::archive::keys::BackupKey;
 use crate::backup::mysql::dump::{q, sql_str};
-use crate::backup::mysql::manifest::{MysqlManifest, Schema, Stream};
+use crate::backup::mysql::manifest::{MysqlManifest, Schema, SchemaObject, Stream};
 use crate::storage::Repo;
 
 /// `SET SESSION sql_log_bin=0`, with a plain error when the target's user
@@ -233,10 +233,10 @@ pub async fn load_backup(
     }
 
     // Views may depend on each other: retry the failed ones while progress is made.
-    let mut views: Vec<(&str, &str, &str)> = Vec::new();
+    let mut views: Vec<(&str, &str, &str, &SchemaObject)> = Vec::new();
     for db in &schema.databases {
         for o in db.objects.iter().filter(|o| o.kind == "view") {
-            views.push((&db.name, &o.name, &o.create));
+            views.push((&db.name, &o.name, &o.create, o));
         }
     }
     while !views.is_empty() {
@@ -244,6 +244,7 @@ pub async fn load_backup(
         let mut last_err = None;
         for v in &views {
             q(&mut conn, &format!("use {}", quote_ident(v.0))).await?;
+            creation_context(&mut conn, v.3).await?;
             if let Err(e) = q(&mut conn, v.2).await {
                 last_err = Some(e);
                 failed.push(*v);
@@ -270,6 +271,7 @@ pub async fn load_backup(
                     )
                     .await?;
                 }
+                creation_context(&mut conn, o).await?;
                 exec(
                     &mut conn,
                     &o.create,
@@ -281,4 +283,25 @@ pub async fn load_backup(
     }
     conn.shutdown().await;
     Ok(rows)
+}
+
+/// Sets the session's `character_set_client` and `collation_connection` to
+/// those `o` was created under (when the backup recorded them), so the
+/// restored object keeps its creation context (as `mysqldump` restores it).
+async fn creation_context(conn: &mut Conn, o: &SchemaObject) -> anyhow::Result<()> {
+    if let Some(cs) = &o.character_set_client {
+        q(
+            conn,
+            &format!("SET SESSION character_set_client={}", sql_str(cs)),
+        )
+        .await?;
+    }
+    if let Some(coll) = &o.collation_connection {
+        q(
+            conn,
+            &format!("SET SESSION collation_connection={}", sql_str(coll)),
+        )
+        .await?;
+    }
+    Ok(())
 }
