@@ -270,6 +270,44 @@ fn takeover_after_kill(server: &PgServer, url: &str, tmp: &Path) {
     );
 }
 
+/// `status` exits 0 naming lease `generation`, `verify` is clean, and a
+/// `--latest` restore of source `name` (worked in `work`) holds exactly the
+/// server's ledger, which is returned.
+fn whole_and_exact(
+    server: &PgServer,
+    repo: &Path,
+    name: &str,
+    generation: u64,
+    work: &Path,
+) -> Vec<i64> {
+    let o = pitr(&["status", "--repo", repo_arg(repo), "--json"]);
+    assert!(o.status.success(), "status: {}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        st["sources"][0]["writer_lease"]["generation"], generation,
+        "{st}"
+    );
+    let o = pitr(&["verify", "--repo", repo_arg(repo)]);
+    assert!(o.status.success(), "verify: {}", text(&o));
+    fs::create_dir_all(work).unwrap();
+    std::os::unix::fs::chown(work, Some(id("-u")), Some(id("-g"))).unwrap();
+    let mut ctx = Ctx {
+        repo: repo.to_path_buf(),
+        work: work.to_path_buf(),
+        bin: server.bin("postgres").parent().unwrap().to_path_buf(),
+        n: 0,
+        name: name.into(),
+    };
+    let truth: Vec<i64> = server
+        .psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
+        .unwrap()
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(ctx.restore(&["--latest"]), truth);
+    truth
+}
+
 /// After [`takeover_after_kill`] (generations 1 and 2, the lease released;
 /// the other steps used other repositories):
 /// an operator deletes `writer.json`, as the error for an unreadable lease
@@ -282,30 +320,8 @@ fn lease_object_removed(server: &PgServer, url: &str, tmp: &Path) {
     c.wait_log("streaming WAL from");
     insert(server, 1001..=1010);
     wait_archived(server, &repo, "main");
-    let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
-    assert!(o.status.success(), "status: {}", text(&o));
-    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(st["sources"][0]["writer_lease"]["generation"], 3, "{st}");
-    let o = pitr(&["verify", "--repo", repo_arg(&repo)]);
-    assert!(o.status.success(), "verify: {}", text(&o));
-    let work = tmp.join("work-removed");
-    fs::create_dir_all(&work).unwrap();
-    std::os::unix::fs::chown(&work, Some(id("-u")), Some(id("-g"))).unwrap();
-    let mut ctx = Ctx {
-        repo: repo.clone(),
-        work,
-        bin: server.bin("postgres").parent().unwrap().to_path_buf(),
-        n: 0,
-        name: "main".into(),
-    };
-    let truth: Vec<i64> = server
-        .psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
-        .unwrap()
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let truth = whole_and_exact(server, &repo, "main", 3, &tmp.join("work-removed"));
     assert_eq!(truth.last(), Some(&1010));
-    assert_eq!(ctx.restore(&["--latest"]), truth);
     c.signal("-TERM");
     let mut c = c;
     assert!(
@@ -358,29 +374,7 @@ fn clock_ahead_waits_for_a_live_holder(server: &PgServer, url: &str, tmp: &Path)
     b.wait_log("streaming WAL from");
     insert(server, next..=next + 9);
     wait_archived(server, &repo, "skew");
-    let o = pitr(&["status", "--repo", repo_arg(&repo), "--json"]);
-    assert!(o.status.success(), "status: {}", text(&o));
-    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(st["sources"][0]["writer_lease"]["generation"], 2, "{st}");
-    let o = pitr(&["verify", "--repo", repo_arg(&repo)]);
-    assert!(o.status.success(), "verify: {}", text(&o));
-    let work = tmp.join("work-skew");
-    fs::create_dir_all(&work).unwrap();
-    std::os::unix::fs::chown(&work, Some(id("-u")), Some(id("-g"))).unwrap();
-    let mut ctx = Ctx {
-        repo: repo.clone(),
-        work,
-        bin: server.bin("postgres").parent().unwrap().to_path_buf(),
-        n: 0,
-        name: "skew".into(),
-    };
-    let truth: Vec<i64> = server
-        .psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
-        .unwrap()
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(ctx.restore(&["--latest"]), truth);
+    whole_and_exact(server, &repo, "skew", 2, &tmp.join("work-skew"));
     drop(b);
 }
 

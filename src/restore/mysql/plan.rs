@@ -313,19 +313,29 @@ pub fn plan_mysql(
         }
     }
     let log_end = keys.last().map(|k| pos_text(k.end)).unwrap_or_default();
-    Ok(MysqlPlan {
+    let mut p = backup_plan(bk, m, target);
+    p.segments = keys.iter().map(|k| k.to_key()).collect();
+    p.fde_segment = fde_segment;
+    p.log_end = log_end;
+    p.bytes = bytes;
+    Ok(p)
+}
+
+/// The plan of `bk` for `target` with no log yet.
+fn backup_plan(bk: &BackupKey, m: &MysqlManifest, target: &MysqlTarget) -> MysqlPlan {
+    MysqlPlan {
         target: target.to_string(),
         backup_dir: bk.dir(),
         backup_id: bk.id.clone(),
         backup_position: format!("{}:{}", m.binlog_file, m.binlog_pos),
         backup_gtid: m.gtid.clone(),
         backup_snapshot_time: time_text(m.snapshot_time_us),
-        backup_start: start,
-        segments: keys.iter().map(|k| k.to_key()).collect(),
-        fde_segment,
-        log_end,
-        bytes,
-    })
+        backup_start: bk.start,
+        segments: Vec::new(),
+        fde_segment: None,
+        log_end: pos_text(bk.start),
+        bytes: 0,
+    }
 }
 
 /// The plan when the archive ends at the backup's coordinates: the backup
@@ -364,19 +374,7 @@ fn backup_only_plan(
         }
         _ => {}
     }
-    Ok(MysqlPlan {
-        target: target.to_string(),
-        backup_dir: bk.dir(),
-        backup_id: bk.id.clone(),
-        backup_position: format!("{}:{}", m.binlog_file, m.binlog_pos),
-        backup_gtid: m.gtid.clone(),
-        backup_snapshot_time: time_text(m.snapshot_time_us),
-        backup_start: start,
-        segments: Vec::new(),
-        fde_segment: None,
-        log_end: pos_text(start),
-        bytes: 0,
-    })
+    Ok(backup_plan(bk, m, target))
 }
 
 #[cfg(test)]
