@@ -28,8 +28,12 @@ use std::time::Duration;
 use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::lease::LeaseGuard;
+use crate::archive::catalog::Catalog;
+use crate::archive::keys::SourceName;
+use crate::archive::lease::{Lease, LeaseGuard, LeaseOptions};
+use crate::archive::progress::ArchiveProgress;
 use crate::retry::Backoff;
+use crate::storage::Repo;
 
 /// How a session ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,28 @@ pub async fn drive<C: Connection>(c: &mut C, cancel: &CancellationToken) -> anyh
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// What every archiver does before it reads its first byte of log: take the
+/// writer lease of `source` (the tail is only final once no one else
+/// writes), load the catalog under it, and store the takeover record at the
+/// repository's high water, before anything else is written. The engine then
+/// finds its own resume point in the catalog.
+pub async fn take_over(
+    repo: &Repo,
+    source: &SourceName,
+    opts: LeaseOptions,
+    progress: &ArchiveProgress,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Lease, Catalog)> {
+    let lease = Lease::acquire(repo, source, opts, cancel).await?;
+    progress.lease_generation.store(
+        u64::from(lease.generation()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let catalog = Catalog::load(repo, source).await?;
+    lease.record_takeover(catalog.high_water()).await?;
+    Ok((lease, catalog))
 }
 
 #[cfg(test)]

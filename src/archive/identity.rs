@@ -128,6 +128,17 @@ fn check_same(stored: &SourceIdentity, mine: &SourceIdentity) -> Result<(), Iden
     Ok(())
 }
 
+/// Refuses (definite error) when the source already belongs to another
+/// database; writes nothing (an archiver stores the identity once it first
+/// gets through, see [`ensure_identity`]).
+pub async fn check_identity(repo: &Repo, identity: &SourceIdentity) -> Result<(), IdentityError> {
+    let source = SourceName::new(&identity.name)?;
+    match read_identity(repo, &source).await? {
+        Some(stored) => check_same(&stored, identity),
+        None => Ok(()),
+    }
+}
+
 /// Makes sure the source's identity is `identity`: creates it when absent,
 /// refuses (definite error) when it belongs to another database. Returns the
 /// stored identity (whose `created_at` is the original one).

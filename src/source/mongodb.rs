@@ -45,9 +45,9 @@ use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::driver::{drive, Connection, Ended, Failure};
+use crate::archive::driver::{drive, take_over, Connection, Ended, Failure};
 use crate::archive::gaps::{record_gap, GapRecord};
-use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
+use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
@@ -286,28 +286,13 @@ async fn prepare(
         .clone()
         .unwrap_or_else(|| format!("mongo-{}", conn.set_name));
     let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
-    if let Some(stored) = read_identity(&repo, &source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?
-    {
-        if stored.engine != Engine::MongoDb || stored.system_id != conn.set_name {
-            return Err(anyhow!(
-                "source {name} in the repository belongs to {} {}, but this server is replica set {}; use another --name",
-                stored.engine,
-                stored.system_id,
-                conn.set_name
-            ));
-        }
-    }
-    // The lease first: the tail is only final once no one else writes.
-    let lease = Lease::acquire(&repo, &source, opts.lease, cancel).await?;
+    check_identity(
+        &repo,
+        &SourceIdentity::new(&name, Engine::MongoDb, &conn.set_name),
+    )
+    .await?;
+    let (lease, catalog) = take_over(&repo, &source, opts.lease, &progress, cancel).await?;
     let guard = lease.guard();
-    progress
-        .lease_generation
-        .store(u64::from(lease.generation()), Ordering::Relaxed);
-    let catalog = Catalog::load(&repo, &source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
     let mut reuse = Vec::new();
     let (seg, resume, tail_epoch, initial, replay) = match find_tail(&catalog) {
         Some(t) => {
@@ -377,7 +362,6 @@ async fn prepare(
         version = %conn.version,
         "connected to the replica set"
     );
-    lease.record_takeover(catalog.high_water()).await?;
     progress.timeline.store(tail_epoch.0, Ordering::Relaxed);
     Ok(Archiver {
         opts,

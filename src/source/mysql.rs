@@ -43,10 +43,10 @@ use pitr_mysql::{
 use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::catalog::{Catalog, SegmentEntry};
-use crate::archive::driver::{drive, Connection, Ended, Failure};
+use crate::archive::catalog::SegmentEntry;
+use crate::archive::driver::{drive, take_over, Connection, Ended, Failure};
 use crate::archive::gaps::{record_gap, GapRecord};
-use crate::archive::identity::{ensure_identity, read_identity, SourceIdentity};
+use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
@@ -248,27 +248,14 @@ async fn prepare(
         ),
     };
     let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
-    if let Some(stored) = read_identity(&repo, &source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?
-    {
-        if stored.engine != ident.flavor.engine() || stored.system_id != system_id {
-            return Err(anyhow!(
-                "source {name} in the repository belongs to {} {}, but this server is {} {}; use another --name",
-                stored.engine, stored.system_id, ident.flavor, system_id
-            ));
-        }
-    }
-    // The lease first: the tail is only final once no one else writes.
-    let lease = Lease::acquire(&repo, &source, opts.lease, cancel).await?;
+    check_identity(
+        &repo,
+        &SourceIdentity::new(&name, ident.flavor.engine(), &system_id),
+    )
+    .await?;
+    let (lease, catalog) = take_over(&repo, &source, opts.lease, &progress, cancel).await?;
     let guard = lease.guard();
-    progress
-        .lease_generation
-        .store(u64::from(lease.generation()), Ordering::Relaxed);
     let meta = read_meta(&repo, &source).await?;
-    let catalog = Catalog::load(&repo, &source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
     let mut replay = Replay::default();
     let mut reuse = Vec::new();
     let (next, initial) = match catalog.epoch(MYSQL_EPOCH) {
@@ -316,7 +303,6 @@ async fn prepare(
             show_pos(meta.as_ref(), r.tail)
         );
     }
-    lease.record_takeover(catalog.high_water()).await?;
     let server_id = ServerId(opts.server_id.unwrap_or_else(|| default_server_id(&name)));
     progress.timeline.store(MYSQL_EPOCH.0, Ordering::Relaxed);
     Ok(Archiver {

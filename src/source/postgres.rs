@@ -47,8 +47,7 @@ use pitr_postgres::replication::{
 use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::catalog::Catalog;
-use crate::archive::driver::{drive, Connection, Ended, Failure};
+use crate::archive::driver::{drive, take_over, Connection, Ended, Failure};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
@@ -252,17 +251,11 @@ impl Archiver {
             Some(s) => s.clone(),
             None => default_slot_name(&name),
         };
-        // The lease first: the tail is only final once no one else writes.
-        let lease = Lease::acquire(&self.repo, &source, self.opts.lease, cancel).await?;
+        let (lease, catalog) =
+            take_over(&self.repo, &source, self.opts.lease, &self.progress, cancel).await?;
         self.guard = lease.guard();
-        self.progress
-            .lease_generation
-            .store(u64::from(lease.generation()), Ordering::Relaxed);
         self.lease = Some(lease);
         self.fresh_lease = true;
-        let catalog = Catalog::load(&self.repo, &source)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
         let tail = catalog
             .epochs()
             .into_iter()
@@ -282,9 +275,6 @@ impl Archiver {
             );
             self.next = Some((TimelineId(e.0 as u32), Lsn(p.lo)));
             self.progress.durable_lsn.store(p.lo, Ordering::Relaxed);
-        }
-        if let Some(lease) = &self.lease {
-            lease.record_takeover(catalog.high_water()).await?;
         }
         let sink = Arc::new(RepoSink {
             repo: self.repo.clone(),
