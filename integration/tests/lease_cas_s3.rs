@@ -78,3 +78,64 @@ async fn generations_continue_after_the_lease_object_is_deleted_s3s_fs() {
     require!(s3::available(S3Impl::S3sFs));
     generations(S3Impl::S3sFs).await;
 }
+
+/// moto behind a proxy that drops `If-Match` (as a server or gateway that
+/// ignores it would): the probe notices, and archiving is refused with a
+/// sentence naming the header, unless a single writer is declared.
+#[tokio::test]
+async fn a_server_that_drops_if_match_is_refused_by_name() {
+    use pitr::archive::keys::SourceName;
+    use pitr::archive::lease::{Lease, LeaseError, LeaseOptions};
+    use pitr_integration::header_proxy::HeaderProxy;
+    require!(s3::available(S3Impl::Moto));
+    let server = S3Server::start(S3Impl::Moto).unwrap();
+    let upstream = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+    let proxy = HeaderProxy::start(upstream, &["If-Match"]).unwrap();
+    let env: Vec<(String, String)> = server
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k == "AWS_ENDPOINT_URL" {
+                proxy.endpoint()
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    let repo = Repo::open_with(&server.repo_url("stripped"), &env)
+        .await
+        .unwrap();
+    assert!(
+        repo.conditional_puts().await.unwrap(),
+        "If-None-Match passes"
+    );
+    assert!(!repo.conditional_updates().await.unwrap());
+    assert!(proxy.dropped() > 0, "the proxy dropped If-Match");
+    let src = SourceName::new("main").unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut opts = LeaseOptions {
+        ttl: std::time::Duration::from_secs(5),
+        wait: false,
+        single_writer: false,
+    };
+    match Lease::acquire(&repo, &src, opts, &cancel).await {
+        Err(e @ LeaseError::Unsupported { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("If-Match") && msg.contains("--single-writer"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a refusal naming If-Match, got {other:?}"),
+    }
+    opts.single_writer = true;
+    let l = Lease::acquire(&repo, &src, opts, &cancel).await.unwrap();
+    assert_eq!(l.generation(), 1);
+    l.release().await;
+    // Straight to moto (no proxy) the same repository passes the probe.
+    let direct = Repo::open_with(&server.repo_url("stripped"), &server.env())
+        .await
+        .unwrap();
+    assert!(direct.conditional_updates().await.unwrap());
+}
