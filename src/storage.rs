@@ -43,6 +43,7 @@
 mod cas;
 pub mod conformance;
 mod counting;
+pub mod faults;
 mod local_dirs;
 
 pub use cas::{CasError, Version};

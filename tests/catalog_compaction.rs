@@ -3,26 +3,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
 
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-};
+use object_store::ObjectStore;
 use pitr::archive::catalog::Catalog;
 use pitr::archive::compaction::{compact, CompactionOptions};
 use pitr::archive::index::list_index_keys;
 use pitr::archive::keys::{SegmentKey, SourceName};
 use pitr::archive::rollup::Indexer;
+use pitr::storage::faults::{Fault, FaultyStore};
 use pitr::storage::Repo;
 use pitr_segment::{
     decode, encode, Codec, Engine, Epoch, LogPos, SegmentHeader, TimestampMicros, WriterOptions,
@@ -30,97 +22,6 @@ use pitr_segment::{
 
 fn src() -> SourceName {
     SourceName::new("db").unwrap()
-}
-
-/// Fails every operation from the `fail_at`-th one on, AFTER performing
-/// it (the write is durable, the process "dies" before learning so).
-#[derive(Debug)]
-struct CrashAfter {
-    inner: Arc<dyn ObjectStore>,
-    ops: AtomicU64,
-    fail_at: u64,
-}
-
-impl CrashAfter {
-    fn tick(&self) -> bool {
-        self.ops.fetch_add(1, Ordering::SeqCst) + 1 >= self.fail_at
-    }
-}
-
-fn crash() -> object_store::Error {
-    object_store::Error::Generic {
-        store: "crash",
-        source: "injected crash".into(),
-    }
-}
-
-impl fmt::Display for CrashAfter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CrashAfter({})", self.fail_at)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CrashAfter {
-    async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
-        let r = self.inner.put_opts(l, p, o).await;
-        if self.tick() {
-            Err(crash())
-        } else {
-            r
-        }
-    }
-    async fn put_multipart_opts(
-        &self,
-        l: &Path,
-        o: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        if self.tick() {
-            return Err(crash());
-        }
-        self.inner.put_multipart_opts(l, o).await
-    }
-    async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-        let r = self.inner.get_opts(l, o).await;
-        if self.tick() {
-            Err(crash())
-        } else {
-            r
-        }
-    }
-    fn delete_stream(
-        &self,
-        l: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        let inner = Arc::clone(&self.inner);
-        let fail = self.tick();
-        inner
-            .delete_stream(l)
-            .map(move |r| if fail { r.and(Err(crash())) } else { r })
-            .boxed()
-    }
-    fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        if self.tick() {
-            return futures::stream::once(async { Err(crash()) }).boxed();
-        }
-        self.inner.list(p)
-    }
-    async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-        let r = self.inner.list_with_delimiter(p).await;
-        if self.tick() {
-            Err(crash())
-        } else {
-            r
-        }
-    }
-    async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-        let r = self.inner.copy_opts(f, t, o).await;
-        if self.tick() {
-            Err(crash())
-        } else {
-            r
-        }
-    }
 }
 
 /// 14 small segments of deterministic pseudo-random payload; returns the
@@ -252,11 +153,14 @@ async fn crash_after_every_storage_operation() {
         assert_eq!(check_full_coverage(&repo, &want).await, 14);
 
         let crashing = Repo::from_store(
-            Arc::new(CrashAfter {
-                inner: Arc::clone(&mem),
-                ops: AtomicU64::new(0),
-                fail_at,
-            }),
+            Arc::new(FaultyStore::new(
+                Arc::clone(&mem),
+                Fault::CrashAfter {
+                    at: fail_at,
+                    writes_only: false,
+                    dead_after: false,
+                },
+            )),
             "crashing",
         );
         let outcome = compact(&crashing, &src(), &options(), NOW).await;

@@ -11,6 +11,7 @@ use pitr::archive::catalog::{Catalog, FencedKind, SegmentEntry};
 use pitr::archive::fence::{Fences, Takeover};
 use pitr::archive::keys::{self, GapKey, SegmentKey, SourceName};
 use pitr::archive::lease::{read_lease, Lease, LeaseError, LeaseOptions, LeaseState};
+use pitr::storage::faults::{Fault, FaultyStore};
 use pitr::storage::{conformance, Repo};
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
 use proptest::prelude::*;
@@ -309,62 +310,12 @@ async fn waiting_for_a_lease_can_be_cancelled() {
     a.release().await;
 }
 
-/// A store like servers that ignore `If-None-Match`/`If-Match`.
-#[derive(Debug)]
-struct IgnoresConditions(std::sync::Arc<dyn object_store::ObjectStore>);
-
-impl std::fmt::Display for IgnoresConditions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IgnoresConditions({})", self.0)
-    }
-}
-
-mod ignoring {
-    use super::IgnoresConditions;
-    use futures::stream::BoxStream;
-    use object_store::path::Path;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-        PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-    };
-
-    #[async_trait::async_trait]
-    impl ObjectStore for IgnoresConditions {
-        async fn put_opts(&self, l: &Path, p: PutPayload, mut o: PutOptions) -> Result<PutResult> {
-            o.mode = PutMode::Overwrite;
-            self.0.put_opts(l, p, o).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            l: &Path,
-            o: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(l, o).await
-        }
-        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-            self.0.get_opts(l, o).await
-        }
-        fn delete_stream(
-            &self,
-            l: BoxStream<'static, Result<Path>>,
-        ) -> BoxStream<'static, Result<Path>> {
-            self.0.delete_stream(l)
-        }
-        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.0.list(p)
-        }
-        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-            self.0.list_with_delimiter(p).await
-        }
-        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-            self.0.copy_opts(f, t, o).await
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_store_ignoring_conditional_writes_needs_a_declared_single_writer() {
-    let store = IgnoresConditions(std::sync::Arc::new(object_store::memory::InMemory::new()));
+    let store = FaultyStore::new(
+        std::sync::Arc::new(object_store::memory::InMemory::new()),
+        Fault::IgnoreConditions,
+    );
     let repo = Repo::from_store(std::sync::Arc::new(store), "ignoring");
     let cancel = CancellationToken::new();
     match Lease::acquire(&repo, &src(), opts(3000, true), &cancel).await {

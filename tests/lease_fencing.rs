@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use pitr::archive::lease::{
     generation_floor, read_lease, Lease, LeaseError, LeaseOptions, LeaseRecord,
 };
 use pitr::archive::pins::{Pin, PinAppeared, PinGuard, PinRange, PinWatch};
+use pitr::storage::faults::{Fault, FaultyStore};
 use pitr::storage::Repo;
 use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
@@ -147,7 +147,7 @@ async fn a_declared_single_writer_writes_above_earlier_takeovers() {
         l.release().await;
     }
     let ignoring = Repo::from_store(
-        Arc::new(Faulty::new(inner, Fault::IgnoreAllConditions)),
+        Arc::new(FaultyStore::new(inner, Fault::IgnoreConditions)),
         "ignoring",
     );
     let single = LeaseOptions {
@@ -172,7 +172,7 @@ async fn a_declared_single_writer_writes_above_earlier_takeovers() {
 
 #[tokio::test]
 async fn a_store_that_ignores_if_match_is_refused_by_name() {
-    let store = Faulty::new(
+    let store = FaultyStore::new(
         Arc::new(object_store::memory::InMemory::new()),
         Fault::IgnoreIfMatch,
     );
@@ -265,7 +265,7 @@ async fn a_holder_whose_clock_runs_ahead_is_taken_over_once_unchanged_for_a_ttl(
 async fn a_renewal_applied_but_answered_with_an_error_is_not_a_loss() {
     let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     // Updates 1 and 2 are the repository's If-Match probe; 3 is the first renewal.
-    let faulty = Arc::new(Faulty::new(
+    let faulty = Arc::new(FaultyStore::new(
         inner,
         Fault::FailUpdateAfterApplying { nth: 3 },
     ));
@@ -347,109 +347,6 @@ async fn prune_stops_when_a_restore_pins_during_its_deletions() {
     );
     second.release().await.unwrap();
     first.release().await.unwrap();
-}
-
-// ---------------------------------------------------------------- a faulty store
-
-/// What [`Faulty`] does wrong.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// Every put overwrites (no `If-None-Match`, no `If-Match`).
-    IgnoreAllConditions,
-    /// Conditional creates are honoured, `If-Match` is dropped.
-    IgnoreIfMatch,
-    /// The `nth` conditional update (1-based) is applied, then answered
-    /// with a transient error.
-    FailUpdateAfterApplying { nth: usize },
-}
-
-#[derive(Debug)]
-struct Faulty {
-    inner: Arc<dyn object_store::ObjectStore>,
-    fault: Fault,
-    updates: AtomicUsize,
-    injected: AtomicUsize,
-}
-
-impl Faulty {
-    fn new(inner: Arc<dyn object_store::ObjectStore>, fault: Fault) -> Faulty {
-        Faulty {
-            inner,
-            fault,
-            updates: AtomicUsize::new(0),
-            injected: AtomicUsize::new(0),
-        }
-    }
-
-    fn injected(&self) -> usize {
-        self.injected.load(Ordering::SeqCst)
-    }
-}
-
-impl std::fmt::Display for Faulty {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Faulty({:?}, {})", self.fault, self.inner)
-    }
-}
-
-mod faulty {
-    use super::{Fault, Faulty};
-    use futures::stream::BoxStream;
-    use object_store::path::Path;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-        PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-    };
-    use std::sync::atomic::Ordering;
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Faulty {
-        async fn put_opts(&self, l: &Path, p: PutPayload, mut o: PutOptions) -> Result<PutResult> {
-            let update = matches!(o.mode, PutMode::Update(_));
-            match self.fault {
-                Fault::IgnoreAllConditions => o.mode = PutMode::Overwrite,
-                Fault::IgnoreIfMatch if update => o.mode = PutMode::Overwrite,
-                Fault::FailUpdateAfterApplying { nth } if update => {
-                    let n = self.updates.fetch_add(1, Ordering::SeqCst) + 1;
-                    if n == nth {
-                        self.inner.put_opts(l, p, o).await?;
-                        self.injected.fetch_add(1, Ordering::SeqCst);
-                        return Err(object_store::Error::Generic {
-                            store: "Faulty",
-                            source: "connection reset after the request was applied".into(),
-                        });
-                    }
-                }
-                _ => {}
-            }
-            self.inner.put_opts(l, p, o).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            l: &Path,
-            o: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.inner.put_multipart_opts(l, o).await
-        }
-        async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-            self.inner.get_opts(l, o).await
-        }
-        fn delete_stream(
-            &self,
-            l: BoxStream<'static, Result<Path>>,
-        ) -> BoxStream<'static, Result<Path>> {
-            self.inner.delete_stream(l)
-        }
-        fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.inner.list(p)
-        }
-        async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-            self.inner.list_with_delimiter(p).await
-        }
-        async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-            self.inner.copy_opts(f, t, o).await
-        }
-    }
 }
 
 #[tokio::test]

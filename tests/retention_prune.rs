@@ -10,22 +10,13 @@
 #![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-};
+use object_store::ObjectStore;
 use pitr::archive::catalog::{Catalog, CoverageError};
 use pitr::archive::gaps::{write_gap, GapRecord};
 use pitr::archive::keys::{BackupKey, SegmentKey, SourceName};
@@ -34,6 +25,7 @@ use pitr::backup::postgres::manifest::{
     list_backups, ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
 };
 use pitr::retention::{align_down, prune, Policy, PruneOptions, PruneReport};
+use pitr::storage::faults::{Fault, FaultyStore};
 use pitr::storage::Repo;
 use pitr_postgres::lsn::Lsn;
 use pitr_segment::{Epoch, LogPos, TimestampMicros};
@@ -515,100 +507,6 @@ async fn no_backup_prunes_nothing_and_says_why() {
     assert!(repo.exists(&key.to_key()).await.unwrap());
 }
 
-/// Fails every mutating operation from the `fail_at`-th one on, AFTER
-/// performing it (durable, but the process "dies" before learning so).
-#[derive(Debug)]
-struct CrashAfter {
-    inner: Arc<dyn ObjectStore>,
-    ops: AtomicU64,
-    fail_at: u64,
-}
-
-impl CrashAfter {
-    fn tick(&self) -> bool {
-        self.ops.fetch_add(1, Ordering::SeqCst) + 1 >= self.fail_at
-    }
-    fn dead(&self) -> bool {
-        self.ops.load(Ordering::SeqCst) >= self.fail_at
-    }
-}
-
-fn crash() -> object_store::Error {
-    object_store::Error::Generic {
-        store: "crash",
-        source: "injected crash".into(),
-    }
-}
-
-impl fmt::Display for CrashAfter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CrashAfter({})", self.fail_at)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CrashAfter {
-    async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
-        if self.dead() {
-            return Err(crash());
-        }
-        let r = self.inner.put_opts(l, p, o).await;
-        if self.tick() {
-            Err(crash())
-        } else {
-            r
-        }
-    }
-    async fn put_multipart_opts(
-        &self,
-        l: &Path,
-        o: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        if self.dead() {
-            return Err(crash());
-        }
-        self.inner.put_multipart_opts(l, o).await
-    }
-    async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-        if self.dead() {
-            return Err(crash());
-        }
-        self.inner.get_opts(l, o).await
-    }
-    fn delete_stream(
-        &self,
-        l: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        if self.dead() {
-            return l.map(|_| Err(crash())).boxed();
-        }
-        let inner = Arc::clone(&self.inner);
-        let fail = self.tick();
-        inner
-            .delete_stream(l)
-            .map(move |r| if fail { r.and(Err(crash())) } else { r })
-            .boxed()
-    }
-    fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        if self.dead() {
-            return futures::stream::once(async { Err(crash()) }).boxed();
-        }
-        self.inner.list(p)
-    }
-    async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-        if self.dead() {
-            return Err(crash());
-        }
-        self.inner.list_with_delimiter(p).await
-    }
-    async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-        if self.dead() {
-            return Err(crash());
-        }
-        self.inner.copy_opts(f, t, o).await
-    }
-}
-
 /// A crash after each write or deletion of a prune: the repository stays
 /// consistent, kept backups keep their chains, and a re-run ends in the
 /// same state as an uninterrupted prune.
@@ -626,11 +524,14 @@ async fn crash_between_deletions_leaves_a_consistent_repo() {
             let before_cat = Catalog::load_listing(&good, &src()).await.unwrap();
             let before = chains(&good, &before_cat).await;
             let crashing = Repo::from_store(
-                Arc::new(CrashAfter {
-                    inner: store.clone(),
-                    ops: AtomicU64::new(0),
-                    fail_at,
-                }),
+                Arc::new(FaultyStore::new(
+                    store.clone(),
+                    Fault::CrashAfter {
+                        at: fail_at,
+                        writes_only: true,
+                        dead_after: true,
+                    },
+                )),
                 "memory://",
             );
             let r = prune(&crashing, &src(), &options(keep, window, false)).await;
@@ -707,11 +608,14 @@ async fn crash_between_deletions_keeps_what_a_live_restore_pinned() {
             );
             let guard = PinGuard::acquire(&good, pin, ttl).await.unwrap();
             let crashing = Repo::from_store(
-                Arc::new(CrashAfter {
-                    inner: store.clone(),
-                    ops: AtomicU64::new(0),
-                    fail_at,
-                }),
+                Arc::new(FaultyStore::new(
+                    store.clone(),
+                    Fault::CrashAfter {
+                        at: fail_at,
+                        writes_only: true,
+                        dead_after: true,
+                    },
+                )),
                 "memory://",
             );
             let r = prune(&crashing, &src(), &options(1, None, false)).await;

@@ -4,18 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers unwrap; the workspace lint targets production code
 
-use std::fmt;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-};
+use object_store::{ObjectStore, PutOptions, PutPayload};
+use pitr::storage::faults::{Fault, FaultyStore};
 use pitr::storage::{conformance, PutOutcome, Repo, StorageError};
 
 #[tokio::test]
@@ -90,54 +85,16 @@ async fn invalid_keys_are_rejected() {
     }
 }
 
-/// A store that behaves like servers that ignore `If-None-Match`: every
-/// conditional create silently overwrites.
-#[derive(Debug)]
-struct IgnoresConditions(Arc<dyn ObjectStore>);
-
-impl fmt::Display for IgnoresConditions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IgnoresConditions({})", self.0)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for IgnoresConditions {
-    async fn put_opts(&self, l: &Path, p: PutPayload, mut o: PutOptions) -> Result<PutResult> {
-        o.mode = PutMode::Overwrite;
-        self.0.put_opts(l, p, o).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        l: &Path,
-        o: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(l, o).await
-    }
-    async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-        self.0.get_opts(l, o).await
-    }
-    fn delete_stream(
-        &self,
-        l: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.0.delete_stream(l)
-    }
-    fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.0.list(p)
-    }
-    async fn list_with_delimiter(&self, p: Option<&Path>) -> Result<ListResult> {
-        self.0.list_with_delimiter(p).await
-    }
-    async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-        self.0.copy_opts(f, t, o).await
-    }
-}
-
 #[tokio::test]
 async fn ignored_conditional_puts_are_detected_and_never_overwrite() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let repo = Repo::from_store(Arc::new(IgnoresConditions(Arc::clone(&inner))), "ignoring");
+    let repo = Repo::from_store(
+        Arc::new(FaultyStore::new(
+            Arc::clone(&inner),
+            Fault::IgnoreConditions,
+        )),
+        "ignoring",
+    );
     assert!(
         !repo.conditional_puts().await.unwrap(),
         "probe must detect ignored conditions"
@@ -151,7 +108,13 @@ async fn ignored_conditional_puts_are_detected_and_never_overwrite() {
 #[tokio::test]
 async fn fallback_costs_more_requests_but_never_overwrites() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let repo = Repo::from_store(Arc::new(IgnoresConditions(Arc::clone(&inner))), "ignoring");
+    let repo = Repo::from_store(
+        Arc::new(FaultyStore::new(
+            Arc::clone(&inner),
+            Fault::IgnoreConditions,
+        )),
+        "ignoring",
+    );
     repo.put_if_absent("k", Bytes::from_static(b"one"))
         .await
         .unwrap();
