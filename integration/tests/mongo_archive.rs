@@ -461,3 +461,30 @@ fn wrong_credentials_fail_in_one_sentence_and_write_nothing() {
     let files = walk(&repo);
     assert!(files.is_empty(), "wrote {files:?}");
 }
+
+/// Nothing listens: one sentence naming the address (not the driver's
+/// topology dump), exit status 1, nothing written; `pitr backup` says the
+/// same.
+#[test]
+fn an_unreachable_server_fails_in_one_sentence_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let url = "mongodb://127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=500";
+    for verb in ["archive", "backup"] {
+        let out = Command::new(pitr_bin())
+            .args([verb, url, "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{verb}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{verb}, one line: {err}");
+        assert!(err.contains("127.0.0.1:1"), "{verb}: {err}");
+        assert!(
+            !err.contains("Kind:") && !err.contains("labels") && !err.contains("Topology"),
+            "{verb}, the driver's dump: {err}"
+        );
+        let files = walk(&repo);
+        assert!(files.is_empty(), "{verb} wrote {files:?}");
+    }
+}

@@ -106,8 +106,10 @@ pub fn describe(e: &MongoError) -> anyhow::Error {
                  (the user needs read access to local.oplog.rs)"
             )
         }
+        // The driver's message is its whole topology description: not a
+        // sentence for an operator.
         ErrorKind::ServerSelection { .. } => anyhow!(
-            "the replica set is unreachable ({e}); check the hosts, port and replicaSet in the URL"
+            "no server of the replica set answered; check the hosts, port and replicaSet in the URL, and that mongod runs there"
         ),
         _ => anyhow!("{e}"),
     }
@@ -125,13 +127,21 @@ pub async fn connect(url: &str, server_selection: Duration) -> anyhow::Result<Co
     if opts.app_name.is_none() {
         opts.app_name = Some("pitr".into());
     }
+    let hosts: Vec<String> = opts.hosts.iter().map(|h| h.to_string()).collect();
+    let waited = opts.server_selection_timeout.unwrap_or(server_selection);
     let client = Client::with_options(opts).map_err(|e| describe(&e))?;
     let admin = client.database("admin");
     // `hello` needs no authentication; `ping` proves the credentials.
     let hello: Document = admin
         .run_command(doc! {"hello": 1})
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| match &*e.kind {
+            ErrorKind::ServerSelection { .. } => anyhow!(
+                "cannot reach MongoDB at {}: no server answered within {waited:?}; check the hosts, port and replicaSet in the URL, and that mongod runs there",
+                hosts.join(",")
+            ),
+            _ => describe(&e),
+        })?;
     admin
         .run_command(doc! {"ping": 1})
         .await

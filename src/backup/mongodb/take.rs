@@ -133,10 +133,13 @@ pub fn redact(url: &str) -> String {
 /// The replica-set name and server version of a server.
 pub async fn server_facts(client: &Client, url: &str) -> anyhow::Result<(String, String)> {
     let admin = client.database("admin");
-    let hello = admin
-        .run_command(doc! {"hello": 1})
-        .await
-        .map_err(|e| anyhow!("cannot reach the MongoDB server {}: {e}", redact(url)))?;
+    let hello = admin.run_command(doc! {"hello": 1}).await.map_err(|e| {
+        anyhow!(
+            "cannot reach the MongoDB server {}: {}",
+            redact(url),
+            crate::source::mongodb_tail::describe(&e)
+        )
+    })?;
     let set = hello.get_str("setName").map_err(|_| {
         anyhow!(
             "{} is not a replica-set member: pitr needs the oplog of a replica set (a one-member set is enough)",
