@@ -182,10 +182,8 @@ fn set_in_use(file: &mut [u8], in_use: bool) -> anyhow::Result<()> {
     let fde = file
         .get_mut(BINLOG_MAGIC.len()..)
         .ok_or_else(|| anyhow!("binlog file too short"))?;
-    let size = fde
-        .get(9..13)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or_else(|| anyhow!("binlog file too short"))?;
+    let size =
+        pitr_mysql::event::event_size(fde).ok_or_else(|| anyhow!("binlog file too short"))?;
     if fde.get(4) != Some(&types::FORMAT_DESCRIPTION) || size > fde.len() || size < 23 {
         return Err(anyhow!(
             "the archived file does not start with a FORMAT_DESCRIPTION event; the repository is damaged"

@@ -238,18 +238,12 @@ pub async fn ensure_meta(repo: &Repo, source: &SourceName, meta: &MysqlMeta) -> 
 /// with its `event_size` at bytes 9..13); `None` when the sizes do not
 /// tile the payload exactly.
 pub fn last_event_type(payload: &[u8]) -> Option<u8> {
-    let mut at = 0usize;
     let mut last = None;
-    while at < payload.len() {
-        let head = payload.get(at..at + 13)?;
-        let size = u32::from_le_bytes([head[9], head[10], head[11], head[12]]) as usize;
-        if size < 19 {
-            return None;
-        }
-        last = Some(head[4]);
-        at = at.checked_add(size)?;
+    for e in pitr_mysql::event::split(payload) {
+        let (_, ev) = e.ok()?;
+        last = ev.get(4).copied();
     }
-    (at == payload.len()).then_some(last).flatten()
+    last
 }
 
 /// The default replica server id for a source: a stable hash of its name

@@ -453,3 +453,24 @@ fn unknown_types_pass_through() {
     e.push(0);
     assert!(decode(&e, &CRC_CTX).is_err());
 }
+
+#[test]
+fn split_walks_back_to_back_events_and_stops_where_none_is_whole() {
+    let a = build(types::QUERY, 1, 100, 0, b"BEGIN", false);
+    let b = build(types::XID, 1, 200, 0, &[7u8; 8], true);
+    let mut both = a.clone();
+    both.extend_from_slice(&b);
+    let got: Vec<_> = split(&both).collect();
+    assert_eq!(got, vec![Ok((0, &a[..])), Ok((a.len(), &b[..]))]);
+    assert_eq!(event_size(&b), Some(b.len()));
+    // Cut short: the second event is not whole.
+    let cut = &both[..both.len() - 1];
+    let got: Vec<_> = split(cut).collect();
+    assert_eq!(got, vec![Ok((0, &a[..])), Err(a.len())]);
+    // A size below the header's, and a header cut short.
+    let mut tiny = a.clone();
+    tiny[9..13].copy_from_slice(&3u32.to_le_bytes());
+    assert_eq!(split(&tiny).collect::<Vec<_>>(), vec![Err(0)]);
+    assert_eq!(split(&a[..10]).collect::<Vec<_>>(), vec![Err(0)]);
+    assert_eq!(split(&[]).count(), 0);
+}

@@ -113,24 +113,16 @@ async fn fetch(repo: Repo, key: String) -> anyhow::Result<(LogPos, Vec<u8>)> {
 
 /// Splits a payload into events.
 fn split_events(payload: &[u8], start: LogPos) -> anyhow::Result<Vec<(u64, &[u8])>> {
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while off < payload.len() {
-        let len = payload
-            .get(off + 9..off + 13)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .filter(|l| *l >= 19 && off + l <= payload.len())
-            .ok_or_else(|| {
-                anyhow!(
-                    "archived binlog is damaged: no whole event at {}:{}",
-                    start.hi,
-                    start.lo + off as u64
-                )
-            })?;
-        out.push((start.lo + off as u64, &payload[off..off + len]));
-        off += len;
-    }
-    Ok(out)
+    pitr_mysql::event::split(payload)
+        .map(|e| match e {
+            Ok((off, ev)) => Ok((start.lo + off as u64, ev)),
+            Err(off) => Err(anyhow!(
+                "archived binlog is damaged: no whole event at {}:{}",
+                start.hi,
+                start.lo + off as u64
+            )),
+        })
+        .collect()
 }
 
 /// Progress towards a GTID target.
