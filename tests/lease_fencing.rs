@@ -382,3 +382,61 @@ async fn only_the_same_boot_and_pid_namespace_tell_a_holder_is_gone() {
     assert_eq!(l.generation(), 4);
     l.release().await;
 }
+
+/// A segment whose put completes only after the holder's lease deadline does
+/// not count as stored: the sink reports it, so the durable watermark (and
+/// what a PostgreSQL archiver confirms to the server) never covers it.
+#[tokio::test]
+async fn a_put_that_lands_after_the_lease_deadline_does_not_count() {
+    use pitr::archive::pipeline::{SealedSegment, SegmentSink};
+    use pitr::archive::sink::RepoSink;
+    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let repo = Repo::from_store(inner.clone(), "memory");
+    let slow = Repo::from_store(
+        Arc::new(FaultyStore::new(
+            inner,
+            Fault::SlowPuts(Duration::from_millis(1_500)),
+        )),
+        "slow",
+    );
+    let cancel = CancellationToken::new();
+    let lease = Lease::acquire(&repo, &src(), opts(600, false), &cancel)
+        .await
+        .unwrap();
+    let sink = RepoSink {
+        repo: slow,
+        source: src(),
+        engine: pitr_segment::Engine::Postgres,
+        system_id: "42".into(),
+        zstd_level: 1,
+        lease: lease.guard(),
+        reuse: Default::default(),
+    };
+    let seg = SealedSegment {
+        epoch: Epoch(1),
+        start: LogPos::from_lsn(0x100),
+        end: LogPos::from_lsn(0x200),
+        first_commit: None,
+        last_commit: None,
+        records: 0,
+        raw: vec![bytes::Bytes::from(vec![7u8; 0x100])],
+    };
+    // In time: stored.
+    sink.store(&seg).await.unwrap();
+    // The holder stops renewing (paused, cut off) while a put is under way:
+    // its deadline passes before the put completes.
+    let guard = lease.guard();
+    drop(lease);
+    let later = SealedSegment {
+        start: LogPos::from_lsn(0x200),
+        end: LogPos::from_lsn(0x300),
+        ..seg.clone()
+    };
+    let e = sink.store(&later).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("only after this archiver's lease deadline"),
+        "{e}"
+    );
+    assert!(guard.check().is_err());
+}

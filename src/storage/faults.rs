@@ -6,7 +6,7 @@
 //!   ([`Fault::IgnoreConditions`]), or only `If-Match` is dropped
 //!   ([`Fault::IgnoreIfMatch`]);
 //! * an answer lost after the server applied the request
-//!   ([`Fault::FailUpdateAfterApplying`]);
+//!   ([`Fault::FailUpdateAfterApplying`]); a slow server ([`Fault::SlowPuts`]);
 //! * a process that dies part way: from the n-th counted operation on, each
 //!   one is performed and then reported failed; with `dead_after`, every
 //!   operation after that fails without reaching the store
@@ -35,6 +35,9 @@ pub enum Fault {
     /// The `nth` conditional update (1-based) is applied, then answered with
     /// a transient error.
     FailUpdateAfterApplying { nth: u64 },
+    /// Every put is held back this long before it reaches the store (a slow
+    /// or congested server).
+    SlowPuts(std::time::Duration),
     /// From the `at`-th counted operation on (1-based), each is performed and
     /// then reported as failed. `writes_only`: only puts, copies and
     /// deletions count (reads pass); `dead_after`: once it fired, every
@@ -120,6 +123,7 @@ impl ObjectStore for FaultyStore {
         }
         let update = matches!(o.mode, PutMode::Update(_));
         match self.fault {
+            Fault::SlowPuts(d) => tokio::time::sleep(d).await,
             Fault::IgnoreConditions => o.mode = PutMode::Overwrite,
             Fault::IgnoreIfMatch if update => o.mode = PutMode::Overwrite,
             Fault::FailUpdateAfterApplying { nth } if update => {
