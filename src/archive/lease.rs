@@ -97,14 +97,15 @@ pub struct Holder {
 impl Holder {
     /// This process.
     pub fn me() -> Holder {
-        static STARTED: OnceLock<DateTime<Utc>> = OnceLock::new();
-        Holder {
+        static ME: OnceLock<Holder> = OnceLock::new();
+        ME.get_or_init(|| Holder {
             host: hostname(),
             pid: std::process::id(),
-            started: *STARTED.get_or_init(Utc::now),
+            started: Utc::now(),
             pid_ns: pid_namespace(),
             boot_id: boot_id(),
-        }
+        })
+        .clone()
     }
 
     /// True when the holder provably no longer runs: same kernel boot, same
@@ -308,16 +309,20 @@ fn corrupt(key: &str, e: impl fmt::Display) -> LeaseError {
 /// writer takes the next one above it, so generations never go down, even
 /// when the lease object is gone.
 pub async fn generation_floor(repo: &Repo, source: &SourceName) -> Result<u64, LeaseError> {
-    let takeovers = repo
+    let lease = read_lease(repo, source).await?.map_or(0, |r| r.generation);
+    Ok(takeover_floor(repo, source).await?.max(lease))
+}
+
+/// The highest generation among the takeover records of `source` (0: none).
+async fn takeover_floor(repo: &Repo, source: &SourceName) -> Result<u64, LeaseError> {
+    Ok(repo
         .list(&keys::lease_prefix(source))
         .await?
         .iter()
         .filter_map(|m| keys::parse_takeover_key(source, m.location.as_ref()))
         .map(|t| t.generation)
         .max()
-        .unwrap_or(0);
-    let lease = read_lease(repo, source).await?.map_or(0, |r| r.generation);
-    Ok(takeovers.max(lease))
+        .unwrap_or(0))
 }
 
 /// Reads the writer lease of `source`, if there is one.
@@ -360,7 +365,6 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 struct Shared {
     repo: Repo,
     source: SourceName,
-    generation: u32,
     /// The holder's own deadline: sent-time of the last successful renewal + ttl.
     deadline: Mutex<Instant>,
     lost: CancellationToken,
@@ -474,7 +478,7 @@ impl LeaseGuard {
                         )
                         .await
                         {
-                            Ok(Ok(Some(r))) if u64::from(s.generation) != r.generation => {
+                            Ok(Ok(Some(r))) if u64::from(self.generation) != r.generation => {
                                 format!("{} (generation {})", r.holder, r.generation)
                             }
                             _ => EXPIRED_UNRENEWED.to_string(),
@@ -558,9 +562,7 @@ impl Lease {
                 }
                 (None, _) => Duration::ZERO,
             };
-            let floor = generation_floor(repo, source).await?;
             let generation = match &current {
-                None => floor + 1,
                 Some((rec, _)) if !rec.may_take_over(now, watched) => {
                     // An expired lease is watched for a ttl even with
                     // --no-wait: its holder may only have a slower clock.
@@ -589,7 +591,11 @@ impl Lease {
                     }
                     continue;
                 }
-                Some((rec, _)) => rec.generation.max(floor) + 1,
+                // Above the lease object just read and every takeover record.
+                _ => {
+                    let lease = current.as_ref().map_or(0, |(rec, _)| rec.generation);
+                    takeover_floor(repo, source).await?.max(lease) + 1
+                }
             };
             let short = u32::try_from(generation).map_err(|_| LeaseError::Exhausted(generation))?;
             let rec = LeaseRecord {
@@ -674,15 +680,19 @@ impl Lease {
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             source: source.clone(),
-            generation,
             deadline: Mutex::new(sent + own_ttl(ttl)),
             lost: CancellationToken::new(),
             lost_to: Mutex::new(None),
         });
+        let guard = LeaseGuard {
+            shared: Some(shared.clone()),
+            generation,
+        };
         let stop = CancellationToken::new();
         let task = tokio::spawn(renew_loop(
             repo.clone(),
-            shared.clone(),
+            shared,
+            guard.clone(),
             rec,
             version,
             stop.clone(),
@@ -690,10 +700,7 @@ impl Lease {
         Lease {
             repo: repo.clone(),
             source: source.clone(),
-            guard: LeaseGuard {
-                shared: Some(shared),
-                generation,
-            },
+            guard,
             holder: me,
             stop,
             task: Some(task),
@@ -829,16 +836,13 @@ impl Drop for Lease {
 async fn renew_loop(
     repo: Repo,
     shared: Arc<Shared>,
+    guard: LeaseGuard,
     mut rec: LeaseRecord,
     mut version: Version,
     stop: CancellationToken,
 ) -> Option<(LeaseRecord, Version)> {
     let key = keys::writer_lease_key(&shared.source);
     let ttl = rec.ttl();
-    let guard = LeaseGuard {
-        shared: Some(shared.clone()),
-        generation: shared.generation,
-    };
     // Renewals whose outcome is unknown since the last certain one (a
     // transient error: each may have been applied), with when each was sent.
     let mut unsure: Vec<(LeaseRecord, Instant)> = Vec::new();

@@ -41,8 +41,8 @@ pub struct StartedBackup {
 impl StartedBackup {
     /// Publishes the backup's directory, then pins it and the log of `epoch`
     /// from the backup's start on (see the module docs). The backup keeps the
-    /// guard while it runs and releases it when it ends; whoever runs it
-    /// under [`run_interruptible`] has the pin released there too.
+    /// guard (which renews the pin) while it runs; [`run_interruptible`],
+    /// which every backup runs under, removes the pin when it ends.
     pub async fn begin(
         &self,
         repo: &Repo,
@@ -71,13 +71,6 @@ impl StartedBackup {
                 tracing::warn!(backup = %key.dir(), "could not remove the backup's pin (it expires by itself): {e:#}");
             }
         }
-    }
-}
-
-/// Releases a finished backup's pin (one that cannot be removed expires).
-pub async fn release_pin(pin: PinGuard) {
-    if let Err(e) = pin.release().await {
-        tracing::warn!("could not remove the backup's pin (it expires by itself): {e:#}");
     }
 }
 

@@ -133,12 +133,6 @@ fn transient(e: &anyhow::Error) -> bool {
             .is_some_and(is_transient)
 }
 
-enum SessionEnd {
-    Shutdown,
-    /// `stop_at` reached.
-    Done,
-}
-
 /// Segment boundaries already stored beyond the resume point.
 #[derive(Debug, Default)]
 struct Replay {
@@ -386,10 +380,7 @@ async fn prepare(
 
 impl Connection for Archiver {
     async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
-        Ok(match self.engine_session(cancel).await? {
-            SessionEnd::Shutdown => Ended::Shutdown,
-            SessionEnd::Done => Ended::Done,
-        })
+        self.engine_session(cancel).await
     }
 
     fn classify(&self, e: &anyhow::Error) -> Failure {
@@ -414,7 +405,7 @@ impl Connection for Archiver {
 }
 
 impl Archiver {
-    async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
         let opened = open(&self.client, self.resume).await?;
         self.setup_repository().await?;
         let cursor = match opened {
@@ -452,7 +443,7 @@ impl Archiver {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     reader.stop();
-                    break self.seal().await.map(|()| SessionEnd::Shutdown);
+                    break self.seal().await.map(|()| Ended::Shutdown);
                 }
                 _ = ticker.tick() => {
                     if !self.replaying()
@@ -564,7 +555,7 @@ impl Archiver {
     }
 
     /// Feeds one entry; `Some(Done)` once `stop_at` is reached.
-    async fn on_entry(&mut self, doc: RawDocumentBuf) -> anyhow::Result<Option<SessionEnd>> {
+    async fn on_entry(&mut self, doc: RawDocumentBuf) -> anyhow::Result<Option<Ended>> {
         let e = OplogEntryRef::parse(&doc)
             .map_err(|e| anyhow!("an oplog entry cannot be archived: {e}"))?;
         let ts = e.ts();
@@ -597,7 +588,7 @@ impl Archiver {
         }
         if let Some(stop) = self.opts.stop_at {
             if ts >= stop && !self.seg.has_unsafe() {
-                return Ok(Some(SessionEnd::Done));
+                return Ok(Some(Ended::Done));
             }
         }
         Ok(None)

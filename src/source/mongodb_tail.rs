@@ -92,6 +92,10 @@ pub fn is_auth(e: &MongoError) -> bool {
     }
 }
 
+/// What to check when no server answers.
+const UNREACHABLE_ADVICE: &str =
+    "check the hosts, port and replicaSet in the URL, and that mongod runs there";
+
 /// An error of the driver as one plain sentence.
 pub fn describe(e: &MongoError) -> anyhow::Error {
     match &*e.kind {
@@ -108,9 +112,9 @@ pub fn describe(e: &MongoError) -> anyhow::Error {
         }
         // The driver's message is its whole topology description: not a
         // sentence for an operator.
-        ErrorKind::ServerSelection { .. } => anyhow!(
-            "no server of the replica set answered; check the hosts, port and replicaSet in the URL, and that mongod runs there"
-        ),
+        ErrorKind::ServerSelection { .. } => {
+            anyhow!("no server of the replica set answered; {UNREACHABLE_ADVICE}")
+        }
         _ => anyhow!("{e}"),
     }
 }
@@ -137,7 +141,7 @@ pub async fn connect(url: &str, server_selection: Duration) -> anyhow::Result<Co
         .await
         .map_err(|e| match &*e.kind {
             ErrorKind::ServerSelection { .. } => anyhow!(
-                "cannot reach MongoDB at {}: no server answered within {waited:?}; check the hosts, port and replicaSet in the URL, and that mongod runs there",
+                "cannot reach MongoDB at {}: no server answered within {waited:?}; {UNREACHABLE_ADVICE}",
                 hosts.join(",")
             ),
             _ => describe(&e),

@@ -99,12 +99,6 @@ struct Resume {
     tail: LogPos,
 }
 
-enum SessionEnd {
-    Shutdown,
-    /// A gap was recorded; connect again at the new position.
-    Continue,
-}
-
 /// Segment boundaries already stored beyond the resume point.
 #[derive(Debug, Default)]
 struct Replay {
@@ -418,10 +412,7 @@ fn mysql_kind(e: &anyhow::Error) -> Option<ErrorKind> {
 
 impl Connection for Archiver {
     async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
-        Ok(match self.engine_session(cancel).await? {
-            SessionEnd::Shutdown => Ended::Shutdown,
-            SessionEnd::Continue => Ended::Continue,
-        })
+        self.engine_session(cancel).await
     }
 
     fn classify(&self, e: &anyhow::Error) -> Failure {
@@ -467,7 +458,7 @@ impl Archiver {
         Ok(StartFrom::Position(BinlogPos::new(file, r.offset)))
     }
 
-    async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
         let start = self.start_from().await?;
         let mut copts = ClientOptions::new(self.server_id);
         copts.read_timeout = Duration::from_secs(20);
@@ -530,7 +521,7 @@ impl Archiver {
 
     /// The binlog needed to resume was purged: record the lost stretch up to
     /// the oldest file the server has and continue there.
-    async fn record_gap(&mut self, err: MysqlError) -> anyhow::Result<SessionEnd> {
+    async fn record_gap(&mut self, err: MysqlError) -> anyhow::Result<Ended> {
         let Some(r) = self.next else {
             return Err(err.into());
         };
@@ -569,14 +560,14 @@ impl Archiver {
             offset: FIRST_EVENT_OFFSET,
             tail: end,
         });
-        Ok(SessionEnd::Continue)
+        Ok(Ended::Continue)
     }
 
     async fn stream(
         &mut self,
         cancel: &CancellationToken,
         client: BinlogClient,
-    ) -> anyhow::Result<SessionEnd> {
+    ) -> anyhow::Result<Ended> {
         let (mut b, mut fresh) = match self.next {
             Some(r) => (SegmentBuilder::new(r.seq, r.offset), false),
             None => (SegmentBuilder::new(0, 0), true),
@@ -805,9 +796,9 @@ impl Archiver {
     }
 
     /// Waits until everything submitted is durable.
-    async fn shutdown(&mut self) -> anyhow::Result<SessionEnd> {
+    async fn shutdown(&mut self) -> anyhow::Result<Ended> {
         let Some(up) = self.uploader.take() else {
-            return Ok(SessionEnd::Shutdown);
+            return Ok(Ended::Shutdown);
         };
         let durable = up.finish().await.map_err(|e| anyhow!("{e}"))?;
         if let Some(d) = durable {
@@ -821,6 +812,6 @@ impl Archiver {
                 show_pos(self.meta.as_ref(), d.pos)
             );
         }
-        Ok(SessionEnd::Shutdown)
+        Ok(Ended::Shutdown)
     }
 }

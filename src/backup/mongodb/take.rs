@@ -189,7 +189,8 @@ pub async fn take_mongo_backup_with(
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key =
         BackupKey::new(source.clone(), start.ts.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
-    let pin = opts
+    // Renewed until this function returns; removed by `run_interruptible`.
+    let _pin = opts
         .started
         .begin(
             repo,
@@ -239,7 +240,6 @@ pub async fn take_mongo_backup_with(
         remove_parts(repo, &key).await;
         return Err(anyhow!("storing the backup manifest: {e}"));
     }
-    crate::backup::interrupt::release_pin(pin).await;
     Ok(MongoBackupResult { key, manifest })
 }
 

@@ -244,7 +244,8 @@ pub async fn take_mysql_backup(
         .ok_or_else(|| anyhow!("binlog file name {} has no numeric suffix", pos.file))?;
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key = BackupKey::new(source.clone(), start, &id).map_err(|e| anyhow!("{e}"))?;
-    let pin = opts
+    // Renewed until this function returns; removed by `run_interruptible`.
+    let _pin = opts
         .started
         .begin(repo, &key, crate::source::mysql_segment::MYSQL_EPOCH)
         .await?;
@@ -324,7 +325,6 @@ pub async fn take_mysql_backup(
     )
     .await
     .map_err(|e| anyhow!("storing the backup manifest: {e}"))?;
-    crate::backup::interrupt::release_pin(pin).await;
     Ok(MysqlBackupReport { key, manifest })
 }
 

@@ -35,7 +35,7 @@ use crate::archive::catalog::Catalog;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::lease::{read_lease, LeaseOptions, LeaseState};
-use crate::backup::interrupt::{release_pin, StartedBackup};
+use crate::backup::interrupt::StartedBackup;
 use crate::backup::postgres::manifest::{
     ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
 };
@@ -213,7 +213,8 @@ pub async fn take_backup(
     let start = stream.start().clone();
     let key =
         BackupKey::new(source.clone(), start.lsn.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
-    let pin = opts
+    // Renewed until this function returns; removed by `run_interruptible`.
+    let _pin = opts
         .started
         .begin(repo, &key, Epoch(u64::from(start.timeline.0)))
         .await?;
@@ -315,7 +316,6 @@ pub async fn take_backup(
     repo.put_if_absent(&key.to_key(), Bytes::from(json))
         .await
         .map_err(|e| anyhow!("storing {}: {e}", key.to_key()))?;
-    release_pin(pin).await;
     Ok(BackupReport {
         key,
         manifest,
