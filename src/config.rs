@@ -42,6 +42,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::archive::keys::SourceName;
+pub use crate::redact::redact;
 use crate::source::{url_kind, UrlKind};
 
 /// A configuration that cannot be used; the message lists every problem.
@@ -79,28 +80,6 @@ impl fmt::Debug for SecretUrl {
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&redact(&self.0))
-    }
-}
-
-/// Replaces the password of a URL (or libpq `password=`) with `***`.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => url.to_string(),
-        Err(_) => url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.to_ascii_lowercase().starts_with("password=") {
-                    "password=***"
-                } else {
-                    kv
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
     }
 }
 

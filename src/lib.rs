@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod monitor;
+pub mod redact;
 pub mod restore;
 pub mod retention;
 pub mod retry;

@@ -1,4 +1,4 @@
-//! `pitr archive <db-url> --repo <repo>`: continuous log streaming.
+//! `pitr archive <db-url> --repo <repo>`: continuous log streaming, by the engine of the URL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,10 +7,10 @@ use anyhow::anyhow;
 use clap::Args;
 
 use crate::archive::lease::LeaseOptions;
+use crate::archive::progress::ArchiveProgress;
 use crate::cli::common::{parse_duration, shutdown_token};
 use crate::config::redact;
-use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
-use crate::source::{url_kind, UrlKind};
+use crate::engine::{self, ArchiveRequest};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
@@ -73,77 +73,26 @@ impl ArchiveArgs {
 }
 
 pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
-    match url_kind(&args.url) {
-        Some(UrlKind::Postgres) => {}
-        Some(UrlKind::MySql) => return run_mysql(args).await,
-        Some(UrlKind::MongoDb) => return run_mongo(args).await,
-        None => {
-            return Err(anyhow!(
-                "cannot tell which database {:?} is: use a postgres:// URL",
-                redact(&args.url)
-            ))
-        }
-    }
+    let engine = engine::by_url(&args.url).ok_or_else(|| {
+        anyhow!(
+            "cannot tell which database {:?} is: use a postgres://, mysql://, mariadb:// or mongodb:// URL",
+            redact(&args.url)
+        )
+    })?;
     let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
     let lease = args.lease();
-    let opts = PgArchiveOptions {
-        url: args.url,
-        name: args.name,
+    let req = ArchiveRequest {
         slot: args.slot,
         flush_interval: args.flush_interval,
         zstd_level: args.zstd_level,
-        uploader: crate::archive::pipeline::UploaderOptions {
-            parallelism: args.parallel.max(1),
-            ..Default::default()
-        },
-        lease,
-        ..Default::default()
-    };
-    let cancel = shutdown_token();
-    archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
-    Ok(0)
-}
-
-async fn run_mysql(args: ArchiveArgs) -> anyhow::Result<i32> {
-    use crate::source::mysql::{archive, MysqlArchiveOptions};
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
-    let lease = args.lease();
-    let opts = MysqlArchiveOptions {
-        url: args.url,
-        name: args.name,
+        parallelism: args.parallel,
         server_id: args.server_id,
-        flush_interval: args.flush_interval,
-        zstd_level: args.zstd_level,
-        uploader: crate::archive::pipeline::UploaderOptions {
-            parallelism: args.parallel.max(1),
-            ..Default::default()
-        },
-        lease,
-        ..Default::default()
-    };
-    let cancel = shutdown_token();
-    archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
-    Ok(0)
-}
-
-async fn run_mongo(args: ArchiveArgs) -> anyhow::Result<i32> {
-    use crate::source::mongodb::{archive, MongoArchiveOptions};
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
-    let lease = args.lease();
-    let opts = MongoArchiveOptions {
-        url: args.url,
-        name: args.name,
-        flush_interval: args.flush_interval,
-        zstd_level: args.zstd_level,
         start_at: args.start_at,
-        uploader: crate::archive::pipeline::UploaderOptions {
-            parallelism: args.parallel.max(1),
-            ..Default::default()
-        },
-        lease,
-        ..Default::default()
+        ..ArchiveRequest::new(args.url, args.name, lease)
     };
-    let cancel = shutdown_token();
-    archive(opts, repo, cancel, Arc::new(ArchiveProgress::default())).await?;
+    let progress = Arc::new(ArchiveProgress::default());
+    engine
+        .archive(req, repo, shutdown_token(), progress)
+        .await?;
     Ok(0)
 }

@@ -1,26 +1,21 @@
 //! `pitr restore --repo R [--name N] (--to TIME | --to-lsn X/Y | --to-name
 //! NAME | --latest | --to-position | --to-gtid | --to-ts) (--target-dir DIR
-//! | --target URL) [--dry-run] [--recover]`: PostgreSQL plans, then unpacks a
-//! base backup and configures recovery to the target; MySQL/MariaDB and
-//! MongoDB restores are handed to their engine's module.
+//! | --target URL) [--dry-run] [--recover]`: parses the options into one
+//! [`RestoreRequest`], opens the repository once, picks the source's engine
+//! and hands the request to it. No engine logic lives here.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use clap::Args;
 
-use crate::archive::catalog::Catalog;
-use crate::archive::identity::resolve_source;
-use crate::archive::keys::BackupKey;
-use crate::backup::postgres::manifest::{list_backups, BackupManifest};
-use crate::restore::owner::{self, Owner};
-use crate::restore::postgres as pg;
-use crate::restore::postgres::plan::{plan, plan_on, timeline_path, Plan, Target};
-use crate::restore::postgres::planned;
-use crate::restore::postgres::recover::{self as pg_recover, RecoverOptions};
-use crate::restore::session;
-use crate::restore::time::{parse_time, utc_text};
+use crate::archive::identity::{read_identity, resolve_source};
+use crate::archive::keys::SourceName;
+use crate::engine::{self, EngineOps};
+use crate::restore::request::{
+    LoadOptions, PgRestoreOptions, RestoreInto, RestoreRequest, RestoreTarget, TargetKind,
+};
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
@@ -45,8 +40,8 @@ pub struct RestoreArgs {
     /// Everything archived.
     #[arg(long)]
     pub latest: bool,
-    /// Directory to restore into (must be empty or missing).
-    #[arg(long)]
+    /// PostgreSQL: directory to restore into (must be empty or missing).
+    #[arg(long, conflicts_with = "target")]
     pub target_dir: Option<PathBuf>,
     /// recovery_target_timeline.
     #[arg(long, default_value = "latest")]
@@ -101,336 +96,198 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
-    let mongo_target = args
-        .target
-        .as_deref()
-        .is_some_and(|t| crate::source::url_kind(t) == Some(crate::source::UrlKind::MongoDb));
-    let mongo = mongo_target
-        || args.to_ts.is_some()
-        || (args.target.is_none()
-            && source_engine(&args.repo, args.name.as_deref()).await
-                == Some(pitr_segment::Engine::MongoDb));
-    if mongo {
-        return crate::restore::mongodb::run_mongo(crate::restore::mongodb::MongoRestoreArgs {
-            repo: args.repo,
-            name: args.name,
-            to: args.to,
-            to_ts: args.to_ts,
-            latest: args.latest,
-            target: args.target,
-            dry_run: args.dry_run,
-            replace: args.replace,
-            json: args.json,
-            parallel: usize::from(args.parallel),
-            pin_ttl: args.pin_ttl,
-        })
-        .await;
-    }
-    let mysql_target = args
-        .target
-        .as_deref()
-        .is_some_and(|t| crate::source::url_kind(t) == Some(crate::source::UrlKind::MySql));
-    // The engine of the source decides when no --target says it.
-    let mysql_source = if mysql_target || args.target.is_some() {
-        false
-    } else {
-        mysql_source(&args.repo, args.name.as_deref()).await
+    let target = target_of(&args);
+    let into = match (&args.target_dir, &args.target) {
+        (Some(d), _) => RestoreInto::Dir(d.clone()),
+        (None, Some(u)) => RestoreInto::Server(u.clone()),
+        (None, None) => RestoreInto::Nowhere,
     };
-    if mysql_target || mysql_source || args.to_gtid.is_some() || args.to_position.is_some() {
-        return crate::restore::mysql::run_mysql(crate::restore::mysql::MysqlRestoreArgs {
-            repo: args.repo,
-            name: args.name,
-            to: args.to,
-            to_gtid: args.to_gtid,
-            to_position: args.to_position,
-            latest: args.latest,
-            target: args.target,
-            dry_run: args.dry_run,
-            replace: args.replace,
-            json: args.json,
-            parallel: usize::from(args.parallel),
-            skip_binlog: args.skip_target_binlog,
-            pin_ttl: args.pin_ttl,
-        })
-        .await;
-    }
-    let target = if let Some(t) = &args.to {
-        let t = parse_time(t)?;
-        eprintln!("restoring to {}", utc_text(t));
-        Target::Time(t)
-    } else if let Some(l) = &args.to_lsn {
-        Target::Lsn(
-            l.parse()
-                .map_err(|_| anyhow!("invalid --to-lsn {l:?}: expected X/Y"))?,
-        )
-    } else if let Some(n) = &args.to_name {
-        Target::Name(n.clone())
-    } else {
-        Target::Latest
-    };
-    if args.timeline != "latest"
-        && args.timeline != "current"
-        && args.timeline.parse::<u32>().is_err()
-    {
-        return Err(anyhow!(
-            "invalid --timeline {:?}: latest, current or a number",
-            args.timeline
-        ));
-    }
     let repo = Repo::open_existing(&args.repo)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
-    let catalog = Catalog::load(&repo, &source)
+    let recorded = read_identity(&repo, &source)
         .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let backups = list_backups(&repo, &source, catalog.backups()).await?;
-    let p = match target_timeline(&catalog, &args.timeline) {
-        Some(tli) => {
-            let history = load_history(&repo, &catalog, tli).await?;
-            plan_on(
-                &catalog,
-                &backups,
-                &target,
-                &timeline_path(tli, history.as_deref()),
-            )?
-        }
-        None => plan(&catalog, &backups, &target)?,
+        .map_err(|e| anyhow!("{e}"))?
+        .and_then(|id| engine::by_code(id.engine));
+    let engine = choose_engine(&source, recorded, &into, target.kind())?;
+    let req = RestoreRequest {
+        repo,
+        repo_arg: args.repo,
+        source,
+        target,
+        into,
+        dry_run: args.dry_run,
+        json: args.json,
+        pin_ttl: args.pin_ttl,
+        pg: PgRestoreOptions {
+            timeline: args.timeline,
+            recover: args.recover,
+            pg_bin: args.pg_bin,
+            owner: args.owner,
+            recover_timeout: args.recover_timeout,
+        },
+        load: LoadOptions {
+            replace: args.replace,
+            parallel: usize::from(args.parallel),
+            skip_target_binlog: args.skip_target_binlog,
+        },
     };
-    if args.dry_run {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&p)?);
-        } else {
-            println!(
-                "restore {} to {}: base backup {} ({} .. {}, timeline {}), WAL {} .. {} in {} segments",
-                p.source, p.target, p.backup_dir, p.backup_start_lsn, p.backup_stop_lsn, p.timeline,
-                p.wal_from, p.wal_to, p.segments.len()
-            );
-        }
-        return Ok(0);
-    }
-    let dir = args
-        .target_dir
-        .clone()
-        .ok_or_else(|| anyhow!("--target-dir is required (or use --dry-run)"))?;
-    let dir = std::path::absolute(&dir)?;
-    let (key, manifest) = backups
-        .iter()
-        .find(|(k, _)| k.dir() == p.backup_dir)
-        .ok_or_else(|| anyhow!("planned backup vanished"))?;
-    // Before anything is unpacked: who runs PostgreSQL, and can it run pitr?
-    let owner = owner::resolve(&dir, args.owner.as_deref())?;
-    let exe = std::env::current_exe().context("locating the pitr binary")?;
-    let (exe, bin_copy) = owner::runnable_binary(&exe, &dir, owner.as_ref())?;
-    let planned = session::Planned {
-        source: &source,
-        target: &p.target,
-        backup: key,
-        segments: &p.segments,
-        open_ended: matches!(target, Target::Latest),
-    };
-    let guard = session::pin(&repo, planned, args.pin_ttl).await?;
-    let pin_id = guard.id().await;
-    let ctx = PgRestore {
-        args: &args,
-        repo: &repo,
-        plan: &p,
-        target: &target,
-        key,
-        manifest,
-        dir: &dir,
-        owner: owner.as_ref(),
-        exe: &exe,
-        pin_id: &pin_id,
-    };
-    let res = execute_pg(&ctx).await;
-    let remove_copy = || {
-        if let Some(c) = &bin_copy {
-            let _ = std::fs::remove_dir_all(c);
-        }
-    };
-    match res {
-        Ok(out) => {
-            if args.recover {
-                remove_copy();
-                guard.release().await?;
-            } else {
-                // The server the user starts renews it through wal-fetch.
-                guard.detach();
-                if let Some(c) = &bin_copy {
-                    eprintln!(
-                        "remove {} once recovery has finished (restore_command runs the pitr copy in it)",
-                        c.display()
-                    );
-                }
-            }
-            if args.json {
-                println!("{out}");
-            }
-            Ok(0)
-        }
-        Err(e) => {
-            remove_copy();
-            if let Err(r) = guard.release().await {
-                tracing::warn!("removing restore pin {pin_id}: {r:#}");
-            }
-            Err(e)
-        }
-    }
+    engine.restore(req).await
 }
 
-/// What the PostgreSQL part of a restore works with.
-struct PgRestore<'a> {
-    args: &'a RestoreArgs,
-    repo: &'a Repo,
-    plan: &'a Plan,
-    target: &'a Target,
-    key: &'a BackupKey,
-    manifest: &'a BackupManifest,
-    dir: &'a std::path::Path,
-    owner: Option<&'a Owner>,
-    exe: &'a std::path::Path,
-    pin_id: &'a str,
+/// The one target clap let through (the options form a required group).
+fn target_of(a: &RestoreArgs) -> RestoreTarget {
+    let given = [
+        a.to.clone().map(RestoreTarget::Time),
+        a.to_lsn.clone().map(RestoreTarget::Lsn),
+        a.to_name.clone().map(RestoreTarget::Name),
+        a.to_gtid.clone().map(RestoreTarget::Gtid),
+        a.to_position.clone().map(RestoreTarget::Position),
+        a.to_ts.clone().map(RestoreTarget::Ts),
+    ];
+    given
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or(RestoreTarget::Latest)
 }
 
-/// Verifies the chain, unpacks, configures recovery and, with `--recover`,
-/// runs it; returns the JSON report.
-async fn execute_pg(c: &PgRestore<'_>) -> anyhow::Result<serde_json::Value> {
-    let (p, dir) = (c.plan, c.dir);
-    pg::verify_chain(c.repo, p, 4).await?;
-    pg::prepare_dir(dir)?;
-    let res = unpack_and_recover(c).await;
-    if res.is_err() {
-        // Nothing partial is left behind (the directory was empty or missing).
-        pg::empty_dir(dir);
-    }
-    res
-}
-
-async fn unpack_and_recover(c: &PgRestore<'_>) -> anyhow::Result<serde_json::Value> {
-    let (args, p, dir) = (c.args, c.plan, c.dir);
-    pg::unpack_backup(c.repo, c.key, c.manifest, dir).await?;
-    let repo_url = if args.repo.contains("://") {
-        args.repo.clone()
-    } else {
-        std::path::absolute(&args.repo)?
-            .to_string_lossy()
-            .into_owned()
+/// The engine that restores `source`: the one its identity records; before any identity
+/// exists, the one of the `--target` URL, else the one whose target option was given, else
+/// PostgreSQL. A `--target` of another engine, or a target the engine does not serve, is
+/// refused before anything is read.
+fn choose_engine(
+    source: &SourceName,
+    recorded: Option<&'static dyn EngineOps>,
+    into: &RestoreInto,
+    kind: TargetKind,
+) -> anyhow::Result<&'static dyn EngineOps> {
+    let of_target = match into {
+        RestoreInto::Server(u) => Some(engine::by_url(u).ok_or_else(|| {
+            anyhow!(
+                "--target {} is not a database URL pitr restores into; use mysql://, mariadb:// or mongodb:// (PostgreSQL restores into --target-dir DIR)",
+                crate::redact::redact(u)
+            )
+        })?),
+        _ => None,
     };
-    let mut extra: Vec<String> = Vec::new();
-    for r in planned::pg_ranges(&p.segments)? {
-        extra.push("--plan-range".into());
-        extra.push(r.to_string());
-    }
-    if !args.recover {
-        extra.extend(["--pin".into(), c.pin_id.to_string()]);
-        extra.extend([
-            "--pin-ttl".into(),
-            humantime::format_duration(args.pin_ttl).to_string(),
-        ]);
-    }
-    let settings = pg::recovery_settings(c.exe, &repo_url, p, c.target, &args.timeline, &extra);
-    pg::configure_recovery(dir, &settings)?;
-    if let Some(o) = c.owner {
-        pg::fix_ownership(dir, o)?;
-    }
-    let mut out = serde_json::json!({ "plan": p, "target_dir": dir });
-    eprintln!(
-        "restored base backup {} into {}",
-        p.backup_dir,
-        dir.display()
-    );
-    if args.recover {
-        let opts = RecoverOptions {
-            bin: pg::find_bin_dir(args.pg_bin.as_deref())?,
-            as_user: c.owner.map(|o| o.name.clone()),
-            timeout: args.recover_timeout,
-            wal_segment_size: 16 << 20,
-        };
-        let r = pg_recover::run_recovery(dir, p, c.target, &opts).await?;
-        // wal-fetch removes its prefetch spool when recovery ends; make sure.
-        let spool = dir.join("pg_wal").join(".pitr-prefetch");
-        if spool.exists() {
-            let _ = std::fs::remove_dir_all(&spool);
+    let by_kind = || match kind {
+        TargetKind::Gtid | TargetKind::Position => &engine::mysql::MySql as &dyn EngineOps,
+        TargetKind::Ts => &engine::mongodb::MongoDb,
+        _ => &engine::postgres::Postgres,
+    };
+    let chosen = match (recorded, of_target) {
+        (Some(r), Some(t)) if r.name() != t.name() => {
+            return Err(anyhow!(
+                "source {} is a {} source but --target is a {} URL; restore into a server of the source's kind",
+                source.as_str(),
+                r.name(),
+                t.name()
+            ))
         }
-        eprintln!(
-            "recovery finished: replayed up to {}, last replayed commit at {}{}",
-            r.replay_lsn.as_deref().unwrap_or("?"),
-            r.last_commit_time.map_or("(none)".into(), utc_text),
-            r.timeline
-                .map_or(String::new(), |t| format!(", now on timeline {t}"))
-        );
-        out["recovery"] = serde_json::to_value(&r)?;
-    } else {
-        eprintln!(
-            "start PostgreSQL on {} to replay the WAL to {}",
-            dir.display(),
-            p.target
-        );
-    }
-    Ok(out)
-}
-
-/// The timeline to restore onto: `latest` = the newest archived timeline,
-/// a number = that one, `current` = the newest backup's (`None`).
-fn target_timeline(catalog: &Catalog, arg: &str) -> Option<u32> {
-    match arg {
-        "current" => None,
-        "latest" => catalog.epochs().into_iter().max().map(|e| e.0 as u32),
-        n => n.parse().ok(),
-    }
-}
-
-/// The parsed history file of `tli` (timeline 1 has none).
-async fn load_history(
-    repo: &Repo,
-    catalog: &Catalog,
-    tli: u32,
-) -> anyhow::Result<Option<Vec<pitr_postgres::lsn::HistoryEntry>>> {
-    if tli <= 1 {
-        return Ok(None);
-    }
-    let name = format!("{tli:08X}.history");
-    let key = crate::archive::keys::HistoryKey::new(
-        catalog.source().clone(),
-        pitr_segment::Epoch(u64::from(tli)),
-        &name,
-    )
-    .map_err(|e| anyhow!("{e}"))?
-    .to_key();
-    if !repo.exists(&key).await.map_err(|e| anyhow!("{e}"))? {
+        (Some(r), _) => r,
+        (None, Some(t)) => t,
+        (None, None) => by_kind(),
+    };
+    if chosen.name() == "postgres" && matches!(into, RestoreInto::Server(_)) {
         return Err(anyhow!(
-            "the repository has WAL of timeline {tli} but not its history file {name}; \
-             restore onto another timeline with --timeline N"
+            "source {} is a PostgreSQL source: it restores into a data directory, give --target-dir DIR instead of --target",
+            source.as_str()
         ));
     }
-    let bytes = repo.get(&key).await.map_err(|e| anyhow!("{e}"))?;
-    let text = String::from_utf8_lossy(&bytes);
-    pitr_postgres::lsn::parse_history(&text)
-        .map(Some)
-        .ok_or_else(|| anyhow!("the archived history file {key} is malformed; run `pitr verify`"))
+    if !chosen.restore_targets().contains(&kind) {
+        let serves: Vec<&str> = chosen.restore_targets().iter().map(|k| k.flag()).collect();
+        return Err(anyhow!(
+            "{} is not a target for source {} ({}); use one of {}",
+            kind.flag(),
+            source.as_str(),
+            chosen.name(),
+            serves.join(", ")
+        ));
+    }
+    Ok(chosen)
 }
 
-/// True when the (named or only) source of the repository is MySQL/MariaDB.
-async fn mysql_source(repo: &str, name: Option<&str>) -> bool {
-    let Ok(repo) = Repo::open_existing(repo).await else {
-        return false;
-    };
-    let Ok(source) = resolve_source(&repo, name).await else {
-        return false;
-    };
-    matches!(
-        crate::archive::identity::read_identity(&repo, &source).await,
-        Ok(Some(id)) if matches!(id.engine, pitr_segment::Engine::MySql | pitr_segment::Engine::MariaDb)
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The engine of the (named or only) source of the repository.
-async fn source_engine(repo: &str, name: Option<&str>) -> Option<pitr_segment::Engine> {
-    let repo = Repo::open_existing(repo).await.ok()?;
-    let source = resolve_source(&repo, name).await.ok()?;
-    match crate::archive::identity::read_identity(&repo, &source).await {
-        Ok(Some(id)) => Some(id.engine),
-        _ => None,
+    fn name() -> SourceName {
+        SourceName::new("shop").expect("valid name")
+    }
+
+    fn pick(
+        recorded: Option<&'static dyn EngineOps>,
+        into: RestoreInto,
+        kind: TargetKind,
+    ) -> Result<&'static str, String> {
+        choose_engine(&name(), recorded, &into, kind)
+            .map(|e| e.name())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_recorded_engine_decides() {
+        let mysql: &'static dyn EngineOps = &engine::mysql::MySql;
+        let pg: &'static dyn EngineOps = &engine::postgres::Postgres;
+        assert_eq!(
+            pick(Some(mysql), RestoreInto::Nowhere, TargetKind::Time),
+            Ok("mysql")
+        );
+        assert_eq!(
+            pick(Some(pg), RestoreInto::Nowhere, TargetKind::Latest),
+            Ok("postgres")
+        );
+        // Before any identity exists: the target URL, then the target option.
+        let url = RestoreInto::Server("mongodb://h/?replicaSet=rs0".into());
+        assert_eq!(pick(None, url, TargetKind::Latest), Ok("mongodb"));
+        assert_eq!(
+            pick(None, RestoreInto::Nowhere, TargetKind::Gtid),
+            Ok("mysql")
+        );
+        assert_eq!(
+            pick(None, RestoreInto::Nowhere, TargetKind::Ts),
+            Ok("mongodb")
+        );
+        assert_eq!(
+            pick(None, RestoreInto::Dir("/d".into()), TargetKind::Time),
+            Ok("postgres")
+        );
+    }
+
+    #[test]
+    fn a_target_of_another_engine_is_refused_in_one_sentence() {
+        let mysql: &'static dyn EngineOps = &engine::mysql::MySql;
+        let e = pick(Some(mysql), RestoreInto::Nowhere, TargetKind::Lsn).unwrap_err();
+        assert!(e.contains("--to-lsn") && e.contains("--to-gtid SET"), "{e}");
+        let e = pick(
+            Some(mysql),
+            RestoreInto::Server("mongodb://u:secret@h/".into()),
+            TargetKind::Latest,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("mysql source") && e.contains("mongodb URL"),
+            "{e}"
+        );
+        let pg: &'static dyn EngineOps = &engine::postgres::Postgres;
+        let e = pick(
+            Some(pg),
+            RestoreInto::Server("postgres://u:secret@h/db".into()),
+            TargetKind::Latest,
+        )
+        .unwrap_err();
+        assert!(e.contains("--target-dir"), "{e}");
+        let e = pick(
+            None,
+            RestoreInto::Server("http://u:secret@h".into()),
+            TargetKind::Latest,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("not a database URL") && !e.contains("secret"),
+            "{e}"
+        );
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
-use crate::backup::interrupt::{run_interruptible, Outcome, StartedBackup};
+use crate::backup::interrupt::{run_interruptible, Outcome};
 use crate::cli::common::shutdown_token;
 use crate::config::{Config, Retention, SourceConfig};
 use crate::engine::{ArchiveRequest, BackupRequest, EngineOps};
@@ -158,11 +158,9 @@ async fn supervise(
     let mut backoff = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     while !cancel.is_cancelled() {
         let req = ArchiveRequest {
-            url: s.url.expose().to_string(),
-            name: s.name.clone(),
             slot: s.slot.clone(),
             flush_interval: s.flush_interval,
-            lease,
+            ..ArchiveRequest::new(s.url.expose().to_string(), Some(s.name.clone()), lease)
         };
         let started = Instant::now();
         m.up.store(true, Ordering::Relaxed);
@@ -262,13 +260,12 @@ async fn schedule_backups(
         if !wait.is_zero() {
             continue; // re-check: a backup may have been taken meanwhile
         }
-        let started = StartedBackup::default();
-        let req = BackupRequest {
-            url: s.url.expose().to_string(),
-            name: s.name.clone(),
-            label: format!("pitr run scheduled backup of {}", s.name),
-            started: started.clone(),
-        };
+        let req = BackupRequest::new(
+            s.url.expose().to_string(),
+            Some(s.name.clone()),
+            Some(format!("pitr run scheduled backup of {}", s.name)),
+        );
+        let started = req.started.clone();
         tracing::info!(source = %s.name, "taking a scheduled base backup");
         let backup = engine.backup(req, repo.clone());
         // Shutdown during a backup: what it stored is deleted.
@@ -280,7 +277,8 @@ async fn schedule_backups(
             }
         };
         match r {
-            Ok(key) => {
+            Ok(report) => {
+                let key = report.key;
                 failures = 0;
                 held_until = Some(Instant::now() + every);
                 m.backups_taken.fetch_add(1, Ordering::Relaxed);

@@ -17,8 +17,9 @@
 //!   file size ([`EngineOps::aligns_log_to_files`]: PostgreSQL fetches whole
 //!   WAL files).
 //!
-//! Archiving, backup and restore are run per engine by the CLI verbs (see
-//! `docs/architecture.md` for both paths in one picture each).
+//! * how it archives, backs up and restores ([`EngineOps::archive`],
+//!   [`EngineOps::backup`], [`EngineOps::restore`] with the targets it serves,
+//!   [`EngineOps::restore_targets`]); the CLI verbs only pick the engine.
 
 pub mod mongodb;
 pub mod mysql;
@@ -36,33 +37,104 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::progress::ArchiveProgress;
 use crate::backup::interrupt::StartedBackup;
+use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::storage::{Repo, StorageError};
 
 /// A boxed engine operation (object-safe async).
 pub type EngineFuture<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'static>>;
 
-/// What `pitr run` asks of any engine's archiver.
+/// What `pitr archive` and `pitr run` ask of any engine's archiver.
 #[derive(Debug, Clone)]
 pub struct ArchiveRequest {
     pub url: String,
-    pub name: String,
+    /// Source name (`None`: derived from the server's identity).
+    pub name: Option<String>,
     /// PostgreSQL: the replication slot (others ignore it).
     pub slot: Option<String>,
     /// A segment is stored at least this often while the log flows.
     pub flush_interval: Duration,
     /// The writer lease the archiver holds while it writes.
     pub lease: crate::archive::lease::LeaseOptions,
+    /// zstd level of stored segments.
+    pub zstd_level: i32,
+    /// Segment uploads in flight at once.
+    pub parallelism: usize,
+    /// MySQL/MariaDB: the server id to register with (others ignore it).
+    pub server_id: Option<u32>,
+    /// MongoDB: where a new archive starts (others ignore it).
+    pub start_at: Option<crate::source::mongodb::StartAt>,
 }
 
-/// What `pitr run` asks of any engine's base backup.
+impl ArchiveRequest {
+    /// A request with the defaults of every option the command line may leave out.
+    pub fn new(
+        url: String,
+        name: Option<String>,
+        lease: crate::archive::lease::LeaseOptions,
+    ) -> Self {
+        ArchiveRequest {
+            url,
+            name,
+            slot: None,
+            flush_interval: Duration::from_secs(1),
+            lease,
+            zstd_level: 1,
+            parallelism: crate::archive::pipeline::UploaderOptions::default().parallelism,
+            server_id: None,
+            start_at: None,
+        }
+    }
+
+    /// The uploader settings of the request.
+    pub fn uploader(&self) -> crate::archive::pipeline::UploaderOptions {
+        crate::archive::pipeline::UploaderOptions {
+            parallelism: self.parallelism.max(1),
+            ..Default::default()
+        }
+    }
+}
+
+/// What `pitr backup` and `pitr run` ask of any engine's base backup.
 #[derive(Debug, Clone)]
 pub struct BackupRequest {
     pub url: String,
-    pub name: String,
-    pub label: String,
+    /// Source name (`None`: derived from the server's identity).
+    pub name: Option<String>,
+    pub label: Option<String>,
     /// Where the backup publishes its directory once it knows it, so an
     /// interrupted backup can be cleaned up.
     pub started: StartedBackup,
+    /// Largest stored part (compressed bytes).
+    pub part_size: usize,
+    /// Logical backups: tables or collections dumped at once.
+    pub parallel: usize,
+    /// Show progress on a terminal's stderr (PostgreSQL reports bytes received).
+    pub progress: bool,
+}
+
+impl BackupRequest {
+    /// A request with the defaults of every option the command line may leave out.
+    pub fn new(url: String, name: Option<String>, label: Option<String>) -> Self {
+        BackupRequest {
+            url,
+            name,
+            label,
+            started: StartedBackup::default(),
+            part_size: 64 << 20,
+            parallel: 4,
+            progress: false,
+        }
+    }
+}
+
+/// What a finished base backup reports, in the engine's own words.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub key: BackupKey,
+    /// One sentence for people (`backup ... complete: ...`).
+    pub summary: String,
+    /// The same for machines (`--json`).
+    pub json: serde_json::Value,
 }
 
 /// What one engine provides to the engine-neutral parts of pitr.
@@ -96,8 +168,12 @@ pub trait EngineOps: Send + Sync + std::fmt::Debug {
         cancel: CancellationToken,
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()>;
-    /// Takes one complete base backup; returns its key.
-    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey>;
+    /// Takes one complete base backup and reports it.
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupReport>;
+    /// The restore targets this engine serves.
+    fn restore_targets(&self) -> &'static [TargetKind];
+    /// Restores (or, with `dry_run`, plans) one of its sources; returns the exit code.
+    fn restore(&self, req: RestoreRequest) -> EngineFuture<i32>;
 }
 
 /// Every engine pitr knows, in the order URLs and manifests are tried.

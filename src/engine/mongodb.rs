@@ -11,12 +11,15 @@ use pitr_mongodb::OplogTs;
 use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
+use super::{
+    ArchiveRequest, BackupReport, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart,
+};
 use crate::archive::keys::BackupKey;
 use crate::backup::mongodb::manifest::{
     MongoManifest, MONGO_BACKUP_KIND, MONGO_MANIFEST_FORMAT_VERSION,
 };
-use crate::backup::mongodb::take::{take_mongo_backup, MongoBackupOptions};
+use crate::backup::mongodb::take::{report, take_mongo_backup, MongoBackupOptions};
+use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::mongodb::{archive, MongoArchiveOptions};
 use crate::source::postgres::ArchiveProgress;
 use crate::source::{url_kind, UrlKind};
@@ -107,23 +110,36 @@ impl EngineOps for MongoDb {
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()> {
         let opts = MongoArchiveOptions {
+            uploader: req.uploader(),
             url: req.url,
-            name: Some(req.name),
+            name: req.name,
             flush_interval: req.flush_interval,
+            zstd_level: req.zstd_level,
+            start_at: req.start_at,
             lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })
     }
 
-    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey> {
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupReport> {
         let opts = MongoBackupOptions {
             url: req.url,
-            name: Some(req.name),
-            label: Some(req.label),
+            name: req.name,
+            label: req.label,
             started: req.started,
+            part_size: req.part_size,
+            parallel: req.parallel.max(1),
             ..Default::default()
         };
-        Box::pin(async move { take_mongo_backup(&opts, &repo).await.map(|r| r.key) })
+        Box::pin(async move { take_mongo_backup(&opts, &repo).await.map(|r| report(&r)) })
+    }
+
+    fn restore_targets(&self) -> &'static [TargetKind] {
+        &[TargetKind::Latest, TargetKind::Time, TargetKind::Ts]
+    }
+
+    fn restore(&self, req: RestoreRequest) -> EngineFuture<i32> {
+        Box::pin(crate::restore::mongodb::run_mongo(req))
     }
 }

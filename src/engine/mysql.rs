@@ -11,13 +11,16 @@ use std::sync::Arc;
 use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
+use super::{
+    ArchiveRequest, BackupReport, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart,
+};
 use crate::archive::keys::BackupKey;
 use crate::archive::progress::ArchiveProgress;
 use crate::backup::mysql::manifest::{
     MysqlManifest, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
 };
-use crate::backup::mysql::{take_mysql_backup, MysqlBackupOptions};
+use crate::backup::mysql::{report, take_mysql_backup, MysqlBackupOptions};
+use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::mysql::{archive, MysqlArchiveOptions};
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
@@ -108,23 +111,41 @@ impl EngineOps for MySql {
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()> {
         let opts = MysqlArchiveOptions {
+            uploader: req.uploader(),
             url: req.url,
-            name: Some(req.name),
+            name: req.name,
+            server_id: req.server_id,
             flush_interval: req.flush_interval,
+            zstd_level: req.zstd_level,
             lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })
     }
 
-    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey> {
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupReport> {
         let opts = MysqlBackupOptions {
             url: req.url,
-            name: Some(req.name),
-            label: Some(req.label),
+            name: req.name,
+            label: req.label,
             started: req.started,
+            part_size: req.part_size,
+            parallel: req.parallel.max(1),
             ..Default::default()
         };
-        Box::pin(async move { take_mysql_backup(&opts, &repo).await.map(|r| r.key) })
+        Box::pin(async move { take_mysql_backup(&opts, &repo).await.map(|r| report(&r)) })
+    }
+
+    fn restore_targets(&self) -> &'static [TargetKind] {
+        &[
+            TargetKind::Latest,
+            TargetKind::Time,
+            TargetKind::Gtid,
+            TargetKind::Position,
+        ]
+    }
+
+    fn restore(&self, req: RestoreRequest) -> EngineFuture<i32> {
+        Box::pin(crate::restore::mysql::run_mysql(req))
     }
 }

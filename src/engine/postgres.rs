@@ -8,10 +8,14 @@ use pitr_postgres::lsn::Lsn;
 use pitr_segment::{Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use super::{ArchiveRequest, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart};
+use super::{
+    ArchiveRequest, BackupReport, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart,
+};
 use crate::archive::keys::BackupKey;
 use crate::backup::postgres::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+use crate::backup::postgres::report::{report, TerminalProgress};
 use crate::backup::postgres::take::{take_backup, BackupOptions};
+use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::postgres::{archive, ArchiveProgress, PgArchiveOptions};
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
@@ -97,24 +101,46 @@ impl EngineOps for Postgres {
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()> {
         let opts = PgArchiveOptions {
+            uploader: req.uploader(),
             url: req.url,
-            name: Some(req.name),
+            name: req.name,
             slot: req.slot,
             flush_interval: req.flush_interval,
+            zstd_level: req.zstd_level,
             lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })
     }
 
-    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupKey> {
+    fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupReport> {
+        let show = req.progress;
         let opts = BackupOptions {
             url: req.url,
-            name: Some(req.name),
-            label: Some(req.label),
+            name: req.name,
+            label: req.label,
             started: req.started,
+            part_size: req.part_size,
             ..Default::default()
         };
-        Box::pin(async move { take_backup(&opts, &repo, &|_| {}).await.map(|r| r.key) })
+        Box::pin(async move {
+            let progress = TerminalProgress::new(show);
+            let r = take_backup(&opts, &repo, &|p| progress.show(p)).await;
+            progress.finish();
+            r.map(|r| report(&r))
+        })
+    }
+
+    fn restore_targets(&self) -> &'static [TargetKind] {
+        &[
+            TargetKind::Latest,
+            TargetKind::Time,
+            TargetKind::Lsn,
+            TargetKind::Name,
+        ]
+    }
+
+    fn restore(&self, req: RestoreRequest) -> EngineFuture<i32> {
+        Box::pin(crate::restore::postgres::run::run(req))
     }
 }

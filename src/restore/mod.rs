@@ -8,5 +8,6 @@ pub mod oplog_fetch;
 pub mod owner;
 pub mod postgres;
 pub mod prefetch;
+pub mod request;
 pub mod session;
 pub mod time;

@@ -53,9 +53,7 @@ use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOp
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::{reuse_map, RepoSink};
-use crate::source::mongodb_tail::{
-    connect, is_transient, open, redact_url, Opened, Reader, StartFrom,
-};
+use crate::source::mongodb_tail::{connect, is_transient, open, Opened, Reader, StartFrom};
 use crate::storage::Repo;
 
 /// Where a new archive starts (ignored when the repository has a tail).
@@ -174,7 +172,7 @@ pub async fn archive(
     cancel: CancellationToken,
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
-    let shown = redact_url(&opts.url);
+    let shown = crate::redact::redact(&opts.url);
     let mut a = match prepare(opts, repo, progress, &cancel).await {
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),

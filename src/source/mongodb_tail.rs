@@ -45,11 +45,6 @@ pub struct Conn {
     pub version: String,
 }
 
-/// The URL without its password, for messages.
-pub fn redact_url(url: &str) -> String {
-    crate::config::redact(url)
-}
-
 /// Server error codes that a reconnect resolves.
 const TRANSIENT_CODES: &[i32] = &[
     6,     // HostUnreachable

@@ -37,8 +37,8 @@ use anyhow::anyhow;
 use chrono::Utc;
 use pitr_mysql::event::types;
 use pitr_mysql::{
-    list_binlogs, redact_url, server_identity, BinlogClient, BinlogPos, ClientOptions, ErrorKind,
-    Flavor, MysqlError, RawEvent, ServerId, ServerIdentity, StartFrom, TxnTracker,
+    list_binlogs, server_identity, BinlogClient, BinlogPos, ClientOptions, ErrorKind, Flavor,
+    MysqlError, RawEvent, ServerId, ServerIdentity, StartFrom, TxnTracker,
 };
 use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
@@ -168,7 +168,7 @@ pub async fn archive(
     cancel: CancellationToken,
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
-    let shown = redact_url(&opts.url);
+    let shown = crate::redact::redact(&opts.url);
     let mut a = match prepare(opts, repo, progress, &cancel).await {
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),

@@ -168,20 +168,6 @@ impl fmt::Debug for BinlogClient {
     }
 }
 
-/// Replaces the password of a `mysql://user:pass@host` URL with `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
 fn col(row: &[Option<String>], i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
@@ -603,16 +589,6 @@ impl BinlogClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction() {
-        assert_eq!(
-            redact_url("mysql://pitr:secret@127.0.0.1:3306/db"),
-            "mysql://pitr:***@127.0.0.1:3306/db"
-        );
-        assert_eq!(redact_url("mysql://pitr@h"), "mysql://pitr@h");
-        assert_eq!(redact_url("mysql://u:p@ss@h"), "mysql://u:***@h");
-    }
 
     #[test]
     fn precheck() {

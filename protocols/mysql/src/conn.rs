@@ -101,15 +101,12 @@ fn percent_decode(s: &str) -> String {
 
 impl ConnParams {
     /// Parses `mysql://user:password@host[:port][/db]` (user and password
-    /// percent-encoded). Errors never echo the password.
+    /// percent-encoded). Errors never echo the URL (it may hold a password); callers name it, redacted.
     pub fn from_url(s: &str) -> Result<ConnParams> {
         let bad = |why: &str| {
             MysqlError::new(
                 ErrorKind::InvalidInput,
-                format!(
-                    "invalid MySQL URL {} ({why}); expected mysql://user:password@host:port",
-                    crate::client::redact_url(s)
-                ),
+                format!("invalid MySQL URL ({why}); expected mysql://user:password@host:port"),
             )
         };
         let url = url::Url::parse(s).map_err(|_| bad("not a URL"))?;

@@ -30,8 +30,7 @@ pub mod status_vars;
 pub mod txn;
 
 pub use client::{
-    list_binlogs, redact_url, server_identity, BinlogClient, ClientOptions, RawEvent,
-    ServerIdentity, StartFrom,
+    list_binlogs, server_identity, BinlogClient, ClientOptions, RawEvent, ServerIdentity, StartFrom,
 };
 pub use error::{DecodeError, ErrorKind, MysqlError};
 pub use event::{DecodeCtx, EventData, EventHeader};

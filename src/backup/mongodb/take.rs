@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redact::redact;
 use anyhow::{anyhow, Context as _};
 use bson::doc;
 use bytes::Bytes;
@@ -114,20 +115,6 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
     o.connect_timeout.get_or_insert(Duration::from_secs(15));
     o.app_name.get_or_insert_with(|| "pitr".into());
     Client::with_options(o).map_err(|e| anyhow!("connecting to {}: {e}", redact(url)))
-}
-
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((cred, host)) => match cred.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// The replica-set name and server version of a server.
@@ -395,36 +382,37 @@ async fn remove_parts(repo: &Repo, key: &BackupKey) {
     }
 }
 
-/// Prints the summary of a finished backup (`--json`: one JSON object on stdout).
-pub fn print_report(r: &MongoBackupResult, json: bool) {
+/// What a finished MongoDB backup reports (`pitr backup`, `pitr run`).
+pub fn report(r: &MongoBackupResult) -> crate::engine::BackupReport {
     let m = &r.manifest;
     let docs: u64 = m.collections.iter().map(|c| c.documents).sum();
-    if json {
-        let v = serde_json::json!({
-            "source": r.key.source.as_str(),
-            "backup": r.key.dir(),
-            "id": m.id,
-            "replica_set": m.system_id,
-            "start": format!("{}:{}", m.start.secs, m.start.inc),
-            "end": format!("{}:{}", m.end.secs, m.end.inc),
-            "end_wall": m.end_wall,
-            "collections": m.collections.len(),
-            "documents": docs,
-            "stored_bytes": m.stored_bytes(),
-        });
-        println!("{v}");
-    } else {
-        eprintln!(
-            "backup {} complete: oplog {}:{} .. {}:{} (consistent at {}), {} collections, {docs} documents, {} bytes stored",
-            r.key.dir(),
-            m.start.secs,
-            m.start.inc,
-            m.end.secs,
-            m.end.inc,
-            m.end_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            m.collections.len(),
-            m.stored_bytes()
-        );
+    let json = serde_json::json!({
+        "source": r.key.source.as_str(),
+        "backup": r.key.dir(),
+        "id": m.id,
+        "replica_set": m.system_id,
+        "start": format!("{}:{}", m.start.secs, m.start.inc),
+        "end": format!("{}:{}", m.end.secs, m.end.inc),
+        "end_wall": m.end_wall,
+        "collections": m.collections.len(),
+        "documents": docs,
+        "stored_bytes": m.stored_bytes(),
+    });
+    let summary = format!(
+        "backup {} complete: oplog {}:{} .. {}:{} (consistent at {}), {} collections, {docs} documents, {} bytes stored",
+        r.key.dir(),
+        m.start.secs,
+        m.start.inc,
+        m.end.secs,
+        m.end.inc,
+        m.end_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        m.collections.len(),
+        m.stored_bytes()
+    );
+    crate::engine::BackupReport {
+        key: r.key.clone(),
+        summary,
+        json,
     }
 }
 
@@ -433,12 +421,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_never_print() {
-        assert_eq!(
-            redact("mongodb://pitr:secret@h1:27017,h2:27018/?replicaSet=rs0"),
-            "mongodb://pitr:***@h1:27017,h2:27018/?replicaSet=rs0"
-        );
-        assert_eq!(redact("mongodb://h/"), "mongodb://h/");
+    fn source_name_from_the_replica_set() {
         assert_eq!(default_source_name("rs0"), "mongo-rs0");
     }
 }

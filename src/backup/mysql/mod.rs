@@ -328,34 +328,35 @@ pub async fn take_mysql_backup(
     Ok(MysqlBackupReport { key, manifest })
 }
 
-/// Prints the summary of a finished `pitr backup mysql://...`.
-pub fn print_report(r: &MysqlBackupReport, json: bool) {
+/// What a finished MySQL/MariaDB backup reports (`pitr backup`, `pitr run`).
+pub fn report(r: &MysqlBackupReport) -> crate::engine::BackupReport {
     let m = &r.manifest;
     let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
-    if json {
-        let v = serde_json::json!({
-            "source": r.key.source.as_str(),
-            "backup": r.key.dir(),
-            "id": m.id,
-            "binlog_file": m.binlog_file,
-            "binlog_pos": m.binlog_pos,
-            "gtid": m.gtid,
-            "snapshot_time_us": m.snapshot_time_us,
-            "tables": m.tables.len(),
-            "rows": rows,
-            "stored_bytes": m.stored_bytes(),
-        });
-        println!("{v}");
-    } else {
-        eprintln!(
-            "backup {} complete: snapshot at {}:{} (GTID {}), {} tables, {rows} rows, {} bytes stored",
-            r.key.dir(),
-            m.binlog_file,
-            m.binlog_pos,
-            if m.gtid.is_empty() { "-" } else { &m.gtid },
-            m.tables.len(),
-            m.stored_bytes()
-        );
+    let json = serde_json::json!({
+        "source": r.key.source.as_str(),
+        "backup": r.key.dir(),
+        "id": m.id,
+        "binlog_file": m.binlog_file,
+        "binlog_pos": m.binlog_pos,
+        "gtid": m.gtid,
+        "snapshot_time_us": m.snapshot_time_us,
+        "tables": m.tables.len(),
+        "rows": rows,
+        "stored_bytes": m.stored_bytes(),
+    });
+    let summary = format!(
+        "backup {} complete: snapshot at {}:{} (GTID {}), {} tables, {rows} rows, {} bytes stored",
+        r.key.dir(),
+        m.binlog_file,
+        m.binlog_pos,
+        if m.gtid.is_empty() { "-" } else { &m.gtid },
+        m.tables.len(),
+        m.stored_bytes()
+    );
+    crate::engine::BackupReport {
+        key: r.key.clone(),
+        summary,
+        json,
     }
 }
 

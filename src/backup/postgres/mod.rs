@@ -5,6 +5,8 @@
 //!   complete backup.
 //! * [`take`]: runs the backup and waits until the WAL from its start to its
 //!   stop position is archived.
+//! * [`report`]: what a finished backup reports, and its progress on a terminal.
 
 pub mod manifest;
+pub mod report;
 pub mod take;

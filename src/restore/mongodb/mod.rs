@@ -21,57 +21,32 @@ use anyhow::anyhow;
 use pitr_mongodb::OplogTs;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::identity::resolve_source;
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::backup::mongodb::manifest::{MongoManifest, MONGO_BACKUP_KIND};
-use crate::backup::mongodb::take::{connect, redact};
+use crate::backup::mongodb::take::connect;
+use crate::redact::redact;
+use crate::restore::request::{RestoreRequest, RestoreTarget};
 use crate::restore::session;
 use crate::restore::time::{parse_time, to_micros, utc_text};
 use crate::storage::Repo;
 use plan::{oplog_chain, plan_mongo, MongoPlan, MongoTarget};
 
-/// A MongoDB restore request (from the `restore` command line).
-#[derive(Debug, Clone, Default)]
-pub struct MongoRestoreArgs {
-    pub repo: String,
-    pub name: Option<String>,
-    /// `--to TIME`.
-    pub to: Option<String>,
-    /// `--to-ts SECS:INC`.
-    pub to_ts: Option<String>,
-    pub latest: bool,
-    /// `mongodb://...` of the replica set to restore into.
-    pub target: Option<String>,
-    pub dry_run: bool,
-    pub replace: bool,
-    pub json: bool,
-    /// Collections loaded at once.
-    pub parallel: usize,
-    /// Time to live of the restore pin (zero: the default).
-    pub pin_ttl: std::time::Duration,
-}
-
-/// Parses the target options.
-pub fn parse_target(a: &MongoRestoreArgs) -> anyhow::Result<MongoTarget> {
-    let given = [a.to.is_some(), a.to_ts.is_some(), a.latest]
-        .iter()
-        .filter(|x| **x)
-        .count();
-    if given != 1 {
-        return Err(anyhow!(
-            "give exactly one of --to TIME, --to-ts SECONDS:INCREMENT, --latest"
-        ));
+/// Parses the target of a request.
+pub fn parse_target(t: &RestoreTarget) -> anyhow::Result<MongoTarget> {
+    match t {
+        RestoreTarget::Latest => Ok(MongoTarget::Latest),
+        RestoreTarget::Time(t) => Ok(MongoTarget::Time(to_micros(parse_time(t)?))),
+        RestoreTarget::Ts(t) => {
+            let ts: OplogTs = t
+                .parse()
+                .map_err(|e| anyhow!("invalid --to-ts {t:?}: {e} (for example 1700000000:5)"))?;
+            Ok(MongoTarget::Ts(ts))
+        }
+        other => Err(anyhow!(
+            "{} is not a MongoDB restore target",
+            other.kind().flag()
+        )),
     }
-    if let Some(t) = &a.to {
-        return Ok(MongoTarget::Time(to_micros(parse_time(t)?)));
-    }
-    if let Some(t) = &a.to_ts {
-        let ts: OplogTs = t
-            .parse()
-            .map_err(|e| anyhow!("invalid --to-ts {t:?}: {e} (for example 1700000000:5)"))?;
-        return Ok(MongoTarget::Ts(ts));
-    }
-    Ok(MongoTarget::Latest)
 }
 
 /// Complete MongoDB backups among `keys`.
@@ -126,19 +101,16 @@ pub async fn make_plan(
 }
 
 /// Runs a MongoDB restore; returns the exit code.
-pub async fn run_mongo(a: MongoRestoreArgs) -> anyhow::Result<i32> {
-    let target = parse_target(&a)?;
-    let repo = Repo::open_existing(&a.repo)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let source = resolve_source(&repo, a.name.as_deref()).await?;
+pub async fn run_mongo(a: RestoreRequest) -> anyhow::Result<i32> {
+    let target = parse_target(&a.target)?;
+    let (repo, source) = (&a.repo, &a.source);
     if let MongoTarget::Time(t) = &target {
         eprintln!(
             "restoring to {}",
             utc_text(crate::restore::time::from_micros(*t))
         );
     }
-    let (p, backups) = make_plan(&repo, &source, &target).await?;
+    let (p, backups) = make_plan(repo, source, &target).await?;
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&p)?);
@@ -163,9 +135,9 @@ pub async fn run_mongo(a: MongoRestoreArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let url = a.target.clone().ok_or_else(|| {
-        anyhow!("--target mongodb://user:password@host:port/?replicaSet=NAME is required (or use --dry-run)")
-    })?;
+    let url = a
+        .server_url("mongodb://user:password@host:port/?replicaSet=NAME")?
+        .to_string();
     let (key, manifest) = backups
         .iter()
         .find(|(k, _)| k.dir() == p.backup_dir)
@@ -173,21 +145,21 @@ pub async fn run_mongo(a: MongoRestoreArgs) -> anyhow::Result<i32> {
     // Pin the backup and the oplog planned on for the whole load and replay:
     // prune and compaction in other processes delete none of it meanwhile.
     let planned = session::Planned {
-        source: &source,
+        source,
         target: &p.target,
         backup: key,
         segments: &p.segments,
         open_ended: matches!(target, MongoTarget::Latest),
     };
-    let guard = session::pin(&repo, planned, a.pin_ttl).await?;
-    let res = load_and_apply(&a, &repo, &p, key, manifest, &target, &url).await;
+    let guard = session::pin(repo, planned, a.pin_ttl).await?;
+    let res = load_and_apply(&a, repo, &p, key, manifest, &target, &url).await;
     session::release(guard).await;
     res
 }
 
 /// Checks the target, loads the backup and replays the oplog (under the pin).
 async fn load_and_apply(
-    a: &MongoRestoreArgs,
+    a: &RestoreRequest,
     repo: &Repo,
     p: &MongoPlan,
     key: &BackupKey,
@@ -203,7 +175,7 @@ async fn load_and_apply(
         .map_err(|e| anyhow!("cannot reach the target {}: {e}", redact(url)))?;
     let clash = load::clashes(&client, manifest).await?;
     if !clash.is_empty() {
-        if !a.replace {
+        if !a.load.replace {
             return Err(anyhow!(
                 "the target already has {}; restore into an empty replica set or pass --replace to drop them first",
                 clash.join(", ")
@@ -217,7 +189,7 @@ async fn load_and_apply(
         manifest.collections.len(),
         redact(url)
     );
-    let loaded = load::load_backup(repo, key, manifest, &client, a.parallel.max(1)).await?;
+    let loaded = load::load_backup(repo, key, manifest, &client, a.load.parallel.max(1)).await?;
     eprintln!(
         "loaded {} documents, {} indexes, {} views (collection UUIDs {}); applying the archived oplog to {}",
         loaded.documents,

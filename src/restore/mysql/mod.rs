@@ -30,60 +30,19 @@ use pitr_mysql::{BinlogPos, Flavor};
 use pitr_segment::Epoch;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::identity::resolve_source;
 use crate::backup::mysql::dump::{q, q1};
 use crate::backup::mysql::manifest::list_mysql_backups;
+use crate::restore::request::{RestoreRequest, RestoreTarget};
 use crate::restore::session;
 use crate::restore::time::{parse_time, to_micros, utc_text};
-use crate::storage::Repo;
 use plan::{plan_mysql, MysqlTarget};
 
-/// A MySQL/MariaDB restore request (from the `restore` command line).
-#[derive(Debug, Clone, Default)]
-pub struct MysqlRestoreArgs {
-    pub repo: String,
-    pub name: Option<String>,
-    /// `--to TIME`.
-    pub to: Option<String>,
-    /// `--to-gtid SET`.
-    pub to_gtid: Option<String>,
-    /// `--to-position FILE:POS`.
-    pub to_position: Option<String>,
-    pub latest: bool,
-    /// `mysql://user:password@host:port` of the server to restore into.
-    pub target: Option<String>,
-    pub dry_run: bool,
-    pub replace: bool,
-    pub json: bool,
-    /// Tables loaded at once, and connections the binlog is applied over.
-    pub parallel: usize,
-    /// `--skip-target-binlog`: the target does not binlog the restore.
-    pub skip_binlog: bool,
-    /// Time to live of the restore pin.
-    pub pin_ttl: std::time::Duration,
-}
-
-/// Parses the target options; `flavor` decides the GTID syntax.
-pub fn parse_target(a: &MysqlRestoreArgs, flavor: Flavor) -> anyhow::Result<MysqlTarget> {
-    let given = [
-        a.to.is_some(),
-        a.to_gtid.is_some(),
-        a.to_position.is_some(),
-        a.latest,
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if given != 1 {
-        return Err(anyhow!(
-            "give exactly one of --to TIME, --to-gtid SET, --to-position FILE:POS, --latest"
-        ));
-    }
-    if let Some(t) = &a.to {
-        return Ok(MysqlTarget::Time(to_micros(parse_time(t)?)));
-    }
-    if let Some(g) = &a.to_gtid {
-        return match flavor {
+/// Parses the target of a request; `flavor` decides the GTID syntax.
+pub fn parse_target(t: &RestoreTarget, flavor: Flavor) -> anyhow::Result<MysqlTarget> {
+    match t {
+        RestoreTarget::Latest => Ok(MysqlTarget::Latest),
+        RestoreTarget::Time(t) => Ok(MysqlTarget::Time(to_micros(parse_time(t)?))),
+        RestoreTarget::Gtid(g) => match flavor {
             Flavor::MariaDb => g.parse().map(MysqlTarget::MariaGtid).map_err(|e| {
                 anyhow!("invalid --to-gtid {g:?} (MariaDB: domain-server-seq,...): {e}")
             }),
@@ -91,20 +50,23 @@ pub fn parse_target(a: &MysqlRestoreArgs, flavor: Flavor) -> anyhow::Result<Mysq
                 .parse()
                 .map(MysqlTarget::MysqlGtid)
                 .map_err(|e| anyhow!("invalid --to-gtid {g:?} (MySQL: uuid:1-10,...): {e}")),
-        };
-    }
-    if let Some(p) = &a.to_position {
-        let pos: BinlogPos = p
-            .parse()
-            .map_err(|e| anyhow!("invalid --to-position: {e}"))?;
-        if pos.file.sequence().is_none() {
-            return Err(anyhow!(
-                "invalid --to-position {p:?}: the file name needs a numeric suffix (binlog.000003:1234)"
-            ));
+        },
+        RestoreTarget::Position(p) => {
+            let pos: BinlogPos = p
+                .parse()
+                .map_err(|e| anyhow!("invalid --to-position: {e}"))?;
+            if pos.file.sequence().is_none() {
+                return Err(anyhow!(
+                    "invalid --to-position {p:?}: the file name needs a numeric suffix (binlog.000003:1234)"
+                ));
+            }
+            Ok(MysqlTarget::Position(pos))
         }
-        return Ok(MysqlTarget::Position(pos));
+        other => Err(anyhow!(
+            "{} is not a MySQL/MariaDB restore target",
+            other.kind().flag()
+        )),
     }
-    Ok(MysqlTarget::Latest)
 }
 
 fn flavor_of(engine: &str) -> anyhow::Result<Flavor> {
@@ -116,15 +78,12 @@ fn flavor_of(engine: &str) -> anyhow::Result<Flavor> {
 }
 
 /// Runs a MySQL/MariaDB restore; returns the exit code.
-pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&a.repo)
+pub async fn run_mysql(a: RestoreRequest) -> anyhow::Result<i32> {
+    let (repo, source) = (&a.repo, &a.source);
+    let catalog = Catalog::load(repo, source)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let source = resolve_source(&repo, a.name.as_deref()).await?;
-    let catalog = Catalog::load(&repo, &source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let backups = list_mysql_backups(&repo, catalog.backups()).await?;
+    let backups = list_mysql_backups(repo, catalog.backups()).await?;
     let flavor = match backups.first() {
         Some((_, m)) => flavor_of(&m.engine)?,
         None => {
@@ -134,7 +93,7 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
             ))
         }
     };
-    let target = parse_target(&a, flavor)?;
+    let target = parse_target(&a.target, flavor)?;
     if let MysqlTarget::Time(t) = &target {
         eprintln!(
             "restoring to {}",
@@ -165,10 +124,8 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let url = a.target.clone().ok_or_else(|| {
-        anyhow!("--target mysql://user:password@host:port is required (or use --dry-run)")
-    })?;
-    ConnParams::from_url(&url).map_err(|e| anyhow!("{e}"))?;
+    let url = a.server_url("mysql://user:password@host:port")?.to_string();
+    ConnParams::from_url(&url).map_err(|e| anyhow!("{e}: {}", crate::redact::redact(&url)))?;
     let (key, manifest) = backups
         .iter()
         .find(|(k, _)| k.dir() == p.backup_dir)
@@ -177,14 +134,14 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
     let mut segs: Vec<String> = p.fde_segment.iter().cloned().collect();
     segs.extend(p.segments.iter().cloned());
     let planned = session::Planned {
-        source: &source,
+        source,
         target: &p.target,
         backup: key,
         segments: &segs,
         open_ended: matches!(target, MysqlTarget::Latest),
     };
-    let guard = session::pin(&repo, planned, a.pin_ttl).await?;
-    let res = load_and_apply(&a, &repo, &p, key, manifest, target, flavor, url).await;
+    let guard = session::pin(repo, planned, a.pin_ttl).await?;
+    let res = load_and_apply(&a, repo, &p, key, manifest, target, flavor, url).await;
     session::release(guard).await;
     res
 }
@@ -192,8 +149,8 @@ pub async fn run_mysql(a: MysqlRestoreArgs) -> anyhow::Result<i32> {
 /// Checks the target, loads the backup and applies the log (under the pin).
 #[allow(clippy::too_many_arguments)]
 async fn load_and_apply(
-    a: &MysqlRestoreArgs,
-    repo: &Repo,
+    a: &RestoreRequest,
+    repo: &crate::storage::Repo,
     p: &plan::MysqlPlan,
     key: &crate::archive::keys::BackupKey,
     manifest: &crate::backup::mysql::manifest::MysqlManifest,
@@ -228,7 +185,7 @@ async fn load_and_apply(
         .filter(|d| existing.iter().any(|e| e == d))
         .collect();
     if !clash.is_empty() {
-        if !a.replace {
+        if !a.load.replace {
             return Err(anyhow!(
                 "the target server already has database(s) {}; restore into an empty server or pass --replace to drop them first",
                 clash.join(", ")
@@ -244,15 +201,15 @@ async fn load_and_apply(
         "loading base backup {} ({} tables) into {}",
         p.backup_dir,
         manifest.tables.len(),
-        pitr_mysql::redact_url(&url)
+        crate::redact::redact(&url)
     );
     let rows = load::load_backup(
         &repo,
         key,
         manifest,
         &params,
-        a.parallel.max(1),
-        a.skip_binlog,
+        a.load.parallel.max(1),
+        a.load.skip_target_binlog,
     )
     .await?;
     eprintln!(
@@ -260,8 +217,8 @@ async fn load_and_apply(
         p.target
     );
     let opts = apply::ApplyOptions {
-        connections: a.parallel,
-        skip_binlog: a.skip_binlog,
+        connections: a.load.parallel,
+        skip_binlog: a.load.skip_target_binlog,
     };
     let (repo2, p2, manifest2) = (repo.clone(), p.clone(), manifest.clone());
     let report = on_own_thread(move || async move {

@@ -22,6 +22,7 @@ pub mod plan;
 mod plan_tests;
 pub mod planned;
 pub mod recover;
+pub mod run;
 pub mod wal_fetch;
 
 use std::io::{Read, Write as _};
@@ -43,22 +44,28 @@ use crate::storage::Repo;
 /// Downloads and fully verifies every segment of the plan (frame CRCs and
 /// whole-object checksum), so a damaged chain fails before anything runs.
 pub async fn verify_chain(repo: &Repo, plan: &Plan, parallel: usize) -> anyhow::Result<()> {
-    stream::iter(plan.segments.iter().map(|key| async move {
-        let k = SegmentKey::parse(key).map_err(|e| anyhow!("{e}"))?;
-        let object = repo.get(key).await.map_err(|e| anyhow!("{e}"))?;
-        let (meta, _) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-            .await?
-            .map_err(|e| {
-                anyhow!("segment {key} is corrupt: {e}; restore refused (run `pitr verify`)")
-            })?;
-        if meta.header.start != k.start || meta.footer.end != k.end {
-            bail!("segment {key} does not hold what its name says; restore refused");
-        }
-        Ok(())
+    // Owned keys and repository handles: the future stays `Send` for any caller.
+    stream::iter(plan.segments.iter().cloned().map(|key| {
+        let repo = repo.clone();
+        async move { verify_segment(&repo, &key).await }
     }))
     .buffer_unordered(parallel.max(1))
     .try_collect::<Vec<()>>()
     .await?;
+    Ok(())
+}
+
+async fn verify_segment(repo: &Repo, key: &str) -> anyhow::Result<()> {
+    let k = SegmentKey::parse(key).map_err(|e| anyhow!("{e}"))?;
+    let object = repo.get(key).await.map_err(|e| anyhow!("{e}"))?;
+    let (meta, _) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
+        .await?
+        .map_err(|e| {
+            anyhow!("segment {key} is corrupt: {e}; restore refused (run `pitr verify`)")
+        })?;
+    if meta.header.start != k.start || meta.footer.end != k.end {
+        bail!("segment {key} does not hold what its name says; restore refused");
+    }
     Ok(())
 }
 
