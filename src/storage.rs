@@ -84,11 +84,11 @@ pub enum StorageError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot open repository {url}: {reason}; check the AWS_* settings (bucket, region, endpoint)")]
     Open { url: String, reason: String },
-    #[error("cannot use local repository directory {path}: {source}; check --repo (the path must exist and be writable)")]
+    #[error("cannot use local repository directory {path}: {cause}; check --repo (the path must exist and be writable)")]
     LocalDir {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// In the message, not in the error chain (as every cause here).
+        cause: std::io::Error,
     },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
@@ -287,7 +287,7 @@ impl Repo {
             if !std::path::Path::new(path).is_dir() {
                 return Err(StorageError::LocalDir {
                     path: path.to_string(),
-                    source: std::io::Error::new(
+                    cause: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "no such repository directory",
                     ),
@@ -315,9 +315,9 @@ impl Repo {
                     });
                 }
                 let dir = std::path::PathBuf::from(rest);
-                let err = |source| StorageError::LocalDir {
+                let err = |cause| StorageError::LocalDir {
                     path: dir.display().to_string(),
-                    source,
+                    cause,
                 };
                 tokio::fs::create_dir_all(&dir).await.map_err(err)?;
                 let dir = tokio::fs::canonicalize(&dir).await.map_err(err)?;
@@ -327,7 +327,7 @@ impl Repo {
                 let store = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| StorageError::LocalDir {
                         path: dir.display().to_string(),
-                        source: std::io::Error::other(e.to_string()),
+                        cause: std::io::Error::other(e.to_string()),
                     })?
                     .with_fsync(true)
                     // A deleted object's directories go too once empty

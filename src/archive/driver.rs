@@ -21,6 +21,10 @@
 //!   in [`Ended::Continue`] (a new timeline or binlog file to follow at once);
 //! * cancellation (SIGTERM) ends the wait at once: the session itself
 //!   flushed what it had received before returning.
+//!
+//! [`run`] wraps the loop with the end every archiver shares: store what the
+//! uploader still holds, then let a successor in (release the lease, or
+//! report that it was lost), then report the first error.
 
 use std::future::Future;
 use std::time::Duration;
@@ -30,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::SourceName;
-use crate::archive::lease::{Lease, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{wind_down, Lease, LeaseError, LeaseGuard, LeaseOptions};
+use crate::archive::pipeline::{Durable, Uploader};
 use crate::archive::progress::ArchiveProgress;
 use crate::retry::Backoff;
 use crate::storage::Repo;
@@ -76,6 +81,22 @@ pub trait Connection: Send {
 
     /// The writer lease the archiver writes under.
     fn lease(&self) -> &LeaseGuard;
+
+    /// Takes the uploader (if one was started), to finish it when the work ends.
+    fn take_uploader(&mut self) -> Option<Uploader>;
+
+    /// Takes the lease (if one was acquired), to release it when the work ends.
+    fn take_lease(&mut self) -> Option<Lease>;
+
+    /// True when anything was written under the lease (an unused lease is
+    /// released without a trace).
+    fn wrote(&self) -> bool;
+
+    /// The archiver's progress (the lease generation is cleared at the end).
+    fn progress(&self) -> &ArchiveProgress;
+
+    /// Notes the final durable end once the uploader has stored everything.
+    fn durable(&mut self, d: &Durable);
 }
 
 /// First and largest reconnect delays.
@@ -124,6 +145,35 @@ pub async fn drive<C: Connection>(c: &mut C, cancel: &CancellationToken) -> anyh
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Runs [`drive`], then ends the work the same way for every engine: the
+/// uploader stores what it holds, the lease is released once everything is
+/// stored (or its loss is reported), and the errors are reported in this
+/// order: a lost lease, the sessions' error (worded by `explain`; a wait for
+/// the lease cut short by cancellation is no error), the uploader's.
+pub async fn run<C: Connection>(
+    c: &mut C,
+    cancel: &CancellationToken,
+    explain: impl FnOnce(anyhow::Error) -> anyhow::Error,
+) -> anyhow::Result<()> {
+    let result = drive(c, cancel).await;
+    let finished = match c.take_uploader() {
+        Some(up) => up.finish().await.map_err(anyhow::Error::from),
+        None => Ok(None),
+    };
+    if let Ok(Some(d)) = &finished {
+        c.durable(d);
+    }
+    let lease = c.take_lease();
+    wind_down(lease, c.lease(), c.progress(), c.wrote(), finished.is_ok()).await?;
+    match result {
+        Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {}
+        Err(e) => return Err(explain(e)),
+        Ok(()) => {}
+    }
+    finished?;
+    Ok(())
 }
 
 /// What every archiver does before it reads its first byte of log: take the

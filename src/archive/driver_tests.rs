@@ -1,6 +1,8 @@
 //! The driver's loop against a scripted double of [`Connection`], in paused
 //! virtual time: reconnects and their delays, the first connection, lost
-//! leases, definite errors, a failed uploader, `Continue` and cancellation.
+//! leases, definite errors, a failed uploader, `Continue` and cancellation;
+//! and the end of the work ([`run`]): the lease released, a loss or an error
+//! reported in its order.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,8 @@ struct Double {
     lease: Option<(Repo, Lease)>,
     /// What `classify` answers: the kind of the last scripted failure.
     kind: Failure,
+    progress: ArchiveProgress,
+    wrote: bool,
 }
 
 impl Double {
@@ -47,6 +51,8 @@ impl Double {
             guard: LeaseGuard::none(),
             lease: None,
             kind,
+            progress: ArchiveProgress::default(),
+            wrote: true,
         }
     }
 
@@ -110,6 +116,24 @@ impl Connection for Double {
     fn lease(&self) -> &LeaseGuard {
         &self.guard
     }
+
+    fn take_uploader(&mut self) -> Option<crate::archive::pipeline::Uploader> {
+        None
+    }
+
+    fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take().map(|(_, l)| l)
+    }
+
+    fn wrote(&self) -> bool {
+        self.wrote
+    }
+
+    fn progress(&self) -> &ArchiveProgress {
+        &self.progress
+    }
+
+    fn durable(&mut self, _d: &crate::archive::pipeline::Durable) {}
 }
 
 /// A double (`kind`: what `classify` answers before any scripted failure).
@@ -242,4 +266,80 @@ async fn cancellation_ends_a_backoff_and_a_session() {
     });
     drive(&mut d, &cancel).await.unwrap();
     assert!(d.steps.is_empty());
+}
+
+/// A lease of source `d` in a fresh in-memory repository.
+async fn held_lease(cancel: &CancellationToken) -> (Repo, Lease) {
+    let repo = Repo::open("memory://").await.unwrap();
+    let opts = LeaseOptions {
+        ttl: Duration::from_secs(30),
+        wait: false,
+        single_writer: false,
+    };
+    let lease = Lease::acquire(&repo, &SourceName::new("d").unwrap(), opts, cancel)
+        .await
+        .unwrap();
+    (repo, lease)
+}
+
+/// The `released` flag of the lease object of `d`.
+async fn released(repo: &Repo) -> Option<bool> {
+    let key = keys::writer_lease_key(&SourceName::new("d").unwrap());
+    let (body, _) = repo.get_versioned(&key).await.unwrap()?;
+    let rec: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    Some(rec["released"].as_bool().unwrap_or(false))
+}
+
+#[tokio::test]
+async fn the_end_of_the_work_releases_the_lease_and_words_the_error() {
+    let cancel = CancellationToken::new();
+    // Done: the lease is released for a successor, no error.
+    let (repo, lease) = held_lease(&cancel).await;
+    let mut d = double(&[Step::End(Ended::Done)], Failure::Transient);
+    d.guard = lease.guard();
+    d.lease = Some((repo.clone(), lease));
+    run(&mut d, &cancel, |e| e).await.unwrap();
+    assert_eq!(released(&repo).await, Some(true));
+    assert_eq!(
+        d.progress
+            .lease_generation
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // A definite error: released too, and reported in the engine's words.
+    let (repo, lease) = held_lease(&cancel).await;
+    let mut d = double(&[Step::Fail(Failure::Definite, true)], Failure::Definite);
+    d.guard = lease.guard();
+    d.lease = Some((repo.clone(), lease));
+    let e = run(&mut d, &cancel, |e| anyhow!("archiving d stopped: {e}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "archiving d stopped: scripted failure");
+    assert_eq!(released(&repo).await, Some(true));
+    // Nothing written under it: the lease goes without a trace.
+    let (repo, lease) = held_lease(&cancel).await;
+    let mut d = double(&[Step::End(Ended::Done)], Failure::Transient);
+    d.guard = lease.guard();
+    d.lease = Some((repo.clone(), lease));
+    d.wrote = false;
+    run(&mut d, &cancel, |e| e).await.unwrap();
+    assert_eq!(released(&repo).await, None);
+}
+
+#[tokio::test]
+async fn a_lost_lease_is_reported_before_the_sessions_error_and_not_released() {
+    let cancel = CancellationToken::new();
+    let (repo, lease) = held_lease(&cancel).await;
+    let mut d = double(&[Step::LoseLease], Failure::Transient);
+    d.guard = lease.guard();
+    d.lease = Some((repo.clone(), lease));
+    let e = run(&mut d, &cancel, |e| anyhow!("archiving d stopped: {e}"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("lost the writer lease of d"),
+        "{e}"
+    );
+    // The successor's lease object is left as it is.
+    assert_eq!(released(&repo).await, Some(false));
 }

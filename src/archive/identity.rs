@@ -179,10 +179,7 @@ pub async fn resolve_source(repo: &Repo, name: Option<&str>) -> anyhow::Result<S
     if let Some(n) = name {
         return SourceName::new(n).map_err(|e| anyhow::anyhow!("invalid --name: {e}"));
     }
-    let dirs = repo
-        .list_dirs("")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dirs = repo.list_dirs("").await?;
     let mut names: Vec<String> = dirs
         .into_iter()
         .map(|d| d.trim_end_matches('/').to_string())
@@ -190,7 +187,7 @@ pub async fn resolve_source(repo: &Repo, name: Option<&str>) -> anyhow::Result<S
         .collect();
     names.sort();
     match names.len() {
-        1 => SourceName::new(&names[0]).map_err(|e| anyhow::anyhow!("{e}")),
+        1 => Ok(SourceName::new(&names[0])?),
         0 => Err(anyhow::anyhow!(
             "the repository holds no source yet; check --repo or run `pitr archive` first"
         )),

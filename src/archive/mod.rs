@@ -10,6 +10,7 @@ pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod lease;
+pub mod oplog_chain;
 pub mod pins;
 pub mod pipeline;
 pub mod progress;

@@ -190,9 +190,9 @@ impl Pin {
     }
 
     fn key(&self) -> anyhow::Result<PinKey> {
-        let source = SourceName::new(&self.source).map_err(|e| anyhow!("{e}"))?;
+        let source = SourceName::new(&self.source)?;
         let ms = u64::try_from(self.expires_at.timestamp_millis()).unwrap_or(0);
-        PinKey::new(source, &self.id, ms).map_err(|e| anyhow!("{e}"))
+        Ok(PinKey::new(source, &self.id, ms)?)
     }
 }
 
@@ -210,10 +210,7 @@ async fn newest_keys(
     repo: &Repo,
     source: &SourceName,
 ) -> anyhow::Result<Vec<(PinKey, Vec<PinKey>)>> {
-    let listed = repo
-        .list(&pins_prefix(source))
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let listed = repo.list(&pins_prefix(source)).await?;
     let mut by_id: BTreeMap<String, Vec<PinKey>> = BTreeMap::new();
     for m in listed {
         let k = m.location.to_string();
@@ -239,7 +236,7 @@ async fn read_pin(repo: &Repo, key: &PinKey) -> anyhow::Result<Option<Pin>> {
             anyhow!("restore pin {k} is malformed ({e}); remove it if no restore is running")
         }),
         Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -281,7 +278,7 @@ async fn write_pin(repo: &Repo, pin: &Pin) -> anyhow::Result<()> {
         Err(StorageError::Divergent { .. }) => {
             // Another renewal of the same pin in the same millisecond.
         }
-        Err(e) => return Err(anyhow!("{e}")),
+        Err(e) => return Err(e.into()),
     }
     let source = key.source.clone();
     for (newest, older) in newest_keys(repo, &source).await? {
@@ -300,7 +297,7 @@ async fn write_pin(repo: &Repo, pin: &Pin) -> anyhow::Result<()> {
 async fn delete_quiet(repo: &Repo, key: &str) -> anyhow::Result<()> {
     match repo.delete(key).await {
         Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -414,7 +411,7 @@ impl PinGuard {
     pub async fn release(self) -> anyhow::Result<()> {
         self.renewer.abort();
         let pin = self.pin.lock().await.clone();
-        let source = SourceName::new(&pin.source).map_err(|e| anyhow!("{e}"))?;
+        let source = SourceName::new(&pin.source)?;
         release_by_id(&self.repo, &source, &pin.id).await?;
         tracing::debug!(pin = %pin.id, "restore pin removed");
         Ok(())

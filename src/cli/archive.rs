@@ -79,7 +79,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
             redact(&args.url)
         )
     })?;
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open(&args.repo).await?;
     let lease = args.lease();
     let req = ArchiveRequest {
         slot: args.slot,

@@ -51,7 +51,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
             redact(&args.url)
         )
     })?;
-    let repo = Repo::open(&args.repo).await.map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open(&args.repo).await?;
     let (cancel, signal) = shutdown_signal();
     let req = BackupRequest {
         part_size: args.part_size_mib.max(1) << 20,

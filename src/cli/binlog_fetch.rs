@@ -44,9 +44,7 @@ fn show_time(t: Option<TimestampMicros>) -> String {
 }
 
 pub async fn run(args: BinlogFetchArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&args.repo)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo).await?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     if args.list {
         for f in list_binlog_files(&repo, &source).await? {

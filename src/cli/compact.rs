@@ -71,12 +71,10 @@ pub async fn maintain(
 }
 
 pub async fn run(args: CompactArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&args.repo)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo).await?;
     let names: Vec<SourceName> = match &args.name {
         Some(n) => vec![SourceName::new(n).map_err(|e| anyhow!("invalid --name: {e}"))?],
-        None => list_sources(&repo).await.map_err(|e| anyhow!("{e}"))?,
+        None => list_sources(&repo).await?,
     };
     let opts = CompactionOptions {
         target_size: args.target_size_mib.max(1) << 20,

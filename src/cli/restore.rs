@@ -28,7 +28,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Target time `YYYY-MM-DD HH:MM:SS[.ffffff][Z|+HH:MM]` (local time
-    /// without an offset): every transaction committed at or before it, none after.
+    /// without an offset): every transaction committed at or before it, none after
+    /// (MariaDB records whole seconds: every transaction of the target's second).
     #[arg(long)]
     pub to: Option<String>,
     /// Target WAL position X/Y.
@@ -102,13 +103,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         (None, Some(u)) => RestoreInto::Server(u.clone()),
         (None, None) => RestoreInto::Nowhere,
     };
-    let repo = Repo::open_existing(&args.repo)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo).await?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     let recorded = read_identity(&repo, &source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?
+        .await?
         .and_then(|id| engine::by_code(id.engine));
     let engine = choose_engine(&source, recorded, &into, target.kind())?;
     let req = RestoreRequest {

@@ -330,8 +330,7 @@ async fn schedule_compaction(
 /// The server's WAL file size (the default when it cannot be asked).
 async fn wal_segment_size(url: &str) -> u64 {
     let ask = async {
-        let cfg =
-            pitr_postgres::conninfo::Config::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg = pitr_postgres::conninfo::Config::parse(url)?;
         let mut client = pitr_postgres::replication::ReplicationClient::connect(&cfg).await?;
         let size = client.wal_segment_size().await?;
         let _ = client.close().await;

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::Args;
 
 use crate::archive::pins;
@@ -75,9 +74,7 @@ pub struct WalFetchArgs {
 }
 
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&args.repo)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let repo = Repo::open_existing(&args.repo).await?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     let opts = FetchOptions {
         wal_segment_size: args.wal_segment_size,

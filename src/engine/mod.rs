@@ -255,7 +255,7 @@ pub async fn read_backup(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<
     let body = match repo.get(&k).await {
         Ok(b) => b,
         Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(anyhow::anyhow!("{e}")),
+        Err(e) => return Err(e.into()),
     };
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| anyhow::anyhow!("backup manifest {k} is not valid JSON: {e}"))?;

@@ -98,9 +98,7 @@ async fn load(repo: &Repo, source: &SourceName) -> anyhow::Result<(MysqlMeta, Ca
     let meta = read_meta(repo, source).await?.ok_or_else(|| {
         anyhow!("source {source} holds no MySQL/MariaDB binlog archive (no mysql.json)")
     })?;
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     Ok((meta, catalog))
 }
 
@@ -139,7 +137,7 @@ pub async fn fetch_binlog_file(
     };
     let parts: Vec<Vec<u8>> = stream::iter(keys.into_iter().map(|k| async move {
         let key = k.to_key();
-        let object = repo.get(&key).await.map_err(|e| anyhow!("{e}"))?;
+        let object = repo.get(&key).await?;
         let (m, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
             .await
             .map_err(|e| anyhow!("decoding {key}: {e}"))?

@@ -150,9 +150,7 @@ pub async fn fetch_oplog(
     dest: &Path,
     parallel: usize,
 ) -> anyhow::Result<OplogFetchOutcome> {
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     let (segs, gaps) = all_segments(&catalog);
     let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
         return Ok(OplogFetchOutcome::NotArchived(format!(
@@ -196,7 +194,7 @@ pub async fn fetch_oplog(
     let mut out = std::io::BufWriter::new(tmp);
     let mut fetched = stream::iter(keys.into_iter().map(|k| async move {
         let key = k.to_key();
-        let object = repo.get(&key).await.map_err(|e| anyhow!("{e}"))?;
+        let object = repo.get(&key).await?;
         let (m, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
             .await
             .map_err(|e| anyhow!("decoding {key}: {e}"))?
@@ -238,9 +236,7 @@ pub async fn fetch_oplog(
 
 /// Every archived segment of `source`, in position order.
 pub async fn list_oplog(repo: &Repo, source: &SourceName) -> anyhow::Result<Vec<ArchivedStretch>> {
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     let (segs, _) = all_segments(&catalog);
     Ok(segs
         .into_iter()

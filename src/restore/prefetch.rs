@@ -470,12 +470,7 @@ async fn fill(
     linger: Duration,
     stats: &mut WorkerStats,
 ) -> anyhow::Result<Option<String>> {
-    let load = || async {
-        Catalog::load(repo, source)
-            .await
-            .map(Arc::new)
-            .map_err(|e| anyhow!("{e}"))
-    };
+    let load = || async { Catalog::load(repo, source).await.map(Arc::new) };
     let mut catalog = load().await?;
     let mut loaded_at = Instant::now();
     let mut jobs: tokio::task::JoinSet<Job> = tokio::task::JoinSet::new();

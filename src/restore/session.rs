@@ -24,7 +24,7 @@ use crate::storage::Repo;
 pub fn epoch_spans(segments: &[String]) -> anyhow::Result<Vec<(Epoch, LogPos, LogPos)>> {
     let mut spans: BTreeMap<Epoch, (LogPos, LogPos)> = BTreeMap::new();
     for k in segments {
-        let sk = SegmentKey::parse(k).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sk = SegmentKey::parse(k)?;
         let e = spans.entry(sk.epoch).or_insert((sk.start, sk.end));
         e.0 = e.0.min(sk.start);
         e.1 = e.1.max(sk.end);

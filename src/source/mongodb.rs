@@ -45,11 +45,11 @@ use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::driver::{drive, take_over, Connection, Ended, Failure};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
-use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{start_failure, Lease, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::{reuse_map, RepoSink};
@@ -177,26 +177,10 @@ pub async fn archive(
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),
     };
-    let result = drive(&mut a, &cancel).await;
-    let finished = match a.uploader.take() {
-        Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
-        None => Ok(None),
-    };
-    if let Ok(Some(d)) = &finished {
-        a.note(d);
-        tracing::info!("oplog durable up to {}", show_end(d.epoch, d.pos));
-    }
-    wind_down(
-        a.lease.take(),
-        &a.guard,
-        &a.progress,
-        a.written,
-        finished.is_ok(),
-    )
-    .await?;
-    result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
-    finished?;
-    Ok(())
+    run(&mut a, &cancel, |e| {
+        anyhow!("archiving {shown} stopped: {e:#}")
+    })
+    .await
 }
 
 /// `term T, last ts S:I` for an exclusive chain end.
@@ -400,6 +384,27 @@ impl Connection for Archiver {
     fn lease(&self) -> &LeaseGuard {
         &self.guard
     }
+
+    fn take_uploader(&mut self) -> Option<Uploader> {
+        self.uploader.take()
+    }
+
+    fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    fn wrote(&self) -> bool {
+        self.written
+    }
+
+    fn progress(&self) -> &ArchiveProgress {
+        &self.progress
+    }
+
+    fn durable(&mut self, d: &Durable) {
+        self.note(d);
+        tracing::info!("oplog durable up to {}", show_end(d.epoch, d.pos));
+    }
 }
 
 impl Archiver {
@@ -487,9 +492,7 @@ impl Archiver {
             return Ok(());
         }
         let identity = SourceIdentity::new(self.source.as_str(), Engine::MongoDb, &self.set_name);
-        ensure_identity(&self.repo, &identity)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        ensure_identity(&self.repo, &identity).await?;
         let sink = Arc::new(RepoSink {
             repo: self.repo.clone(),
             source: self.source.clone(),
@@ -617,7 +620,7 @@ impl Archiver {
             raw: vec![bytes::Bytes::from(s.raw)],
         })
         .await
-        .map_err(|e| anyhow!("{e}"))
+        .map_err(anyhow::Error::from)
     }
 
     fn note(&self, d: &Durable) {

@@ -44,11 +44,11 @@ use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::SegmentEntry;
-use crate::archive::driver::{drive, take_over, Connection, Ended, Failure};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
-use crate::archive::lease::{start_failure, wind_down, Lease, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{start_failure, Lease, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::{reuse_map, RepoSink};
@@ -173,25 +173,10 @@ pub async fn archive(
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),
     };
-    let result = drive(&mut a, &cancel).await;
-    let finished = match a.uploader.take() {
-        Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
-        None => Ok(None),
-    };
-    if let Ok(Some(d)) = &finished {
-        tracing::info!("binlog durable up to {}", show_pos(a.meta.as_ref(), d.pos));
-    }
-    wind_down(
-        a.lease.take(),
-        &a.guard,
-        &a.progress,
-        a.written,
-        finished.is_ok(),
-    )
-    .await?;
-    result.map_err(|e| anyhow!("archiving {shown} stopped: {e:#}"))?;
-    finished?;
-    Ok(())
+    run(&mut a, &cancel, |e| {
+        anyhow!("archiving {shown} stopped: {e:#}")
+    })
+    .await
 }
 
 /// The system identifier stored in `source.json` and segment headers.
@@ -394,7 +379,7 @@ async fn find_tail(
 /// True when the segment at `key` ends with a ROTATE or STOP event (its
 /// binlog file is complete).
 async fn segment_ends_file(repo: &Repo, key: &str) -> anyhow::Result<bool> {
-    let object = repo.get(key).await.map_err(|e| anyhow!("{e}"))?;
+    let object = repo.get(key).await?;
     let k = key.to_string();
     let (_, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
         .await
@@ -433,6 +418,29 @@ impl Connection for Archiver {
 
     fn lease(&self) -> &LeaseGuard {
         &self.guard
+    }
+
+    fn take_uploader(&mut self) -> Option<Uploader> {
+        self.uploader.take()
+    }
+
+    fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    fn wrote(&self) -> bool {
+        self.written
+    }
+
+    fn progress(&self) -> &ArchiveProgress {
+        &self.progress
+    }
+
+    fn durable(&mut self, d: &Durable) {
+        tracing::info!(
+            "binlog durable up to {}",
+            show_pos(self.meta.as_ref(), d.pos)
+        );
     }
 }
 
@@ -497,9 +505,7 @@ impl Archiver {
         }
         let identity =
             SourceIdentity::new(self.source.as_str(), self.flavor.engine(), &self.system_id);
-        ensure_identity(&self.repo, &identity)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        ensure_identity(&self.repo, &identity).await?;
         let sink = Arc::new(RepoSink {
             repo: self.repo.clone(),
             source: self.source.clone(),
@@ -757,8 +763,7 @@ impl Archiver {
             records: 0,
             raw: Vec::new(),
         })
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+        .await?;
         self.next = Some(Resume {
             seq: next_seq,
             offset: FIRST_EVENT_OFFSET,
@@ -776,7 +781,7 @@ impl Archiver {
         let Some(up) = &self.uploader else {
             return Err(anyhow!("uploader not started"));
         };
-        up.submit(seg).await.map_err(|e| anyhow!("{e}"))?;
+        up.submit(seg).await?;
         self.next = Some(Resume {
             seq: end.hi,
             offset: end.lo,
@@ -800,7 +805,7 @@ impl Archiver {
         let Some(up) = self.uploader.take() else {
             return Ok(Ended::Shutdown);
         };
-        let durable = up.finish().await.map_err(|e| anyhow!("{e}"))?;
+        let durable = up.finish().await?;
         if let Some(d) = durable {
             if let Some(t) = d.last_commit {
                 self.progress

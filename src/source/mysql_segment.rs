@@ -208,7 +208,7 @@ pub async fn read_meta(repo: &Repo, source: &SourceName) -> anyhow::Result<Optio
             .map(Some)
             .map_err(|e| anyhow!("{key} is corrupt ({e}); the repository is damaged")),
         Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -216,7 +216,7 @@ pub async fn read_meta(repo: &Repo, source: &SourceName) -> anyhow::Result<Optio
 /// an error (the file names of the archive would become ambiguous).
 pub async fn ensure_meta(repo: &Repo, source: &SourceName, meta: &MysqlMeta) -> anyhow::Result<()> {
     let key = meta_key(source);
-    let body = serde_json::to_vec_pretty(meta).map_err(|e| anyhow!("{e}"))?;
+    let body = serde_json::to_vec_pretty(meta)?;
     match repo.put_if_absent(&key, Bytes::from(body)).await {
         Ok(PutOutcome::Created | PutOutcome::AlreadyIdentical) => Ok(()),
         Err(StorageError::Divergent { .. }) => match read_meta(repo, source).await? {
@@ -230,7 +230,7 @@ pub async fn ensure_meta(repo: &Repo, source: &SourceName, meta: &MysqlMeta) -> 
             )),
             None => Err(anyhow!("{key} vanished while being written; retry")),
         },
-        Err(e) => Err(anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 

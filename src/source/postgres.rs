@@ -47,11 +47,11 @@ use pitr_postgres::replication::{
 use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::driver::{drive, take_over, Connection, Ended, Failure};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
-use crate::archive::lease::{wind_down, Lease, LeaseError, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{Lease, LeaseGuard, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::pg_index::{Commit, CommitIndexer};
@@ -141,7 +141,7 @@ pub async fn archive(
     cancel: CancellationToken,
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
-    let cfg = Config::parse(&opts.url).map_err(|e| anyhow!("{e}"))?;
+    let cfg = Config::parse(&opts.url)?;
     let mut a = Archiver {
         slot: String::new(),
         cfg,
@@ -158,30 +158,7 @@ pub async fn archive(
         pending_switch: None,
         opts,
     };
-    let result = drive(&mut a, &cancel).await;
-    // Whatever happened, store what was received before returning.
-    let finished = match a.uploader.take() {
-        Some(up) => up.finish().await.map_err(|e| anyhow!("{e}")),
-        None => Ok(None),
-    };
-    if let Ok(Some(d)) = &finished {
-        a.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
-    }
-    // Nothing of this archiver writes any more: let a successor in.
-    wind_down(
-        a.lease.take(),
-        &a.guard,
-        &a.progress,
-        true,
-        finished.is_ok(),
-    )
-    .await?;
-    match result {
-        Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {}
-        other => other?,
-    }
-    finished?;
-    Ok(())
+    run(&mut a, &cancel, |e| e).await
 }
 
 impl Connection for Archiver {
@@ -223,6 +200,28 @@ impl Connection for Archiver {
     fn lease(&self) -> &LeaseGuard {
         &self.guard
     }
+
+    fn take_uploader(&mut self) -> Option<Uploader> {
+        self.uploader.take()
+    }
+
+    fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    /// Every PostgreSQL holder stores its takeover position as a segment
+    /// boundary: its lease is always released, never removed.
+    fn wrote(&self) -> bool {
+        true
+    }
+
+    fn progress(&self) -> &ArchiveProgress {
+        &self.progress
+    }
+
+    fn durable(&mut self, d: &Durable) {
+        self.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+    }
 }
 
 impl Archiver {
@@ -244,9 +243,7 @@ impl Archiver {
         };
         let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
         let identity = SourceIdentity::new(&name, Engine::Postgres, &ident.systemid);
-        ensure_identity(&self.repo, &identity)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        ensure_identity(&self.repo, &identity).await?;
         self.slot = match &self.opts.slot {
             Some(s) => s.clone(),
             None => default_slot_name(&name),
@@ -394,12 +391,8 @@ impl Archiver {
             return Ok(());
         };
         let (file, content) = client.timeline_history(tli).await?;
-        let key =
-            HistoryKey::new(source, Epoch(u64::from(tli.0)), &file).map_err(|e| anyhow!("{e}"))?;
-        self.repo
-            .put_if_absent(&key.to_key(), content)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        let key = HistoryKey::new(source, Epoch(u64::from(tli.0)), &file)?;
+        self.repo.put_if_absent(&key.to_key(), content).await?;
         Ok(())
     }
 
@@ -667,7 +660,7 @@ impl Archiver {
             return Err(anyhow!("uploader not started"));
         };
         self.next = Some((TimelineId(seg.epoch.0 as u32), end));
-        up.submit(seg).await.map_err(|e| anyhow!("{e}"))?;
+        up.submit(seg).await?;
         Ok(())
     }
 
@@ -681,7 +674,7 @@ impl Archiver {
         let Some(up) = self.uploader.take() else {
             return Ok(SessionEnd::Shutdown);
         };
-        let durable = up.finish().await.map_err(|e| anyhow!("{e}"))?;
+        let durable = up.finish().await?;
         if let Some(d) = durable {
             let lsn = Lsn(d.pos.lo);
             self.progress.durable_lsn.store(lsn.0, Ordering::Relaxed);

@@ -78,9 +78,9 @@ impl Repo {
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
-            .map_err(|source| StorageError::LocalDir {
+            .map_err(|cause| StorageError::LocalDir {
                 path: err_dir,
-                source,
+                cause,
             })
     }
 }

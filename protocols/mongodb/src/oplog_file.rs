@@ -28,12 +28,8 @@ const MIN_DOC_LEN: usize = 5;
 /// An error reading or writing an oplog file.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("reading the oplog at byte offset {offset} failed: {source}")]
-    Io {
-        offset: u64,
-        #[source]
-        source: io::Error,
-    },
+    #[error("reading the oplog at byte offset {offset} failed: {cause}")]
+    Io { offset: u64, cause: io::Error },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
@@ -42,7 +38,7 @@ impl FileError {
     /// I/O interrupted or timed out may succeed on a retry; malformed bytes never.
     pub fn is_transient(&self) -> bool {
         match self {
-            FileError::Io { source, .. } => matches!(
+            FileError::Io { cause: source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
@@ -176,8 +172,10 @@ impl<R: Read> OplogFileReader<R> {
     fn read_one(&mut self) -> Result<Option<(u64, OplogEntry)>, FileError> {
         let at = self.offset;
         let mut head = [0u8; 4];
-        let got = read_full(&mut self.r, &mut head)
-            .map_err(|source| FileError::Io { offset: at, source })?;
+        let got = read_full(&mut self.r, &mut head).map_err(|source| FileError::Io {
+            offset: at,
+            cause: source,
+        })?;
         if got == 0 {
             return Ok(None);
         }
@@ -201,7 +199,7 @@ impl<R: Read> OplogFileReader<R> {
         buf[..4].copy_from_slice(&head);
         let got = read_full(&mut self.r, &mut buf[4..]).map_err(|source| FileError::Io {
             offset: at + 4,
-            source,
+            cause: source,
         })?;
         if got < len - 4 {
             return Err(DecodeError::new(format!(
@@ -295,7 +293,7 @@ impl<W: Write> OplogFileWriter<W> {
     fn put(&mut self, b: &[u8]) -> Result<(), FileError> {
         self.w.write_all(b).map_err(|source| FileError::Io {
             offset: self.written,
-            source,
+            cause: source,
         })?;
         self.written += b.len() as u64;
         Ok(())
@@ -310,7 +308,7 @@ impl<W: Write> OplogFileWriter<W> {
     pub fn finish(mut self) -> Result<W, FileError> {
         self.w.flush().map_err(|source| FileError::Io {
             offset: self.written,
-            source,
+            cause: source,
         })?;
         Ok(self.w)
     }

@@ -160,6 +160,11 @@ impl PgError {
         self.0.kind
     }
 
+    /// The socket error behind an I/O failure, if this is one.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.0.source.as_ref()
+    }
+
     pub fn is_transient(&self) -> bool {
         self.0.kind == ErrorKind::Transient
     }
@@ -244,14 +249,9 @@ impl fmt::Display for PgError {
     }
 }
 
-impl std::error::Error for PgError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0
-            .source
-            .as_ref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+/// The I/O cause is part of the message, so it is not exposed again as a
+/// `source()`: an error chain printed with `{:#}` names it once.
+impl std::error::Error for PgError {}
 
 pub type Result<T, E = PgError> = std::result::Result<T, E>;
 

@@ -140,12 +140,8 @@ pub enum SegmentError {
     #[error("invalid segment writer input: {0}")]
     InvalidInput(String),
     /// The underlying reader or writer failed at object byte `offset`.
-    #[error("I/O error at object byte {offset}: {source}")]
-    Io {
-        offset: u64,
-        #[source]
-        source: io::Error,
-    },
+    #[error("I/O error at object byte {offset}: {cause}")]
+    Io { offset: u64, cause: io::Error },
 }
 
 impl SegmentError {
@@ -153,7 +149,7 @@ impl SegmentError {
     /// connection dropped). Corruption is never transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            SegmentError::Io { source, .. } => matches!(
+            SegmentError::Io { cause: source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted
                     | io::ErrorKind::TimedOut
@@ -212,7 +208,7 @@ impl SegmentError {
     /// keep their kind, corruption becomes `InvalidData`.
     pub(crate) fn into_io(self) -> io::Error {
         let kind = match &self {
-            SegmentError::Io { source, .. } => source.kind(),
+            SegmentError::Io { cause: source, .. } => source.kind(),
             SegmentError::Truncated { .. } => io::ErrorKind::UnexpectedEof,
             _ => io::ErrorKind::InvalidData,
         };
@@ -239,12 +235,12 @@ mod tests {
     fn transient_only_for_retryable_io() {
         let t = SegmentError::Io {
             offset: 5,
-            source: io::Error::new(io::ErrorKind::TimedOut, "slow"),
+            cause: io::Error::new(io::ErrorKind::TimedOut, "slow"),
         };
         assert!(t.is_transient());
         let d = SegmentError::Io {
             offset: 5,
-            source: io::Error::new(io::ErrorKind::PermissionDenied, "no"),
+            cause: io::Error::new(io::ErrorKind::PermissionDenied, "no"),
         };
         assert!(!d.is_transient());
         let c = SegmentError::ChecksumMismatch {

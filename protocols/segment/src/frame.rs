@@ -158,7 +158,10 @@ impl FrameEncoder {
                 self.out.clear();
                 self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
                 c.compress_to_buffer(raw, &mut self.out)
-                    .map_err(|source| SegmentError::Io { offset, source })?;
+                    .map_err(|source| SegmentError::Io {
+                        offset,
+                        cause: source,
+                    })?;
                 Ok(&self.out)
             }
             None => Ok(raw),
@@ -281,7 +284,7 @@ impl FrameDecoder {
             slot => Ok(
                 slot.insert(Decompressor::new().map_err(|e| SegmentError::Io {
                     offset: base,
-                    source: e,
+                    cause: e,
                 })?),
             ),
         }

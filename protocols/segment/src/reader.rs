@@ -312,7 +312,7 @@ impl<R: Read> SegmentReader<R> {
                 Err(source) => {
                     return Err(SegmentError::Io {
                         offset: start + filled as u64,
-                        source,
+                        cause: source,
                     })
                 }
             }
@@ -398,7 +398,7 @@ impl<R: Read> SegmentReader<R> {
                 Err(source) => {
                     return Err(SegmentError::Io {
                         offset: end,
-                        source,
+                        cause: source,
                     })
                 }
             }
@@ -433,7 +433,7 @@ impl<R: Read> SegmentReader<R> {
                 Err(source) => {
                     return Err(SegmentError::Io {
                         offset: start + filled as u64,
-                        source,
+                        cause: source,
                     })
                 }
             }

@@ -153,9 +153,10 @@ impl<W: Write> SegmentWriter<W> {
         let trailer = encode_trailer(footer_offset, footer_bytes.len() as u32, self.crc);
         self.put(&trailer)?;
         let offset = self.pos;
-        self.w
-            .flush()
-            .map_err(|source| SegmentError::Io { offset, source })?;
+        self.w.flush().map_err(|source| SegmentError::Io {
+            offset,
+            cause: source,
+        })?;
         let meta = SegmentMeta {
             header: self.header,
             footer,
@@ -244,9 +245,10 @@ impl<W: Write> SegmentWriter<W> {
         let hb = h.encode();
         let r = write_tracked(&mut self.w, &mut self.pos, &mut self.crc, &hb).and_then(|()| {
             let offset = self.pos;
-            self.w
-                .write_all(stored)
-                .map_err(|source| SegmentError::Io { offset, source })
+            self.w.write_all(stored).map_err(|source| SegmentError::Io {
+                offset,
+                cause: source,
+            })
         });
         if let Err(e) = r {
             self.failed = true;
@@ -273,7 +275,7 @@ impl<W: Write> SegmentWriter<W> {
 fn write_tracked<W: Write>(w: &mut W, pos: &mut u64, crc: &mut u32, bytes: &[u8]) -> Result<()> {
     w.write_all(bytes).map_err(|source| SegmentError::Io {
         offset: *pos,
-        source,
+        cause: source,
     })?;
     *crc = crc32c::crc32c_append(*crc, bytes);
     *pos += bytes.len() as u64;

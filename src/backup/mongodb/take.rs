@@ -24,9 +24,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::redact::redact;
 use anyhow::{anyhow, Context as _};
-use bson::doc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use mongodb::Client;
@@ -40,10 +38,14 @@ use super::manifest::{
 use crate::archive::catalog::Catalog;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
+use crate::archive::oplog_chain::{covers, oplog_chain};
 use crate::backup::interrupt::StartedBackup;
 use crate::backup::mysql::dump::StreamWriter;
-use crate::restore::mongodb::plan::{covers, oplog_chain};
+use crate::source::mongodb_tail::{connect, Conn};
 use crate::storage::Repo;
+
+/// How long an unreachable server is waited for (when the URL does not say).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Settings of one backup.
 #[derive(Debug, Clone)]
@@ -105,43 +107,6 @@ pub fn default_source_name(set_name: &str) -> String {
     format!("mongo-{set_name}")
 }
 
-/// Connects with the driver (short server selection: a wrong URL fails fast).
-pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    let mut o = mongodb::options::ClientOptions::parse(url)
-        .await
-        .map_err(|e| anyhow!("invalid MongoDB URL {}: {e}", redact(url)))?;
-    o.server_selection_timeout
-        .get_or_insert(Duration::from_secs(15));
-    o.connect_timeout.get_or_insert(Duration::from_secs(15));
-    o.app_name.get_or_insert_with(|| "pitr".into());
-    Client::with_options(o).map_err(|e| anyhow!("connecting to {}: {e}", redact(url)))
-}
-
-/// The replica-set name and server version of a server.
-pub async fn server_facts(client: &Client, url: &str) -> anyhow::Result<(String, String)> {
-    let admin = client.database("admin");
-    let hello = admin.run_command(doc! {"hello": 1}).await.map_err(|e| {
-        anyhow!(
-            "cannot reach the MongoDB server {}: {}",
-            redact(url),
-            crate::source::mongodb_tail::describe(&e)
-        )
-    })?;
-    let set = hello.get_str("setName").map_err(|_| {
-        anyhow!(
-            "{} is not a replica-set member: pitr needs the oplog of a replica set (a one-member set is enough)",
-            redact(url)
-        )
-    })?;
-    let version = admin
-        .run_command(doc! {"buildInfo": 1})
-        .await
-        .ok()
-        .and_then(|b| b.get_str("version").ok().map(str::to_string))
-        .unwrap_or_default();
-    Ok((set.to_string(), version))
-}
-
 /// Takes a backup; see the module docs.
 pub async fn take_mongo_backup(
     opts: &MongoBackupOptions,
@@ -159,8 +124,11 @@ pub async fn take_mongo_backup_with(
     wait: OplogWait,
 ) -> anyhow::Result<MongoBackupResult> {
     let start_time = Utc::now();
-    let client = connect(&opts.url).await?;
-    let (set_name, version) = server_facts(&client, &opts.url).await?;
+    let Conn {
+        client,
+        set_name,
+        version,
+    } = connect(&opts.url, CONNECT_TIMEOUT).await?;
     let name = opts
         .name
         .clone()
@@ -170,12 +138,10 @@ pub async fn take_mongo_backup_with(
         repo,
         &SourceIdentity::new(&name, pitr_segment::Engine::MongoDb, &set_name),
     )
-    .await
-    .map_err(|e| anyhow!("{e}"))?;
+    .await?;
     let start = dump::oplog_top(&client).await?;
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
-    let key =
-        BackupKey::new(source.clone(), start.ts.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
+    let key = BackupKey::new(source.clone(), start.ts.to_log_pos(), &id)?;
     // Renewed until this function returns; removed by `run_interruptible`.
     let _pin = opts
         .started
@@ -326,9 +292,7 @@ async fn wait_for_oplog(
     let mut last_tail = None;
     let mut told = false;
     loop {
-        let catalog = Catalog::load(repo, source)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        let catalog = Catalog::load(repo, source).await?;
         let terms: Vec<_> = catalog
             .epochs()
             .into_iter()

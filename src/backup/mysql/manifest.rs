@@ -132,7 +132,7 @@ pub async fn read_mysql_manifest(
     let body = match repo.get(&k).await {
         Ok(b) => b,
         Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(anyhow!("{e}")),
+        Err(e) => return Err(e.into()),
     };
     let v: serde_json::Value = serde_json::from_slice(&body)
         .with_context(|| format!("backup manifest {k} is not valid JSON"))?;

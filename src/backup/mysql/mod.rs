@@ -101,9 +101,7 @@ pub fn default_source(identity: &pitr_mysql::ServerIdentity) -> anyhow::Result<(
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 async fn connect(params: &ConnParams) -> anyhow::Result<Conn> {
-    Conn::connect(params, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| anyhow!("{e}"))
+    Ok(Conn::connect(params, CONNECT_TIMEOUT).await?)
 }
 
 /// Session settings of every backup connection.
@@ -187,9 +185,7 @@ pub async fn take_mysql_backup(
     repo: &Repo,
 ) -> anyhow::Result<MysqlBackupReport> {
     let start_time = Utc::now();
-    let identity = pitr_mysql::server_identity(&opts.url)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let identity = pitr_mysql::server_identity(&opts.url).await?;
     let (default_name, system_id) = default_source(&identity)?;
     let name = opts.name.clone().unwrap_or(default_name);
     let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
@@ -197,10 +193,9 @@ pub async fn take_mysql_backup(
         repo,
         &SourceIdentity::new(&name, identity.flavor.engine(), &system_id),
     )
-    .await
-    .map_err(|e| anyhow!("{e}"))?;
+    .await?;
     let flavor = identity.flavor;
-    let params = ConnParams::from_url(&opts.url).map_err(|e| anyhow!("{e}"))?;
+    let params = ConnParams::from_url(&opts.url)?;
 
     let n = opts.parallel.clamp(1, 64);
     let mut workers = Vec::with_capacity(n);
@@ -243,7 +238,7 @@ pub async fn take_mysql_backup(
         .to_log_pos()
         .ok_or_else(|| anyhow!("binlog file name {} has no numeric suffix", pos.file))?;
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
-    let key = BackupKey::new(source.clone(), start, &id).map_err(|e| anyhow!("{e}"))?;
+    let key = BackupKey::new(source.clone(), start, &id)?;
     // Renewed until this function returns; removed by `run_interruptible`.
     let _pin = opts
         .started

@@ -124,7 +124,7 @@ pub async fn read_manifest(repo: &Repo, key: &BackupKey) -> anyhow::Result<Optio
             Ok(Some(m))
         }
         Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 

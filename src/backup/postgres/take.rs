@@ -180,7 +180,7 @@ pub async fn take_backup(
     repo: &Repo,
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<BackupReport> {
-    let cfg = Config::parse(&opts.url).map_err(|e| anyhow!("{e}"))?;
+    let cfg = Config::parse(&opts.url)?;
     let mut client = ReplicationClient::connect(&cfg).await?;
     let ident = client.identify_system().await?;
     let server_version = client
@@ -198,8 +198,7 @@ pub async fn take_backup(
         repo,
         &SourceIdentity::new(&name, Engine::Postgres, &ident.systemid),
     )
-    .await
-    .map_err(|e| anyhow!("{e}"))?;
+    .await?;
 
     let start_time = Utc::now();
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
@@ -211,8 +210,7 @@ pub async fn take_backup(
     };
     let mut stream = BaseBackupStream::start_backup(&cfg, &bb_opts).await?;
     let start = stream.start().clone();
-    let key =
-        BackupKey::new(source.clone(), start.lsn.to_log_pos(), &id).map_err(|e| anyhow!("{e}"))?;
+    let key = BackupKey::new(source.clone(), start.lsn.to_log_pos(), &id)?;
     // Renewed until this function returns; removed by `run_interruptible`.
     let _pin = opts
         .started
@@ -331,9 +329,7 @@ async fn covered(
     start: Lsn,
     end: Lsn,
 ) -> anyhow::Result<(bool, Option<u64>)> {
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     let ok = catalog
         .segments_covering(epoch, start.to_log_pos(), end.to_log_pos())
         .is_ok();
@@ -355,7 +351,7 @@ async fn ensure_wal(
     let mut last_growth = Instant::now();
     let mut announced = false;
     while !ok {
-        let lease = read_lease(repo, source).await.map_err(|e| anyhow!("{e}"))?;
+        let lease = read_lease(repo, source).await?;
         let Some(live) = lease.filter(|l| l.state(Utc::now()) == LeaseState::Live) else {
             break;
         };

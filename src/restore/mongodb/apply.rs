@@ -93,7 +93,7 @@ pub struct ApplyReport {
 
 /// Fetches and verifies one segment; its payload.
 async fn fetch(repo: Repo, key: String) -> anyhow::Result<Vec<u8>> {
-    let sk = SegmentKey::parse(&key).map_err(|e| anyhow!("{e}"))?;
+    let sk = SegmentKey::parse(&key)?;
     let body = repo
         .get(&key)
         .await
@@ -253,7 +253,7 @@ pub async fn apply_oplog(
             if e.ts() <= plan.start_ts {
                 // In the backup, unless part of a transaction still open at `start`.
                 if m.is_txn() && (m.partial_txn || m.prepare) {
-                    planner.push(&e).map_err(|e| anyhow!("{e}"))?;
+                    planner.push(&e)?;
                 }
                 continue;
             }
@@ -266,7 +266,7 @@ pub async fn apply_oplog(
                     break 'segments;
                 }
             }
-            if planner.push(&e).map_err(|e| anyhow!("{e}"))? == Pushed::PastTarget {
+            if planner.push(&e)? == Pushed::PastTarget {
                 stopped = Some(format!(
                     "at the first entry after the target (ts {})",
                     ts_text(e.ts())

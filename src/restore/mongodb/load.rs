@@ -108,7 +108,7 @@ impl<'a> StreamReader<'a> {
             return Ok(Some(out));
         };
         self.next_part += 1;
-        let k = self.key.part_key(&p.key).map_err(|e| anyhow!("{e}"))?;
+        let k = self.key.part_key(&p.key)?;
         let body = self
             .repo
             .get(&k)

@@ -23,11 +23,11 @@ use pitr_mongodb::OplogTs;
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::backup::mongodb::manifest::{MongoManifest, MONGO_BACKUP_KIND};
-use crate::backup::mongodb::take::connect;
 use crate::redact::redact;
 use crate::restore::request::{RestoreRequest, RestoreTarget};
 use crate::restore::session;
 use crate::restore::time::{parse_time, to_micros, utc_text};
+use crate::source::mongodb_tail::connect;
 use crate::storage::Repo;
 use plan::{oplog_chain, plan_mongo, MongoPlan, MongoTarget};
 
@@ -59,7 +59,7 @@ pub async fn list_mongo_backups(
         let body = match repo.get(&k.to_key()).await {
             Ok(b) => b,
             Err(crate::storage::StorageError::NotFound { .. }) => continue,
-            Err(e) => return Err(anyhow!("{e}")),
+            Err(e) => return Err(e.into()),
         };
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| anyhow!("backup manifest {} is not valid JSON: {e}", k.to_key()))?;
@@ -83,9 +83,7 @@ pub async fn make_plan(
     source: &SourceName,
     target: &MongoTarget,
 ) -> anyhow::Result<(MongoPlan, Vec<(BackupKey, MongoManifest)>)> {
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     let backups = list_mongo_backups(repo, catalog.backups()).await?;
     let mut terms = Vec::new();
     let mut gaps = Vec::new();
@@ -96,7 +94,7 @@ pub async fn make_plan(
         }
     }
     let chain = oplog_chain(&terms);
-    let p = plan_mongo(&chain, &gaps, &backups, target).map_err(|e| anyhow!("{e}"))?;
+    let p = plan_mongo(&chain, &gaps, &backups, target)?;
     Ok((p, backups))
 }
 
@@ -167,12 +165,11 @@ async fn load_and_apply(
     target: &MongoTarget,
     url: &str,
 ) -> anyhow::Result<i32> {
-    let client = connect(url).await?;
-    client
-        .database("admin")
-        .run_command(bson::doc! {"ping": 1})
+    // The archiver's own connect: the same checks (credentials, replica set) and wording.
+    let client = connect(url, std::time::Duration::from_secs(15))
         .await
-        .map_err(|e| anyhow!("cannot reach the target {}: {e}", redact(url)))?;
+        .map_err(|e| anyhow!("the restore target {}: {e}", redact(url)))?
+        .client;
     let clash = load::clashes(&client, manifest).await?;
     if !clash.is_empty() {
         if !a.load.replace {

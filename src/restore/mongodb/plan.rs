@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::archive::catalog::SegmentEntry;
 use crate::archive::keys::{BackupKey, GapKey};
+pub use crate::archive::oplog_chain::{covers, oplog_chain};
 use crate::backup::mongodb::manifest::MongoManifest;
 use crate::restore::time::{from_micros, utc_text};
 
@@ -98,50 +99,6 @@ fn pos_text(p: LogPos) -> String {
 
 fn time_text(us: i64) -> String {
     utc_text(from_micros(TimestampMicros(us)))
-}
-
-/// The segments of every term merged into one chain by position: sorted by
-/// start (the newer term first where two start at the same position); a
-/// segment starting inside the chain built so far overlaps it (history
-/// archived under two terms) and is left out, as the catalog leaves out
-/// conflicting segments; a hole that leaves is refused by the plan.
-pub fn oplog_chain(terms: &[Vec<SegmentEntry>]) -> Vec<SegmentEntry> {
-    let mut all: Vec<&SegmentEntry> = terms.iter().flatten().collect();
-    all.sort_by(|a, b| {
-        (
-            a.key.start,
-            std::cmp::Reverse(a.key.epoch),
-            std::cmp::Reverse(a.key.end),
-        )
-            .cmp(&(
-                b.key.start,
-                std::cmp::Reverse(b.key.epoch),
-                std::cmp::Reverse(b.key.end),
-            ))
-    });
-    let mut out: Vec<SegmentEntry> = Vec::new();
-    for s in all {
-        if out.last().is_none_or(|l| s.key.start >= l.key.end) {
-            out.push(s.clone());
-        }
-    }
-    out
-}
-
-/// True when `[from, to)` is covered by contiguous segments of `chain`.
-pub fn covers(chain: &[SegmentEntry], from: LogPos, to: LogPos) -> bool {
-    let i = chain.partition_point(|s| s.key.end <= from);
-    let mut at = from;
-    for s in &chain[i..] {
-        if s.key.start > at {
-            return false;
-        }
-        at = at.max(s.key.end);
-        if at >= to {
-            return true;
-        }
-    }
-    at >= to
 }
 
 fn hole_error(gaps: &[GapKey], from: LogPos, to: LogPos) -> PlanError {

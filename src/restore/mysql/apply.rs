@@ -81,7 +81,7 @@ pub struct ApplyOptions {
 
 /// Fetches and decodes a segment: (start, payload).
 async fn fetch(repo: Repo, key: String) -> anyhow::Result<(LogPos, Vec<u8>)> {
-    let sk = SegmentKey::parse(&key).map_err(|e| anyhow!("{e}"))?;
+    let sk = SegmentKey::parse(&key)?;
     let body = repo
         .get(&key)
         .await
@@ -183,9 +183,7 @@ pub async fn apply_log(
         rep.stopped = "the backup already is at the GTID target".into();
         return Ok(rep);
     }
-    let mut conn = Conn::connect(params, std::time::Duration::from_secs(15))
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut conn = Conn::connect(params, std::time::Duration::from_secs(15)).await?;
     let max_packet: usize =
         crate::backup::mysql::dump::q1(&mut conn, "SELECT @@max_allowed_packet")
             .await?
@@ -244,9 +242,7 @@ pub async fn apply_log(
         let (start, payload) = fetch(repo.clone(), k.clone()).await?;
         if let Some((_, ev)) = split_events(&payload, start)?.first() {
             if ev.get(4) == Some(&types::FORMAT_DESCRIPTION) {
-                replayer
-                    .format_description(ev)
-                    .map_err(|e| anyhow!("{e}"))?;
+                replayer.format_description(ev)?;
             }
         }
     }

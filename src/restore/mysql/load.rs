@@ -62,7 +62,7 @@ where
     let mut sha = Sha256::new();
     let mut size = 0u64;
     for p in &s.parts {
-        let k = key.part_key(&p.key).map_err(|e| anyhow!("{e}"))?;
+        let k = key.part_key(&p.key)?;
         let body = repo
             .get(&k)
             .await
@@ -170,9 +170,7 @@ pub async fn load_backup(
 ) -> anyhow::Result<u64> {
     let schema = read_schema(repo, key, m).await?;
     let timeout = std::time::Duration::from_secs(15);
-    let mut conn = Conn::connect(params, timeout)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut conn = Conn::connect(params, timeout).await?;
     load_session(&mut conn, no_binlog).await?;
     for db in &schema.databases {
         exec(&mut conn, &db.create, &format!("database {}", db.name)).await?;
@@ -198,9 +196,7 @@ pub async fn load_backup(
     for _ in 0..parallel.clamp(1, 64).min(m.tables.len().max(1)) {
         let (queue, repo, key, params) = (queue.clone(), repo.clone(), key.clone(), params.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::connect(&params, timeout)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
+            let mut c = Conn::connect(&params, timeout).await?;
             load_session(&mut c, no_binlog).await?;
             let mut rows = 0u64;
             loop {

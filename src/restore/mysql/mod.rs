@@ -80,9 +80,7 @@ fn flavor_of(engine: &str) -> anyhow::Result<Flavor> {
 /// Runs a MySQL/MariaDB restore; returns the exit code.
 pub async fn run_mysql(a: RestoreRequest) -> anyhow::Result<i32> {
     let (repo, source) = (&a.repo, &a.source);
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     let backups = list_mysql_backups(repo, catalog.backups()).await?;
     let flavor = match backups.first() {
         Some((_, m)) => flavor_of(&m.engine)?,
@@ -104,7 +102,7 @@ pub async fn run_mysql(a: RestoreRequest) -> anyhow::Result<i32> {
         Some(e) => (e.segments().to_vec(), e.gaps().to_vec()),
         None => (Vec::new(), Vec::new()),
     };
-    let p = plan_mysql(&chain, &gaps, &backups, &target).map_err(|e| anyhow!("{e}"))?;
+    let p = plan_mysql(&chain, &gaps, &backups, &target)?;
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&p)?);
@@ -158,12 +156,10 @@ async fn load_and_apply(
     flavor: Flavor,
     url: String,
 ) -> anyhow::Result<i32> {
-    let params = ConnParams::from_url(&url).map_err(|e| anyhow!("{e}"))?;
+    let params = ConnParams::from_url(&url)?;
     let repo = repo.clone();
     let schema = load::read_schema(&repo, key, manifest).await?;
-    let mut conn = Conn::connect(&params, std::time::Duration::from_secs(15))
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut conn = Conn::connect(&params, std::time::Duration::from_secs(15)).await?;
     let target_flavor = Flavor::from_version(conn.server_version());
     if target_flavor != flavor {
         return Err(anyhow!(

@@ -237,9 +237,7 @@ pub(super) async fn run(
     // Refused on one connection, the setting is refused on all (same user).
     let mut annotations_refused = false;
     for _ in 0..n {
-        let mut c = Conn::connect_multi_statements(params, Duration::from_secs(15))
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        let mut c = Conn::connect_multi_statements(params, Duration::from_secs(15)).await?;
         if no_binlog {
             super::load::skip_binlog(&mut c).await?;
         } else if !annotations_refused {
@@ -551,7 +549,7 @@ async fn execute(
             Err((i, e)) => {
                 let code = e.code();
                 let Some((eoff, short)) = stmts.get(i).or(stmts.last()) else {
-                    return Err((code, anyhow!("{e}")));
+                    return Err((code, e.into()));
                 };
                 Err((
                     code,

@@ -56,8 +56,8 @@ pub async fn verify_chain(repo: &Repo, plan: &Plan, parallel: usize) -> anyhow::
 }
 
 async fn verify_segment(repo: &Repo, key: &str) -> anyhow::Result<()> {
-    let k = SegmentKey::parse(key).map_err(|e| anyhow!("{e}"))?;
-    let object = repo.get(key).await.map_err(|e| anyhow!("{e}"))?;
+    let k = SegmentKey::parse(key)?;
+    let object = repo.get(key).await?;
     let (meta, _) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
         .await?
         .map_err(|e| {
@@ -178,8 +178,8 @@ async fn unpack_archive(
     });
     let mut send_err = None;
     for p in &a.parts {
-        let k = key.part_key(&p.key).map_err(|e| anyhow!("{e}"))?;
-        let data = repo.get(&k).await.map_err(|e| anyhow!("{e}"))?;
+        let k = key.part_key(&p.key)?;
+        let data = repo.get(&k).await?;
         let sha = hex::encode(Sha256::digest(&data));
         if data.len() as u64 != p.size || sha != p.sha256 {
             send_err = Some(anyhow!(

@@ -191,7 +191,7 @@ async fn connect(
         }
     }
     Err(ConnectError {
-        error: last.map_or_else(|| anyhow!("no user to connect as"), |e| anyhow!("{e}")),
+        error: last.map_or_else(|| anyhow!("no user to connect as"), anyhow::Error::from),
         definite,
     })
 }

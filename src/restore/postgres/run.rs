@@ -58,9 +58,7 @@ pub async fn run(req: RestoreRequest) -> anyhow::Result<i32> {
         ));
     }
     let (repo, source) = (&req.repo, &req.source);
-    let catalog = Catalog::load(repo, source)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let catalog = Catalog::load(repo, source).await?;
     let backups = list_backups(repo, source, catalog.backups()).await?;
     let p = match target_timeline(&catalog, &req.pg.timeline) {
         Some(tli) => {
@@ -269,16 +267,15 @@ async fn load_history(
         catalog.source().clone(),
         pitr_segment::Epoch(u64::from(tli)),
         &name,
-    )
-    .map_err(|e| anyhow!("{e}"))?
+    )?
     .to_key();
-    if !repo.exists(&key).await.map_err(|e| anyhow!("{e}"))? {
+    if !repo.exists(&key).await? {
         return Err(anyhow!(
             "the repository has WAL of timeline {tli} but not its history file {name}; \
              restore onto another timeline with --timeline N"
         ));
     }
-    let bytes = repo.get(&key).await.map_err(|e| anyhow!("{e}"))?;
+    let bytes = repo.get(&key).await?;
     let text = String::from_utf8_lossy(&bytes);
     pitr_postgres::lsn::parse_history(&text)
         .map(Some)

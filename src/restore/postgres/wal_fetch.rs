@@ -75,11 +75,7 @@ pub async fn fetch_wal_file(
     let catalog = if file_name.ends_with(".history") {
         None
     } else {
-        Some(
-            Catalog::load(repo, source)
-                .await
-                .map_err(|e| anyhow!("{e}"))?,
-        )
+        Some(Catalog::load(repo, source).await?)
     };
     let rebuilt = match rebuild_file(repo, source, catalog.as_ref(), file_name, opts).await {
         Ok(r) => r,
@@ -87,9 +83,7 @@ pub async fn fetch_wal_file(
             // A segment listed a moment ago may have been merged by
             // compaction since: list again once before giving up.
             tracing::info!("rebuilding {file_name} failed ({e:#}); listing the repository again");
-            let fresh = Catalog::load(repo, source)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
+            let fresh = Catalog::load(repo, source).await?;
             rebuild_file(repo, source, Some(&fresh), file_name, opts).await?
         }
         Err(e) => return Err(e),
@@ -121,8 +115,7 @@ pub async fn rebuild_file(
             .ok()
             .filter(|_| tli_hex.len() == 8)
             .ok_or_else(|| anyhow!("{file_name:?} is not a timeline history file name"))?;
-        let key = HistoryKey::new(source.clone(), Epoch(u64::from(tli)), file_name)
-            .map_err(|e| anyhow!("{e}"))?;
+        let key = HistoryKey::new(source.clone(), Epoch(u64::from(tli)), file_name)?;
         return match repo.get(&key.to_key()).await {
             Ok(b) => Ok(Rebuilt::File {
                 data: b.to_vec(),
@@ -131,7 +124,7 @@ pub async fn rebuild_file(
             Err(StorageError::NotFound { .. }) => Ok(Rebuilt::NotArchived(format!(
                 "{file_name} is not in the repository"
             ))),
-            Err(e) => Err(anyhow!("{e}")),
+            Err(e) => Err(e.into()),
         };
     }
     let seg = opts.wal_segment_size;
@@ -187,7 +180,7 @@ async fn rebuild(
     };
     let parts: Vec<Vec<u8>> = stream::iter(keys.into_iter().map(|k| async move {
         let key = k.to_key();
-        let object = repo.get(&key).await.map_err(|e| anyhow!("{e}"))?;
+        let object = repo.get(&key).await?;
         let (meta, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
             .await
             .map_err(|e| anyhow!("decoding {key}: {e}"))?
