@@ -4,8 +4,10 @@
 //!   zstd parts, plus the WAL that makes it consistent.
 //! * [`mysql`], [`mongodb`]: logical backups streamed as [`parts`].
 //! * [`interrupt`]: a backup stopped by SIGTERM/SIGINT deletes what it wrote.
+//! * [`manifest`]: reading any engine's manifest (kind, format version).
 
 pub mod interrupt;
+pub mod manifest;
 pub mod mongodb;
 pub mod mysql;
 pub mod parts;

@@ -15,9 +15,8 @@ use super::{
     ArchiveRequest, BackupReport, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart,
 };
 use crate::archive::keys::BackupKey;
-use crate::backup::mongodb::manifest::{
-    MongoManifest, MONGO_BACKUP_KIND, MONGO_MANIFEST_FORMAT_VERSION,
-};
+use crate::backup::manifest::parse;
+use crate::backup::mongodb::manifest::MongoManifest;
 use crate::backup::mongodb::take::{report, take_mongo_backup, MongoBackupOptions};
 use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::mongodb::{archive, MongoArchiveOptions};
@@ -60,19 +59,9 @@ impl EngineOps for MongoDb {
         key: &BackupKey,
         manifest: &serde_json::Value,
     ) -> anyhow::Result<Option<BackupSummary>> {
-        if manifest.get("kind").and_then(|k| k.as_str()) != Some(MONGO_BACKUP_KIND) {
+        let Some(m) = parse::<MongoManifest>(key, manifest)? else {
             return Ok(None);
-        }
-        let k = key.to_key();
-        let m: MongoManifest = serde_json::from_value(manifest.clone()).map_err(|e| {
-            anyhow::anyhow!("backup manifest {k} is not a valid MongoDB backup manifest: {e}")
-        })?;
-        if m.format_version > MONGO_MANIFEST_FORMAT_VERSION {
-            anyhow::bail!(
-                "backup manifest {k} has format version {} (this pitr reads up to {MONGO_MANIFEST_FORMAT_VERSION}); upgrade pitr",
-                m.format_version
-            );
-        }
+        };
         let parts = m
             .streams()
             .flat_map(|s| s.parts.iter())

@@ -16,9 +16,8 @@ use super::{
 };
 use crate::archive::keys::BackupKey;
 use crate::archive::progress::ArchiveProgress;
-use crate::backup::mysql::manifest::{
-    MysqlManifest, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
-};
+use crate::backup::manifest::parse;
+use crate::backup::mysql::manifest::MysqlManifest;
 use crate::backup::mysql::{report, take_mysql_backup, MysqlBackupOptions};
 use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::mysql::{archive, MysqlArchiveOptions};
@@ -57,19 +56,9 @@ impl EngineOps for MySql {
         key: &BackupKey,
         manifest: &serde_json::Value,
     ) -> anyhow::Result<Option<BackupSummary>> {
-        if manifest.get("kind").and_then(|k| k.as_str()) != Some(MYSQL_BACKUP_KIND) {
+        let Some(m) = parse::<MysqlManifest>(key, manifest)? else {
             return Ok(None);
-        }
-        let k = key.to_key();
-        let m: MysqlManifest = serde_json::from_value(manifest.clone()).map_err(|e| {
-            anyhow::anyhow!("backup manifest {k} is not a valid MySQL backup manifest: {e}")
-        })?;
-        if m.format_version > MYSQL_MANIFEST_FORMAT_VERSION {
-            anyhow::bail!(
-                "backup manifest {k} has format version {} (this pitr reads up to {MYSQL_MANIFEST_FORMAT_VERSION}); upgrade pitr",
-                m.format_version
-            );
-        }
+        };
         let server_engine = if m.engine == "mariadb" {
             pitr_segment::Engine::MariaDb
         } else {

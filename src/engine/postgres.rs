@@ -12,7 +12,8 @@ use super::{
     ArchiveRequest, BackupReport, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart,
 };
 use crate::archive::keys::BackupKey;
-use crate::backup::postgres::manifest::{BackupManifest, MANIFEST_FORMAT_VERSION};
+use crate::backup::manifest::parse;
+use crate::backup::postgres::manifest::BackupManifest;
 use crate::backup::postgres::report::{report, TerminalProgress};
 use crate::backup::postgres::take::{take_backup, BackupOptions};
 use crate::restore::request::{RestoreRequest, TargetKind};
@@ -50,20 +51,12 @@ impl EngineOps for Postgres {
         key: &BackupKey,
         manifest: &serde_json::Value,
     ) -> anyhow::Result<Option<BackupSummary>> {
-        if manifest.get("kind").is_some()
-            || manifest.get("engine").and_then(|e| e.as_str()) != Some("postgres")
-        {
+        if manifest.get("engine").and_then(|e| e.as_str()) != Some("postgres") {
             return Ok(None);
         }
-        let k = key.to_key();
-        let m: BackupManifest = serde_json::from_value(manifest.clone())
-            .map_err(|e| anyhow::anyhow!("backup manifest {k} is not valid: {e}"))?;
-        if m.format_version > MANIFEST_FORMAT_VERSION {
-            anyhow::bail!(
-                "backup manifest {k} has format version {} (this pitr reads up to {MANIFEST_FORMAT_VERSION}); upgrade pitr",
-                m.format_version
-            );
-        }
+        let Some(m) = parse::<BackupManifest>(key, manifest)? else {
+            return Ok(None);
+        };
         let parts = m
             .archives
             .iter()

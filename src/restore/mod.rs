@@ -6,6 +6,7 @@ pub mod mongodb;
 pub mod mysql;
 pub mod oplog_fetch;
 pub mod owner;
+pub mod plan_error;
 pub mod postgres;
 pub mod prefetch;
 pub mod request;

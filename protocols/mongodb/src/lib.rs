@@ -8,7 +8,9 @@
 //!   position rule that makes consecutive segments chain exactly.
 //! * [`oplog_file`]: `oplog.bson` (documents back to back), read and written.
 //! * [`apply`]: the restore planner turning entries into `applyOps` requests.
-//! * [`tail`] (feature `driver`): the tailable-cursor reader over the official driver.
+//!
+//! Reading the oplog from a server (the tailable cursor, resuming without a
+//! hole) is the archiver's: `src/source/mongodb_tail.rs`.
 //!
 //! Positions: an oplog entry's `ts` is a BSON Timestamp `(seconds, increment)`,
 //! unique and strictly increasing in a replica set's oplog; [`OplogTs`] maps it
@@ -20,8 +22,6 @@ pub mod entry;
 pub mod error;
 pub mod oplog_file;
 pub mod segmenter;
-#[cfg(feature = "driver")]
-pub mod tail;
 pub mod txn;
 
 pub use apply::{

@@ -132,3 +132,12 @@ impl MongoManifest {
             .sum()
     }
 }
+
+impl crate::backup::manifest::Manifest for MongoManifest {
+    const KIND: Option<&'static str> = Some(MONGO_BACKUP_KIND);
+    const ENGINE: &'static str = "MongoDB";
+    const FORMAT_VERSION: u32 = MONGO_MANIFEST_FORMAT_VERSION;
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
+}

@@ -28,12 +28,11 @@
 //! the default database, `time_zone='+00:00'` and
 //! `sql_mode='NO_AUTO_VALUE_ON_ZERO'`.
 
-use anyhow::{anyhow, Context as _};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::keys::BackupKey;
-use crate::storage::{Repo, StorageError};
+use crate::storage::Repo;
 
 pub const MYSQL_MANIFEST_FORMAT_VERSION: u32 = 1;
 /// `kind` of MySQL/MariaDB logical backups.
@@ -122,45 +121,22 @@ impl MysqlManifest {
     }
 }
 
-/// Reads the manifest of `key`: `Ok(None)` when the backup is incomplete or
-/// not a MySQL/MariaDB logical backup.
-pub async fn read_mysql_manifest(
-    repo: &Repo,
-    key: &BackupKey,
-) -> anyhow::Result<Option<MysqlManifest>> {
-    let k = key.to_key();
-    let body = match repo.get(&k).await {
-        Ok(b) => b,
-        Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .with_context(|| format!("backup manifest {k} is not valid JSON"))?;
-    if v.get("kind").and_then(|k| k.as_str()) != Some(MYSQL_BACKUP_KIND) {
-        return Ok(None);
+impl crate::backup::manifest::Manifest for MysqlManifest {
+    const KIND: Option<&'static str> = Some(MYSQL_BACKUP_KIND);
+    const ENGINE: &'static str = "MySQL";
+    const FORMAT_VERSION: u32 = MYSQL_MANIFEST_FORMAT_VERSION;
+    fn format_version(&self) -> u32 {
+        self.format_version
     }
-    let m: MysqlManifest = serde_json::from_value(v)
-        .with_context(|| format!("backup manifest {k} is not a valid MySQL backup manifest"))?;
-    if m.format_version > MYSQL_MANIFEST_FORMAT_VERSION {
-        return Err(anyhow!(
-            "backup manifest {k} has format version {} (this pitr reads up to {MYSQL_MANIFEST_FORMAT_VERSION}); upgrade pitr",
-            m.format_version
-        ));
-    }
-    Ok(Some(m))
 }
 
-/// All complete MySQL/MariaDB backups among `keys`, oldest snapshot first.
+/// Complete MySQL/MariaDB backups among `keys`, oldest first.
 pub async fn list_mysql_backups(
     repo: &Repo,
     keys: &[BackupKey],
 ) -> anyhow::Result<Vec<(BackupKey, MysqlManifest)>> {
-    let mut out = Vec::new();
-    for k in keys {
-        if let Some(m) = read_mysql_manifest(repo, k).await? {
-            out.push((k.clone(), m));
-        }
-    }
-    out.sort_by_key(|(k, m)| (k.start, m.snapshot_time_us, k.id.clone()));
-    Ok(out)
+    crate::backup::manifest::list(repo, keys, |k, m: &MysqlManifest| {
+        (k.start, m.snapshot_time_us, k.id.clone())
+    })
+    .await
 }

@@ -17,13 +17,12 @@
 //! the stored (zstd) object. The parts of an archive concatenated form one
 //! zstd stream.
 
-use anyhow::{anyhow, Context as _};
 use chrono::{DateTime, Utc};
 use pitr_postgres::lsn::Lsn;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::storage::{Repo, StorageError};
+use crate::storage::Repo;
 
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 
@@ -98,33 +97,12 @@ mod lsn_text {
     }
 }
 
-/// Reads the PostgreSQL manifest of `key`; `Ok(None)` when the backup is
-/// incomplete (no manifest.json yet) or is a MySQL/MariaDB backup.
-pub async fn read_manifest(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<BackupManifest>> {
-    let k = key.to_key();
-    match repo.get(&k).await {
-        Ok(b) => {
-            // MySQL/MariaDB logical backups have their own manifest
-            // (`crate::backup::mysql::manifest`); they are not PostgreSQL backups.
-            if serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_string)))
-                .is_some_and(|k| k == "mysql-logical")
-            {
-                return Ok(None);
-            }
-            let m: BackupManifest = serde_json::from_slice(&b)
-                .with_context(|| format!("backup manifest {k} is not valid"))?;
-            if m.format_version > MANIFEST_FORMAT_VERSION {
-                return Err(anyhow!(
-                    "backup manifest {k} has format version {} (this pitr reads up to {MANIFEST_FORMAT_VERSION}); upgrade pitr",
-                    m.format_version
-                ));
-            }
-            Ok(Some(m))
-        }
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
+impl crate::backup::manifest::Manifest for BackupManifest {
+    const KIND: Option<&'static str> = None;
+    const ENGINE: &'static str = "PostgreSQL";
+    const FORMAT_VERSION: u32 = MANIFEST_FORMAT_VERSION;
+    fn format_version(&self) -> u32 {
+        self.format_version
     }
 }
 
@@ -134,14 +112,9 @@ pub async fn list_backups(
     source: &SourceName,
     keys: &[BackupKey],
 ) -> anyhow::Result<Vec<(BackupKey, BackupManifest)>> {
-    let mut out = Vec::new();
-    for k in keys {
-        debug_assert_eq!(&k.source, source);
-        match read_manifest(repo, k).await? {
-            Some(m) => out.push((k.clone(), m)),
-            None => tracing::debug!("backup {} has no manifest (incomplete), skipped", k.dir()),
-        }
-    }
-    out.sort_by_key(|(k, m)| (m.start_lsn, k.id.clone()));
-    Ok(out)
+    debug_assert!(keys.iter().all(|k| &k.source == source));
+    crate::backup::manifest::list(repo, keys, |k, m: &BackupManifest| {
+        (m.start_lsn, k.id.clone())
+    })
+    .await
 }

@@ -22,7 +22,7 @@ use pitr_mongodb::OplogTs;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::backup::mongodb::manifest::{MongoManifest, MONGO_BACKUP_KIND};
+use crate::backup::mongodb::manifest::MongoManifest;
 use crate::redact::redact;
 use crate::restore::request::{RestoreRequest, RestoreTarget};
 use crate::restore::session;
@@ -49,32 +49,12 @@ pub fn parse_target(t: &RestoreTarget) -> anyhow::Result<MongoTarget> {
     }
 }
 
-/// Complete MongoDB backups among `keys`.
+/// Complete MongoDB backups among `keys`, oldest first.
 pub async fn list_mongo_backups(
     repo: &Repo,
     keys: &[BackupKey],
 ) -> anyhow::Result<Vec<(BackupKey, MongoManifest)>> {
-    let mut out = Vec::new();
-    for k in keys {
-        let body = match repo.get(&k.to_key()).await {
-            Ok(b) => b,
-            Err(crate::storage::StorageError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| anyhow!("backup manifest {} is not valid JSON: {e}", k.to_key()))?;
-        if v.get("kind").and_then(|k| k.as_str()) != Some(MONGO_BACKUP_KIND) {
-            continue;
-        }
-        let m: MongoManifest = serde_json::from_value(v).map_err(|e| {
-            anyhow!(
-                "backup manifest {} is not a valid MongoDB backup manifest: {e}",
-                k.to_key()
-            )
-        })?;
-        out.push((k.clone(), m));
-    }
-    Ok(out)
+    crate::backup::manifest::list(repo, keys, |k, _: &MongoManifest| (k.start, k.id.clone())).await
 }
 
 /// Loads the catalog and plans.

@@ -80,10 +80,17 @@ pub struct MongoPlan {
     pub bytes: u64,
 }
 
-/// Why no plan.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PlanError(pub String);
+use crate::restore::plan_error::LogWords;
+pub use crate::restore::plan_error::PlanError;
+
+/// How the oplog is named in a plan's errors.
+const WORDS: LogWords = LogWords {
+    subject: "oplog",
+    verb: "is",
+    pos: pos_text,
+    gap_cause: "the oplog rolled over before it was archived",
+    epoch_word: Some("term"),
+};
 
 /// `secs:inc` of an oplog timestamp.
 pub fn ts_text(ts: OplogTs) -> String {
@@ -102,19 +109,7 @@ fn time_text(us: i64) -> String {
 }
 
 fn hole_error(gaps: &[GapKey], from: LogPos, to: LogPos) -> PlanError {
-    match gaps.iter().find(|g| g.start < to.max(from) && g.end > from) {
-        Some(g) => PlanError(format!(
-            "oplog {}..{} (term {}) is a recorded gap (the oplog rolled over before it was archived); a restore cannot cross it",
-            pos_text(g.start),
-            pos_text(g.end),
-            g.epoch.0
-        )),
-        None => PlanError(format!(
-            "oplog {}..{} is not archived (a hole in the archive); a restore cannot cross it",
-            pos_text(from),
-            pos_text(to)
-        )),
-    }
+    crate::restore::plan_error::hole_error(&WORDS, gaps, from, to)
 }
 
 /// Chooses the backup for `target`: the newest whose consistent point is

@@ -80,10 +80,17 @@ pub struct MysqlPlan {
     pub bytes: u64,
 }
 
-/// Why no plan.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PlanError(pub String);
+use crate::restore::plan_error::LogWords;
+pub use crate::restore::plan_error::PlanError;
+
+/// How the binlog is named in a plan's errors.
+const WORDS: LogWords = LogWords {
+    subject: "binlog positions",
+    verb: "are",
+    pos: pos_text,
+    gap_cause: "purged before they were archived",
+    epoch_word: None,
+};
 
 fn pos_text(p: LogPos) -> String {
     format!("{}:{}", p.hi, p.lo)
@@ -170,18 +177,7 @@ fn contiguous(prev_end: LogPos, next_start: LogPos) -> bool {
 }
 
 fn hole_error(gaps: &[GapKey], from: LogPos, to: LogPos) -> PlanError {
-    match gaps.iter().find(|g| g.start < to.max(from) && g.end > from) {
-        Some(g) => PlanError(format!(
-            "binlog positions {}..{} are a recorded gap (purged before they were archived); a restore cannot cross it",
-            pos_text(g.start),
-            pos_text(g.end)
-        )),
-        None => PlanError(format!(
-            "binlog positions {}..{} are not archived (a hole in the archive); a restore cannot cross it",
-            pos_text(from),
-            pos_text(to)
-        )),
-    }
+    crate::restore::plan_error::hole_error(&WORDS, gaps, from, to)
 }
 
 /// The full plan.
