@@ -245,8 +245,33 @@ impl Config {
 
     /// Parses and validates configuration text; `env` looks variables up.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::one(e.to_string().trim_end().to_string()))?;
+        // The parser's message quotes the offending line, which may be a `url` with its
+        // password: only its position and its redacted message are shown.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |s| {
+                let before = &text[..s.start.min(text.len())];
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - line_start + 1;
+                // The key of the line, when it has one (never its value).
+                let key = text[line_start..]
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k.trim())
+                    .filter(|k| {
+                        !k.is_empty()
+                            && k.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                    })
+                    .map_or(String::new(), |k| format!(", key {k}"));
+                format!("TOML parse error at line {line}, column {col}{key}: ")
+            });
+            ConfigError::one(format!(
+                "{at}{}",
+                crate::redact::redact_text(e.message().trim_end())
+            ))
+        })?;
         let mut problems = Vec::new();
 
         let repo = match env("PITR_REPO").filter(|s| !s.is_empty()).or(raw.repo) {

@@ -24,6 +24,27 @@ pub fn redact(conn: &str) -> String {
     }
 }
 
+/// Free text (an error message, a configuration line) with every connection string in it
+/// redacted: each `scheme://…` up to the next whitespace, quote or backtick, and every
+/// `password=` value.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(sep) = rest.find("://") {
+        let scheme_start = rest[..sep]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[sep..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .map_or(rest.len(), |i| sep + i);
+        out.push_str(&rest[..scheme_start]);
+        out.push_str(&redact(&rest[scheme_start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    redact_key_values(&out)
+}
+
 fn is_scheme(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -138,7 +159,7 @@ fn skip_value(v: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, redact_text};
 
     #[test]
     fn urls_of_every_engine() {
@@ -183,6 +204,19 @@ mod tests {
         // A key that merely ends in "password" is not a password.
         assert_eq!(redact("oldpassword=x"), "oldpassword=x");
         assert_eq!(redact("host=h"), "host=h");
+    }
+
+    #[test]
+    fn connection_strings_inside_text() {
+        assert_eq!(
+            redact_text("invalid type: string \"postgres://u:hunter2@h/db\", expected a table"),
+            "invalid type: string \"postgres://u:***@h/db\", expected a table"
+        );
+        assert_eq!(
+            redact_text("at line 3: url = 'mysql://u:p@ss@h:3306' and host=h password=x"),
+            "at line 3: url = 'mysql://u:***@h:3306' and host=h password=***"
+        );
+        assert_eq!(redact_text("no secrets here"), "no secrets here");
     }
 
     #[test]

@@ -224,3 +224,19 @@ fn lease_settings_parse_and_are_checked() {
     let bad = GOOD.replacen("[[source]]", "[lease]\nttl = \"soon\"\n[[source]]", 1);
     assert!(err(&bad, &[("PGPASS", "x")]).contains("lease: ttl: \"soon\" is not a duration"));
 }
+
+/// A syntax error on a `url` line: the parser would quote the line, password and all; the
+/// message names the line and column and shows no secret.
+#[test]
+fn a_syntax_error_never_prints_the_password() {
+    for text in [
+        "repo = \"/r\"\n[[source]]\nname = \"a\"\nurl = \"postgres://u:hunter2@db/x\n",
+        "repo = \"/r\"\n[[source]]\nname = \"a\"\nurl = postgres://u:hunter2@db/x\n",
+        "repo = \"/r\"\n[[source]]\nname = \"a\"\nurl = { x = \"mysql://u:hunter2@db\" }\n",
+        "repo = \"/r\"\n[[source]]\nname = \"a\"\nurl = \"host=db password=hunter2\" ]\n",
+    ] {
+        let e = err(text, &[]);
+        assert!(!e.contains("hunter2"), "password shown: {e}");
+        assert!(e.contains("line 4"), "no line named: {e}");
+    }
+}

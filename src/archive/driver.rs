@@ -27,6 +27,7 @@
 //! report that it was lost), then report the first error.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -62,6 +63,33 @@ pub enum Failure {
     Busy,
 }
 
+/// What every archiver holds and the driver ends its work with.
+pub struct Held {
+    /// The uploader, once the archiver knows where to write.
+    pub uploader: Option<Uploader>,
+    /// The writer lease, once taken.
+    pub lease: Option<Lease>,
+    /// Whether the lease is still ours (a no-op guard before it is taken).
+    pub guard: LeaseGuard,
+    pub progress: Arc<ArchiveProgress>,
+    /// Anything was written under the lease (an unused lease is released
+    /// without a trace).
+    pub written: bool,
+}
+
+impl Held {
+    /// Nothing held yet.
+    pub fn new(progress: Arc<ArchiveProgress>) -> Held {
+        Held {
+            uploader: None,
+            lease: None,
+            guard: LeaseGuard::none(),
+            progress,
+            written: false,
+        }
+    }
+}
+
 /// One engine's archiver as the driver sees it.
 pub trait Connection: Send {
     /// Runs one session until it ends or fails.
@@ -76,27 +104,27 @@ pub trait Connection: Send {
     /// True once a session got through to the server and the repository.
     fn got_through(&self) -> bool;
 
-    /// True when the uploader stopped on a definite error.
-    fn uploader_failed(&self) -> bool;
+    /// What the archiver holds.
+    fn held(&self) -> &Held;
 
-    /// The writer lease the archiver writes under.
-    fn lease(&self) -> &LeaseGuard;
-
-    /// Takes the uploader (if one was started), to finish it when the work ends.
-    fn take_uploader(&mut self) -> Option<Uploader>;
-
-    /// Takes the lease (if one was acquired), to release it when the work ends.
-    fn take_lease(&mut self) -> Option<Lease>;
-
-    /// True when anything was written under the lease (an unused lease is
-    /// released without a trace).
-    fn wrote(&self) -> bool;
-
-    /// The archiver's progress (the lease generation is cleared at the end).
-    fn progress(&self) -> &ArchiveProgress;
+    /// What the archiver holds, to take the uploader and lease at the end.
+    fn held_mut(&mut self) -> &mut Held;
 
     /// Notes the final durable end once the uploader has stored everything.
     fn durable(&mut self, d: &Durable);
+
+    /// True when the uploader stopped on a definite error.
+    fn uploader_failed(&self) -> bool {
+        self.held()
+            .uploader
+            .as_ref()
+            .is_some_and(|u| u.is_stopped())
+    }
+
+    /// The writer lease the archiver writes under.
+    fn lease(&self) -> &LeaseGuard {
+        &self.held().guard
+    }
 }
 
 /// First and largest reconnect delays.
@@ -158,15 +186,23 @@ pub async fn run<C: Connection>(
     explain: impl FnOnce(anyhow::Error) -> anyhow::Error,
 ) -> anyhow::Result<()> {
     let result = drive(c, cancel).await;
-    let finished = match c.take_uploader() {
+    let finished = match c.held_mut().uploader.take() {
         Some(up) => up.finish().await.map_err(anyhow::Error::from),
         None => Ok(None),
     };
     if let Ok(Some(d)) = &finished {
         c.durable(d);
     }
-    let lease = c.take_lease();
-    wind_down(lease, c.lease(), c.progress(), c.wrote(), finished.is_ok()).await?;
+    let held = c.held_mut();
+    let lease = held.lease.take();
+    wind_down(
+        lease,
+        &held.guard,
+        &held.progress,
+        held.written,
+        finished.is_ok(),
+    )
+    .await?;
     match result {
         Err(e) if matches!(e.downcast_ref::<LeaseError>(), Some(LeaseError::Cancelled)) => {}
         Err(e) => return Err(explain(e)),

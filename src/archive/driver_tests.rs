@@ -33,12 +33,11 @@ struct Double {
     started: Arc<Mutex<Vec<Instant>>>,
     through: bool,
     uploader_failed: bool,
-    guard: LeaseGuard,
-    lease: Option<(Repo, Lease)>,
+    held: Held,
+    /// The repository of the held lease.
+    repo: Option<Repo>,
     /// What `classify` answers: the kind of the last scripted failure.
     kind: Failure,
-    progress: ArchiveProgress,
-    wrote: bool,
 }
 
 impl Double {
@@ -48,12 +47,20 @@ impl Double {
             started: Arc::default(),
             through: false,
             uploader_failed: false,
-            guard: LeaseGuard::none(),
-            lease: None,
+            held: Held {
+                written: true,
+                ..Held::new(Arc::default())
+            },
+            repo: None,
             kind,
-            progress: ArchiveProgress::default(),
-            wrote: true,
         }
+    }
+
+    /// Holds `lease` of `repo`.
+    fn hold(&mut self, repo: &Repo, lease: Lease) {
+        self.held.guard = lease.guard();
+        self.held.lease = Some(lease);
+        self.repo = Some(repo.clone());
     }
 
     fn gaps(&self) -> Vec<u128> {
@@ -80,7 +87,7 @@ impl Connection for Double {
             }
             Some(Step::LoseLease) => {
                 self.through = true;
-                let (repo, _) = self.lease.as_ref().ok_or_else(|| anyhow!("no lease"))?;
+                let repo = self.repo.as_ref().ok_or_else(|| anyhow!("no lease"))?;
                 let key = keys::writer_lease_key(&SourceName::new("d")?);
                 let (body, v) = repo
                     .get_versioned(&key)
@@ -90,7 +97,7 @@ impl Connection for Double {
                 rec["generation"] = 9.into();
                 repo.put_if_version(&key, serde_json::to_vec(&rec)?.into(), &v)
                     .await?;
-                self.guard.wait_lost().await;
+                self.held.guard.wait_lost().await;
                 Err(anyhow!("upload refused: lease lost"))
             }
             Some(Step::UntilCancelled) => {
@@ -113,24 +120,12 @@ impl Connection for Double {
         self.uploader_failed
     }
 
-    fn lease(&self) -> &LeaseGuard {
-        &self.guard
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn take_uploader(&mut self) -> Option<crate::archive::pipeline::Uploader> {
-        None
-    }
-
-    fn take_lease(&mut self) -> Option<Lease> {
-        self.lease.take().map(|(_, l)| l)
-    }
-
-    fn wrote(&self) -> bool {
-        self.wrote
-    }
-
-    fn progress(&self) -> &ArchiveProgress {
-        &self.progress
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
     fn durable(&mut self, _d: &crate::archive::pipeline::Durable) {}
@@ -228,8 +223,7 @@ async fn a_holder_that_lost_its_lease_never_reconnects() {
         &[Step::LoseLease, Step::End(Ended::Done)],
         Failure::Transient,
     );
-    d.guard = lease.guard();
-    d.lease = Some((repo, lease));
+    d.hold(&repo, lease);
     let e = drive(&mut d, &cancel).await.unwrap_err();
     assert!(
         e.to_string().starts_with("lost the writer lease of d"),
@@ -296,12 +290,12 @@ async fn the_end_of_the_work_releases_the_lease_and_words_the_error() {
     // Done: the lease is released for a successor, no error.
     let (repo, lease) = held_lease(&cancel).await;
     let mut d = double(&[Step::End(Ended::Done)], Failure::Transient);
-    d.guard = lease.guard();
-    d.lease = Some((repo.clone(), lease));
+    d.hold(&repo, lease);
     run(&mut d, &cancel, |e| e).await.unwrap();
     assert_eq!(released(&repo).await, Some(true));
     assert_eq!(
-        d.progress
+        d.held
+            .progress
             .lease_generation
             .load(std::sync::atomic::Ordering::Relaxed),
         0
@@ -309,8 +303,7 @@ async fn the_end_of_the_work_releases_the_lease_and_words_the_error() {
     // A definite error: released too, and reported in the engine's words.
     let (repo, lease) = held_lease(&cancel).await;
     let mut d = double(&[Step::Fail(Failure::Definite, true)], Failure::Definite);
-    d.guard = lease.guard();
-    d.lease = Some((repo.clone(), lease));
+    d.hold(&repo, lease);
     let e = run(&mut d, &cancel, |e| anyhow!("archiving d stopped: {e}"))
         .await
         .unwrap_err();
@@ -319,9 +312,8 @@ async fn the_end_of_the_work_releases_the_lease_and_words_the_error() {
     // Nothing written under it: the lease goes without a trace.
     let (repo, lease) = held_lease(&cancel).await;
     let mut d = double(&[Step::End(Ended::Done)], Failure::Transient);
-    d.guard = lease.guard();
-    d.lease = Some((repo.clone(), lease));
-    d.wrote = false;
+    d.hold(&repo, lease);
+    d.held.written = false;
     run(&mut d, &cancel, |e| e).await.unwrap();
     assert_eq!(released(&repo).await, None);
 }
@@ -331,8 +323,7 @@ async fn a_lost_lease_is_reported_before_the_sessions_error_and_not_released() {
     let cancel = CancellationToken::new();
     let (repo, lease) = held_lease(&cancel).await;
     let mut d = double(&[Step::LoseLease], Failure::Transient);
-    d.guard = lease.guard();
-    d.lease = Some((repo.clone(), lease));
+    d.hold(&repo, lease);
     let e = run(&mut d, &cancel, |e| anyhow!("archiving d stopped: {e}"))
         .await
         .unwrap_err();

@@ -45,11 +45,11 @@ use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
-use crate::archive::lease::{start_failure, Lease, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{start_failure, LeaseOptions};
 use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::{reuse_map, RepoSink};
@@ -146,9 +146,9 @@ struct Archiver {
     client: Client,
     set_name: String,
     source: SourceName,
-    uploader: Option<Uploader>,
+    /// Uploader, lease, progress and whether anything was written.
+    held: Held,
     initial: Option<Durable>,
-    progress: Arc<ArchiveProgress>,
     seg: Segmenter,
     /// Where the next read starts.
     resume: StartFrom,
@@ -158,11 +158,8 @@ struct Archiver {
     /// `ts` of the last entry fed to the segmenter.
     last_pushed: Option<OplogTs>,
     replay: Replay,
-    written: bool,
     /// Segments stored beyond the tail, rewritten under their own keys.
     reuse: Vec<SegmentKey>,
-    lease: Option<Lease>,
-    guard: LeaseGuard,
 }
 
 /// Runs `pitr archive` for MongoDB until cancelled (or `stop_at`).
@@ -345,18 +342,18 @@ async fn prepare(
         client: conn.client,
         set_name: conn.set_name,
         source,
-        uploader: None,
+        held: Held {
+            lease: Some(lease),
+            guard,
+            ..Held::new(progress)
+        },
         initial,
-        progress,
         seg,
         resume,
         tail_epoch,
         last_pushed: None,
         replay,
-        written: false,
         reuse,
-        lease: Some(lease),
-        guard,
     })
 }
 
@@ -374,31 +371,15 @@ impl Connection for Archiver {
     }
 
     fn got_through(&self) -> bool {
-        self.written
+        self.held.written
     }
 
-    fn uploader_failed(&self) -> bool {
-        self.uploader.as_ref().is_some_and(|u| u.is_stopped())
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn lease(&self) -> &LeaseGuard {
-        &self.guard
-    }
-
-    fn take_uploader(&mut self) -> Option<Uploader> {
-        self.uploader.take()
-    }
-
-    fn take_lease(&mut self) -> Option<Lease> {
-        self.lease.take()
-    }
-
-    fn wrote(&self) -> bool {
-        self.written
-    }
-
-    fn progress(&self) -> &ArchiveProgress {
-        &self.progress
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
     fn durable(&mut self, d: &Durable) {
@@ -456,7 +437,7 @@ impl Archiver {
                             break Err(e);
                         }
                     }
-                    if let Some(d) = self.uploader.as_ref().and_then(|u| u.durable()) {
+                    if let Some(d) = self.held.uploader.as_ref().and_then(|u| u.durable()) {
                         self.note(&d);
                     }
                 }
@@ -488,7 +469,7 @@ impl Archiver {
 
     /// First successful read: identity and uploader.
     async fn setup_repository(&mut self) -> anyhow::Result<()> {
-        if self.written {
+        if self.held.written {
             return Ok(());
         }
         let identity = SourceIdentity::new(self.source.as_str(), Engine::MongoDb, &self.set_name);
@@ -499,16 +480,16 @@ impl Archiver {
             engine: Engine::MongoDb,
             system_id: self.set_name.clone(),
             zstd_level: self.opts.zstd_level,
-            lease: self.guard.clone(),
+            lease: self.held.guard.clone(),
             reuse: reuse_map(self.reuse.drain(..)),
         });
-        self.uploader = Some(Uploader::start(
+        self.held.uploader = Some(Uploader::start(
             sink,
             self.opts.uploader.clone(),
             self.initial,
-            self.progress.upload.clone(),
+            self.held.progress.upload.clone(),
         ));
-        self.written = true;
+        self.held.written = true;
         Ok(())
     }
 
@@ -532,10 +513,10 @@ impl Archiver {
                 "oplog rolled over before pitr archived it: the entries after {shown_last} and before {first} are lost"
             ),
             detected_at: Utc::now(),
-            generation: self.guard.generation(),
+            generation: self.held.guard.generation(),
         };
-        record_gap(&self.repo, &self.source, &self.guard, &gap).await?;
-        self.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        record_gap(&self.repo, &self.source, &self.held.guard, &gap).await?;
+        self.held.progress.gaps.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             "GAP: the oplog of replica set {} rolled over before pitr archived it: the entries \
              after {shown_last} and before {first} are lost; point-in-time restore into that \
@@ -569,7 +550,8 @@ impl Archiver {
             self.submit(sealed).await?;
         }
         self.last_pushed = Some(ts);
-        self.progress
+        self.held
+            .progress
             .received_lsn
             .store(ts.to_log_pos().lo, Ordering::Relaxed);
         if let Some(t) = self.seg.safe_last_ts() {
@@ -604,12 +586,15 @@ impl Archiver {
     }
 
     async fn submit(&mut self, s: SealedOplogSegment) -> anyhow::Result<()> {
-        let Some(up) = &self.uploader else {
+        let Some(up) = &self.held.uploader else {
             return Err(anyhow!("internal error: uploader not started"));
         };
         self.resume = StartFrom::After(s.last_ts);
         self.tail_epoch = s.epoch;
-        self.progress.timeline.store(s.epoch.0, Ordering::Relaxed);
+        self.held
+            .progress
+            .timeline
+            .store(s.epoch.0, Ordering::Relaxed);
         up.submit(SealedSegment {
             epoch: s.epoch,
             start: s.start,
@@ -624,9 +609,13 @@ impl Archiver {
     }
 
     fn note(&self, d: &Durable) {
-        self.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+        self.held
+            .progress
+            .durable_lsn
+            .store(d.pos.lo, Ordering::Relaxed);
         if let Some(t) = d.last_commit {
-            self.progress
+            self.held
+                .progress
                 .last_commit_micros
                 .store(t.0, Ordering::Relaxed);
         }

@@ -44,11 +44,11 @@ use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::SegmentEntry;
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
-use crate::archive::lease::{start_failure, Lease, LeaseGuard, LeaseOptions};
+use crate::archive::lease::{start_failure, LeaseOptions};
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::sink::{reuse_map, RepoSink};
@@ -146,19 +146,16 @@ struct Archiver {
     source: SourceName,
     server_id: ServerId,
     meta: Option<MysqlMeta>,
-    uploader: Option<Uploader>,
+    /// Uploader, lease, progress and whether anything was written (set once
+    /// identity and uploader are set up, only after the first successful
+    /// replication start: a failed first attempt writes nothing).
+    held: Held,
     /// Durable watermark the repository already had at start.
     initial: Option<Durable>,
-    progress: Arc<ArchiveProgress>,
     next: Option<Resume>,
     replay: Replay,
-    /// Identity and uploader are set up (only after the first successful
-    /// replication start: a failed first attempt writes nothing).
-    written: bool,
     /// Segments stored beyond the tail, rewritten under their own keys.
     reuse: Vec<SegmentKey>,
-    lease: Option<Lease>,
-    guard: LeaseGuard,
 }
 
 /// Runs `pitr archive` for MySQL/MariaDB until cancelled.
@@ -291,15 +288,15 @@ async fn prepare(
         source,
         server_id,
         meta,
-        uploader: None,
+        held: Held {
+            lease: Some(lease),
+            guard,
+            ..Held::new(progress)
+        },
         initial,
-        progress,
         next,
         replay,
-        written: false,
         reuse,
-        lease: Some(lease),
-        guard,
         opts,
     })
 }
@@ -409,31 +406,15 @@ impl Connection for Archiver {
     }
 
     fn got_through(&self) -> bool {
-        self.written
+        self.held.written
     }
 
-    fn uploader_failed(&self) -> bool {
-        self.uploader.as_ref().is_some_and(|u| u.is_stopped())
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn lease(&self) -> &LeaseGuard {
-        &self.guard
-    }
-
-    fn take_uploader(&mut self) -> Option<Uploader> {
-        self.uploader.take()
-    }
-
-    fn take_lease(&mut self) -> Option<Lease> {
-        self.lease.take()
-    }
-
-    fn wrote(&self) -> bool {
-        self.written
-    }
-
-    fn progress(&self) -> &ArchiveProgress {
-        &self.progress
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
     fn durable(&mut self, d: &Durable) {
@@ -500,7 +481,7 @@ impl Archiver {
 
     /// First successful start: identity and uploader.
     async fn setup_repository(&mut self) -> anyhow::Result<()> {
-        if self.written {
+        if self.held.written {
             return Ok(());
         }
         let identity =
@@ -512,16 +493,16 @@ impl Archiver {
             engine: self.flavor.engine(),
             system_id: self.system_id.clone(),
             zstd_level: self.opts.zstd_level,
-            lease: self.guard.clone(),
+            lease: self.held.guard.clone(),
             reuse: reuse_map(self.reuse.drain(..)),
         });
-        self.uploader = Some(Uploader::start(
+        self.held.uploader = Some(Uploader::start(
             sink,
             self.opts.uploader.clone(),
             self.initial,
-            self.progress.upload.clone(),
+            self.held.progress.upload.clone(),
         ));
-        self.written = true;
+        self.held.written = true;
         Ok(())
     }
 
@@ -548,10 +529,10 @@ impl Archiver {
             end,
             reason: format!("binlog purged by the server before it was archived: {err}"),
             detected_at: Utc::now(),
-            generation: self.guard.generation(),
+            generation: self.held.guard.generation(),
         };
-        record_gap(&self.repo, &self.source, &self.guard, &gap).await?;
-        self.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        record_gap(&self.repo, &self.source, &self.held.guard, &gap).await?;
+        self.held.progress.gaps.fetch_add(1, Ordering::Relaxed);
         let meta = self.meta.as_ref();
         tracing::error!(
             "GAP: binlog from {} to {} was purged by the server before pitr archived it; \
@@ -584,7 +565,7 @@ impl Archiver {
         // `next_event` is not cancel-safe (a half-read packet would be lost),
         // so a task reads and the select below only waits on the channel.
         let mut reader = Reader::spawn(client);
-        let guard = self.guard.clone();
+        let guard = self.held.guard.clone();
         let result = loop {
             tokio::select! {
                 lost = guard.wait_lost() => {
@@ -751,7 +732,7 @@ impl Archiver {
         if from >= to {
             return Ok(());
         }
-        let Some(up) = &self.uploader else {
+        let Some(up) = &self.held.uploader else {
             return Err(anyhow!("uploader not started"));
         };
         up.submit(crate::archive::pipeline::SealedSegment {
@@ -778,7 +759,7 @@ impl Archiver {
             return Ok(());
         };
         let end = seg.end;
-        let Some(up) = &self.uploader else {
+        let Some(up) = &self.held.uploader else {
             return Err(anyhow!("uploader not started"));
         };
         up.submit(seg).await?;
@@ -791,9 +772,10 @@ impl Archiver {
     }
 
     fn note_durable(&self) {
-        if let Some(d) = self.uploader.as_ref().and_then(|u| u.durable()) {
+        if let Some(d) = self.held.uploader.as_ref().and_then(|u| u.durable()) {
             if let Some(t) = d.last_commit {
-                self.progress
+                self.held
+                    .progress
                     .last_commit_micros
                     .store(t.0, Ordering::Relaxed);
             }
@@ -802,13 +784,14 @@ impl Archiver {
 
     /// Waits until everything submitted is durable.
     async fn shutdown(&mut self) -> anyhow::Result<Ended> {
-        let Some(up) = self.uploader.take() else {
+        let Some(up) = self.held.uploader.take() else {
             return Ok(Ended::Shutdown);
         };
         let durable = up.finish().await?;
         if let Some(d) = durable {
             if let Some(t) = d.last_commit {
-                self.progress
+                self.held
+                    .progress
                     .last_commit_micros
                     .store(t.0, Ordering::Relaxed);
             }

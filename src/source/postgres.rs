@@ -47,11 +47,11 @@ use pitr_postgres::replication::{
 use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held};
 use crate::archive::gaps::{record_gap, GapRecord};
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
-use crate::archive::lease::{Lease, LeaseGuard, LeaseOptions};
+use crate::archive::lease::LeaseOptions;
 use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::pg_index::{Commit, CommitIndexer};
@@ -119,15 +119,13 @@ struct Archiver {
     repo: Repo,
     source: Option<SourceName>,
     slot: String,
-    uploader: Option<Uploader>,
-    progress: Arc<ArchiveProgress>,
+    /// Uploader, lease, progress (the driver ends the work with them).
+    held: Held,
     /// Where the next segment starts (end of the last submitted one).
     next: Option<(TimelineId, Lsn)>,
     seg_size: u64,
     /// Streaming has started at least once (later failures are retried).
     connected_once: bool,
-    lease: Option<Lease>,
-    guard: LeaseGuard,
     /// The lease was just taken on the current connection.
     fresh_lease: bool,
     /// A timeline switch the next session follows.
@@ -147,13 +145,15 @@ pub async fn archive(
         cfg,
         repo,
         source: None,
-        uploader: None,
-        progress,
+        // Every PostgreSQL holder stores its takeover position as a segment
+        // boundary: its lease is always released, never removed unused.
+        held: Held {
+            written: true,
+            ..Held::new(progress)
+        },
         next: None,
         seg_size: 16 << 20,
         connected_once: false,
-        lease: None,
-        guard: LeaseGuard::none(),
         fresh_lease: false,
         pending_switch: None,
         opts,
@@ -178,7 +178,7 @@ impl Connection for Archiver {
         let pg = e.downcast_ref::<PgError>();
         // After a takeover, the slot may still be held by the previous
         // holder's connection until the server drops it (wal_sender_timeout).
-        if self.lease.is_some() && pg.and_then(|p| p.code()) == Some("55006") {
+        if self.held.lease.is_some() && pg.and_then(|p| p.code()) == Some("55006") {
             tracing::warn!(slot = %self.slot, "the replication slot is still in use by another connection (the previous archiver's?)");
             return Failure::Busy;
         }
@@ -193,34 +193,19 @@ impl Connection for Archiver {
         self.connected_once
     }
 
-    fn uploader_failed(&self) -> bool {
-        self.uploader.as_ref().is_some_and(|u| u.is_stopped())
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn lease(&self) -> &LeaseGuard {
-        &self.guard
-    }
-
-    fn take_uploader(&mut self) -> Option<Uploader> {
-        self.uploader.take()
-    }
-
-    fn take_lease(&mut self) -> Option<Lease> {
-        self.lease.take()
-    }
-
-    /// Every PostgreSQL holder stores its takeover position as a segment
-    /// boundary: its lease is always released, never removed.
-    fn wrote(&self) -> bool {
-        true
-    }
-
-    fn progress(&self) -> &ArchiveProgress {
-        &self.progress
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
     fn durable(&mut self, d: &Durable) {
-        self.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+        self.held
+            .progress
+            .durable_lsn
+            .store(d.pos.lo, Ordering::Relaxed);
     }
 }
 
@@ -248,10 +233,16 @@ impl Archiver {
             Some(s) => s.clone(),
             None => default_slot_name(&name),
         };
-        let (lease, catalog) =
-            take_over(&self.repo, &source, self.opts.lease, &self.progress, cancel).await?;
-        self.guard = lease.guard();
-        self.lease = Some(lease);
+        let (lease, catalog) = take_over(
+            &self.repo,
+            &source,
+            self.opts.lease,
+            &self.held.progress,
+            cancel,
+        )
+        .await?;
+        self.held.guard = lease.guard();
+        self.held.lease = Some(lease);
         self.fresh_lease = true;
         let tail = catalog
             .epochs()
@@ -271,7 +262,10 @@ impl Archiver {
                 Lsn(p.lo)
             );
             self.next = Some((TimelineId(e.0 as u32), Lsn(p.lo)));
-            self.progress.durable_lsn.store(p.lo, Ordering::Relaxed);
+            self.held
+                .progress
+                .durable_lsn
+                .store(p.lo, Ordering::Relaxed);
         }
         let sink = Arc::new(RepoSink {
             repo: self.repo.clone(),
@@ -279,7 +273,7 @@ impl Archiver {
             engine: Engine::Postgres,
             system_id: ident.systemid.clone(),
             zstd_level: self.opts.zstd_level,
-            lease: self.guard.clone(),
+            lease: self.held.guard.clone(),
             reuse: reuse_map(tail.iter().flat_map(|&(e, p)| {
                 catalog.epoch(e).into_iter().flat_map(move |ec| {
                     ec.segments()
@@ -290,11 +284,11 @@ impl Archiver {
                 })
             })),
         });
-        self.uploader = Some(Uploader::start(
+        self.held.uploader = Some(Uploader::start(
             sink,
             self.opts.uploader.clone(),
             initial,
-            self.progress.upload.clone(),
+            self.held.progress.upload.clone(),
         ));
         self.source = Some(source);
         Ok(ident)
@@ -360,7 +354,8 @@ impl Archiver {
             Err(e) => return Err(e.into()),
         };
         self.connected_once = true;
-        self.progress
+        self.held
+            .progress
             .timeline
             .store(u64::from(tli.0), Ordering::Relaxed);
         tracing::info!(
@@ -456,10 +451,10 @@ impl Archiver {
             end: LogPos::from_lsn(restart.0),
             reason: format!("WAL removed by the server before it was archived: {err}"),
             detected_at: Utc::now(),
-            generation: self.guard.generation(),
+            generation: self.held.guard.generation(),
         };
-        record_gap(&self.repo, &source, &self.guard, &gap).await?;
-        self.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        record_gap(&self.repo, &source, &self.held.guard, &gap).await?;
+        self.held.progress.gaps.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             timeline = tli.0,
             "GAP: WAL from {from} to {restart} was removed by the server before pitr archived it; \
@@ -487,12 +482,12 @@ impl Archiver {
         let mut received = stream_from;
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut durable_rx = match &self.uploader {
+        let mut durable_rx = match &self.held.uploader {
             Some(u) => u.watch(),
             None => return Err(anyhow!("uploader not started")),
         };
         let mut last_status = Instant::now();
-        let guard = self.guard.clone();
+        let guard = self.held.guard.clone();
         loop {
             tokio::select! {
                 lost = guard.wait_lost() => {
@@ -542,7 +537,7 @@ impl Archiver {
                             }
                             let commits = indexer.feed(&data);
                             received = Lsn(received.0 + data.len() as u64);
-                            self.progress.received_lsn.store(received.0, Ordering::Relaxed);
+                            self.held.progress.received_lsn.store(received.0, Ordering::Relaxed);
                             self.append(&mut buf, wal_start, data, &commits).await?;
                         }
                         Some(ReplicationMessage::Keepalive { reply_requested, .. }) => {
@@ -585,7 +580,7 @@ impl Archiver {
         received: Lsn,
         epoch: Epoch,
     ) -> anyhow::Result<Lsn> {
-        self.guard.check()?;
+        self.held.guard.check()?;
         let durable = self.durable_lsn(epoch);
         stream
             .send_status(received, durable, durable, false)
@@ -594,11 +589,15 @@ impl Archiver {
     }
 
     fn durable_lsn(&self, epoch: Epoch) -> Lsn {
-        match self.uploader.as_ref().and_then(|u| u.durable()) {
+        match self.held.uploader.as_ref().and_then(|u| u.durable()) {
             Some(d) if d.epoch == epoch => {
-                self.progress.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+                self.held
+                    .progress
+                    .durable_lsn
+                    .store(d.pos.lo, Ordering::Relaxed);
                 if let Some(t) = d.last_commit {
-                    self.progress
+                    self.held
+                        .progress
                         .last_commit_micros
                         .store(t.0, Ordering::Relaxed);
                 }
@@ -656,7 +655,7 @@ impl Archiver {
             return Ok(());
         }
         let seg = buf.take(end);
-        let Some(up) = &self.uploader else {
+        let Some(up) = &self.held.uploader else {
             return Err(anyhow!("uploader not started"));
         };
         self.next = Some((TimelineId(seg.epoch.0 as u32), end));
@@ -671,14 +670,17 @@ impl Archiver {
         mut stream: ReplicationStream,
         received: Lsn,
     ) -> anyhow::Result<SessionEnd> {
-        let Some(up) = self.uploader.take() else {
+        let Some(up) = self.held.uploader.take() else {
             return Ok(SessionEnd::Shutdown);
         };
         let durable = up.finish().await?;
         if let Some(d) = durable {
             let lsn = Lsn(d.pos.lo);
-            self.progress.durable_lsn.store(lsn.0, Ordering::Relaxed);
-            self.guard.check()?;
+            self.held
+                .progress
+                .durable_lsn
+                .store(lsn.0, Ordering::Relaxed);
+            self.held.guard.check()?;
             stream
                 .send_status(received, lsn, lsn, false)
                 .await
