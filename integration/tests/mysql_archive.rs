@@ -473,3 +473,57 @@ fn mysql_bad_credentials_write_nothing() {
     require!(mysql::available(Flavor::MySql));
     bad_credentials_write_nothing(Flavor::MySql);
 }
+
+/// A URL asking for TLS is refused, never served in cleartext (pitr cannot encrypt MySQL
+/// connections yet); an invalid `ssl-mode` or an unknown parameter is refused by name;
+/// `ssl-mode=DISABLED` says cleartext on purpose and works. Nothing is written on a refusal.
+#[test]
+fn tls_parameters_are_refused_not_ignored() {
+    require!(mysql::available(Flavor::MariaDb));
+    let server = MySqlServer::start(Flavor::MariaDb).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    for (query, says) in [
+        ("ssl-mode=REQUIRED", "cannot encrypt"),
+        ("ssl-mode=VERIFY_IDENTITY", "cannot encrypt"),
+        ("ssl-ca=/etc/ca.pem", "cannot encrypt"),
+        ("ssl-mode=BOGUS", "ssl-mode=BOGUS"),
+        ("ssl-mode=DISABLED&nonsense=1", "\"nonsense\""),
+    ] {
+        let url = format!("{}/?{query}", server.url());
+        for verb in ["archive", "backup"] {
+            let out = Command::new(pitr_bin())
+                .args([verb, &url, "--repo"])
+                .arg(&repo)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{verb} {query}: {err}");
+            assert!(err.contains(says), "{verb} {query}: {err}");
+            assert_eq!(
+                err.trim().lines().count(),
+                1,
+                "{verb} {query}, one line: {err}"
+            );
+            assert!(
+                !err.contains("pitrpass"),
+                "{verb} {query}: password shown: {err}"
+            );
+            assert!(
+                !repo.exists() || fs::read_dir(&repo).unwrap().next().is_none(),
+                "{verb} {query} wrote to the repository"
+            );
+        }
+    }
+    let url = format!("{}/?ssl-mode=DISABLED", server.url());
+    let out = Command::new(pitr_bin())
+        .args(["backup", &url, "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -120,6 +120,9 @@ impl ConnParams {
             .trim_end_matches(']')
             .to_string();
         let db = url.path().trim_start_matches('/');
+        for (k, v) in url.query_pairs() {
+            check_param(&k, &v)?;
+        }
         Ok(ConnParams {
             host,
             port: url.port().unwrap_or(3306),
@@ -127,6 +130,51 @@ impl ConnParams {
             password: url.password().map(percent_decode).unwrap_or_default(),
             db: (!db.is_empty()).then(|| percent_decode(db)),
         })
+    }
+}
+
+/// The `ssl-mode` values MySQL clients accept, and what this client does with them.
+const SSL_MODES: &[&str] = &[
+    "DISABLED",
+    "PREFERRED",
+    "REQUIRED",
+    "VERIFY_CA",
+    "VERIFY_IDENTITY",
+];
+
+/// Checks one URL query parameter. Connections are not encrypted yet, so a parameter asking
+/// for TLS is refused rather than silently ignored (the connection would go in cleartext);
+/// `ssl-mode=DISABLED` and `PREFERRED` (which MySQL clients let fall back to cleartext) are
+/// accepted. Anything else is refused by name.
+fn check_param(key: &str, value: &str) -> Result<()> {
+    let refuse = |msg: String| Err(MysqlError::new(ErrorKind::InvalidInput, msg));
+    match key.to_ascii_lowercase().replace('_', "-").as_str() {
+        "ssl-mode" | "sslmode" => {
+            let mode = value.to_ascii_uppercase();
+            if !SSL_MODES.contains(&mode.as_str()) {
+                return refuse(format!(
+                    "invalid MySQL URL parameter ssl-mode={value}: use one of {}",
+                    SSL_MODES.join(", ")
+                ));
+            }
+            if matches!(mode.as_str(), "DISABLED" | "PREFERRED") {
+                return Ok(());
+            }
+            refuse(format!(
+                "ssl-mode={mode}: this pitr cannot encrypt MySQL/MariaDB connections yet, \
+                 so it refuses to connect in cleartext; use a network path you trust with \
+                 ssl-mode=DISABLED, or archive over an encrypted tunnel"
+            ))
+        }
+        "ssl-ca" | "ssl-cert" | "ssl-key" | "ssl-capath" | "ssl-cipher" | "tls-version" => {
+            refuse(format!(
+                "MySQL URL parameter {key}: this pitr cannot encrypt MySQL/MariaDB connections \
+                 yet, so it refuses to connect in cleartext"
+            ))
+        }
+        _ => refuse(format!(
+            "unknown MySQL URL parameter {key:?}; the one this pitr knows is ssl-mode"
+        )),
     }
 }
 
@@ -721,6 +769,29 @@ mod tests {
         );
         let e = ConnParams::from_url("postgres://u:secret@h").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
+        // TLS is asked for but not available: refused, never cleartext.
+        for q in [
+            "ssl-mode=REQUIRED",
+            "ssl-mode=verify_ca",
+            "ssl-mode=VERIFY_IDENTITY",
+            "ssl-ca=/ca.pem",
+        ] {
+            let e = ConnParams::from_url(&format!("mysql://u:secret@h/?{q}")).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{q}");
+            assert!(e.to_string().contains("cannot encrypt"), "{q}: {e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+        let e = ConnParams::from_url("mysql://u@h/?ssl-mode=BOGUS").unwrap_err();
+        assert!(e.to_string().contains("ssl-mode=BOGUS"), "{e}");
+        let e = ConnParams::from_url("mysql://u@h/?ssl-mode=DISABLED&nonsense=1").unwrap_err();
+        assert!(e.to_string().contains("\"nonsense\""), "{e}");
+        for ok in [
+            "ssl-mode=DISABLED",
+            "ssl-mode=preferred",
+            "ssl_mode=DISABLED",
+        ] {
+            ConnParams::from_url(&format!("mysql://u@h:3307/db?{ok}")).unwrap();
+        }
         assert!(format!("{p:?}").find("password").is_none());
     }
 
