@@ -212,24 +212,6 @@ fn duration(v: &Option<String>, what: &str, problems: &mut Vec<String>) -> Optio
     }
 }
 
-/// Inserts `password` into a URL (`scheme://user:password@host/...`).
-fn with_password(url: &str, password: &str) -> Result<String, String> {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.has_host() => {
-            if u.password().is_some() {
-                return Err("has both a password in the URL and a password_file".into());
-            }
-            if u.username().is_empty() {
-                return Err("needs a user name in the URL to use password_file".into());
-            }
-            u.set_password(Some(password))
-                .map_err(|_| "cannot hold a password".to_string())?;
-            Ok(u.to_string())
-        }
-        _ => Err("must be a URL (scheme://user@host/...) to use password_file".into()),
-    }
-}
-
 impl Config {
     /// Reads and validates a configuration file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -377,19 +359,16 @@ impl Config {
                 },
             };
             let url = match (url, &s.password_file) {
-                (Some(u), Some(pf)) => match std::fs::read_to_string(pf) {
-                    Ok(p) => {
-                        let p = p.trim_end_matches(['\r', '\n']);
-                        match with_password(&u, p) {
-                            Ok(u) => Some(u),
-                            Err(e) => {
-                                problems.push(format!("{what}: url {e}"));
-                                None
-                            }
+                (Some(u), Some(pf)) => match crate::secrets::read_password_file(Path::new(pf)) {
+                    Ok(p) => match crate::secrets::with_password(&u, &p, "password_file") {
+                        Ok(u) => Some(u),
+                        Err(e) => {
+                            problems.push(format!("{what}: url {e}"));
+                            None
                         }
-                    }
+                    },
                     Err(e) => {
-                        problems.push(format!("{what}: cannot read password_file {pf}: {e}"));
+                        problems.push(format!("{what}: password_file: {e}"));
                         None
                     }
                 },

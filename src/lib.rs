@@ -11,5 +11,6 @@ pub mod redact;
 pub mod restore;
 pub mod retention;
 pub mod retry;
+pub mod secrets;
 pub mod source;
 pub mod storage;

@@ -173,7 +173,7 @@ fn url_env_and_password_file() {
         &text.replace("pw\"", "missing\""),
         &[("A_URL", "postgres://rep@h/db")],
     );
-    assert!(e.contains("cannot read password_file"), "{e}");
+    assert!(e.contains("password_file: cannot read"), "{e}");
 }
 
 fn percent_decode(s: &str) -> String {

@@ -527,3 +527,87 @@ fn tls_parameters_are_refused_not_ignored() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Passwords from files, none on a command line: `backup --password-file` and
+/// `restore --target-password-file` with URLs that name only the user; a wrong file or a URL
+/// that already has a password is refused in one sentence that shows no password.
+#[test]
+fn passwords_from_files() {
+    require!(mysql::available(Flavor::MariaDb));
+    let src = MySqlServer::start(Flavor::MariaDb).unwrap();
+    src.sql("CREATE DATABASE pw; CREATE TABLE pw.t (id INT PRIMARY KEY); INSERT INTO pw.t VALUES (1), (2)")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let pwfile = tmp.path().join("pw");
+    fs::write(&pwfile, "pitrpass\n").unwrap();
+    let bare = |s: &MySqlServer| s.url().replace(":pitrpass@", "@");
+    assert!(!bare(&src).contains("pitrpass"));
+    let run = |args: &[&str]| Command::new(pitr_bin()).args(args).output().unwrap();
+    let repo_s = repo.to_str().unwrap();
+    let pw_s = pwfile.to_str().unwrap();
+    let archiver = Archiver::start(
+        &bare(&src),
+        &repo,
+        "pw",
+        tmp.path(),
+        &["--password-file", pw_s],
+    );
+    let o = run(&[
+        "backup",
+        &bare(&src),
+        "--repo",
+        repo_s,
+        "--name",
+        "pw",
+        "--password-file",
+        pw_s,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    src.sql("INSERT INTO pw.t VALUES (3)").unwrap();
+    let target = MySqlServer::start(Flavor::MariaDb).unwrap();
+    pitr_integration::mysql_restore_util::wait_archived(
+        repo_s,
+        &target.url(),
+        &pitr_integration::mysql_restore_util::binlog_position(&src),
+    );
+    archiver.terminate();
+    let o = run(&[
+        "restore",
+        "--repo",
+        repo_s,
+        "--latest",
+        "--target",
+        &bare(&target),
+        "--target-password-file",
+        pw_s,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(target.sql("SELECT COUNT(*) FROM pw.t").unwrap().trim(), "3");
+    // Refusals: a password twice, a missing file.
+    let o = run(&[
+        "backup",
+        &src.url(),
+        "--repo",
+        repo_s,
+        "--password-file",
+        pw_s,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("both a password"), "{err}");
+    assert!(!err.contains("pitrpass"), "{err}");
+    let missing = tmp.path().join("missing");
+    let o = run(&[
+        "backup",
+        &bare(&src),
+        "--repo",
+        repo_s,
+        "--password-file",
+        missing.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot read the password file"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -18,6 +18,10 @@ pub struct ArchiveArgs {
     /// Database to archive: postgres://user[:password]@host[:port]/db (or a
     /// libpq key=value string; PG* variables and ~/.pgpass apply).
     pub url: String,
+    /// Read the database password from this file (kept off the command line,
+    /// where `ps` shows it); the URL then names the user without a password.
+    #[arg(long, env = "PITR_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
     pub repo: String,
@@ -79,6 +83,11 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
             redact(&args.url)
         )
     })?;
+    let url = crate::cli::common::with_password_file(
+        args.url.clone(),
+        args.password_file.as_deref(),
+        "--password-file",
+    )?;
     let repo = Repo::open(&args.repo).await?;
     let lease = args.lease();
     let req = ArchiveRequest {
@@ -88,7 +97,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
         parallelism: args.parallel,
         server_id: args.server_id,
         start_at: args.start_at,
-        ..ArchiveRequest::new(args.url, args.name, lease)
+        ..ArchiveRequest::new(url, args.name, lease)
     };
     let progress = Arc::new(ArchiveProgress::default());
     engine

@@ -24,6 +24,10 @@ pub struct BackupArgs {
     /// or mysql://user:password@host:port (mariadb:// too)
     /// or mongodb://user:password@host1,host2/?replicaSet=NAME.
     pub url: String,
+    /// Read the database password from this file (kept off the command line,
+    /// where `ps` shows it); the URL then names the user without a password.
+    #[arg(long, env = "PITR_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Repository: a directory path, file://PATH, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", default_value = "./pitr-repo")]
     pub repo: String,
@@ -51,13 +55,18 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
             redact(&args.url)
         )
     })?;
+    let url = crate::cli::common::with_password_file(
+        args.url.clone(),
+        args.password_file.as_deref(),
+        "--password-file",
+    )?;
     let repo = Repo::open(&args.repo).await?;
     let (cancel, signal) = shutdown_signal();
     let req = BackupRequest {
         part_size: args.part_size_mib.max(1) << 20,
         parallel: usize::from(args.parallel),
         progress: true,
-        ..BackupRequest::new(args.url, args.name, args.label)
+        ..BackupRequest::new(url, args.name, args.label)
     };
     let started = req.started.clone();
     let backup = engine.backup(req, repo.clone());

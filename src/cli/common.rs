@@ -96,3 +96,19 @@ async fn wait_for_signal() -> Signal {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
+
+/// `url` with the password of `file` (`--password-file`, named `flag` in errors) added; `url`
+/// itself when no file is given. The error is one sentence without the URL's secrets.
+pub fn with_password_file(
+    url: String,
+    file: Option<&std::path::Path>,
+    flag: &str,
+) -> anyhow::Result<String> {
+    let Some(file) = file else {
+        return Ok(url);
+    };
+    let password =
+        crate::secrets::read_password_file(file).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    crate::secrets::with_password(&url, &password, flag)
+        .map_err(|e| anyhow::anyhow!("the database URL {} {e}", crate::redact::redact(&url)))
+}

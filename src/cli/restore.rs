@@ -72,6 +72,10 @@ pub struct RestoreArgs {
     /// MySQL/MariaDB: server to restore into, mysql://user:password@host:port.
     #[arg(long)]
     pub target: Option<String>,
+    /// MySQL/MariaDB, MongoDB: read the --target server's password from this file
+    /// (kept off the command line); the URL then names the user without a password.
+    #[arg(long, env = "PITR_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<PathBuf>,
     /// MySQL/MariaDB: stop after these GTIDs (MariaDB d-s-n,...; MySQL uuid:1-n,...).
     #[arg(long)]
     pub to_gtid: Option<String>,
@@ -100,7 +104,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
     let target = target_of(&args);
     let into = match (&args.target_dir, &args.target) {
         (Some(d), _) => RestoreInto::Dir(d.clone()),
-        (None, Some(u)) => RestoreInto::Server(u.clone()),
+        (None, Some(u)) => RestoreInto::Server(crate::cli::common::with_password_file(
+            u.clone(),
+            args.target_password_file.as_deref(),
+            "--target-password-file",
+        )?),
         (None, None) => RestoreInto::Nowhere,
     };
     let repo = Repo::open_existing(&args.repo).await?;
