@@ -36,6 +36,17 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// The mode as libpq spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(s: &str) -> Result<SslMode, PgError> {
         Ok(match s {
             "disable" => SslMode::Disable,

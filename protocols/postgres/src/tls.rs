@@ -1,4 +1,5 @@
-//! TLS for PostgreSQL connections (rustls, ring provider).
+//! TLS for PostgreSQL connections (rustls with the aws-lc-rs provider, the one provider of the
+//! whole binary: the S3 client and the MongoDB driver use it too).
 //!
 //! PostgreSQL negotiates TLS in-band: the client sends an `SSLRequest`
 //! (length 8, code 80877103), the server answers one byte, `S` (go ahead with
@@ -7,7 +8,9 @@
 //! `require` encrypts without verifying the certificate (libpq semantics),
 //! `verify-ca` checks the chain against the roots, `verify-full` also checks
 //! the host name. Roots come from `sslrootcert` (PEM), else
-//! `~/.postgresql/root.crt` when present, else the bundled web PKI roots.
+//! `~/.postgresql/root.crt` when present; as in libpq, verification without
+//! either is refused, and `sslrootcert=system` asks for the publicly trusted
+//! roots (here the bundled Mozilla set of `webpki-roots`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use crate::conninfo::{Config, SslMode};
 use crate::error::PgError;
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn roots(cfg: &Config) -> Result<RootCertStore, PgError> {
@@ -35,6 +38,9 @@ fn roots(cfg: &Config) -> Result<RootCertStore, PgError> {
         p.exists().then_some(p)
     });
     match file {
+        Some(path) if path.as_os_str() == "system" => {
+            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(&path).map_err(|e| {
                 PgError::config(
@@ -57,7 +63,15 @@ fn roots(cfg: &Config) -> Result<RootCertStore, PgError> {
                 })?;
             }
         }
-        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => {
+            return Err(PgError::config(
+                format!(
+                    "sslmode={} needs a root certificate to verify the server against, and neither sslrootcert nor ~/.postgresql/root.crt gives one",
+                    cfg.sslmode.as_str()
+                ),
+                "set sslrootcert=FILE (the CA certificate), sslrootcert=system for the publicly trusted roots, or sslmode=require to encrypt without verifying",
+            ))
+        }
     }
     Ok(store)
 }

@@ -309,5 +309,31 @@ fn tls_modes_pg15() {
         .await
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
+        // Verification without any root certificate is refused, as libpq refuses it (it
+        // used to fall back to the public web PKI roots).
+        let home_root =
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".postgresql/root.crt"));
+        if home_root.is_none_or(|p| !p.exists()) {
+            let e = Connection::connect(
+                &cfg(&format!("{}?sslmode=verify-full", server.url())),
+                StartupMode::Normal,
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
+            assert!(e.to_string().contains("sslrootcert=system"), "{e}");
+        }
+        // sslrootcert=system: the publicly trusted roots, which do not include the test's CA.
+        let e = Connection::connect(
+            &cfg(&format!(
+                "{}?sslmode=verify-full&sslrootcert=system",
+                server.url()
+            )),
+            StartupMode::Normal,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
+        assert!(e.to_string().contains("TLS handshake failed"), "{e}");
     });
 }
