@@ -28,7 +28,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::conninfo::{Config, Host, SslMode};
+use crate::conninfo::{AuthMethod, ChannelBindingMode, Config, Host, SslMode};
 use crate::error::{ErrorKind, PgError, Result, ServerMessage};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -231,6 +231,19 @@ impl Connection {
             StartupMode::PhysicalReplication => "replication",
         };
         let mut scram: Option<ScramSha256> = None;
+        // Whether the server asked for any authentication (AuthenticationOk alone is "none").
+        let mut asked = false;
+        // Whether the SCRAM exchange in progress is bound to the TLS connection.
+        let mut bound = false;
+        let require_binding = cfg.channel_binding == ChannelBindingMode::Require;
+        let unbound = |what: &str, at: &str| {
+            PgError::new(
+                ErrorKind::Definite,
+                format!("channel_binding=require, but {what}; nothing was sent"),
+                at,
+                "connect over TLS (sslmode=require or stricter) to a server with scram-sha-256 in pg_hba.conf, or drop channel_binding=require",
+            )
+        };
         loop {
             let msg = self.read_message().await?;
             match msg.tag {
@@ -243,9 +256,38 @@ impl Connection {
                         ));
                     }
                     let code = body.get_i32();
+                    let method = match code {
+                        0 if !asked => Some(AuthMethod::None),
+                        3 => Some(AuthMethod::Password),
+                        5 => Some(AuthMethod::Md5),
+                        10 => Some(AuthMethod::ScramSha256),
+                        _ => None,
+                    };
+                    if let (Some(m), Some(req)) = (method, &cfg.require_auth) {
+                        if !req.allows(m) {
+                            return Err(PgError::new(
+                                ErrorKind::Definite,
+                                format!(
+                                    "the server asked for {} authentication, which require_auth={} does not allow; nothing was sent",
+                                    m.as_str(),
+                                    req.text
+                                ),
+                                &self.address,
+                                "check the server's pg_hba.conf (and that you reach the server you mean), or change require_auth",
+                            ));
+                        }
+                    }
+                    asked |= code != 0;
                     match code {
-                        0 => {}
+                        0 => {
+                            if require_binding && !bound {
+                                return Err(unbound("the server let the login in without a channel-bound SCRAM exchange", &self.address));
+                            }
+                        }
                         3 | 5 => {
+                            if require_binding {
+                                return Err(unbound("the server asked for a password instead of SCRAM", &self.address));
+                            }
                             let pw = self.password(cfg, pw_db)?;
                             if code == 3 {
                                 frontend::password_message(pw.as_bytes(), &mut self.wbuf)
@@ -262,7 +304,29 @@ impl Connection {
                         }
                         10 => {
                             let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
-                            if !mechanisms.contains(&&b"SCRAM-SHA-256"[..]) {
+                            let plus = mechanisms.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
+                            let end_point = match cfg.channel_binding {
+                                ChannelBindingMode::Disable => None,
+                                _ => self.tls_end_point(),
+                            };
+                            let (mechanism, binding) = match (&end_point, plus) {
+                                (Some(h), true) => ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(h.clone())),
+                                _ if require_binding => {
+                                    return Err(unbound(
+                                        if self.tls {
+                                            "the server does not offer SCRAM-SHA-256-PLUS"
+                                        } else {
+                                            "the connection is not encrypted"
+                                        },
+                                        &self.address,
+                                    ))
+                                }
+                                // We could bind, the server did not offer it: say so ("y").
+                                (Some(_), false) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                                (None, _) => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                            };
+                            bound = mechanism == "SCRAM-SHA-256-PLUS";
+                            if !bound && !mechanisms.contains(&&b"SCRAM-SHA-256"[..]) {
                                 return Err(PgError::new(
                                     ErrorKind::Definite,
                                     "the server offers no supported SASL mechanism (need SCRAM-SHA-256)",
@@ -271,8 +335,8 @@ impl Connection {
                                 ));
                             }
                             let pw = self.password(cfg, pw_db)?;
-                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.wbuf)
+                            let s = ScramSha256::new(pw.as_bytes(), binding);
+                            frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
                                 .map_err(|e| PgError::protocol(format!("SASL: {e}"), &self.address))?;
                             scram = Some(s);
                             self.flush().await?;
@@ -338,6 +402,15 @@ impl Connection {
                 "put the password in the URL, PGPASSWORD or ~/.pgpass",
             )
         })
+    }
+
+    /// The `tls-server-end-point` binding data of a TLS connection's server certificate.
+    fn tls_end_point(&self) -> Option<Vec<u8>> {
+        let Transport::Tls(t) = &self.io else {
+            return None;
+        };
+        let cert = t.get_ref().1.peer_certificates()?.first()?;
+        crate::channel_binding::server_end_point(cert.as_ref())
     }
 
     fn parameter_status(&mut self, body: &[u8]) {

@@ -64,6 +64,118 @@ impl SslMode {
     }
 }
 
+/// An authentication method a server can ask for (libpq's `require_auth` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// No authentication (`trust`).
+    None,
+    /// The password in clear text.
+    Password,
+    Md5,
+    ScramSha256,
+    /// Named so that a list may hold them; this client supports neither.
+    Gss,
+    Sspi,
+}
+
+impl AuthMethod {
+    fn parse(s: &str) -> Option<AuthMethod> {
+        Some(match s {
+            "none" => AuthMethod::None,
+            "password" => AuthMethod::Password,
+            "md5" => AuthMethod::Md5,
+            "scram-sha-256" => AuthMethod::ScramSha256,
+            "gss" => AuthMethod::Gss,
+            "sspi" => AuthMethod::Sspi,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::Password => "password",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Gss => "gss",
+            AuthMethod::Sspi => "sspi",
+        }
+    }
+}
+
+/// `channel_binding`: whether a SCRAM login is bound to the TLS connection
+/// (SCRAM-SHA-256-PLUS with `tls-server-end-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection is TLS and the server offers it (libpq's default).
+    Prefer,
+    /// Refuse any login that is not a channel-bound SCRAM exchange.
+    Require,
+}
+
+impl ChannelBindingMode {
+    fn parse(s: &str) -> Result<ChannelBindingMode, PgError> {
+        Ok(match s {
+            "disable" => ChannelBindingMode::Disable,
+            "prefer" => ChannelBindingMode::Prefer,
+            "require" => ChannelBindingMode::Require,
+            other => {
+                return Err(PgError::config(
+                    format!("invalid channel_binding {other:?}"),
+                    "use one of disable, prefer, require",
+                ))
+            }
+        })
+    }
+}
+
+/// `require_auth` (libpq 16): the methods the server may ask for (`scram-sha-256,md5`), or
+/// with `!` the ones it may not (`!password,!md5`). A server asking for another one is refused
+/// before any password is sent: a server (or someone in between) cannot downgrade a SCRAM
+/// login to a cleartext password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequireAuth {
+    negated: bool,
+    methods: Vec<AuthMethod>,
+    /// As written, for messages.
+    pub text: String,
+}
+
+impl RequireAuth {
+    fn parse(s: &str) -> Result<RequireAuth, PgError> {
+        let bad = |why: String| {
+            PgError::config(
+                format!("invalid require_auth {s:?}: {why}"),
+                "list methods (password, md5, scram-sha-256, none), either all plain or all negated with !",
+            )
+        };
+        let items: Vec<&str> = s.split(',').map(str::trim).collect();
+        let negated = items.first().is_some_and(|i| i.starts_with('!'));
+        let mut methods = Vec::new();
+        for item in &items {
+            if item.starts_with('!') != negated {
+                return Err(bad("negated and plain methods cannot be mixed".into()));
+            }
+            let name = item.trim_start_matches('!');
+            let m =
+                AuthMethod::parse(name).ok_or_else(|| bad(format!("unknown method {name:?}")))?;
+            methods.push(m);
+        }
+        Ok(RequireAuth {
+            negated,
+            methods,
+            text: s.to_string(),
+        })
+    }
+
+    /// Whether the server may ask for `m`.
+    pub fn allows(&self, m: AuthMethod) -> bool {
+        self.methods.contains(&m) != self.negated
+    }
+}
+
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -85,6 +197,9 @@ pub struct Config {
     pub application_name: Option<String>,
     pub connect_timeout: Duration,
     pub passfile: Option<PathBuf>,
+    /// `require_auth`: the authentication methods the server may ask for.
+    pub require_auth: Option<RequireAuth>,
+    pub channel_binding: ChannelBindingMode,
 }
 
 impl fmt::Debug for Config {
@@ -114,6 +229,8 @@ struct Raw {
     application_name: Option<String>,
     connect_timeout: Option<String>,
     passfile: Option<String>,
+    require_auth: Option<String>,
+    channel_binding: Option<String>,
 }
 
 impl Raw {
@@ -129,6 +246,8 @@ impl Raw {
             "application_name" | "fallback_application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
             "passfile" => &mut self.passfile,
+            "require_auth" => &mut self.require_auth,
+            "channel_binding" => &mut self.channel_binding,
             // Accepted and ignored: they do not change how we connect.
             "replication" | "options" | "target_session_attrs" | "keepalives" | "sslcompression" => return Ok(()),
             other => {
@@ -229,6 +348,13 @@ impl Config {
             application_name: pick(raw.application_name, "PGAPPNAME"),
             connect_timeout,
             passfile,
+            require_auth: pick(raw.require_auth, "PGREQUIREAUTH")
+                .map(|r| RequireAuth::parse(&r))
+                .transpose()?,
+            channel_binding: match pick(raw.channel_binding, "PGCHANNELBINDING") {
+                Some(c) => ChannelBindingMode::parse(&c)?,
+                None => ChannelBindingMode::Prefer,
+            },
         })
     }
 

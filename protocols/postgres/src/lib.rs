@@ -9,6 +9,7 @@
 //! * [`error`]: errors classified as transient, definite or "WAL removed".
 
 pub mod backup;
+mod channel_binding;
 pub mod conn;
 pub mod conninfo;
 pub mod error;
@@ -18,7 +19,7 @@ mod tls;
 pub mod wal;
 
 pub use conn::{Connection, Row, StartupMode};
-pub use conninfo::{Config, Host, SslMode};
+pub use conninfo::{ChannelBindingMode, Config, Host, SslMode};
 pub use error::{ErrorKind, PgError, ServerMessage};
 pub use lsn::{Lsn, TimelineId};
 pub use replication::{

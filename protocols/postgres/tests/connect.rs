@@ -90,6 +90,35 @@ fn auth_methods(v: PgVersion) {
         assert_eq!(e.kind(), ErrorKind::Definite);
         assert!(e.to_string().contains("none is configured"), "{e}");
 
+        // require_auth: a method the list does not allow is refused before any password goes.
+        let with = |url: String, req: &str| format!("{url}?require_auth={req}");
+        for (url, req, ok) in [
+            (
+                server.url_as("replicator", "replpass"),
+                "scram-sha-256",
+                true,
+            ),
+            (server.url_as("md5user", "md5pass"), "scram-sha-256", false),
+            (server.url_as("md5user", "md5pass"), "!password", true),
+            (server.url_as("md5user", "md5pass"), "!md5,!password", false),
+            (server.url(), "none", true),
+            (server.url(), "!none", false),
+            (server.url(), "scram-sha-256", false),
+        ] {
+            let r = ReplicationClient::connect(&cfg(&with(url.clone(), req))).await;
+            match (r, ok) {
+                (Ok(c), true) => c.close().await.unwrap(),
+                (Err(e), false) => {
+                    assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
+                    assert!(e.to_string().contains("does not allow"), "{req}: {e}");
+                }
+                (Ok(_), false) => panic!("{url} with require_auth={req} was let in"),
+                (Err(e), true) => panic!("{url} with require_auth={req}: {e}"),
+            }
+        }
+        let e = Config::parse_with_env(&with(server.url(), "md5,!password"), |_| None).unwrap_err();
+        assert!(e.to_string().contains("cannot be mixed"), "{e}");
+
         // A role without REPLICATION may log in normally but not as a walsender.
         let plain = cfg(&server.url_as("plainuser", "plainpass"));
         Connection::connect(&plain, StartupMode::Normal)
@@ -269,6 +298,32 @@ fn tls_modes_pg15() {
             ca.display()
         ))
         .await;
+        // channel_binding=require: SCRAM-SHA-256-PLUS over TLS logs in (a wrong binding
+        // hash would fail the proof); without TLS, or with a trust login, it is refused.
+        check(format!(
+            "{}?sslmode=require&channel_binding=require",
+            server.url_as("replicator", "replpass")
+        ))
+        .await;
+        for (url, says) in [
+            (
+                format!(
+                    "{}?sslmode=disable&channel_binding=require",
+                    server.url_as("replicator", "replpass")
+                ),
+                "not encrypted",
+            ),
+            (
+                format!("{}?sslmode=require&channel_binding=require", server.url()),
+                "without a channel-bound SCRAM exchange",
+            ),
+        ] {
+            let e = Connection::connect(&cfg(&url), StartupMode::Normal)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
         let r = ReplicationClient::connect(&cfg(&format!(
             "{}?sslmode=verify-full&sslrootcert={}",
             server.url_as("replicator", "replpass"),

@@ -179,6 +179,9 @@ async fn connect(
                 application_name: Some("pitr-restore".into()),
                 connect_timeout: Duration::from_secs(5),
                 passfile: None,
+                require_auth: None,
+                // The server pitr just started, over its own unix socket.
+                channel_binding: pitr_postgres::ChannelBindingMode::Disable,
             };
             match Connection::connect(&cfg, StartupMode::Normal).await {
                 Ok(c) => return Ok(c),
