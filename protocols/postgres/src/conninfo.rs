@@ -194,6 +194,11 @@ pub struct Config {
     pub dbname: Option<String>,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) and its private key, for servers that authenticate by
+    /// certificate (`cert`, `clientcert=verify-full`); libpq's defaults
+    /// `~/.postgresql/postgresql.crt` and `.key` when present.
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
     pub application_name: Option<String>,
     pub connect_timeout: Duration,
     pub passfile: Option<PathBuf>,
@@ -226,6 +231,8 @@ struct Raw {
     dbname: Option<String>,
     sslmode: Option<String>,
     sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
     application_name: Option<String>,
     connect_timeout: Option<String>,
     passfile: Option<String>,
@@ -243,6 +250,8 @@ impl Raw {
             "dbname" => &mut self.dbname,
             "sslmode" => &mut self.sslmode,
             "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
             "application_name" | "fallback_application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
             "passfile" => &mut self.passfile,
@@ -345,6 +354,16 @@ impl Config {
             dbname: pick(raw.dbname, "PGDATABASE"),
             sslmode,
             sslrootcert: pick(raw.sslrootcert, "PGSSLROOTCERT").map(PathBuf::from),
+            sslcert: pick(raw.sslcert, "PGSSLCERT")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let p = Path::new(&env("HOME")?).join(".postgresql/postgresql.crt");
+                    p.exists().then_some(p)
+                }),
+            sslkey: pick(raw.sslkey, "PGSSLKEY").map(PathBuf::from).or_else(|| {
+                let p = Path::new(&env("HOME")?).join(".postgresql/postgresql.key");
+                p.exists().then_some(p)
+            }),
             application_name: pick(raw.application_name, "PGAPPNAME"),
             connect_timeout,
             passfile,

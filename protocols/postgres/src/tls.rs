@@ -19,7 +19,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
 };
@@ -76,6 +76,40 @@ fn roots(cfg: &Config) -> Result<RootCertStore, PgError> {
     Ok(store)
 }
 
+/// The client certificate chain and key (`sslcert`, `sslkey`), when a certificate is set.
+fn client_identity(
+    cfg: &Config,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, PgError> {
+    let Some(cert_path) = &cfg.sslcert else {
+        return Ok(None);
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            PgError::config(
+                format!("cannot read sslcert {}: {e}", cert_path.display()),
+                "point sslcert at a readable PEM file with the client certificate",
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(PgError::config(
+            format!("sslcert {} holds no certificate", cert_path.display()),
+            "point sslcert at a PEM file with the client certificate",
+        ));
+    }
+    let key_path = cfg
+        .sslkey
+        .clone()
+        .unwrap_or_else(|| cert_path.with_extension("key"));
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        PgError::config(
+            format!("cannot read sslkey {}: {e}", key_path.display()),
+            "point sslkey at the PEM private key of the client certificate",
+        )
+    })?;
+    Ok(Some((certs, key)))
+}
+
 /// Builds the rustls configuration for `cfg.sslmode` (not called for `disable`).
 pub(crate) fn client_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, PgError> {
     let provider = provider();
@@ -101,7 +135,7 @@ pub(crate) fn client_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, P
             })
         }
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| {
             PgError::config(
@@ -110,8 +144,16 @@ pub(crate) fn client_config(cfg: &Config) -> Result<Arc<rustls::ClientConfig>, P
             )
         })?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client_identity(cfg)? {
+        Some((certs, key)) => config.with_client_auth_cert(certs, key).map_err(|e| {
+            PgError::config(
+                format!("cannot use the client certificate sslcert with sslkey: {e}"),
+                "sslcert must be an X.509 v3 certificate and sslkey its private key",
+            )
+        })?,
+        None => config.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Arc::new(config))
 }

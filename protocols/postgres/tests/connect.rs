@@ -390,5 +390,97 @@ fn tls_modes_pg15() {
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
         assert!(e.to_string().contains("TLS handshake failed"), "{e}");
+
+        // A client certificate: a role that may log in only by certificate (hba `cert`).
+        let (cert, key) = client_cert(&server, "certuser");
+        server.psql("CREATE ROLE certuser LOGIN").unwrap();
+        server
+            .psql("ALTER SYSTEM SET ssl_ca_file = 'ca.crt'")
+            .unwrap();
+        let hba = server.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("hostssl all certuser 127.0.0.1/32 cert\n{old}"),
+        )
+        .unwrap();
+        server.psql("SELECT pg_reload_conf()").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let base = format!(
+            "postgres://certuser@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        );
+        let mut c = Connection::connect(
+            &cfg(&format!(
+                "{base}&sslcert={}&sslkey={}",
+                cert.display(),
+                key.display()
+            )),
+            StartupMode::Normal,
+        )
+        .await
+        .unwrap();
+        let rows = c.simple_query("SELECT current_user").await.unwrap();
+        assert_eq!(rows[0].text(0), Some("certuser"));
+        // Without it the server refuses; with a key that is not the certificate's, pitr does.
+        let e = Connection::connect(&cfg(&base), StartupMode::Normal)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Definite, "{e}");
+        let e = Connection::connect(
+            &cfg(&format!(
+                "{base}&sslcert={}&sslkey=/nonexistent.key",
+                cert.display()
+            )),
+            StartupMode::Normal,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("sslkey"), "{e}");
     });
+}
+
+/// A client certificate for `user` signed by the CA of [`enable_tls`].
+fn client_cert(server: &PgServer, user: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = server.data_dir();
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let subj = format!("/CN={user}");
+    // An extension makes it X.509 v3 (rustls refuses v1 certificates).
+    std::fs::write(dir.join("client.cnf"), "basicConstraints=CA:FALSE\n").unwrap();
+    run(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-subj",
+        &subj,
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
+        "-out",
+        "client.crt",
+    ]);
+    (dir.join("client.crt"), dir.join("client.key"))
 }

@@ -176,6 +176,8 @@ async fn connect(
                 dbname: Some(db.into()),
                 sslmode: pitr_postgres::conninfo::SslMode::Disable,
                 sslrootcert: None,
+                sslcert: None,
+                sslkey: None,
                 application_name: Some("pitr-restore".into()),
                 connect_timeout: Duration::from_secs(5),
                 passfile: None,
