@@ -1,0 +1,124 @@
+//! A known password never leaves the process: every verb is run against a real MariaDB with
+//! the password in the URL (and, for the restore target, in a password file), at the most
+//! verbose log level, and the password is searched for in everything they print, in their
+//! logs, and in every byte stored in the repository.
+
+use std::path::Path;
+use std::process::Command;
+
+use pitr_integration::archiver::Archiver;
+use pitr_integration::mysql_restore_util::{binlog_position, wait_archived};
+use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
+
+/// The password the test servers give the `pitr` user.
+const PASSWORD: &str = "pitrpass";
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p.display().to_string(), b));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn no_verb_prints_logs_or_stores_the_password() {
+    require!(mysql::available(Flavor::MariaDb));
+    let src = MySqlServer::start(Flavor::MariaDb).unwrap();
+    assert!(src.url().contains(PASSWORD), "the URL carries the password");
+    src.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY); INSERT INTO s.t VALUES (1)")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pwfile = logs.join("pw");
+    let archiver = Archiver::start(&src.url(), &repo, "s", &logs, &["-vv"]);
+    let mut printed: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut run = |args: &[&str]| {
+        let o = Command::new(pitr_bin()).args(args).output().unwrap();
+        let what = args.join(" ");
+        printed.push((format!("{what} (stdout)"), o.stdout.clone()));
+        printed.push((format!("{what} (stderr)"), o.stderr.clone()));
+        o
+    };
+    let o = run(&[
+        "-vv",
+        "backup",
+        &src.url(),
+        "--repo",
+        &repo_s,
+        "--name",
+        "s",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    src.sql("INSERT INTO s.t VALUES (2)").unwrap();
+    let target = MySqlServer::start(Flavor::MariaDb).unwrap();
+    wait_archived(&repo_s, &target.url(), &binlog_position(&src));
+    run(&["-vv", "status", "--repo", &repo_s, "--json"]);
+    run(&["-vv", "status", "--repo", &repo_s]);
+    run(&["-vv", "verify", "--repo", &repo_s]);
+    // A wrong password for the restore target: the error names the target, not its secret.
+    let wrong = target.url().replace(PASSWORD, "wrongpass");
+    run(&[
+        "-vv", "restore", "--repo", &repo_s, "--latest", "--target", &wrong,
+    ]);
+    std::fs::write(&pwfile, PASSWORD).unwrap();
+    let bare = target.url().replace(&format!(":{PASSWORD}@"), "@");
+    let o = run(&[
+        "-vv",
+        "restore",
+        "--repo",
+        &repo_s,
+        "--latest",
+        "--target",
+        &bare,
+        "--target-password-file",
+        pwfile.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(target.sql("SELECT COUNT(*) FROM s.t").unwrap().trim(), "2");
+    // A second archiver of the source, refused by the writer lease.
+    run(&[
+        "-vv",
+        "archive",
+        &src.url(),
+        "--repo",
+        &repo_s,
+        "--name",
+        "s",
+        "--no-wait",
+    ]);
+    let log = archiver.terminate();
+    printed.push(("archive log".into(), log.into_bytes()));
+    printed.extend(files(&repo));
+    printed.extend(
+        files(&logs)
+            .into_iter()
+            .filter(|(p, _)| !p.ends_with("/pw")),
+    );
+    assert!(printed.len() > 10, "{} places searched", printed.len());
+    for (place, bytes) in &printed {
+        assert!(
+            !contains(bytes, PASSWORD.as_bytes()),
+            "the password appears in {place}: {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
