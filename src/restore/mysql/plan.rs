@@ -269,8 +269,12 @@ pub fn plan_mysql(
                     MysqlTarget::Time(t) => {
                         let hi = last_commit.unwrap_or(i64::MIN).max(m.snapshot_time_us);
                         if t.0 > hi {
+                            // MariaDB's commit times are whole seconds: a target inside the
+                            // last archived second may well be covered, but cannot be shown to.
+                            let same_second = m.engine == "mariadb"
+                                && t.0 < (hi.div_euclid(1_000_000) + 1) * 1_000_000;
                             return Err(PlanError(format!(
-                                "{target} is after the last archived commit: the recoverable window from backup {} is {} .. {}{}",
+                                "{target} is after the last archived commit: the recoverable window from backup {} is {} .. {}{}{}",
                                 bk.id,
                                 time_text(m.snapshot_time_us),
                                 time_text(hi),
@@ -278,7 +282,12 @@ pub fn plan_mysql(
                                     " (then {})",
                                     hole_error(gaps, end, n.key.start).0
                                 ))
-                                .unwrap_or_default()
+                                .unwrap_or_default(),
+                                if same_second {
+                                    "; MariaDB records commit times in whole seconds, so a target inside the last archived second cannot be checked: use --to-gtid, --to-position or --latest"
+                                } else {
+                                    ""
+                                }
                             )));
                         }
                     }

@@ -125,6 +125,29 @@ fn time_outside_the_window_is_refused_with_the_window() {
     )
     .unwrap_err();
     assert!(e.0.contains("after the last archived commit"), "{e}");
+    // Inside the last archived (whole) second on MariaDB: the reason and the way out.
+    assert!(
+        e.0.contains("whole seconds") && e.0.contains("--to-gtid"),
+        "{e}"
+    );
+    let later = plan_mysql(
+        &chain(),
+        &[],
+        &backups,
+        &MysqlTarget::Time(TimestampMicros(2_000_000)),
+    )
+    .unwrap_err();
+    assert!(!later.0.contains("whole seconds"), "{later}");
+    let mut mysql = backups.clone();
+    mysql[0].1.engine = "mysql".into();
+    let e2 = plan_mysql(
+        &chain(),
+        &[],
+        &mysql,
+        &MysqlTarget::Time(TimestampMicros(101)),
+    )
+    .unwrap_err();
+    assert!(!e2.0.contains("whole seconds"), "{e2}");
     assert!(
         e.0.contains(&time_text(25)) && e.0.contains(&time_text(100)),
         "{e}"
