@@ -102,20 +102,16 @@ fn redact_key_values(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = find_password_key(rest) {
-        out.push_str(&rest[..pos.value_start]);
+        out.push_str(&rest[..pos]);
         out.push_str("***");
-        rest = &rest[skip_value(&rest[pos.value_start..]) + pos.value_start..];
+        rest = &rest[pos + skip_value(&rest[pos..])..];
     }
     out.push_str(rest);
     out
 }
 
-struct KeyPos {
-    value_start: usize,
-}
-
 /// Finds the next `password` key (at the start or after whitespace) followed by `=`.
-fn find_password_key(s: &str) -> Option<KeyPos> {
+fn find_password_key(s: &str) -> Option<usize> {
     let lower = s.to_ascii_lowercase();
     let mut from = 0;
     while let Some(i) = lower[from..].find("password") {
@@ -131,7 +127,7 @@ fn find_password_key(s: &str) -> Option<KeyPos> {
             let eq = s.len() - trimmed.len();
             let value = &s[eq + 1..];
             let value_start = eq + 1 + (value.len() - value.trim_start().len());
-            return Some(KeyPos { value_start });
+            return Some(value_start);
         }
         from = start + "password".len();
     }

@@ -44,18 +44,27 @@ pub fn parse<M: Manifest>(key: &BackupKey, v: &serde_json::Value) -> anyhow::Res
     Ok(Some(m))
 }
 
-/// The manifest of `key`; `Ok(None)` when the backup is incomplete (no manifest yet) or
-/// another engine's.
-pub async fn read<M: Manifest>(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<M>> {
+/// The `manifest.json` of `key` as JSON; `Ok(None)` when the backup is incomplete (no
+/// manifest yet).
+pub async fn read_json(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<serde_json::Value>> {
     let k = key.to_key();
     let body = match repo.get(&k).await {
         Ok(b) => b,
         Err(StorageError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .with_context(|| format!("backup manifest {k} is not valid JSON"))?;
-    parse(key, &v)
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| anyhow!("backup manifest {k} is not valid JSON: {e}"))
+}
+
+/// The manifest of `key`; `Ok(None)` when the backup is incomplete (no manifest yet) or
+/// another engine's.
+pub async fn read<M: Manifest>(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<M>> {
+    match read_json(repo, key).await? {
+        Some(v) => parse(key, &v),
+        None => Ok(None),
+    }
 }
 
 /// The complete backups of this engine among `keys`, ordered by `order`.

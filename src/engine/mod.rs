@@ -38,7 +38,7 @@ use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::progress::ArchiveProgress;
 use crate::backup::interrupt::StartedBackup;
 use crate::restore::request::{RestoreRequest, TargetKind};
-use crate::storage::{Repo, StorageError};
+use crate::storage::Repo;
 
 /// A boxed engine operation (object-safe async).
 pub type EngineFuture<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'static>>;
@@ -251,14 +251,9 @@ pub fn align_down(p: LogPos, a: u64) -> LogPos {
 /// Reads the summary of one backup: `Ok(None)` when it is incomplete (no
 /// manifest yet) or of an engine this pitr does not know.
 pub async fn read_backup(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<BackupSummary>> {
-    let k = key.to_key();
-    let body = match repo.get(&k).await {
-        Ok(b) => b,
-        Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(v) = crate::backup::manifest::read_json(repo, key).await? else {
+        return Ok(None);
     };
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| anyhow::anyhow!("backup manifest {k} is not valid JSON: {e}"))?;
     for engine in ENGINES {
         if let Some(s) = engine.backup_summary(key, &v)? {
             return Ok(Some(s));
