@@ -33,11 +33,16 @@ use std::time::Duration;
 use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
+use pitr_segment::Engine;
+
 use crate::archive::catalog::Catalog;
-use crate::archive::keys::SourceName;
+use crate::archive::gaps::{record_gap, GapRecord};
+use crate::archive::identity::{ensure_identity, SourceIdentity};
+use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::{wind_down, Lease, LeaseError, LeaseGuard, LeaseOptions};
-use crate::archive::pipeline::{Durable, Uploader};
+use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
+use crate::archive::sink::{reuse_map, RepoSink};
 use crate::retry::Backoff;
 use crate::storage::Repo;
 
@@ -88,6 +93,65 @@ impl Held {
             written: false,
         }
     }
+
+    /// The first session got through: stores the source's identity (or
+    /// refuses a repository that holds another database under its name) and
+    /// starts the uploader under the lease held. Later calls do nothing.
+    pub async fn start_writing(&mut self, w: Writing<'_>) -> anyhow::Result<()> {
+        if self.uploader.is_some() {
+            return Ok(());
+        }
+        let identity = SourceIdentity::new(w.source.as_str(), w.engine, w.system_id);
+        ensure_identity(w.repo, &identity).await?;
+        let sink = Arc::new(RepoSink {
+            repo: w.repo.clone(),
+            source: w.source.clone(),
+            engine: w.engine,
+            system_id: w.system_id.to_string(),
+            zstd_level: w.zstd_level,
+            lease: self.guard.clone(),
+            reuse: reuse_map(w.reuse),
+        });
+        self.uploader = Some(Uploader::start(
+            sink,
+            w.uploader,
+            w.initial,
+            self.progress.upload.clone(),
+        ));
+        self.written = true;
+        Ok(())
+    }
+
+    /// Records a lost stretch of log under the lease held (a holder that
+    /// lost it records nothing) and counts it for `/metrics`.
+    pub async fn record_gap(
+        &self,
+        repo: &Repo,
+        source: &SourceName,
+        gap: &GapRecord,
+    ) -> anyhow::Result<()> {
+        record_gap(repo, source, &self.guard, gap).await?;
+        self.progress
+            .gaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Where and how an archiver's segments are stored (see
+/// [`Held::start_writing`]).
+pub struct Writing<'a> {
+    pub repo: &'a Repo,
+    pub source: &'a SourceName,
+    pub engine: Engine,
+    /// The source's identity, written into `source.json` and every header.
+    pub system_id: &'a str,
+    pub zstd_level: i32,
+    pub uploader: UploaderOptions,
+    /// The durable watermark the repository already had.
+    pub initial: Option<Durable>,
+    /// Segments stored beyond the resume point, rewritten under their keys.
+    pub reuse: Vec<SegmentKey>,
 }
 
 /// One engine's archiver as the driver sees it.
@@ -102,7 +166,9 @@ pub trait Connection: Send {
     fn classify(&self, e: &anyhow::Error) -> Failure;
 
     /// True once a session got through to the server and the repository.
-    fn got_through(&self) -> bool;
+    fn got_through(&self) -> bool {
+        self.held().written
+    }
 
     /// What the archiver holds.
     fn held(&self) -> &Held;
@@ -110,8 +176,9 @@ pub trait Connection: Send {
     /// What the archiver holds, to take the uploader and lease at the end.
     fn held_mut(&mut self) -> &mut Held;
 
-    /// Notes the final durable end once the uploader has stored everything.
-    fn durable(&mut self, d: &Durable);
+    /// Notes the final durable end once the uploader has stored everything
+    /// (the numbers of `/metrics` are kept by the driver).
+    fn durable(&mut self, _d: &Durable) {}
 
     /// True when the uploader stopped on a definite error.
     fn uploader_failed(&self) -> bool {
@@ -191,6 +258,7 @@ pub async fn run<C: Connection>(
         None => Ok(None),
     };
     if let Ok(Some(d)) = &finished {
+        c.held().progress.note_durable(d);
         c.durable(d);
     }
     let held = c.held_mut();

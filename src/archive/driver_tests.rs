@@ -334,3 +334,83 @@ async fn a_lost_lease_is_reported_before_the_sessions_error_and_not_released() {
     // The successor's lease object is left as it is.
     assert_eq!(released(&repo).await, Some(false));
 }
+
+#[tokio::test]
+async fn writing_starts_once_and_gaps_are_recorded_only_under_the_lease() {
+    use crate::archive::gaps::GapRecord;
+    use pitr_segment::{Engine, Epoch, LogPos};
+
+    let cancel = CancellationToken::new();
+    let (repo, lease) = held_lease(&cancel).await;
+    let source = SourceName::new("d").unwrap();
+    let mut held = Held::new(Arc::default());
+    held.guard = lease.guard();
+    held.lease = Some(lease);
+    let writing = |system_id: &'static str| Writing {
+        repo: &repo,
+        source: &source,
+        engine: Engine::MySql,
+        system_id,
+        zstd_level: 1,
+        uploader: UploaderOptions::default(),
+        initial: None,
+        reuse: Vec::new(),
+    };
+    held.start_writing(writing("server-a")).await.unwrap();
+    assert!(held.written && held.uploader.is_some());
+    let stored = crate::archive::identity::read_identity(&repo, &source)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.system_id, "server-a");
+    // A second call changes nothing (it would refuse another identity).
+    held.start_writing(writing("server-b")).await.unwrap();
+
+    let gap = |start: u64| GapRecord {
+        epoch: Epoch(1),
+        start: LogPos::new(1, start),
+        end: LogPos::new(2, 4),
+        reason: "test".into(),
+        detected_at: chrono::Utc::now(),
+        generation: held.guard.generation(),
+    };
+    held.record_gap(&repo, &source, &gap(4)).await.unwrap();
+    assert_eq!(gap_objects(&repo).await, 1);
+    assert_eq!(
+        held.progress
+            .gaps
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // Lose the lease: the next gap is refused and nothing is written.
+    let key = keys::writer_lease_key(&source);
+    let (body, v) = repo.get_versioned(&key).await.unwrap().unwrap();
+    let mut rec: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    rec["generation"] = 9.into();
+    repo.put_if_version(&key, serde_json::to_vec(&rec).unwrap().into(), &v)
+        .await
+        .unwrap();
+    held.guard.wait_lost().await;
+    assert!(held.record_gap(&repo, &source, &gap(8)).await.is_err());
+    assert_eq!(gap_objects(&repo).await, 1);
+    assert_eq!(
+        held.progress
+            .gaps
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    if let Some(up) = held.uploader.take() {
+        let _ = up.finish().await;
+    }
+}
+
+/// How many gap records the repository holds.
+async fn gap_objects(repo: &Repo) -> usize {
+    repo.list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.location.as_ref().contains("/gaps/"))
+        .count()
+}

@@ -2,10 +2,10 @@
 //! and logs. Positions are the engine-neutral `LogPos::lo` of the epoch in
 //! `timeline` (PostgreSQL LSN; other engines their own `lo`).
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::archive::pipeline::UploadStats;
+use crate::archive::pipeline::{Durable, UploadStats};
 
 /// Live numbers of an archiver, read by `/metrics` and logs.
 #[derive(Debug, Default)]
@@ -19,4 +19,15 @@ pub struct ArchiveProgress {
     pub gaps: AtomicU64,
     /// Generation of the writer lease held (0 = none).
     pub lease_generation: AtomicU64,
+}
+
+impl ArchiveProgress {
+    /// Publishes a durable watermark: its position and, when known, its last
+    /// commit time.
+    pub fn note_durable(&self, d: &Durable) {
+        self.durable_lsn.store(d.pos.lo, Ordering::Relaxed);
+        if let Some(t) = d.last_commit {
+            self.last_commit_micros.store(t.0, Ordering::Relaxed);
+        }
+    }
 }

@@ -45,14 +45,13 @@ use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held};
-use crate::archive::gaps::{record_gap, GapRecord};
-use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Writing};
+use crate::archive::gaps::GapRecord;
+use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, LeaseOptions};
-use crate::archive::pipeline::{Durable, SealedSegment, Uploader, UploaderOptions};
+use crate::archive::pipeline::{Durable, SealedSegment, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
-use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::mongodb_tail::{connect, is_transient, open, Opened, Reader, StartFrom};
 use crate::storage::Repo;
 
@@ -370,10 +369,6 @@ impl Connection for Archiver {
         }
     }
 
-    fn got_through(&self) -> bool {
-        self.held.written
-    }
-
     fn held(&self) -> &Held {
         &self.held
     }
@@ -383,7 +378,6 @@ impl Connection for Archiver {
     }
 
     fn durable(&mut self, d: &Durable) {
-        self.note(d);
         tracing::info!("oplog durable up to {}", show_end(d.epoch, d.pos));
     }
 }
@@ -438,7 +432,7 @@ impl Archiver {
                         }
                     }
                     if let Some(d) = self.held.uploader.as_ref().and_then(|u| u.durable()) {
-                        self.note(&d);
+                        self.held.progress.note_durable(&d);
                     }
                 }
                 d = reader.rx.recv() => {
@@ -469,28 +463,18 @@ impl Archiver {
 
     /// First successful read: identity and uploader.
     async fn setup_repository(&mut self) -> anyhow::Result<()> {
-        if self.held.written {
-            return Ok(());
-        }
-        let identity = SourceIdentity::new(self.source.as_str(), Engine::MongoDb, &self.set_name);
-        ensure_identity(&self.repo, &identity).await?;
-        let sink = Arc::new(RepoSink {
-            repo: self.repo.clone(),
-            source: self.source.clone(),
-            engine: Engine::MongoDb,
-            system_id: self.set_name.clone(),
-            zstd_level: self.opts.zstd_level,
-            lease: self.held.guard.clone(),
-            reuse: reuse_map(self.reuse.drain(..)),
-        });
-        self.held.uploader = Some(Uploader::start(
-            sink,
-            self.opts.uploader.clone(),
-            self.initial,
-            self.held.progress.upload.clone(),
-        ));
-        self.held.written = true;
-        Ok(())
+        self.held
+            .start_writing(Writing {
+                repo: &self.repo,
+                source: &self.source,
+                engine: Engine::MongoDb,
+                system_id: &self.set_name,
+                zstd_level: self.opts.zstd_level,
+                uploader: self.opts.uploader.clone(),
+                initial: self.initial,
+                reuse: std::mem::take(&mut self.reuse),
+            })
+            .await
     }
 
     /// The oplog no longer holds the entry to resume after: record the lost
@@ -515,8 +499,7 @@ impl Archiver {
             detected_at: Utc::now(),
             generation: self.held.guard.generation(),
         };
-        record_gap(&self.repo, &self.source, &self.held.guard, &gap).await?;
-        self.held.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        self.held.record_gap(&self.repo, &self.source, &gap).await?;
         tracing::error!(
             "GAP: the oplog of replica set {} rolled over before pitr archived it: the entries \
              after {shown_last} and before {first} are lost; point-in-time restore into that \
@@ -606,19 +589,6 @@ impl Archiver {
         })
         .await
         .map_err(anyhow::Error::from)
-    }
-
-    fn note(&self, d: &Durable) {
-        self.held
-            .progress
-            .durable_lsn
-            .store(d.pos.lo, Ordering::Relaxed);
-        if let Some(t) = d.last_commit {
-            self.held
-                .progress
-                .last_commit_micros
-                .store(t.0, Ordering::Relaxed);
-        }
     }
 }
 

@@ -44,14 +44,13 @@ use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::SegmentEntry;
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held};
-use crate::archive::gaps::{record_gap, GapRecord};
-use crate::archive::identity::{check_identity, ensure_identity, SourceIdentity};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Writing};
+use crate::archive::gaps::GapRecord;
+use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, LeaseOptions};
-use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
+use crate::archive::pipeline::{Durable, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
-use crate::archive::sink::{reuse_map, RepoSink};
 use crate::source::mysql_segment::{
     default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
     FIRST_EVENT_OFFSET, MYSQL_EPOCH,
@@ -405,10 +404,6 @@ impl Connection for Archiver {
         }
     }
 
-    fn got_through(&self) -> bool {
-        self.held.written
-    }
-
     fn held(&self) -> &Held {
         &self.held
     }
@@ -481,29 +476,18 @@ impl Archiver {
 
     /// First successful start: identity and uploader.
     async fn setup_repository(&mut self) -> anyhow::Result<()> {
-        if self.held.written {
-            return Ok(());
-        }
-        let identity =
-            SourceIdentity::new(self.source.as_str(), self.flavor.engine(), &self.system_id);
-        ensure_identity(&self.repo, &identity).await?;
-        let sink = Arc::new(RepoSink {
-            repo: self.repo.clone(),
-            source: self.source.clone(),
-            engine: self.flavor.engine(),
-            system_id: self.system_id.clone(),
-            zstd_level: self.opts.zstd_level,
-            lease: self.held.guard.clone(),
-            reuse: reuse_map(self.reuse.drain(..)),
-        });
-        self.held.uploader = Some(Uploader::start(
-            sink,
-            self.opts.uploader.clone(),
-            self.initial,
-            self.held.progress.upload.clone(),
-        ));
-        self.held.written = true;
-        Ok(())
+        self.held
+            .start_writing(Writing {
+                repo: &self.repo,
+                source: &self.source,
+                engine: self.flavor.engine(),
+                system_id: &self.system_id,
+                zstd_level: self.opts.zstd_level,
+                uploader: self.opts.uploader.clone(),
+                initial: self.initial,
+                reuse: std::mem::take(&mut self.reuse),
+            })
+            .await
     }
 
     /// The binlog needed to resume was purged: record the lost stretch up to
@@ -531,8 +515,7 @@ impl Archiver {
             detected_at: Utc::now(),
             generation: self.held.guard.generation(),
         };
-        record_gap(&self.repo, &self.source, &self.held.guard, &gap).await?;
-        self.held.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        self.held.record_gap(&self.repo, &self.source, &gap).await?;
         let meta = self.meta.as_ref();
         tracing::error!(
             "GAP: binlog from {} to {} was purged by the server before pitr archived it; \
@@ -773,12 +756,7 @@ impl Archiver {
 
     fn note_durable(&self) {
         if let Some(d) = self.held.uploader.as_ref().and_then(|u| u.durable()) {
-            if let Some(t) = d.last_commit {
-                self.held
-                    .progress
-                    .last_commit_micros
-                    .store(t.0, Ordering::Relaxed);
-            }
+            self.held.progress.note_durable(&d);
         }
     }
 
@@ -789,12 +767,7 @@ impl Archiver {
         };
         let durable = up.finish().await?;
         if let Some(d) = durable {
-            if let Some(t) = d.last_commit {
-                self.held
-                    .progress
-                    .last_commit_micros
-                    .store(t.0, Ordering::Relaxed);
-            }
+            self.held.progress.note_durable(&d);
             tracing::info!(
                 "stored binlog up to {}",
                 show_pos(self.meta.as_ref(), d.pos)

@@ -47,13 +47,12 @@ use pitr_postgres::replication::{
 use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held};
-use crate::archive::gaps::{record_gap, GapRecord};
-use crate::archive::identity::{ensure_identity, SourceIdentity};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Writing};
+use crate::archive::gaps::GapRecord;
+use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
 use crate::archive::lease::LeaseOptions;
-use crate::archive::pipeline::{Durable, Uploader, UploaderOptions};
-use crate::archive::sink::{reuse_map, RepoSink};
+use crate::archive::pipeline::{Durable, UploaderOptions};
 use crate::source::pg_index::{Commit, CommitIndexer};
 use crate::source::pg_segment::Builder;
 use crate::storage::Repo;
@@ -200,13 +199,6 @@ impl Connection for Archiver {
     fn held_mut(&mut self) -> &mut Held {
         &mut self.held
     }
-
-    fn durable(&mut self, d: &Durable) {
-        self.held
-            .progress
-            .durable_lsn
-            .store(d.pos.lo, Ordering::Relaxed);
-    }
 }
 
 impl Archiver {
@@ -227,8 +219,11 @@ impl Archiver {
             None => format!("pg-{}", ident.systemid),
         };
         let source = SourceName::new(&name).map_err(|e| anyhow!("invalid source name: {e}"))?;
-        let identity = SourceIdentity::new(&name, Engine::Postgres, &ident.systemid);
-        ensure_identity(&self.repo, &identity).await?;
+        check_identity(
+            &self.repo,
+            &SourceIdentity::new(&name, Engine::Postgres, &ident.systemid),
+        )
+        .await?;
         self.slot = match &self.opts.slot {
             Some(s) => s.clone(),
             None => default_slot_name(&name),
@@ -267,14 +262,9 @@ impl Archiver {
                 .durable_lsn
                 .store(p.lo, Ordering::Relaxed);
         }
-        let sink = Arc::new(RepoSink {
-            repo: self.repo.clone(),
-            source: source.clone(),
-            engine: Engine::Postgres,
-            system_id: ident.systemid.clone(),
-            zstd_level: self.opts.zstd_level,
-            lease: self.held.guard.clone(),
-            reuse: reuse_map(tail.iter().flat_map(|&(e, p)| {
+        let reuse = tail
+            .iter()
+            .flat_map(|&(e, p)| {
                 catalog.epoch(e).into_iter().flat_map(move |ec| {
                     ec.segments()
                         .iter()
@@ -282,14 +272,20 @@ impl Archiver {
                         .filter(move |s| s.key.start >= p)
                         .map(|s| s.key.clone())
                 })
-            })),
-        });
-        self.held.uploader = Some(Uploader::start(
-            sink,
-            self.opts.uploader.clone(),
-            initial,
-            self.held.progress.upload.clone(),
-        ));
+            })
+            .collect();
+        self.held
+            .start_writing(Writing {
+                repo: &self.repo,
+                source: &source,
+                engine: Engine::Postgres,
+                system_id: &ident.systemid,
+                zstd_level: self.opts.zstd_level,
+                uploader: self.opts.uploader.clone(),
+                initial,
+                reuse,
+            })
+            .await?;
         self.source = Some(source);
         Ok(ident)
     }
@@ -453,8 +449,7 @@ impl Archiver {
             detected_at: Utc::now(),
             generation: self.held.guard.generation(),
         };
-        record_gap(&self.repo, &source, &self.held.guard, &gap).await?;
-        self.held.progress.gaps.fetch_add(1, Ordering::Relaxed);
+        self.held.record_gap(&self.repo, &source, &gap).await?;
         tracing::error!(
             timeline = tli.0,
             "GAP: WAL from {from} to {restart} was removed by the server before pitr archived it; \
@@ -591,16 +586,7 @@ impl Archiver {
     fn durable_lsn(&self, epoch: Epoch) -> Lsn {
         match self.held.uploader.as_ref().and_then(|u| u.durable()) {
             Some(d) if d.epoch == epoch => {
-                self.held
-                    .progress
-                    .durable_lsn
-                    .store(d.pos.lo, Ordering::Relaxed);
-                if let Some(t) = d.last_commit {
-                    self.held
-                        .progress
-                        .last_commit_micros
-                        .store(t.0, Ordering::Relaxed);
-                }
+                self.held.progress.note_durable(&d);
                 Lsn(d.pos.lo)
             }
             // Nothing durable on this timeline yet: report nothing flushed.
@@ -676,10 +662,7 @@ impl Archiver {
         let durable = up.finish().await?;
         if let Some(d) = durable {
             let lsn = Lsn(d.pos.lo);
-            self.held
-                .progress
-                .durable_lsn
-                .store(lsn.0, Ordering::Relaxed);
+            self.held.progress.note_durable(&d);
             self.held.guard.check()?;
             stream
                 .send_status(received, lsn, lsn, false)
