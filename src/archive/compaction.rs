@@ -25,11 +25,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitr_segment::{decode, encode, SegmentHeader, TimestampMicros, WriterOptions};
+use pitr_segment::{encode, SegmentHeader, TimestampMicros, WriterOptions};
 
 use crate::archive::catalog::{Catalog, CatalogError, EpochCatalog, SegmentEntry};
 use crate::archive::index::{self, IndexError, IndexView};
 use crate::archive::keys::{IndexKey, SegmentKey, SourceName};
+use crate::archive::segment_read::{read_segment, SegmentReadError};
 use crate::storage::{Repo, StorageError};
 
 /// Compaction settings.
@@ -195,12 +196,15 @@ async fn merge(
     let mut expect_start = None;
     for p in parts {
         let k = &p.key;
-        let object = repo.get(&k.to_key()).await?;
-        let (meta, data) = decode(&object).map_err(|e| invalid(k, e.to_string()))?;
+        let (meta, data) = read_segment(repo, k).await.map_err(|e| match e {
+            SegmentReadError::Storage(e) => CompactionError::Storage(e),
+            SegmentReadError::Gone { key } => StorageError::NotFound { key }.into(),
+            SegmentReadError::Corrupt { reason, .. } => invalid(k, reason),
+            SegmentReadError::Mismatch { .. } => {
+                invalid(k, "header/footer positions differ from the key")
+            }
+        })?;
         let (h, f) = (&meta.header, &meta.footer);
-        if h.epoch != k.epoch || h.start != k.start || f.end != k.end {
-            return Err(invalid(k, "header/footer positions differ from the key"));
-        }
         if expect_start.is_some_and(|e| e != k.start) {
             return Err(invalid(k, "not contiguous with the previous segment"));
         }

@@ -15,4 +15,5 @@ pub mod pins;
 pub mod pipeline;
 pub mod progress;
 pub mod rollup;
+pub mod segment_read;
 pub mod sink;

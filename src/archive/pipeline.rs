@@ -30,27 +30,7 @@ use pitr_segment::{Epoch, LogPos, TimestampMicros};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-/// A finished stretch of log, ready to be encoded and stored.
-#[derive(Debug, Clone)]
-pub struct SealedSegment {
-    pub epoch: Epoch,
-    pub start: LogPos,
-    pub end: LogPos,
-    pub first_commit: Option<TimestampMicros>,
-    pub last_commit: Option<TimestampMicros>,
-    /// Number of transactions (commits/aborts) in the segment.
-    pub records: u64,
-    /// The log bytes exactly as the server sent them, in the chunks they
-    /// arrived in (no copy into one large buffer).
-    pub raw: Vec<bytes::Bytes>,
-}
-
-impl SealedSegment {
-    /// Total log bytes.
-    pub fn raw_len(&self) -> usize {
-        self.raw.iter().map(|c| c.len()).sum()
-    }
-}
+pub use pitr_segment::SealedSegment;
 
 /// Error of a [`SegmentSink`], classified for retrying.
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,17 @@
 //! `pitr binlog-fetch --repo R [--name N] FILE DEST`: writes one archived
 //! MySQL/MariaDB binlog file, rebuilt from verified segments, for
 //! `mysqlbinlog` / `mariadb-binlog` or a server to apply. Exit 0 = written,
-//! 1 = that file is not archived, other = error. `--list` prints the
+//! 1 = that file is not archived, 126 = any other error. `--list` prints the
 //! archived files with their first/last commit times instead.
 
 use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::Args;
-use pitr_segment::TimestampMicros;
 
-use crate::archive::identity::resolve_source;
+use crate::engine::mysql::MySql;
 use crate::restore::binlog_fetch::{fetch_binlog_file, list_binlog_files, BinlogFetchOutcome};
-use crate::storage::Repo;
+use crate::restore::fetch::{self, list_time};
 
 #[derive(Debug, Args)]
 pub struct BinlogFetchArgs {
@@ -37,23 +36,16 @@ pub struct BinlogFetchArgs {
     pub parallel: usize,
 }
 
-fn show_time(t: Option<TimestampMicros>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp_micros(t.0))
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        .unwrap_or_else(|| "-".into())
-}
-
 pub async fn run(args: BinlogFetchArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&args.repo).await?;
-    let source = resolve_source(&repo, args.name.as_deref()).await?;
+    let (repo, source) = fetch::open(&args.repo, args.name.as_deref(), &MySql).await?;
     if args.list {
         for f in list_binlog_files(&repo, &source).await? {
             println!(
                 "{}\t{}\t{}\t{}{}",
                 f.name,
                 f.end,
-                show_time(f.first_commit),
-                show_time(f.last_commit),
+                list_time(f.first_commit),
+                list_time(f.last_commit),
                 if f.partial { "\tpartial" } else { "" }
             );
         }
@@ -79,7 +71,7 @@ pub async fn run(args: BinlogFetchArgs) -> anyhow::Result<i32> {
         }
         BinlogFetchOutcome::NotArchived(why) => {
             eprintln!("pitr binlog-fetch: {why}");
-            Ok(1)
+            Ok(fetch::NOT_ARCHIVED)
         }
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! Exit codes: 0 success; 1 a failed check (`status`, `verify`), "not (yet)
 //! archived" (`wal-fetch`, `binlog-fetch`, `oplog-fetch`) or any other error; 2 usage or
-//! configuration errors. `wal-fetch` exits 126 on an error other than "not
-//! archived" (an unreachable repository, a corrupt segment): PostgreSQL
-//! aborts recovery on that status instead of taking it for the end of the
-//! archive and promoting too early.
+//! configuration errors. The fetch verbs exit 126 on an error other than
+//! "not archived" (an unreachable repository, a corrupt segment, a source
+//! that is not there): PostgreSQL aborts recovery on that status instead of
+//! taking it for the end of the archive and promoting too early, and a
+//! script tells "not archived" from a failure (see `restore::fetch`).
 
 pub mod archive;
 pub mod backup;
@@ -41,14 +42,16 @@ pub enum Command {
     /// Stream a database's transaction log into the repository continuously.
     Archive(archive::ArchiveArgs),
     /// Write one archived PostgreSQL WAL file (or .history file) to a path;
-    /// made for `restore_command`. Exit status 1 when it is not archived.
+    /// made for `restore_command`. Exit status 1 when it is not archived, 126
+    /// on any other error.
     WalFetch(wal_fetch::WalFetchArgs),
     /// Write one archived MySQL/MariaDB binlog file to a path (or --list
-    /// them). Exit status 1 when it is not archived.
+    /// them). Exit status 1 when it is not archived, 126 on any other error.
     BinlogFetch(binlog_fetch::BinlogFetchArgs),
     /// Write archived MongoDB oplog entries (a timestamp range) as one
     /// oplog.bson file for mongorestore --oplogReplay (or --list the
-    /// archived segments). Exit status 1 when the range is not archived.
+    /// archived segments). Exit status 1 when the range is not archived, 126
+    /// on any other error.
     OplogFetch(oplog_fetch::OplogFetchArgs),
     /// Recoverable window, base backups, gaps and lag of each source.
     /// Exit status 1 when a gap splits the window or the lag is too high.
@@ -77,17 +80,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     common::init_logging(cli.verbose);
     match cli.command {
         Command::Archive(a) => archive::run(a).await,
-        Command::WalFetch(a) => match wal_fetch::run(a).await {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                // Not "not archived": make PostgreSQL abort recovery rather
-                // than end it early at a hole that is not there.
-                eprintln!("pitr wal-fetch: error: {e:#}");
-                Ok(126)
-            }
-        },
-        Command::BinlogFetch(a) => binlog_fetch::run(a).await,
-        Command::OplogFetch(a) => oplog_fetch::run(a).await,
+        Command::WalFetch(a) => fetch_status("wal-fetch", wal_fetch::run(a).await),
+        Command::BinlogFetch(a) => fetch_status("binlog-fetch", binlog_fetch::run(a).await),
+        Command::OplogFetch(a) => fetch_status("oplog-fetch", oplog_fetch::run(a).await),
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Status(a) => status::run(a).await,
@@ -95,6 +90,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => run::run(a).await,
         Command::Prune(a) => prune::run(a).await,
         Command::Compact(a) => compact::run(a).await,
+    }
+}
+
+/// A fetch verb's error is no "not archived": it exits 126, so PostgreSQL
+/// aborts recovery rather than end it early at a hole that is not there.
+fn fetch_status(verb: &str, r: anyhow::Result<i32>) -> anyhow::Result<i32> {
+    match r {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("pitr {verb}: error: {e:#}");
+            Ok(crate::restore::fetch::FAILED)
+        }
     }
 }
 

@@ -3,18 +3,17 @@
 //! (defaults: the whole archive) as one `oplog.bson` file, exactly the
 //! stored bytes back to back, for `mongorestore --oplogReplay`. Exit 0 =
 //! written, 1 = the range is not wholly archived (the message names the
-//! hole or gap), other = error. `--list` prints the archived segments.
+//! hole or gap), 126 = any other error. `--list` prints the archived segments.
 
 use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::Args;
 use pitr_mongodb::OplogTs;
-use pitr_segment::TimestampMicros;
 
-use crate::cli::wal_fetch::resolve_source;
+use crate::engine::mongodb::MongoDb;
+use crate::restore::fetch::{self, list_time};
 use crate::restore::oplog_fetch::{fetch_oplog, list_oplog, stretch_bounds, OplogFetchOutcome};
-use crate::storage::Repo;
 
 #[derive(Debug, Args)]
 pub struct OplogFetchArgs {
@@ -42,22 +41,15 @@ pub struct OplogFetchArgs {
     pub parallel: usize,
 }
 
-fn show_time(t: Option<TimestampMicros>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp_micros(t.0))
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| "-".into())
-}
-
 pub async fn run(args: OplogFetchArgs) -> anyhow::Result<i32> {
-    let repo = Repo::open_existing(&args.repo).await?;
-    let source = resolve_source(&repo, args.name.as_deref()).await?;
+    let (repo, source) = fetch::open(&args.repo, args.name.as_deref(), &MongoDb).await?;
     if args.list {
         for s in list_oplog(&repo, &source).await? {
             let (term, first, last) = stretch_bounds(&s);
             println!(
                 "term {term}\t{first}\t{last}\t{}\t{}\t{}",
-                show_time(s.first_wall),
-                show_time(s.last_wall),
+                list_time(s.first_wall),
+                list_time(s.last_wall),
                 s.stored_bytes
             );
         }
@@ -76,7 +68,7 @@ pub async fn run(args: OplogFetchArgs) -> anyhow::Result<i32> {
         }
         OplogFetchOutcome::NotArchived(why) => {
             eprintln!("pitr oplog-fetch: {why}");
-            Ok(1)
+            Ok(fetch::NOT_ARCHIVED)
         }
     }
 }

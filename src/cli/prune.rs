@@ -131,7 +131,7 @@ fn render(r: &PruneReport) -> String {
     for i in &r.incomplete_backups {
         let started = i
             .started
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .map(crate::restore::time::utc_seconds_text)
             .unwrap_or_else(|| "at an unknown time".into());
         out.push_str(&format!(
             "  {removed} incomplete backup {} (started {started}, no manifest)\n",

@@ -18,6 +18,7 @@ use clap::Args;
 
 use crate::cli::common::parse_duration;
 use crate::monitor::status::{human_secs, repo_status, RepoStatus, SourceStatus};
+use crate::restore::time::utc_text;
 use crate::storage::Repo;
 
 #[derive(Debug, Args)]
@@ -79,10 +80,6 @@ async fn load(args: &StatusArgs) -> anyhow::Result<RepoStatus> {
     repo_status(&repo, args.name.as_deref()).await
 }
 
-fn fmt_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()
-}
-
 /// The human-readable block of one source.
 pub fn render(s: &SourceStatus) -> String {
     let mut o = String::new();
@@ -95,7 +92,7 @@ pub fn render(s: &SourceStatus) -> String {
         (Some(w), _) => line(
             &mut o,
             "recoverable window",
-            format!("{} .. {}", fmt_time(w.start), fmt_time(w.end)),
+            format!("{} .. {}", utc_text(w.start), utc_text(w.end)),
         ),
         (None, Some(n)) => line(&mut o, "recoverable window", format!("none ({n})")),
         (None, None) => line(&mut o, "recoverable window", "none".into()),
@@ -104,7 +101,7 @@ pub fn render(s: &SourceStatus) -> String {
         &mut o,
         "log coverage",
         match &s.log_coverage {
-            Some(w) => format!("{} .. {}", fmt_time(w.start), fmt_time(w.end)),
+            Some(w) => format!("{} .. {}", utc_text(w.start), utc_text(w.end)),
             None => "no commit archived".into(),
         },
     );
@@ -116,7 +113,7 @@ pub fn render(s: &SourceStatus) -> String {
                 "{} (newest {}, finished {})",
                 s.base_backups,
                 b.id,
-                fmt_time(b.stop_time)
+                utc_text(b.stop_time)
             ),
             None => "0".into(),
         },
@@ -138,7 +135,7 @@ pub fn render(s: &SourceStatus) -> String {
         &mut o,
         "last segment stored",
         s.last_segment_stored_at
-            .map(fmt_time)
+            .map(utc_text)
             .unwrap_or_else(|| "never".into()),
     );
     line(
@@ -152,29 +149,29 @@ pub fn render(s: &SourceStatus) -> String {
                     l.generation,
                     l.holder_host,
                     l.holder_pid,
-                    fmt_time(l.acquired_at),
-                    fmt_time(l.expires_at)
+                    utc_text(l.acquired_at),
+                    utc_text(l.expires_at)
                 ),
                 "released" => format!(
                     "generation {} released by {} pid {} at {} (no archiver runs)",
                     l.generation,
                     l.holder_host,
                     l.holder_pid,
-                    fmt_time(l.expires_at)
+                    utc_text(l.expires_at)
                 ),
                 "abandoned" => format!(
                     "generation {} of {} pid {}: that process is gone (the lease expires {})",
                     l.generation,
                     l.holder_host,
                     l.holder_pid,
-                    fmt_time(l.expires_at)
+                    utc_text(l.expires_at)
                 ),
                 _ => format!(
                     "generation {} of {} pid {} expired at {}: holder dead?",
                     l.generation,
                     l.holder_host,
                     l.holder_pid,
-                    fmt_time(l.expires_at)
+                    utc_text(l.expires_at)
                 ),
             },
         },

@@ -21,6 +21,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::archive::pins;
+use crate::engine::postgres::Postgres;
+use crate::restore::fetch;
 use crate::restore::postgres::planned::{planned, PlanRange};
 use crate::restore::postgres::wal_fetch::{FetchOptions, FetchOutcome};
 use crate::restore::prefetch::{self, Spool};
@@ -75,7 +77,7 @@ pub struct WalFetchArgs {
 
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
     let repo = Repo::open_existing(&args.repo).await?;
-    let source = resolve_source(&repo, args.name.as_deref()).await?;
+    let source = fetch::resolve(&repo, args.name.as_deref(), &Postgres).await?;
     let opts = FetchOptions {
         wal_segment_size: args.wal_segment_size,
         parallel: args.parallel,
@@ -126,12 +128,14 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         FetchOutcome::NotArchived(why) => {
+            // Only a source that is there and is PostgreSQL's ends recovery.
+            fetch::confirm(&repo, &source, &Postgres).await?;
             if planned(&args.plan_ranges, &args.wal_file, args.wal_segment_size) {
                 eprintln!(
                     "pitr wal-fetch: {} was archived when the restore planned on it but is gone from the repository (deleted by prune or another process?); aborting recovery: restore again",
                     args.wal_file
                 );
-                return Ok(126);
+                return Ok(fetch::FAILED);
             }
             let is_wal = !args.wal_file.ends_with(".history");
             if let (Some(id), true) = (&args.pin, is_wal) {
@@ -141,7 +145,7 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
                 }
             }
             eprintln!("pitr wal-fetch: {why}");
-            Ok(1)
+            Ok(fetch::NOT_ARCHIVED)
         }
     }
 }
@@ -180,5 +184,3 @@ fn spawn_worker(args: &WalFetchArgs, source: &str, spool: &Spool) -> anyhow::Res
         .spawn()?;
     Ok(())
 }
-
-pub use crate::archive::identity::resolve_source;

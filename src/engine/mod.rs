@@ -17,6 +17,8 @@
 //!   file size ([`EngineOps::aligns_log_to_files`]: PostgreSQL fetches whole
 //!   WAL files).
 //!
+//! * how people call it and which verb fetches its log
+//!   ([`EngineOps::label`], [`EngineOps::fetch_verb`]);
 //! * how it archives, backs up and restores ([`EngineOps::archive`],
 //!   [`EngineOps::backup`], [`EngineOps::restore`] with the targets it serves,
 //!   [`EngineOps::restore_targets`]); the CLI verbs only pick the engine.
@@ -141,6 +143,11 @@ pub struct BackupReport {
 pub trait EngineOps: Send + Sync + std::fmt::Debug {
     /// Short lower-case name (`postgres`, `mysql`).
     fn name(&self) -> &'static str;
+    /// How people name the engine's databases in sentences (`PostgreSQL`).
+    fn label(&self) -> &'static str;
+    /// The verb that writes its archived log back as the server's own files
+    /// (`wal-fetch`); see `restore::fetch`.
+    fn fetch_verb(&self) -> &'static str;
     /// The segment-format engine codes of its sources.
     fn codes(&self) -> &'static [pitr_segment::Engine];
     /// Whether a database URL is one of this engine's.

@@ -39,6 +39,14 @@ impl EngineOps for MongoDb {
         "mongodb"
     }
 
+    fn label(&self) -> &'static str {
+        "MongoDB"
+    }
+
+    fn fetch_verb(&self) -> &'static str {
+        "oplog-fetch"
+    }
+
     fn codes(&self) -> &'static [pitr_segment::Engine] {
         &[pitr_segment::Engine::MongoDb]
     }

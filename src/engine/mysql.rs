@@ -39,6 +39,14 @@ impl EngineOps for MySql {
         "mysql"
     }
 
+    fn label(&self) -> &'static str {
+        "MySQL/MariaDB"
+    }
+
+    fn fetch_verb(&self) -> &'static str {
+        "binlog-fetch"
+    }
+
     fn codes(&self) -> &'static [pitr_segment::Engine] {
         &[pitr_segment::Engine::MySql, pitr_segment::Engine::MariaDb]
     }

@@ -30,6 +30,14 @@ impl EngineOps for Postgres {
         "postgres"
     }
 
+    fn label(&self) -> &'static str {
+        "PostgreSQL"
+    }
+
+    fn fetch_verb(&self) -> &'static str {
+        "wal-fetch"
+    }
+
     fn codes(&self) -> &'static [pitr_segment::Engine] {
         &[pitr_segment::Engine::Postgres]
     }

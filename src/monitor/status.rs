@@ -256,7 +256,7 @@ impl SourceStatus {
                     self.name,
                     b.dir,
                     b.started
-                        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .map(crate::restore::time::utc_seconds_text)
                         .unwrap_or_default()
                 )
             })

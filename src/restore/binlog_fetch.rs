@@ -3,7 +3,7 @@
 //! A binlog file `<base>.<NNNNNN>` is the magic `\xfebin` followed by the
 //! events of sequence `N`; the archiver stores those events in segments
 //! `[(N, a), (N, b))` that never cross a file (see
-//! `crate::source::mysql_segment`). The file is the magic plus the
+//! `pitr_mysql::segment`). The file is the magic plus the
 //! concatenation of the verified segments of sequence `N`, which must start
 //! at offset 4 and be contiguous.
 //!
@@ -24,14 +24,14 @@ use anyhow::{anyhow, Context as _};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use pitr_mysql::event::{checksum_matches, compute_checksum, types, LOG_EVENT_BINLOG_IN_USE_F};
 use pitr_mysql::file::{clear_in_use_flag, BINLOG_MAGIC};
+use pitr_mysql::segment::{last_event_type, FIRST_EVENT_OFFSET, MYSQL_EPOCH};
 use pitr_segment::{LogPos, TimestampMicros};
 
 use crate::archive::catalog::{Catalog, SegmentEntry};
 use crate::archive::keys::{SegmentKey, SourceName};
-use crate::restore::postgres::wal_fetch::write_atomically;
-use crate::source::mysql_segment::{
-    last_event_type, read_meta, MysqlMeta, FIRST_EVENT_OFFSET, MYSQL_EPOCH,
-};
+use crate::archive::segment_read::read_segment;
+use crate::restore::fetch::write_atomically;
+use crate::source::mysql_meta::{read_meta, MysqlMeta};
 use crate::storage::Repo;
 
 /// What `binlog-fetch` did.
@@ -136,20 +136,11 @@ pub async fn fetch_binlog_file(
         }
     };
     let parts: Vec<Vec<u8>> = stream::iter(keys.into_iter().map(|k| async move {
-        let key = k.to_key();
-        let object = repo.get(&key).await?;
-        let (m, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-            .await
-            .map_err(|e| anyhow!("decoding {key}: {e}"))?
-            .map_err(|e| anyhow!("segment {key} is corrupt: {e}; run `pitr verify`"))?;
-        if m.header.start != k.start
-            || m.footer.end != k.end
-            || payload.len() as u64 != k.end.lo - k.start.lo
-        {
+        let (_, payload) = read_segment(repo, &k).await?;
+        if payload.len() as u64 != k.end.lo - k.start.lo {
             return Err(anyhow!(
-                "segment {key} holds {}..{} ({} bytes), not what its name says; the repository is damaged",
-                m.header.start,
-                m.footer.end,
+                "segment {} holds {} bytes, not what its name says; the repository is damaged",
+                k.to_key(),
                 payload.len()
             ));
         }

@@ -2,6 +2,7 @@
 //! one module per engine, and what they share.
 
 pub mod binlog_fetch;
+pub mod fetch;
 pub mod mongodb;
 pub mod mysql;
 pub mod oplog_fetch;

@@ -27,6 +27,7 @@ use pitr_segment::{Epoch, LogPos, TimestampMicros};
 use crate::archive::catalog::Catalog;
 use crate::archive::gaps::read_gap;
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
+use crate::archive::segment_read::read_segment;
 use crate::storage::Repo;
 
 /// What `oplog-fetch` did.
@@ -193,20 +194,8 @@ pub async fn fetch_oplog(
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let mut out = std::io::BufWriter::new(tmp);
     let mut fetched = stream::iter(keys.into_iter().map(|k| async move {
-        let key = k.to_key();
-        let object = repo.get(&key).await?;
-        let (m, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-            .await
-            .map_err(|e| anyhow!("decoding {key}: {e}"))?
-            .map_err(|e| anyhow!("segment {key} is corrupt: {e}; run `pitr verify`"))?;
-        if m.header.start != k.start || m.footer.end != k.end {
-            return Err(anyhow!(
-                "segment {key} holds {}..{}, not what its name says; the repository is damaged",
-                m.header.start,
-                m.footer.end
-            ));
-        }
-        Ok::<_, anyhow::Error>((key, payload))
+        let (_, payload) = read_segment(repo, &k).await?;
+        Ok::<_, anyhow::Error>((k.to_key(), payload))
     }))
     .buffered(parallel.max(1));
     let (mut n, mut bytes) = (0u64, 0u64);

@@ -93,6 +93,11 @@ pub fn utc_text(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()
 }
 
+/// `2024-01-02 03:04:05 UTC`: for people, where seconds are precise enough.
+pub fn utc_seconds_text(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

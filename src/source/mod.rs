@@ -4,9 +4,7 @@
 pub mod mongodb;
 pub mod mongodb_tail;
 pub mod mysql;
-pub mod mysql_segment;
-pub mod pg_index;
-pub mod pg_segment;
+pub mod mysql_meta;
 pub mod postgres;
 
 /// The engine a database URL points at.

@@ -50,7 +50,7 @@ use crate::archive::gaps::GapRecord;
 use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, LeaseOptions};
-use crate::archive::pipeline::{Durable, SealedSegment, UploaderOptions};
+use crate::archive::pipeline::{Durable, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
 use crate::source::mongodb_tail::{connect, is_transient, open, Opened, Reader, StartFrom};
 use crate::storage::Repo;
@@ -578,17 +578,9 @@ impl Archiver {
             .progress
             .timeline
             .store(s.epoch.0, Ordering::Relaxed);
-        up.submit(SealedSegment {
-            epoch: s.epoch,
-            start: s.start,
-            end: s.end,
-            first_commit: s.first_commit,
-            last_commit: s.last_commit,
-            records: s.records,
-            raw: vec![bytes::Bytes::from(s.raw)],
-        })
-        .await
-        .map_err(anyhow::Error::from)
+        up.submit(s.into_sealed())
+            .await
+            .map_err(anyhow::Error::from)
     }
 }
 

@@ -3,7 +3,7 @@
 //! Registers as a replica (`COM_REGISTER_SLAVE` + `COM_BINLOG_DUMP`, see
 //! `pitr_mysql::client`) and stores the exact bytes of every non-artificial
 //! binlog event, cut into segments per binlog file at transaction
-//! boundaries (layout in [`super::mysql_segment`]). A segment never crosses
+//! boundaries (layout in `pitr_mysql::segment`). A segment never crosses
 //! a binlog file, so `pitr binlog-fetch` rebuilds each file byte-identical to
 //! the server's own by concatenation.
 //!
@@ -36,6 +36,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use chrono::Utc;
 use pitr_mysql::event::types;
+use pitr_mysql::segment::{last_event_type, SegmentBuilder, FIRST_EVENT_OFFSET, MYSQL_EPOCH};
 use pitr_mysql::{
     list_binlogs, server_identity, BinlogClient, BinlogPos, ClientOptions, ErrorKind, Flavor,
     MysqlError, RawEvent, ServerId, ServerIdentity, StartFrom, TxnTracker,
@@ -51,10 +52,8 @@ use crate::archive::keys::{GapKey, SegmentKey, SourceName};
 use crate::archive::lease::{start_failure, LeaseOptions};
 use crate::archive::pipeline::{Durable, UploaderOptions};
 use crate::archive::progress::ArchiveProgress;
-use crate::source::mysql_segment::{
-    default_server_id, ensure_meta, last_event_type, read_meta, MysqlMeta, SegmentBuilder,
-    FIRST_EVENT_OFFSET, MYSQL_EPOCH,
-};
+use crate::archive::segment_read::read_segment;
+use crate::source::mysql_meta::{default_server_id, ensure_meta, read_meta, MysqlMeta};
 use crate::storage::Repo;
 
 /// Settings of one MySQL/MariaDB archiver.
@@ -345,7 +344,7 @@ async fn find_tail(
             let complete = match by {
                 None => true,
                 Some(i) if i + CHECK_RECENT < segs.len() => true,
-                Some(i) => segment_ends_file(repo, &segs[i].key.to_key()).await?,
+                Some(i) => segment_ends_file(repo, &segs[i].key).await?,
             };
             if complete {
                 (end, by, checked) = (stop, idx, None);
@@ -357,7 +356,7 @@ async fn find_tail(
     }
     let ends_file = match (checked, by) {
         (Some(c), _) => c,
-        (None, Some(i)) => segment_ends_file(repo, &segs[i].key.to_key()).await?,
+        (None, Some(i)) => segment_ends_file(repo, &segs[i].key).await?,
         (None, None) => false,
     };
     let last_commit = segs
@@ -374,13 +373,8 @@ async fn find_tail(
 
 /// True when the segment at `key` ends with a ROTATE or STOP event (its
 /// binlog file is complete).
-async fn segment_ends_file(repo: &Repo, key: &str) -> anyhow::Result<bool> {
-    let object = repo.get(key).await?;
-    let k = key.to_string();
-    let (_, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-        .await
-        .map_err(|e| anyhow!("decoding {k}: {e}"))?
-        .map_err(|e| anyhow!("segment {key} is corrupt: {e}; run `pitr verify`"))?;
+async fn segment_ends_file(repo: &Repo, key: &SegmentKey) -> anyhow::Result<bool> {
+    let (_, payload) = read_segment(repo, key).await?;
     Ok(matches!(
         last_event_type(&payload),
         Some(types::ROTATE | types::STOP)

@@ -38,12 +38,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
 use chrono::Utc;
+use pitr_postgres::commit_index::{Commit, CommitIndexer};
 use pitr_postgres::conninfo::Config;
 use pitr_postgres::error::{ErrorKind, PgError};
 use pitr_postgres::lsn::{Lsn, TimelineId};
 use pitr_postgres::replication::{
     ReplicationClient, ReplicationMessage, ReplicationStream, SystemIdentity,
 };
+use pitr_postgres::segment::SegmentBuilder;
 use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
@@ -53,8 +55,6 @@ use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
 use crate::archive::lease::LeaseOptions;
 use crate::archive::pipeline::{Durable, UploaderOptions};
-use crate::source::pg_index::{Commit, CommitIndexer};
-use crate::source::pg_segment::Builder;
 use crate::storage::Repo;
 
 /// Settings of one PostgreSQL archiver.
@@ -473,7 +473,7 @@ impl Archiver {
     ) -> anyhow::Result<SessionEnd> {
         let epoch = Epoch(u64::from(tli.0));
         let mut indexer = CommitIndexer::new(stream_from, self.seg_size);
-        let mut buf = Builder::new(epoch, resume);
+        let mut buf = SegmentBuilder::new(epoch, resume);
         let mut received = stream_from;
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -597,7 +597,7 @@ impl Archiver {
     /// Appends WAL at `at` (already indexed), cutting at WAL-file and size limits.
     async fn append(
         &mut self,
-        buf: &mut Builder,
+        buf: &mut SegmentBuilder,
         at: Lsn,
         mut data: Bytes,
         commits: &[Commit],
@@ -605,15 +605,15 @@ impl Archiver {
         let mut pos = at;
         while !data.is_empty() {
             // Skip what lies before the resume point (already archived).
-            if pos < buf.start {
-                let skip = ((buf.start.0 - pos.0) as usize).min(data.len());
+            if pos < buf.start() {
+                let skip = ((buf.start().0 - pos.0) as usize).min(data.len());
                 let _ = data.split_to(skip);
                 pos = Lsn(pos.0 + skip as u64);
                 continue;
             }
             let file_end = pos.segment_start(self.seg_size).0 + self.seg_size;
             let room_file = (file_end - pos.0) as usize;
-            let room_size = self.opts.max_segment_bytes.saturating_sub(buf.len).max(1);
+            let room_size = self.opts.max_segment_bytes.saturating_sub(buf.len()).max(1);
             let take = data.len().min(room_file).min(room_size);
             let chunk = data.split_to(take);
             buf.push(chunk);
@@ -625,7 +625,7 @@ impl Archiver {
                 buf.note_commit(c.end_lsn, c.time);
             }
             pos = piece_end;
-            if pos.0 == file_end || buf.len >= self.opts.max_segment_bytes {
+            if pos.0 == file_end || buf.len() >= self.opts.max_segment_bytes {
                 self.seal(buf, pos).await?;
             }
         }
@@ -633,9 +633,9 @@ impl Archiver {
     }
 
     /// Seals the buffered bytes `[buf.start, end)` into a segment and queues it.
-    async fn seal(&mut self, buf: &mut Builder, end: Lsn) -> anyhow::Result<()> {
-        if buf.len == 0 {
-            if end > buf.start {
+    async fn seal(&mut self, buf: &mut SegmentBuilder, end: Lsn) -> anyhow::Result<()> {
+        if buf.is_empty() {
+            if end > buf.start() {
                 buf.reset(end);
             }
             return Ok(());

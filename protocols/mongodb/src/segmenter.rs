@@ -56,7 +56,8 @@
 use std::time::{Duration, Instant};
 
 use pitr_segment::{
-    Codec, Engine, Epoch, LogPos, SegmentError, SegmentHeader, TimestampMicros, WriterOptions,
+    Codec, Engine, Epoch, LogPos, SealedSegment, SegmentError, SegmentHeader, TimestampMicros,
+    WriterOptions,
 };
 
 use crate::entry::OplogEntryRef;
@@ -85,6 +86,19 @@ pub struct SealedOplogSegment {
 }
 
 impl SealedOplogSegment {
+    /// The engine-neutral stretch the archiver stores.
+    pub fn into_sealed(self) -> SealedSegment {
+        SealedSegment {
+            epoch: self.epoch,
+            start: self.start,
+            end: self.end,
+            first_commit: self.first_commit,
+            last_commit: self.last_commit,
+            records: self.records,
+            raw: vec![bytes::Bytes::from(self.raw)],
+        }
+    }
+
     /// The segment object (pitr segment format) for source `source_id`.
     pub fn encode(
         &self,

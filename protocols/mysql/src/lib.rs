@@ -11,6 +11,7 @@
 //!   row images and column values (for comparing primary / unique keys).
 //! * [`txn`]: sans-IO transaction-boundary tracker (safe segment cut points
 //!   and commit times).
+//! * [`segment`]: the binlog stream cut into segments at those points.
 //! * [`replay`] / [`status_vars`]: binlog events as SQL statements that apply
 //!   them on another server (`BINLOG '...'` + QUERY events with their session context).
 //! * [`file`]: rebuild binlog files from stored events for the native tools.
@@ -26,6 +27,7 @@ pub mod gtid;
 pub mod pos;
 pub mod replay;
 pub mod rows;
+pub mod segment;
 pub mod status_vars;
 pub mod txn;
 

@@ -6,15 +6,19 @@
 //! * [`replication`]: walsender commands and the `START_REPLICATION PHYSICAL` stream.
 //! * [`wal`]: sans-IO WAL decoder extracting commit times, xids, checkpoints and switches.
 //! * [`lsn`]: LSNs, timelines, WAL file names.
+//! * [`segment`], [`commit_index`]: streamed WAL cut into segments with the
+//!   commit times they hold.
 //! * [`error`]: errors classified as transient, definite or "WAL removed".
 
 pub mod backup;
 mod channel_binding;
+pub mod commit_index;
 pub mod conn;
 pub mod conninfo;
 pub mod error;
 pub mod lsn;
 pub mod replication;
+pub mod segment;
 mod tls;
 pub mod wal;
 

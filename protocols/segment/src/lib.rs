@@ -7,6 +7,8 @@
 //! with the frame index and commit-time range, and a trailer with a
 //! whole-object checksum. See [`format`] for the byte layout.
 //!
+//! * Build: every engine's builder seals a stretch of log into a
+//!   [`SealedSegment`].
 //! * Write: [`SegmentWriter`] (streaming) or [`encode`] (in memory).
 //! * Read everything: [`SegmentReader`] (streaming, `std::io::Read`) or
 //!   [`decode`] (in memory); both verify every checksum.
@@ -22,6 +24,7 @@ mod meta;
 pub mod position;
 mod range;
 mod reader;
+mod sealed;
 mod writer;
 
 pub use error::{ByteRange, Part, Result, SegmentError};
@@ -34,4 +37,5 @@ pub use meta::{Codec, FrameInfo, SegmentFooter, SegmentHeader, SegmentMeta, Segm
 pub use position::{Engine, Epoch, LogPos, TimestampMicros};
 pub use range::{parse_tail, SUGGESTED_TAIL_LEN};
 pub use reader::{decode, SegmentReader};
+pub use sealed::SealedSegment;
 pub use writer::{encode, SegmentWriter, WriterOptions};

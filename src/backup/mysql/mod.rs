@@ -242,7 +242,7 @@ pub async fn take_mysql_backup(
     // Renewed until this function returns; removed by `run_interruptible`.
     let _pin = opts
         .started
-        .begin(repo, &key, crate::source::mysql_segment::MYSQL_EPOCH)
+        .begin(repo, &key, pitr_mysql::segment::MYSQL_EPOCH)
         .await?;
 
     let schema = Schema { databases: schema };

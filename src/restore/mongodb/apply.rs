@@ -41,6 +41,7 @@ use pitr_mongodb::{
 use serde::Serialize;
 
 use crate::archive::keys::SegmentKey;
+use crate::archive::segment_read::read_segment;
 use crate::restore::mongodb::plan::{ts_text, MongoPlan, MongoTarget};
 use crate::storage::Repo;
 
@@ -94,22 +95,7 @@ pub struct ApplyReport {
 /// Fetches and verifies one segment; its payload.
 async fn fetch(repo: Repo, key: String) -> anyhow::Result<Vec<u8>> {
     let sk = SegmentKey::parse(&key)?;
-    let body = repo
-        .get(&key)
-        .await
-        .map_err(|e| anyhow!("reading {key}: {e}"))?;
-    let (meta, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&body))
-        .await
-        .map_err(|e| anyhow!("decoding {key}: {e}"))?
-        .map_err(|e| anyhow!("segment {key} is damaged: {e}"))?;
-    if meta.header.start != sk.start || meta.header.epoch != sk.epoch {
-        return Err(anyhow!(
-            "segment {key} does not hold what its key says (its header starts at {} of term {})",
-            meta.header.start,
-            meta.header.epoch.0
-        ));
-    }
-    Ok(payload)
+    Ok(read_segment(&repo, &sk).await?.1)
 }
 
 fn command_code(e: &mongodb::error::Error) -> Option<i32> {

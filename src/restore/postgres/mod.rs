@@ -36,6 +36,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::archive::keys::{BackupKey, SegmentKey};
+use crate::archive::segment_read::read_segment;
 use crate::backup::postgres::manifest::{ArchiveInfo, BackupManifest};
 use crate::restore::postgres::plan::{Plan, Target};
 use crate::restore::time::pg_timestamp;
@@ -57,15 +58,9 @@ pub async fn verify_chain(repo: &Repo, plan: &Plan, parallel: usize) -> anyhow::
 
 async fn verify_segment(repo: &Repo, key: &str) -> anyhow::Result<()> {
     let k = SegmentKey::parse(key)?;
-    let object = repo.get(key).await?;
-    let (meta, _) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-        .await?
-        .map_err(|e| {
-            anyhow!("segment {key} is corrupt: {e}; restore refused (run `pitr verify`)")
-        })?;
-    if meta.header.start != k.start || meta.footer.end != k.end {
-        bail!("segment {key} does not hold what its name says; restore refused");
-    }
+    read_segment(repo, &k)
+        .await
+        .map_err(|e| anyhow!("{e}; restore refused"))?;
     Ok(())
 }
 

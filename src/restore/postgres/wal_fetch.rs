@@ -19,6 +19,8 @@ use pitr_segment::{Epoch, LogPos};
 
 use crate::archive::catalog::Catalog;
 use crate::archive::keys::{HistoryKey, SegmentKey, SourceName};
+use crate::archive::segment_read::read_segment;
+pub use crate::restore::fetch::write_atomically;
 use crate::storage::{Repo, StorageError};
 
 /// What `wal-fetch` did.
@@ -179,19 +181,7 @@ async fn rebuild(
         }
     };
     let parts: Vec<Vec<u8>> = stream::iter(keys.into_iter().map(|k| async move {
-        let key = k.to_key();
-        let object = repo.get(&key).await?;
-        let (meta, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-            .await
-            .map_err(|e| anyhow!("decoding {key}: {e}"))?
-            .map_err(|e| anyhow!("segment {key} is corrupt: {e}; run `pitr verify`"))?;
-        if meta.header.start != k.start || meta.footer.end != k.end {
-            return Err(anyhow!(
-                "segment {key} holds {}..{}, not what its name says; the repository is damaged",
-                meta.header.start,
-                meta.footer.end
-            ));
-        }
+        let (_, payload) = read_segment(repo, &k).await?;
         // Keep only the overlap with [from, to).
         let lo = from.lo.max(k.start.lo) - k.start.lo;
         let hi = to.lo.min(k.end.lo) - k.start.lo;
@@ -213,18 +203,4 @@ async fn rebuild(
         ));
     }
     Ok(Some((out, partial)))
-}
-
-/// Writes `bytes` to `dest` via a temporary file in the same directory.
-pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
 }

@@ -1,32 +1,33 @@
-//! The PostgreSQL segment being built: received WAL chunks of one epoch
-//! from `start`, with the commit-time range and count of the commit records
-//! that end inside it (a commit belongs to the segment holding its last
-//! byte). Sealed into a [`SealedSegment`] for the uploader.
+//! The PostgreSQL segment being built: received WAL chunks of one timeline
+//! (the segment's epoch) from `start`, with the commit-time range and count
+//! of the commit records that end inside it (a commit belongs to the
+//! segment holding its last byte; [`crate::commit_index`] finds them).
+//! Sealed into a [`SealedSegment`] with positions `LogPos::from_lsn`.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pitr_postgres::lsn::Lsn;
-use pitr_segment::{Epoch, LogPos, TimestampMicros};
+use pitr_segment::{Epoch, LogPos, SealedSegment, TimestampMicros};
 
-use crate::archive::pipeline::SealedSegment;
+use crate::lsn::Lsn;
 
 /// Bytes of the segment being built.
-pub(crate) struct Builder {
-    pub(crate) epoch: Epoch,
-    pub(crate) start: Lsn,
+pub struct SegmentBuilder {
+    epoch: Epoch,
+    start: Lsn,
     /// Received chunks (slices of the server's messages, not copied).
-    pub(crate) data: Vec<Bytes>,
-    pub(crate) len: usize,
-    pub(crate) first_commit: Option<TimestampMicros>,
-    pub(crate) last_commit: Option<TimestampMicros>,
-    pub(crate) records: u64,
-    pub(crate) opened: Option<Instant>,
+    data: Vec<Bytes>,
+    len: usize,
+    first_commit: Option<TimestampMicros>,
+    last_commit: Option<TimestampMicros>,
+    records: u64,
+    opened: Option<Instant>,
 }
 
-impl Builder {
-    pub(crate) fn new(epoch: Epoch, start: Lsn) -> Builder {
-        Builder {
+impl SegmentBuilder {
+    /// An empty builder of timeline `epoch` starting at `start`.
+    pub fn new(epoch: Epoch, start: Lsn) -> SegmentBuilder {
+        SegmentBuilder {
             epoch,
             start,
             data: Vec::new(),
@@ -38,7 +39,23 @@ impl Builder {
         }
     }
 
-    pub(crate) fn push(&mut self, chunk: Bytes) {
+    /// Where the buffered bytes start.
+    pub fn start(&self) -> Lsn {
+        self.start
+    }
+
+    /// Bytes buffered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends received WAL bytes.
+    pub fn push(&mut self, chunk: Bytes) {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
         }
@@ -48,7 +65,7 @@ impl Builder {
 
     /// Records a commit whose record ends at `end` (it belongs to the segment
     /// holding its last byte).
-    pub(crate) fn note_commit(&mut self, end: Lsn, time: TimestampMicros) {
+    pub fn note_commit(&mut self, end: Lsn, time: TimestampMicros) {
         if end <= self.start {
             return;
         }
@@ -57,11 +74,13 @@ impl Builder {
         self.last_commit = Some(self.last_commit.map_or(time, |t| t.max(time)));
     }
 
-    pub(crate) fn due(&self, interval: Duration) -> bool {
+    /// True when the oldest buffered byte is older than `interval`.
+    pub fn due(&self, interval: Duration) -> bool {
         self.opened.is_some_and(|t| t.elapsed() >= interval)
     }
 
-    pub(crate) fn reset(&mut self, start: Lsn) {
+    /// Drops what is buffered and starts again at `start`.
+    pub fn reset(&mut self, start: Lsn) {
         self.start = start;
         self.data.clear();
         self.len = 0;
@@ -71,7 +90,8 @@ impl Builder {
         self.opened = None;
     }
 
-    pub(crate) fn take(&mut self, end: Lsn) -> SealedSegment {
+    /// Seals the buffered bytes as `[start, end)` and starts again at `end`.
+    pub fn take(&mut self, end: Lsn) -> SealedSegment {
         let raw = std::mem::take(&mut self.data);
         let seg = SealedSegment {
             epoch: self.epoch,
@@ -93,7 +113,7 @@ mod tests {
 
     #[test]
     fn commits_are_attributed_to_the_segment_holding_their_end() {
-        let mut b = Builder::new(Epoch(1), Lsn(100));
+        let mut b = SegmentBuilder::new(Epoch(1), Lsn(100));
         b.note_commit(Lsn(90), TimestampMicros(5));
         assert_eq!(b.records, 0);
         b.push(Bytes::from_static(b"abc"));

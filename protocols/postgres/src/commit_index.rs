@@ -7,8 +7,8 @@
 //! decode is logged and indexing restarts at the next WAL-file boundary,
 //! while the bytes themselves are stored untouched.
 
-use pitr_postgres::lsn::Lsn;
-use pitr_postgres::wal::{RecordKind, WalReader, WalRecord};
+use crate::lsn::Lsn;
+use crate::wal::{RecordKind, WalReader, WalRecord};
 use pitr_segment::TimestampMicros;
 
 /// A transaction end found in the WAL.
