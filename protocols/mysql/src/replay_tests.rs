@@ -71,25 +71,11 @@ fn texts(v: Vec<Statement>) -> Vec<String> {
 }
 
 fn unbase64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let mut out = Vec::new();
-    for q in clean.chunks(4) {
-        let pad = q.iter().filter(|c| **c == b'=').count();
-        let n = q
-            .iter()
-            .map(|c| if *c == b'=' { 0 } else { u32::from(val(*c)) })
-            .fold(0u32, |a, v| a << 6 | v);
-        let b = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&b[..3 - pad]);
-    }
-    out
+    use base64::Engine as _;
+    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(clean)
+        .unwrap()
 }
 
 #[test]

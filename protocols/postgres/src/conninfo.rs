@@ -475,38 +475,28 @@ fn split_pgpass(line: &str) -> Vec<String> {
     out
 }
 
+/// A URL component with its `%XX` escapes decoded; like libpq, a `%` not
+/// followed by two hex digits, or a result that is not UTF-8, is an error.
 fn percent_decode(s: &str) -> Result<String, PgError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                None => {
-                    return Err(PgError::config(
-                        "invalid percent-encoding in the connection URL",
-                        "encode special characters as %XX (e.g. @ as %40)",
-                    ))
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
+    let well_formed = s.match_indices('%').all(|(i, _)| {
+        s.get(i + 1..i + 3)
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if !well_formed {
+        return Err(PgError::config(
+            "invalid percent-encoding in the connection URL",
+            "encode special characters as %XX (e.g. @ as %40)",
+        ));
     }
-    String::from_utf8(out).map_err(|_| {
-        PgError::config(
-            "the connection URL is not valid UTF-8 after decoding",
-            "fix the URL",
-        )
-    })
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .map_err(|_| {
+            PgError::config(
+                "the connection URL is not valid UTF-8 after decoding",
+                "fix the URL",
+            )
+        })
 }
 
 fn parse_url(rest: &str, raw: &mut Raw) -> Result<(), PgError> {
@@ -678,6 +668,14 @@ mod tests {
         assert_eq!(c.host, Host::Unix("/run/pg".into()));
         assert_eq!(c.port, 7);
         assert!(Config::parse_with_env("postgres://h/?bogus=1", no_env).is_err());
+        // Like libpq: a bad escape or a non-UTF-8 result is refused.
+        for bad in [
+            "postgres://u:p%4@h/db",
+            "postgres://u:p%zz@h/db",
+            "postgres://u:%ff@h/db",
+        ] {
+            assert!(Config::parse_with_env(bad, no_env).is_err(), "{bad}");
+        }
         assert!(Config::parse_with_env("postgres://h:notaport/", no_env).is_err());
         assert!(Config::parse_with_env("postgres://h/?sslmode=maybe", no_env).is_err());
     }
