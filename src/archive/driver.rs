@@ -194,6 +194,37 @@ pub trait Connection: Send {
     }
 }
 
+/// What every engine's archiver is told: where the source is, what the
+/// repository calls it, when a segment is sealed and how it is stored.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    /// Source name (`None`: derived from the server's identity).
+    pub name: Option<String>,
+    /// A segment is sealed at least this often while the log flows (the RPO).
+    pub flush_interval: Duration,
+    /// A segment is sealed at the first transaction boundary past this size.
+    pub max_segment_bytes: usize,
+    pub zstd_level: i32,
+    pub uploader: UploaderOptions,
+    /// How the writer lease is taken.
+    pub lease: LeaseOptions,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            url: String::new(),
+            name: None,
+            flush_interval: Duration::from_secs(1),
+            max_segment_bytes: 16 << 20,
+            zstd_level: 1,
+            uploader: UploaderOptions::default(),
+            lease: LeaseOptions::default(),
+        }
+    }
+}
+
 /// First and largest reconnect delays.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(250);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);

@@ -87,10 +87,18 @@ impl ArchiveRequest {
         }
     }
 
-    /// The uploader settings of the request.
-    pub fn uploader(&self) -> crate::archive::pipeline::UploaderOptions {
-        crate::archive::pipeline::UploaderOptions {
-            parallelism: self.parallelism.max(1),
+    /// What every engine's archiver is told of the request.
+    pub fn settings(&self) -> crate::archive::driver::Settings {
+        crate::archive::driver::Settings {
+            url: self.url.clone(),
+            name: self.name.clone(),
+            flush_interval: self.flush_interval,
+            zstd_level: self.zstd_level,
+            uploader: crate::archive::pipeline::UploaderOptions {
+                parallelism: self.parallelism.max(1),
+                ..Default::default()
+            },
+            lease: self.lease,
             ..Default::default()
         }
     }

@@ -107,13 +107,8 @@ impl EngineOps for MongoDb {
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()> {
         let opts = MongoArchiveOptions {
-            uploader: req.uploader(),
-            url: req.url,
-            name: req.name,
-            flush_interval: req.flush_interval,
-            zstd_level: req.zstd_level,
+            common: req.settings(),
             start_at: req.start_at,
-            lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })

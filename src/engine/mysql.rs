@@ -108,14 +108,8 @@ impl EngineOps for MySql {
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()> {
         let opts = MysqlArchiveOptions {
-            uploader: req.uploader(),
-            url: req.url,
-            name: req.name,
+            common: req.settings(),
             server_id: req.server_id,
-            flush_interval: req.flush_interval,
-            zstd_level: req.zstd_level,
-            lease: req.lease,
-            ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })
     }

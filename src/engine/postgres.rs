@@ -102,13 +102,8 @@ impl EngineOps for Postgres {
         progress: Arc<ArchiveProgress>,
     ) -> EngineFuture<()> {
         let opts = PgArchiveOptions {
-            uploader: req.uploader(),
-            url: req.url,
-            name: req.name,
+            common: req.settings(),
             slot: req.slot,
-            flush_interval: req.flush_interval,
-            zstd_level: req.zstd_level,
-            lease: req.lease,
             ..Default::default()
         };
         Box::pin(async move { archive(opts, repo, cancel, progress).await })

@@ -45,12 +45,12 @@ use pitr_segment::{Engine, Epoch, LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Writing};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Settings, Writing};
 use crate::archive::gaps::GapRecord;
 use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{SegmentKey, SourceName};
-use crate::archive::lease::{start_failure, LeaseOptions};
-use crate::archive::pipeline::{Durable, UploaderOptions};
+use crate::archive::lease::start_failure;
+use crate::archive::pipeline::Durable;
 use crate::archive::progress::ArchiveProgress;
 use crate::source::mongodb_tail::{connect, is_transient, open, Opened, Reader, StartFrom};
 use crate::storage::Repo;
@@ -81,38 +81,14 @@ impl std::str::FromStr for StartAt {
 }
 
 /// Settings of one MongoDB archiver.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MongoArchiveOptions {
-    pub url: String,
-    pub name: Option<String>,
-    /// A segment is sealed at least this often while entries flow.
-    pub flush_interval: Duration,
-    /// A segment is sealed at the first safe boundary past this size.
-    pub max_segment_bytes: usize,
-    pub zstd_level: i32,
-    pub uploader: UploaderOptions,
+    /// What every archiver is told.
+    pub common: Settings,
     pub start_at: Option<StartAt>,
-    /// How the writer lease is taken.
-    pub lease: LeaseOptions,
     /// Stop (storing everything) once the entry at or after this `ts` is
     /// archived: for tests and catch-up runs.
     pub stop_at: Option<OplogTs>,
-}
-
-impl Default for MongoArchiveOptions {
-    fn default() -> Self {
-        MongoArchiveOptions {
-            url: String::new(),
-            name: None,
-            flush_interval: Duration::from_secs(1),
-            max_segment_bytes: 16 << 20,
-            zstd_level: 1,
-            uploader: UploaderOptions::default(),
-            start_at: None,
-            lease: LeaseOptions::default(),
-            stop_at: None,
-        }
-    }
 }
 
 /// How long the first connection waits for an unreachable server (when
@@ -168,7 +144,7 @@ pub async fn archive(
     cancel: CancellationToken,
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
-    let shown = crate::redact::redact(&opts.url);
+    let shown = crate::redact::redact(&opts.common.url);
     let mut a = match prepare(opts, repo, progress, &cancel).await {
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),
@@ -252,8 +228,9 @@ async fn prepare(
     progress: Arc<ArchiveProgress>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Archiver> {
-    let conn = connect(&opts.url, FIRST_CONNECT_TIMEOUT).await?;
+    let conn = connect(&opts.common.url, FIRST_CONNECT_TIMEOUT).await?;
     let name = opts
+        .common
         .name
         .clone()
         .unwrap_or_else(|| format!("mongo-{}", conn.set_name));
@@ -263,7 +240,7 @@ async fn prepare(
         &SourceIdentity::new(&name, Engine::MongoDb, &conn.set_name),
     )
     .await?;
-    let (lease, catalog) = take_over(&repo, &source, opts.lease, &progress, cancel).await?;
+    let (lease, catalog) = take_over(&repo, &source, opts.common.lease, &progress, cancel).await?;
     let guard = lease.guard();
     let mut reuse = Vec::new();
     let (seg, resume, tail_epoch, initial, replay) = match find_tail(&catalog) {
@@ -425,7 +402,7 @@ impl Archiver {
                 }
                 _ = ticker.tick() => {
                     if !self.replaying()
-                        && self.seg.should_cut(self.opts.max_segment_bytes, self.opts.flush_interval, Instant::now())
+                        && self.seg.should_cut(self.opts.common.max_segment_bytes, self.opts.common.flush_interval, Instant::now())
                     {
                         if let Err(e) = self.seal().await {
                             break Err(e);
@@ -469,8 +446,8 @@ impl Archiver {
                 source: &self.source,
                 engine: Engine::MongoDb,
                 system_id: &self.set_name,
-                zstd_level: self.opts.zstd_level,
-                uploader: self.opts.uploader.clone(),
+                zstd_level: self.opts.common.zstd_level,
+                uploader: self.opts.common.uploader.clone(),
                 initial: self.initial,
                 reuse: std::mem::take(&mut self.reuse),
             })
@@ -548,7 +525,7 @@ impl Archiver {
             || (!self.replaying()
                 && self
                     .seg
-                    .should_cut(self.opts.max_segment_bytes, Duration::MAX, now))
+                    .should_cut(self.opts.common.max_segment_bytes, Duration::MAX, now))
         {
             self.seal().await?;
         }

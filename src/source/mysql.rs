@@ -45,47 +45,24 @@ use pitr_segment::{LogPos, TimestampMicros};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::SegmentEntry;
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Writing};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Settings, Writing};
 use crate::archive::gaps::GapRecord;
 use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{GapKey, SegmentKey, SourceName};
-use crate::archive::lease::{start_failure, LeaseOptions};
-use crate::archive::pipeline::{Durable, UploaderOptions};
+use crate::archive::lease::start_failure;
+use crate::archive::pipeline::Durable;
 use crate::archive::progress::ArchiveProgress;
 use crate::archive::segment_read::read_segment;
 use crate::source::mysql_meta::{default_server_id, ensure_meta, read_meta, MysqlMeta};
 use crate::storage::Repo;
 
 /// Settings of one MySQL/MariaDB archiver.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MysqlArchiveOptions {
-    pub url: String,
-    pub name: Option<String>,
+    /// What every archiver is told.
+    pub common: Settings,
     /// Replica server id (default: [`default_server_id`] of the source name).
     pub server_id: Option<u32>,
-    /// A segment is sealed at least this often while transactions flow.
-    pub flush_interval: Duration,
-    /// A segment is sealed at the first transaction boundary past this size.
-    pub max_segment_bytes: usize,
-    pub zstd_level: i32,
-    pub uploader: UploaderOptions,
-    /// How the writer lease is taken.
-    pub lease: LeaseOptions,
-}
-
-impl Default for MysqlArchiveOptions {
-    fn default() -> Self {
-        MysqlArchiveOptions {
-            url: String::new(),
-            name: None,
-            server_id: None,
-            flush_interval: Duration::from_secs(1),
-            max_segment_bytes: 16 << 20,
-            zstd_level: 1,
-            uploader: UploaderOptions::default(),
-            lease: LeaseOptions::default(),
-        }
-    }
 }
 
 /// Where the next session starts.
@@ -163,7 +140,7 @@ pub async fn archive(
     cancel: CancellationToken,
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
-    let shown = crate::redact::redact(&opts.url);
+    let shown = crate::redact::redact(&opts.common.url);
     let mut a = match prepare(opts, repo, progress, &cancel).await {
         Ok(a) => a,
         Err(e) => return start_failure(e, &shown),
@@ -208,9 +185,9 @@ async fn prepare(
     progress: Arc<ArchiveProgress>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Archiver> {
-    let ident = server_identity(&opts.url).await?;
+    let ident = server_identity(&opts.common.url).await?;
     let system_id = system_id_of(&ident)?;
-    let name = match &opts.name {
+    let name = match &opts.common.name {
         Some(n) => n.clone(),
         None => format!(
             "{}-{}",
@@ -227,7 +204,7 @@ async fn prepare(
         &SourceIdentity::new(&name, ident.flavor.engine(), &system_id),
     )
     .await?;
-    let (lease, catalog) = take_over(&repo, &source, opts.lease, &progress, cancel).await?;
+    let (lease, catalog) = take_over(&repo, &source, opts.common.lease, &progress, cancel).await?;
     let guard = lease.guard();
     let meta = read_meta(&repo, &source).await?;
     let mut replay = Replay::default();
@@ -426,7 +403,7 @@ impl Archiver {
             .ok_or_else(|| anyhow!("binlog base name unknown"))?;
         let mut file = meta.file_name(r.seq);
         // The server's own spelling of the file (padding beyond 6 digits).
-        if let Ok(files) = list_binlogs(&self.opts.url).await {
+        if let Ok(files) = list_binlogs(&self.opts.common.url).await {
             if let Some((f, _)) = files.iter().find(|(f, _)| {
                 f.sequence() == Some(r.seq) && f.base() == Some(meta.binlog_basename.as_str())
             }) {
@@ -440,13 +417,14 @@ impl Archiver {
         let start = self.start_from().await?;
         let mut copts = ClientOptions::new(self.server_id);
         copts.read_timeout = Duration::from_secs(20);
-        let client = match BinlogClient::connect_with(&self.opts.url, copts, start.clone()).await {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::BinlogPurged && self.next.is_some() => {
-                return self.record_gap(e).await;
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let client =
+            match BinlogClient::connect_with(&self.opts.common.url, copts, start.clone()).await {
+                Ok(c) => c,
+                Err(e) if e.kind() == ErrorKind::BinlogPurged && self.next.is_some() => {
+                    return self.record_gap(e).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
         let now = system_id_of(client.identity())?;
         if now != self.system_id || client.identity().flavor != self.flavor {
             client.close().await;
@@ -476,8 +454,8 @@ impl Archiver {
                 source: &self.source,
                 engine: self.flavor.engine(),
                 system_id: &self.system_id,
-                zstd_level: self.opts.zstd_level,
-                uploader: self.opts.uploader.clone(),
+                zstd_level: self.opts.common.zstd_level,
+                uploader: self.opts.common.uploader.clone(),
                 initial: self.initial,
                 reuse: std::mem::take(&mut self.reuse),
             })
@@ -490,7 +468,7 @@ impl Archiver {
         let Some(r) = self.next else {
             return Err(err.into());
         };
-        let files = list_binlogs(&self.opts.url).await?;
+        let files = list_binlogs(&self.opts.common.url).await?;
         let oldest = files
             .first()
             .and_then(|(f, _)| f.sequence())
@@ -558,7 +536,7 @@ impl Archiver {
                     break self.shutdown().await;
                 }
                 _ = ticker.tick() => {
-                    if b.due(self.opts.flush_interval) && !self.replaying(&b) {
+                    if b.due(self.opts.common.flush_interval) && !self.replaying(&b) {
                         if let Err(e) = self.seal(&mut b).await {
                             break Err(e);
                         }
@@ -666,7 +644,7 @@ impl Archiver {
             });
         } else if safe
             && (self.replay.cuts.contains(&b.safe_end())
-                || (!self.replaying(b) && b.safe_bytes() >= self.opts.max_segment_bytes))
+                || (!self.replaying(b) && b.safe_bytes() >= self.opts.common.max_segment_bytes))
         {
             self.seal(b).await?;
         }

@@ -49,54 +49,27 @@ use pitr_postgres::segment::SegmentBuilder;
 use pitr_segment::{Engine, Epoch, LogPos};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Writing};
+use crate::archive::driver::{run, take_over, Connection, Ended, Failure, Held, Settings, Writing};
 use crate::archive::gaps::GapRecord;
 use crate::archive::identity::{check_identity, SourceIdentity};
 use crate::archive::keys::{HistoryKey, SourceName};
-use crate::archive::lease::LeaseOptions;
-use crate::archive::pipeline::{Durable, UploaderOptions};
+use crate::archive::pipeline::Durable;
 use crate::storage::Repo;
 
 /// Settings of one PostgreSQL archiver.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PgArchiveOptions {
-    pub url: String,
-    pub name: Option<String>,
+    /// What every archiver is told.
+    pub common: Settings,
     pub slot: Option<String>,
-    /// A segment is sealed at least this often while WAL flows (the RPO).
-    pub flush_interval: Duration,
-    /// A segment is sealed when it holds this many bytes.
-    pub max_segment_bytes: usize,
-    pub zstd_level: i32,
-    pub uploader: UploaderOptions,
     /// Stop once this LSN is durable (tests and one-shot catch-up).
     pub stop_at: Option<Lsn>,
-    /// How the writer lease is taken.
-    pub lease: LeaseOptions,
     /// Where to start when the repository holds nothing of the source yet
     /// (default: the slot's restart position).
     pub start_at: Option<(TimelineId, Lsn)>,
     /// Use a temporary replication slot (dropped by the server when the
     /// connection ends) instead of a permanent one: one-shot catch-up.
     pub temporary_slot: bool,
-}
-
-impl Default for PgArchiveOptions {
-    fn default() -> Self {
-        PgArchiveOptions {
-            url: String::new(),
-            name: None,
-            slot: None,
-            flush_interval: Duration::from_secs(1),
-            max_segment_bytes: 16 << 20,
-            zstd_level: 1,
-            uploader: UploaderOptions::default(),
-            stop_at: None,
-            lease: LeaseOptions::default(),
-            temporary_slot: false,
-            start_at: None,
-        }
-    }
 }
 
 pub use crate::archive::progress::ArchiveProgress;
@@ -138,7 +111,7 @@ pub async fn archive(
     cancel: CancellationToken,
     progress: Arc<ArchiveProgress>,
 ) -> anyhow::Result<()> {
-    let cfg = Config::parse(&opts.url)?;
+    let cfg = Config::parse(&opts.common.url)?;
     let mut a = Archiver {
         slot: String::new(),
         cfg,
@@ -214,7 +187,7 @@ impl Archiver {
         if self.source.is_some() {
             return Ok(ident);
         }
-        let name = match &self.opts.name {
+        let name = match &self.opts.common.name {
             Some(n) => n.clone(),
             None => format!("pg-{}", ident.systemid),
         };
@@ -231,7 +204,7 @@ impl Archiver {
         let (lease, catalog) = take_over(
             &self.repo,
             &source,
-            self.opts.lease,
+            self.opts.common.lease,
             &self.held.progress,
             cancel,
         )
@@ -280,8 +253,8 @@ impl Archiver {
                 source: &source,
                 engine: Engine::Postgres,
                 system_id: &ident.systemid,
-                zstd_level: self.opts.zstd_level,
-                uploader: self.opts.uploader.clone(),
+                zstd_level: self.opts.common.zstd_level,
+                uploader: self.opts.common.uploader.clone(),
                 initial,
                 reuse,
             })
@@ -504,7 +477,7 @@ impl Archiver {
                     }
                 }
                 _ = ticker.tick() => {
-                    if buf.due(self.opts.flush_interval) {
+                    if buf.due(self.opts.common.flush_interval) {
                         self.seal(&mut buf, received).await?;
                     }
                     if last_status.elapsed() >= Duration::from_secs(10) {
@@ -613,7 +586,12 @@ impl Archiver {
             }
             let file_end = pos.segment_start(self.seg_size).0 + self.seg_size;
             let room_file = (file_end - pos.0) as usize;
-            let room_size = self.opts.max_segment_bytes.saturating_sub(buf.len()).max(1);
+            let room_size = self
+                .opts
+                .common
+                .max_segment_bytes
+                .saturating_sub(buf.len())
+                .max(1);
             let take = data.len().min(room_file).min(room_size);
             let chunk = data.split_to(take);
             buf.push(chunk);
@@ -625,7 +603,7 @@ impl Archiver {
                 buf.note_commit(c.end_lsn, c.time);
             }
             pos = piece_end;
-            if pos.0 == file_end || buf.len() >= self.opts.max_segment_bytes {
+            if pos.0 == file_end || buf.len() >= self.opts.common.max_segment_bytes {
                 self.seal(buf, pos).await?;
             }
         }

@@ -32,9 +32,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::catalog::Catalog;
+use crate::archive::driver::Settings;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::archive::lease::{read_lease, LeaseOptions, LeaseState};
+use crate::archive::lease::{read_lease, LeaseState};
 use crate::backup::interrupt::StartedBackup;
 use crate::backup::postgres::manifest::{
     ArchiveInfo, BackupManifest, PartInfo, MANIFEST_FORMAT_VERSION,
@@ -393,14 +394,15 @@ async fn ensure_wal(
         end.lsn
     );
     let aopts = PgArchiveOptions {
-        url: opts.url.clone(),
-        name: Some(source.as_str().to_string()),
+        common: Settings {
+            url: opts.url.clone(),
+            name: Some(source.as_str().to_string()),
+            ..Default::default()
+        },
         slot: Some(slot),
         stop_at: Some(end.lsn),
         start_at: Some((begin.timeline, start)),
         temporary_slot: true,
-        lease: LeaseOptions::default(),
-        ..Default::default()
     };
     archive(
         aopts,
