@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::progress::ArchiveProgress;
-use crate::backup::interrupt::StartedBackup;
 use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::storage::Repo;
 
@@ -104,38 +103,7 @@ impl ArchiveRequest {
     }
 }
 
-/// What `pitr backup` and `pitr run` ask of any engine's base backup.
-#[derive(Debug, Clone)]
-pub struct BackupRequest {
-    pub url: String,
-    /// Source name (`None`: derived from the server's identity).
-    pub name: Option<String>,
-    pub label: Option<String>,
-    /// Where the backup publishes its directory once it knows it, so an
-    /// interrupted backup can be cleaned up.
-    pub started: StartedBackup,
-    /// Largest stored part (compressed bytes).
-    pub part_size: usize,
-    /// Logical backups: tables or collections dumped at once.
-    pub parallel: usize,
-    /// Show progress on a terminal's stderr (PostgreSQL reports bytes received).
-    pub progress: bool,
-}
-
-impl BackupRequest {
-    /// A request with the defaults of every option the command line may leave out.
-    pub fn new(url: String, name: Option<String>, label: Option<String>) -> Self {
-        BackupRequest {
-            url,
-            name,
-            label,
-            started: StartedBackup::default(),
-            part_size: 64 << 20,
-            parallel: 4,
-            progress: false,
-        }
-    }
-}
+pub use crate::backup::BackupRequest;
 
 /// What a finished base backup reports, in the engine's own words.
 #[derive(Debug, Clone)]

@@ -15,12 +15,12 @@ use super::{
     ArchiveRequest, BackupReport, BackupRequest, BackupSummary, EngineFuture, EngineOps, StoredPart,
 };
 use crate::archive::keys::BackupKey;
+use crate::archive::progress::ArchiveProgress;
 use crate::backup::manifest::parse;
 use crate::backup::mongodb::manifest::MongoManifest;
-use crate::backup::mongodb::take::{report, take_mongo_backup, MongoBackupOptions};
+use crate::backup::mongodb::take::{report, take_mongo_backup};
 use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::mongodb::{archive, MongoArchiveOptions};
-use crate::source::postgres::ArchiveProgress;
 use crate::source::{url_kind, UrlKind};
 use crate::storage::Repo;
 
@@ -115,16 +115,11 @@ impl EngineOps for MongoDb {
     }
 
     fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupReport> {
-        let opts = MongoBackupOptions {
-            url: req.url,
-            name: req.name,
-            label: req.label,
-            started: req.started,
-            part_size: req.part_size,
+        let req = BackupRequest {
             parallel: req.parallel.max(1),
-            ..Default::default()
+            ..req
         };
-        Box::pin(async move { take_mongo_backup(&opts, &repo).await.map(|r| report(&r)) })
+        Box::pin(async move { take_mongo_backup(&req, &repo).await.map(|r| report(&r)) })
     }
 
     fn restore_targets(&self) -> &'static [TargetKind] {

@@ -18,7 +18,7 @@ use crate::archive::keys::BackupKey;
 use crate::archive::progress::ArchiveProgress;
 use crate::backup::manifest::parse;
 use crate::backup::mysql::manifest::MysqlManifest;
-use crate::backup::mysql::{report, take_mysql_backup, MysqlBackupOptions};
+use crate::backup::mysql::{report, take_mysql_backup};
 use crate::restore::request::{RestoreRequest, TargetKind};
 use crate::source::mysql::{archive, MysqlArchiveOptions};
 use crate::source::{url_kind, UrlKind};
@@ -115,16 +115,11 @@ impl EngineOps for MySql {
     }
 
     fn backup(&self, req: BackupRequest, repo: Repo) -> EngineFuture<BackupReport> {
-        let opts = MysqlBackupOptions {
-            url: req.url,
-            name: req.name,
-            label: req.label,
-            started: req.started,
-            part_size: req.part_size,
+        let req = BackupRequest {
             parallel: req.parallel.max(1),
-            ..Default::default()
+            ..req
         };
-        Box::pin(async move { take_mysql_backup(&opts, &repo).await.map(|r| report(&r)) })
+        Box::pin(async move { take_mysql_backup(&req, &repo).await.map(|r| report(&r)) })
     }
 
     fn restore_targets(&self) -> &'static [TargetKind] {

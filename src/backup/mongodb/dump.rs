@@ -24,7 +24,7 @@ use futures::TryStreamExt as _;
 use mongodb::{Client, Database};
 
 use super::manifest::CollectionDump;
-use crate::backup::mysql::dump::StreamWriter;
+use crate::backup::parts::StreamWriter;
 use pitr_mongodb::OplogTs;
 
 /// The newest entry of the oplog.

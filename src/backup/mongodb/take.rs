@@ -39,43 +39,13 @@ use crate::archive::catalog::Catalog;
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
 use crate::archive::oplog_chain::{covers, oplog_chain};
-use crate::backup::interrupt::StartedBackup;
-use crate::backup::mysql::dump::StreamWriter;
+use crate::backup::parts::StreamWriter;
+use crate::backup::BackupRequest;
 use crate::source::mongodb_tail::{connect, Conn};
 use crate::storage::Repo;
 
 /// How long an unreachable server is waited for (when the URL does not say).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Settings of one backup.
-#[derive(Debug, Clone)]
-pub struct MongoBackupOptions {
-    pub url: String,
-    pub name: Option<String>,
-    pub label: Option<String>,
-    /// Collections dumped at once.
-    pub parallel: usize,
-    /// Largest stored part (compressed bytes).
-    pub part_size: usize,
-    pub zstd_level: i32,
-    /// Where the backup publishes its directory once it knows it, so an
-    /// interrupted backup can be cleaned up (see `backup::interrupt`).
-    pub started: StartedBackup,
-}
-
-impl Default for MongoBackupOptions {
-    fn default() -> Self {
-        MongoBackupOptions {
-            url: String::new(),
-            name: None,
-            label: None,
-            parallel: 4,
-            part_size: 64 << 20,
-            zstd_level: 3,
-            started: StartedBackup::default(),
-        }
-    }
-}
 
 /// Result of a backup.
 #[derive(Debug, Clone)]
@@ -109,7 +79,7 @@ pub fn default_source_name(set_name: &str) -> String {
 
 /// Takes a backup; see the module docs.
 pub async fn take_mongo_backup(
-    opts: &MongoBackupOptions,
+    opts: &BackupRequest,
     repo: &Repo,
 ) -> anyhow::Result<MongoBackupResult> {
     take_mongo_backup_with(opts, repo, OplogWait::default()).await
@@ -119,7 +89,7 @@ pub async fn take_mongo_backup(
 /// it early drops the future and removes the directory published in
 /// `opts.started` (`backup::interrupt::run_interruptible`).
 pub async fn take_mongo_backup_with(
-    opts: &MongoBackupOptions,
+    opts: &BackupRequest,
     repo: &Repo,
     wait: OplogWait,
 ) -> anyhow::Result<MongoBackupResult> {
@@ -211,7 +181,7 @@ type Dumped = (
 
 /// Steps 3: catalog, documents (in parallel), users and roles.
 async fn dump_all(
-    opts: &MongoBackupOptions,
+    opts: &BackupRequest,
     repo: &Repo,
     client: &Client,
     key: &BackupKey,

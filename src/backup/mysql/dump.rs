@@ -15,17 +15,13 @@
 //! OFFSET k` for other primary keys, and in one query for tables without a
 //! primary key (held in memory: such tables should be small).
 
-use std::io::Write as _;
-
 use anyhow::{anyhow, Context as _};
-use bytes::Bytes;
 use pitr_mysql::conn::{Conn, TextRow};
 use pitr_mysql::replay::quote_ident;
-use sha2::{Digest, Sha256};
 
-use crate::archive::keys::BackupKey;
-use crate::backup::mysql::manifest::{DatabaseSchema, Part, SchemaObject, Stream, TableData};
-use crate::storage::Repo;
+use crate::backup::mysql::manifest::{DatabaseSchema, SchemaObject, TableData};
+use crate::backup::parts::Stream;
+use crate::backup::parts::StreamWriter;
 
 /// Rows per chunk query.
 const CHUNK_ROWS: usize = 5000;
@@ -247,84 +243,6 @@ pub fn push_literal(out: &mut String, kind: ColKind, v: Option<&str>) {
             out.push_str(v);
             out.push_str("' USING utf8mb4)");
         }
-    }
-}
-
-/// Compresses a stream into parts of at most `part_size` stored bytes.
-pub struct StreamWriter<'a> {
-    repo: &'a Repo,
-    key: &'a BackupKey,
-    name: String,
-    part_size: usize,
-    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    sha: Sha256,
-    size: u64,
-    parts: Vec<Part>,
-}
-
-impl<'a> StreamWriter<'a> {
-    pub fn new(
-        repo: &'a Repo,
-        key: &'a BackupKey,
-        name: &str,
-        part_size: usize,
-        level: i32,
-    ) -> anyhow::Result<StreamWriter<'a>> {
-        Ok(StreamWriter {
-            repo,
-            key,
-            name: name.to_string(),
-            part_size: part_size.max(1 << 16),
-            enc: zstd::stream::write::Encoder::new(Vec::new(), level)?,
-            sha: Sha256::new(),
-            size: 0,
-            parts: Vec::new(),
-        })
-    }
-
-    pub async fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.enc.write_all(data)?;
-        self.sha.update(data);
-        self.size += data.len() as u64;
-        if self.enc.get_ref().len() >= self.part_size {
-            let buf = std::mem::take(self.enc.get_mut());
-            self.put(buf).await?;
-        }
-        Ok(())
-    }
-
-    async fn put(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
-        let part = format!("{}.zst.{:03}", self.name, self.parts.len());
-        let key = self.key.part_key(&part)?;
-        let sha = hex::encode(Sha256::digest(&data));
-        let size = data.len() as u64;
-        self.repo
-            .put_if_absent(&key, Bytes::from(data))
-            .await
-            .map_err(|e| anyhow!("storing backup part {key}: {e}"))?;
-        self.parts.push(Part {
-            key: part,
-            size,
-            sha256: sha,
-        });
-        Ok(())
-    }
-
-    pub async fn finish(mut self) -> anyhow::Result<Stream> {
-        let enc = std::mem::replace(
-            &mut self.enc,
-            zstd::stream::write::Encoder::new(Vec::new(), 1)?,
-        );
-        let rest = enc.finish()?;
-        if !rest.is_empty() || self.parts.is_empty() {
-            self.put(rest).await?;
-        }
-        Ok(Stream {
-            name: self.name,
-            size: self.size,
-            sha256: hex::encode(self.sha.finalize()),
-            parts: self.parts,
-        })
     }
 }
 

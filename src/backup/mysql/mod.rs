@@ -37,41 +37,13 @@ use tokio::sync::Mutex;
 
 use crate::archive::identity::{ensure_identity, SourceIdentity};
 use crate::archive::keys::{BackupKey, SourceName};
-use crate::backup::interrupt::StartedBackup;
+use crate::backup::parts::StreamWriter;
+use crate::backup::BackupRequest;
 use crate::storage::Repo;
-use dump::{dump_table, q, q1, read_schema, StreamWriter, TableJob};
+use dump::{dump_table, q, q1, read_schema, TableJob};
 use manifest::{
     MysqlManifest, Schema, TableData, MYSQL_BACKUP_KIND, MYSQL_MANIFEST_FORMAT_VERSION,
 };
-
-/// Settings of one backup.
-#[derive(Debug, Clone)]
-pub struct MysqlBackupOptions {
-    pub url: String,
-    pub name: Option<String>,
-    pub label: Option<String>,
-    /// Tables dumped at once (each with its own snapshot connection).
-    pub parallel: usize,
-    /// Largest stored part (compressed bytes).
-    pub part_size: usize,
-    pub zstd_level: i32,
-    /// Set to the backup's directory before its first part is stored.
-    pub started: StartedBackup,
-}
-
-impl Default for MysqlBackupOptions {
-    fn default() -> Self {
-        MysqlBackupOptions {
-            url: String::new(),
-            name: None,
-            label: None,
-            parallel: 4,
-            part_size: 64 << 20,
-            zstd_level: 3,
-            started: StartedBackup::default(),
-        }
-    }
-}
 
 /// Result of a backup.
 #[derive(Debug, Clone)]
@@ -181,7 +153,7 @@ async fn check_maria_snapshot(conn: &mut Conn, at: &BinlogPos, gtid: &str) -> an
 
 /// Takes a logical base backup of a MySQL/MariaDB server into `repo`.
 pub async fn take_mysql_backup(
-    opts: &MysqlBackupOptions,
+    opts: &BackupRequest,
     repo: &Repo,
 ) -> anyhow::Result<MysqlBackupReport> {
     let start_time = Utc::now();
