@@ -13,6 +13,7 @@
 
 pub mod archiver;
 pub mod benchmarks_md;
+pub mod certs;
 pub mod header_proxy;
 pub mod mongo;
 mod mongo_real;

@@ -108,6 +108,8 @@ pub struct MySqlServer {
     binlog_dir: PathBuf,
     socket: PathBuf,
     process: Option<ServerProcess>,
+    /// More server options (e.g. TLS settings).
+    extra: Vec<String>,
     // Declared last: dropped after the process is stopped.
     dir: ServerDir,
 }
@@ -116,6 +118,12 @@ impl MySqlServer {
     /// Initializes and starts a fresh server; returns once it accepts connections and the
     /// users exist.
     pub fn start(f: Flavor) -> Result<MySqlServer> {
+        Self::start_with(f, &[])
+    }
+
+    /// As [`MySqlServer::start`], with more server options (`--name=value`;
+    /// paths as the server sees them).
+    pub fn start_with(f: Flavor, extra: &[String]) -> Result<MySqlServer> {
         available(f).map_err(anyhow::Error::msg)?;
         let (chroot, owner, parent) = match f {
             Flavor::MariaDb => (None, mysql_os_user().filter(|_| util::is_root()), None),
@@ -145,6 +153,7 @@ impl MySqlServer {
             binlog_dir,
             socket: dir.path().join("mysqld.sock"),
             process: None,
+            extra: extra.to_vec(),
             dir,
         };
         server.initialize()?;
@@ -262,7 +271,8 @@ impl MySqlServer {
         .arg("--binlog-checksum=CRC32")
         .arg(format!("--server-id={}", self.server_id))
         .arg("--skip-name-resolve")
-        .arg("--innodb-buffer-pool-size=64M");
+        .arg("--innodb-buffer-pool-size=64M")
+        .args(&self.extra);
         let mut process =
             ServerProcess::spawn(self.flavor.name(), &mut cmd, &self.dir, Signal::Term)?;
         let ready = util::wait_until(

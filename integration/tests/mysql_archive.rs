@@ -474,19 +474,20 @@ fn mysql_bad_credentials_write_nothing() {
     bad_credentials_write_nothing(Flavor::MySql);
 }
 
-/// A URL asking for TLS is refused, never served in cleartext (pitr cannot encrypt MySQL
-/// connections yet); an invalid `ssl-mode` or an unknown parameter is refused by name;
+/// TLS settings that cannot work are refused in one sentence, never served in cleartext: a
+/// server without TLS under `ssl-mode=REQUIRED`, verification without a CA, a CA file that is
+/// not there; an invalid `ssl-mode` or an unknown parameter is refused by name;
 /// `ssl-mode=DISABLED` says cleartext on purpose and works. Nothing is written on a refusal.
 #[test]
-fn tls_parameters_are_refused_not_ignored() {
+fn tls_parameters_that_cannot_work_are_refused() {
     require!(mysql::available(Flavor::MariaDb));
     let server = MySqlServer::start(Flavor::MariaDb).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     for (query, says) in [
-        ("ssl-mode=REQUIRED", "cannot encrypt"),
-        ("ssl-mode=VERIFY_IDENTITY", "cannot encrypt"),
-        ("ssl-ca=/etc/ca.pem", "cannot encrypt"),
+        ("ssl-mode=REQUIRED", "does not offer TLS"),
+        ("ssl-mode=VERIFY_IDENTITY", "needs the CA certificate"),
+        ("ssl-ca=/etc/nonexistent-ca.pem", "cannot read ssl-ca"),
         ("ssl-mode=BOGUS", "ssl-mode=BOGUS"),
         ("ssl-mode=DISABLED&nonsense=1", "\"nonsense\""),
     ] {

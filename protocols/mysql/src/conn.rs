@@ -13,10 +13,14 @@
 //! at 0 with each command.
 //!
 //! Authentication supports `mysql_native_password` (MariaDB's default),
-//! `caching_sha2_password` (MySQL 8+ default: fast path, and full
-//! authentication over plain TCP by encrypting the password with the
-//! server's RSA public key) and plugin switches between them. TLS is not
-//! supported. Scrambles and RSA come from `mysql_common`.
+//! MariaDB's `ed25519` (`client_ed25519`: the scramble signed with a key
+//! derived from the password) and `parsec` (ext-salt, PBKDF2, ed25519),
+//! `caching_sha2_password` (MySQL 8+ default: fast path; full authentication
+//! sends the password over TLS, or without TLS encrypted with the server's
+//! RSA public key, given by `server-public-key-path` or fetched only when
+//! `get-server-public-key=true`) and plugin switches between them. TLS and
+//! its URL parameters: [`crate::tls`]. Scrambles and RSA come from
+//! `mysql_common`.
 //!
 //! Why not a full driver: the replication stream must be read as raw packets
 //! (the exact event bytes), and MariaDB only sends ANNOTATE_ROWS events (which
@@ -30,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, MysqlError, Result};
+use crate::tls::{TlsParams, Transport, CLIENT_SSL};
 
 const MAX_PAYLOAD: usize = 0xff_ffff;
 /// Largest logical packet accepted (the servers' max_allowed_packet limit).
@@ -67,6 +72,8 @@ pub struct ConnParams {
     pub user: String,
     pub password: String,
     pub db: Option<String>,
+    /// TLS and `caching_sha2_password` settings from the URL's parameters.
+    pub tls: TlsParams,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -76,6 +83,7 @@ impl std::fmt::Debug for ConnParams {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -109,61 +117,18 @@ impl ConnParams {
             .trim_end_matches(']')
             .to_string();
         let db = url.path().trim_start_matches('/');
-        for (k, v) in url.query_pairs() {
-            check_param(&k, &v)?;
-        }
+        let tls = TlsParams::from_query(
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned())),
+        )?;
         Ok(ConnParams {
             host,
             port: url.port().unwrap_or(3306),
             user: percent_decode(url.username()),
             password: url.password().map(percent_decode).unwrap_or_default(),
             db: (!db.is_empty()).then(|| percent_decode(db)),
+            tls,
         })
-    }
-}
-
-/// The `ssl-mode` values MySQL clients accept, and what this client does with them.
-const SSL_MODES: &[&str] = &[
-    "DISABLED",
-    "PREFERRED",
-    "REQUIRED",
-    "VERIFY_CA",
-    "VERIFY_IDENTITY",
-];
-
-/// Checks one URL query parameter. Connections are not encrypted yet, so a parameter asking
-/// for TLS is refused rather than silently ignored (the connection would go in cleartext);
-/// `ssl-mode=DISABLED` and `PREFERRED` (which MySQL clients let fall back to cleartext) are
-/// accepted. Anything else is refused by name.
-fn check_param(key: &str, value: &str) -> Result<()> {
-    let refuse = |msg: String| Err(MysqlError::new(ErrorKind::InvalidInput, msg));
-    match key.to_ascii_lowercase().replace('_', "-").as_str() {
-        "ssl-mode" | "sslmode" => {
-            let mode = value.to_ascii_uppercase();
-            if !SSL_MODES.contains(&mode.as_str()) {
-                return refuse(format!(
-                    "invalid MySQL URL parameter ssl-mode={value}: use one of {}",
-                    SSL_MODES.join(", ")
-                ));
-            }
-            if matches!(mode.as_str(), "DISABLED" | "PREFERRED") {
-                return Ok(());
-            }
-            refuse(format!(
-                "ssl-mode={mode}: this pitr cannot encrypt MySQL/MariaDB connections yet, \
-                 so it refuses to connect in cleartext; use a network path you trust with \
-                 ssl-mode=DISABLED, or archive over an encrypted tunnel"
-            ))
-        }
-        "ssl-ca" | "ssl-cert" | "ssl-key" | "ssl-capath" | "ssl-cipher" | "tls-version" => {
-            refuse(format!(
-                "MySQL URL parameter {key}: this pitr cannot encrypt MySQL/MariaDB connections \
-                 yet, so it refuses to connect in cleartext"
-            ))
-        }
-        _ => refuse(format!(
-            "unknown MySQL URL parameter {key:?}; the one this pitr knows is ssl-mode"
-        )),
     }
 }
 
@@ -243,12 +208,43 @@ fn auth_response(plugin: &str, password: &str, nonce: &[u8]) -> Result<Vec<u8>> 
         "caching_sha2_password" => Ok(mysql_common::scramble::scramble_sha256(nonce, pw)
             .map(|s| s.to_vec())
             .unwrap_or_default()),
+        "client_ed25519" => Ok(mysql_common::scramble::create_response_for_ed25519(pw, nonce).to_vec()),
         other => Err(MysqlError::new(
             ErrorKind::InvalidInput,
             format!(
-                "the server asks for authentication plugin {other}, which is not supported; create the user WITH mysql_native_password or caching_sha2_password"
+                "the server asks for authentication plugin {other}, which is not supported; create the user WITH mysql_native_password, caching_sha2_password, ed25519 or parsec"
             ),
         )),
+    }
+}
+
+/// MariaDB's `parsec` answer to its ext-salt packet (`'P'`, iteration
+/// factor `f`, salt): a client nonce and the ed25519 signature of server
+/// nonce + client nonce with the key PBKDF2-HMAC-SHA512(password, salt,
+/// 1024 << f) derives. The factor is capped so a hostile server cannot make
+/// the login spin.
+fn parsec_response(password: &str, nonce: &[u8], ext_salt: &[u8]) -> Result<Vec<u8>> {
+    let bad = |why: &str| {
+        MysqlError::new(
+            ErrorKind::Protocol,
+            format!("the server's parsec authentication data is not usable: {why}"),
+        )
+    };
+    let server_nonce: &[u8; 32] = nonce
+        .try_into()
+        .map_err(|_| bad("the scramble is not 32 bytes"))?;
+    match ext_salt {
+        [b'P', factor, salt @ ..] if *factor <= 8 && !salt.is_empty() => {
+            Ok(mysql_common::scramble::create_response_for_parsec(
+                password.as_bytes(),
+                server_nonce,
+                1024 << factor,
+                salt,
+            )
+            .to_vec())
+        }
+        [b'P', factor, ..] if *factor > 8 => Err(bad("more than 262144 PBKDF2 iterations")),
+        _ => Err(bad("no PBKDF2 salt")),
     }
 }
 
@@ -333,7 +329,7 @@ fn io_err(e: std::io::Error) -> MysqlError {
 /// One authenticated connection.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: Transport,
     seq: u8,
     server_version: String,
 }
@@ -360,7 +356,7 @@ impl Conn {
                 .map_err(io_err)?;
             let _ = stream.set_nodelay(true);
             let mut c = Conn {
-                stream,
+                stream: Transport::Tcp(stream),
                 seq: 0,
                 server_version: String::new(),
             };
@@ -380,6 +376,11 @@ impl Conn {
 
     pub fn server_version(&self) -> &str {
         &self.server_version
+    }
+
+    /// True when the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     async fn handshake(&mut self, p: &ConnParams, multi: bool) -> Result<()> {
@@ -420,6 +421,24 @@ impl Conn {
                 ErrorKind::Protocol,
                 "the server does not speak protocol 4.1; it is too old",
             ));
+        }
+        if p.tls.wanted(hs.capabilities & CLIENT_SSL != 0)? {
+            caps |= CLIENT_SSL;
+            // SSLRequest: the first 32 bytes of the handshake response.
+            let mut req = Vec::with_capacity(32);
+            req.extend_from_slice(&caps.to_le_bytes());
+            req.extend_from_slice(&(16u32 << 20).to_le_bytes());
+            req.push(CHARSET);
+            req.extend_from_slice(&[0u8; 23]);
+            self.write_packet(&req).await?;
+            let Transport::Tcp(tcp) = std::mem::replace(&mut self.stream, Transport::Switching)
+            else {
+                return Err(MysqlError::new(
+                    ErrorKind::Protocol,
+                    "internal error: TLS requested twice",
+                ));
+            };
+            self.stream = Transport::Tls(Box::new(p.tls.handshake(&p.host, tcp).await?));
         }
         let mut plugin = hs.auth_plugin.clone();
         if !matches!(
@@ -465,31 +484,26 @@ impl Conn {
                     let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
                     plugin = String::from_utf8_lossy(&body[..end]).into_owned();
                     let data = body.get(end + 1..).unwrap_or_default();
-                    let data = data.strip_suffix(&[0]).unwrap_or(data);
-                    nonce = data.to_vec();
-                    let resp = auth_response(&plugin, &p.password, &nonce)?;
+                    nonce = match plugin.as_str() {
+                        // A 32-byte random scramble: its last byte may be 0.
+                        "client_ed25519" | "parsec" => data.get(..32).unwrap_or(data).to_vec(),
+                        _ => data.strip_suffix(&[0]).unwrap_or(data).to_vec(),
+                    };
+                    let resp = match plugin.as_str() {
+                        // First ask for the user's salt (the ext-salt packet).
+                        "parsec" => Vec::new(),
+                        _ => auth_response(&plugin, &p.password, &nonce)?,
+                    };
+                    self.write_packet(&resp).await?;
+                }
+                Some(_) if plugin == "parsec" => {
+                    let salt = pkt.strip_prefix(&[0x01]).unwrap_or(&pkt);
+                    let resp = parsec_response(&p.password, &nonce, salt)?;
                     self.write_packet(&resp).await?;
                 }
                 Some(0x01) if plugin == "caching_sha2_password" => match pkt.get(1) {
                     Some(0x03) => {} // fast auth ok; OK packet follows
-                    Some(0x04) => {
-                        // Full authentication: fetch the RSA key, send the encrypted password.
-                        self.write_packet(&[0x02]).await?;
-                        let key = self.read_packet().await?;
-                        if key.first() != Some(&0x01) {
-                            return Err(MysqlError::new(
-                                ErrorKind::Protocol,
-                                "the server did not send its RSA public key for caching_sha2_password",
-                            ));
-                        }
-                        let mut pw = p.password.as_bytes().to_vec();
-                        pw.push(0);
-                        for (i, b) in pw.iter_mut().enumerate() {
-                            *b ^= nonce[i % nonce.len().max(1)];
-                        }
-                        let enc = mysql_common::crypto::encrypt(&pw, &key[1..]);
-                        self.write_packet(&enc).await?;
-                    }
+                    Some(0x04) => self.full_auth(p, &nonce).await?,
                     _ => {
                         return Err(MysqlError::new(
                             ErrorKind::Protocol,
@@ -509,6 +523,46 @@ impl Conn {
             ErrorKind::Protocol,
             "authentication did not finish",
         ))
+    }
+
+    /// `caching_sha2_password` full authentication: the password in clear
+    /// over TLS; without TLS encrypted with the server's RSA public key,
+    /// given in the URL or, only when allowed, fetched from the server.
+    async fn full_auth(&mut self, p: &ConnParams, nonce: &[u8]) -> Result<()> {
+        let mut pw = p.password.as_bytes().to_vec();
+        pw.push(0);
+        if self.is_tls() {
+            return self.write_packet(&pw).await;
+        }
+        let key = match (&p.tls.server_public_key, p.tls.get_server_public_key) {
+            (Some(k), _) => k.clone(),
+            (None, true) => {
+                self.write_packet(&[0x02]).await?;
+                let key = self.read_packet().await?;
+                if key.first() != Some(&0x01) {
+                    return Err(MysqlError::new(
+                        ErrorKind::Protocol,
+                        "the server did not send its RSA public key for caching_sha2_password",
+                    ));
+                }
+                key[1..].to_vec()
+            }
+            (None, false) => {
+                return Err(MysqlError::new(
+                    ErrorKind::InvalidInput,
+                    "the server wants the password itself (caching_sha2_password full \
+                     authentication) on a connection without TLS, and pitr does not fetch the \
+                     server's RSA key unauthenticated; use TLS (ssl-mode=REQUIRED or VERIFY_*), \
+                     give the key with server-public-key-path=FILE, or allow fetching it with \
+                     get-server-public-key=true",
+                ))
+            }
+        };
+        for (i, b) in pw.iter_mut().enumerate() {
+            *b ^= nonce[i % nonce.len().max(1)];
+        }
+        let enc = mysql_common::crypto::encrypt(&pw, &key);
+        self.write_packet(&enc).await
     }
 
     /// Reads one logical packet (joining 16 MiB continuations).
@@ -758,16 +812,15 @@ mod tests {
         );
         let e = ConnParams::from_url("postgres://u:secret@h").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
-        // TLS is asked for but not available: refused, never cleartext.
-        for q in [
-            "ssl-mode=REQUIRED",
-            "ssl-mode=verify_ca",
-            "ssl-mode=VERIFY_IDENTITY",
-            "ssl-ca=/ca.pem",
+        // TLS settings that cannot work are refused when the URL is read.
+        for (q, says) in [
+            ("ssl-mode=verify_ca", "needs the CA certificate"),
+            ("ssl-mode=VERIFY_IDENTITY", "needs the CA certificate"),
+            ("ssl-ca=/nonexistent/ca.pem", "cannot read ssl-ca"),
         ] {
             let e = ConnParams::from_url(&format!("mysql://u:secret@h/?{q}")).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{q}");
-            assert!(e.to_string().contains("cannot encrypt"), "{q}: {e}");
+            assert!(e.to_string().contains(says), "{q}: {e}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
         let e = ConnParams::from_url("mysql://u@h/?ssl-mode=BOGUS").unwrap_err();
@@ -778,6 +831,7 @@ mod tests {
             "ssl-mode=DISABLED",
             "ssl-mode=preferred",
             "ssl_mode=DISABLED",
+            "ssl-mode=REQUIRED",
         ] {
             ConnParams::from_url(&format!("mysql://u@h:3307/db?{ok}")).unwrap();
         }

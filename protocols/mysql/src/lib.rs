@@ -14,6 +14,7 @@
 //! * [`segment`]: the binlog stream cut into segments at those points.
 //! * [`replay`] / [`status_vars`]: binlog events as SQL statements that apply
 //!   them on another server (`BINLOG '...'` + QUERY events with their session context).
+//! * [`tls`]: TLS (`ssl-mode`, `ssl-ca`, ...) and the URL parameters.
 //! * [`file`]: rebuild binlog files from stored events for the native tools.
 //! * [`pos`] / [`gtid`]: positions, server ids, GTIDs and GTID sets.
 //! * [`error`]: transient vs definite errors, each with its position.
@@ -29,6 +30,7 @@ pub mod replay;
 pub mod rows;
 pub mod segment;
 pub mod status_vars;
+pub mod tls;
 pub mod txn;
 
 pub use client::{

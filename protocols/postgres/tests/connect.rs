@@ -165,91 +165,19 @@ fn unreachable_port_is_transient() {
 /// Creates a CA and a server certificate for 127.0.0.1 in the data dir and enables TLS.
 fn enable_tls(server: &PgServer) -> Option<std::path::PathBuf> {
     let dir = server.data_dir();
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let ok = run(&[
-        "req",
-        "-new",
-        "-x509",
-        "-days",
-        "2",
-        "-nodes",
-        "-subj",
-        "/CN=pitr-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]) && run(&[
-        "req",
-        "-new",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]) && std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .is_ok()
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ]);
-    if !ok {
-        return None;
-    }
+    let certs = pitr_integration::certs::server_certs(dir, "")?;
     // The server runs as the data dir's owner and insists on a private key file.
-    let owner = Command::new("stat")
-        .args(["-c", "%u:%g"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
-    for f in ["server.key", "server.crt"] {
-        Command::new("chown")
-            .arg(&owner)
-            .arg(dir.join(f))
-            .status()
-            .unwrap();
-    }
-    Command::new("chmod")
-        .arg("600")
-        .arg(dir.join("server.key"))
-        .status()
-        .unwrap();
+    pitr_integration::certs::hand_to_owner(&certs, dir);
     server.psql("ALTER SYSTEM SET ssl = on").unwrap();
     server.psql("SELECT pg_reload_conf()").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    Some(dir.join("ca.crt"))
+    Some(certs.ca)
 }
 
 #[test]
 fn tls_modes_pg15() {
     require!(pg::available(PgVersion::V15));
-    if Command::new("openssl").arg("version").output().is_err() {
+    if !pitr_integration::certs::openssl_available() {
         pitr_integration::record_skip(module_path!(), "openssl not installed");
         return;
     }
