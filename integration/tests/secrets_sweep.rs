@@ -1,14 +1,15 @@
-//! A known password never leaves the process: every verb is run against a real MariaDB with
-//! the password in the URL (and, for the restore target, in a password file), at the most
-//! verbose log level, and the password is searched for in everything they print, in their
-//! logs, and in every byte stored in the repository.
+//! A known password never leaves the process: every verb is run against a real MariaDB, and
+//! against a real PostgreSQL 15 with a SCRAM login, with the password in the URL (and, for the
+//! MariaDB restore target, in a password file), at the most verbose log level, and the
+//! password is searched for in everything they print, in their logs, in every byte stored in
+//! the repository and, for PostgreSQL, in the restored data directory (its restore settings).
 
 use std::path::Path;
 use std::process::Command;
 
 use pitr_integration::archiver::Archiver;
 use pitr_integration::mysql_restore_util::{binlog_position, wait_archived};
-use pitr_integration::{mysql, pitr_bin, require, Flavor, MySqlServer};
+use pitr_integration::{mysql, pg, pitr_bin, require, Flavor, MySqlServer, PgServer, PgVersion};
 
 /// The password the test servers give the `pitr` user.
 const PASSWORD: &str = "pitrpass";
@@ -117,6 +118,90 @@ fn no_verb_prints_logs_or_stores_the_password() {
     for (place, bytes) in &printed {
         assert!(
             !contains(bytes, PASSWORD.as_bytes()),
+            "the password appears in {place}: {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn postgres_no_verb_prints_logs_or_stores_the_password() {
+    require!(pg::available(PgVersion::V15));
+    const PG_PASSWORD: &str = "replpass";
+    let src = PgServer::start(PgVersion::V15).unwrap();
+    let url = src.url_as("replicator", PG_PASSWORD);
+    // libpq's key=value form too, with the password quoted.
+    let kv = format!(
+        "host=127.0.0.1 port={} user=replicator password='{PG_PASSWORD}' dbname=postgres",
+        src.port()
+    );
+    src.psql("CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let archiver = Archiver::start(&url, &repo, "p", &logs, &["-vv"]);
+    let mut printed: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut run = |args: &[&str]| {
+        let o = Command::new(pitr_bin()).args(args).output().unwrap();
+        let what = args.join(" ");
+        printed.push((format!("{what} (stdout)"), o.stdout.clone()));
+        printed.push((format!("{what} (stderr)"), o.stderr.clone()));
+        o
+    };
+    let o = run(&[
+        "-vv", "backup", &kv, "--repo", &repo_s, "--name", "p", "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    src.psql("INSERT INTO t VALUES (2)").unwrap();
+    run(&["-vv", "status", "--repo", &repo_s, "--json"]);
+    run(&["-vv", "verify", "--repo", &repo_s]);
+    let wrong = url.replace(PG_PASSWORD, "wrongpass");
+    let o = run(&["-vv", "backup", &wrong, "--repo", &repo_s, "--name", "p"]);
+    assert!(!o.status.success(), "a wrong password was accepted");
+    let target = tmp.path().join("restored");
+    let o = run(&[
+        "-vv",
+        "restore",
+        "--repo",
+        &repo_s,
+        "--name",
+        "p",
+        "--latest",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--owner",
+        "postgres",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run(&[
+        "-vv",
+        "archive",
+        &url,
+        "--repo",
+        &repo_s,
+        "--name",
+        "p",
+        "--no-wait",
+    ]);
+    let log = archiver.terminate();
+    printed.push(("archive log".into(), log.into_bytes()));
+    printed.extend(files(&repo));
+    printed.extend(files(&logs));
+    let restored = files(&target);
+    assert!(
+        restored
+            .iter()
+            .any(|(p, _)| p.ends_with("postgresql.auto.conf")),
+        "the restore wrote its settings"
+    );
+    printed.extend(restored);
+    assert!(printed.len() > 20, "{} places searched", printed.len());
+    for (place, bytes) in &printed {
+        assert!(
+            !contains(bytes, PG_PASSWORD.as_bytes()),
             "the password appears in {place}: {}",
             String::from_utf8_lossy(bytes)
         );
