@@ -5,6 +5,7 @@ pub mod archive;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod monitor;
 pub mod redact;
