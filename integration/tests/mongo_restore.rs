@@ -584,3 +584,81 @@ async fn restore_pins_its_backup_and_oplog_under_prune_and_compaction() {
     assert!(b2.contains(&left[0]), "{b2} vs {left:?}");
     archiver.terminate();
 }
+
+/// The backup starts at the majority-committed optime, never above it: with the majority held
+/// back (as when secondaries lag; the double's `pitrHoldMajority`, absent on a real server),
+/// the manifest's start is the held optime, not the newest entry, and `--latest` is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_starts_at_the_majority_committed_optime() {
+    if pitr_integration::mongo::real_mongod().is_some() {
+        return; // The hold is the double's own command.
+    }
+    let source = start();
+    let target = start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let src = client(&source.url()).await;
+    let bank = src.database("bank");
+    bank.collection::<Document>("accounts")
+        .insert_many((0..10).map(|i| doc! {"_id": i, "owner": format!("o{i}"), "balance": 1000}))
+        .await
+        .unwrap();
+    let archiver = Archiver::start(&source.url(), &repo, "src", dir.path(), &[]);
+    for n in 1..=5 {
+        transfer(&src, n).await;
+    }
+    let held = src
+        .database("admin")
+        .run_command(doc! {"pitrHoldMajority": true})
+        .await
+        .unwrap();
+    let held_ts = held
+        .get_document("majorityOpTime")
+        .unwrap()
+        .get_timestamp("ts")
+        .unwrap();
+    for n in 6..=10 {
+        transfer(&src, n).await;
+    }
+    let newest_ts = newest(&src).await.0;
+    assert!(newest_ts > (held_ts.time, held_ts.increment));
+    let b: serde_json::Value = serde_json::from_str(
+        ok(&pitr(&[
+            "backup",
+            &source.url(),
+            "--repo",
+            &repo_s,
+            "--name",
+            "src",
+            "--json",
+        ]))
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        b["start"].as_str(),
+        Some(format!("{}:{}", held_ts.time, held_ts.increment).as_str()),
+        "{b}"
+    );
+    src.database("admin")
+        .run_command(doc! {"pitrHoldMajority": false})
+        .await
+        .unwrap();
+    for n in 11..=15 {
+        transfer(&src, n).await;
+    }
+    let want = state(&src).await;
+    let last = newest(&src).await.0;
+    wait_for("the archive to catch up", Duration::from_secs(30), || {
+        archived_last(&repo).is_some_and(|t| {
+            t >= OplogTs {
+                secs: last.0,
+                inc: last.1,
+            }
+        })
+    });
+    archiver.terminate();
+    ok(&restore(&repo_s, &["--latest"], &target.url(), &[]));
+    assert_eq!(state(&client(&target.url()).await).await, want);
+}

@@ -36,6 +36,56 @@ pub struct OplogTop {
     pub wall_ms: Option<i64>,
 }
 
+/// The replica set's majority-committed optime (`hello.lastWrite.majorityOpTime`
+/// and `majorityWriteDate`): the backup's start. No oplog hole lies below it
+/// (secondaries fetch the oplog with forward cursors, which stop at the first
+/// hole, so the majority can only have applied a hole-free prefix), whereas the
+/// newest entry a reverse scan sees may lie above an earlier write still being
+/// committed, which would then be in neither the dump nor the replay
+/// (mongo: `src/mongo/db/repl/replication_coordinator_impl.cpp`,
+/// `_fillIsMasterForReplSet`; `oplog_fetcher.cpp`). Waits up to 10 s while the
+/// server reports none yet (just after the replica set was initiated).
+pub async fn majority_point(client: &Client) -> anyhow::Result<OplogTop> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let hello = client
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .context("asking the server for its majority-committed optime (hello)")?;
+        let last = hello.get_document("lastWrite").ok();
+        let optime = last.and_then(|l| l.get_document("majorityOpTime").ok());
+        let ts = optime
+            .and_then(|o| o.get_timestamp("ts").ok())
+            .map(OplogTs::from_bson);
+        let term = optime
+            .and_then(|o| o.get("t"))
+            .and_then(|t| match t {
+                Bson::Int64(t) => Some(*t),
+                Bson::Int32(t) => Some(i64::from(*t)),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let wall_ms = last
+            .and_then(|l| l.get_datetime("majorityWriteDate").ok())
+            .map(|d| d.timestamp_millis());
+        match ts {
+            Some(ts) if ts != (OplogTs { secs: 0, inc: 0 }) => {
+                return Ok(OplogTop { ts, term, wall_ms })
+            }
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => {
+                return Err(anyhow!(
+                    "the server reports no majority-committed optime (hello.lastWrite.majorityOpTime); \
+                     pitr backs up members of an initiated replica set whose majority is reachable"
+                ))
+            }
+        }
+    }
+}
+
 /// Reads the newest oplog entry (`local.oplog.rs`, reverse natural order).
 pub async fn oplog_top(client: &Client) -> anyhow::Result<OplogTop> {
     let coll = client

@@ -5,7 +5,9 @@
 //! 1. the replica-set name (`hello.setName`) is the source identity's
 //!    system id; the repository's identity must match before anything is
 //!    written;
-//! 2. `start` = the newest oplog entry (its `ts` and term `t`);
+//! 2. `start` = the majority-committed optime (its `ts` and term `t`): no
+//!    oplog hole lies below it (see [`dump::majority_point`]), so every
+//!    write the dump can miss is in the replay from `start`;
 //! 3. the catalog of every dumped database (see [`super::dump`]), then each
 //!    collection's documents, `parallel` collections at a time, each as one
 //!    zstd stream cut into parts; users and roles;
@@ -109,7 +111,7 @@ pub async fn take_mongo_backup_with(
         &SourceIdentity::new(&name, pitr_segment::Engine::MongoDb, &set_name),
     )
     .await?;
-    let start = dump::oplog_top(&client).await?;
+    let start = dump::majority_point(&client).await?;
     let id = start_time.format("%Y%m%dT%H%M%S%3fZ").to_string();
     let key = BackupKey::new(source.clone(), start.ts.to_log_pos(), &id)?;
     // Renewed until this function returns; removed by `run_interruptible`.

@@ -115,6 +115,7 @@ async fn run(args: Args) -> Result<()> {
         sessions: Default::default(),
         term: 1,
         topology_counter: 0,
+        majority_hold: None,
         lsid_uid: {
             use sha2::Digest;
             let who = args

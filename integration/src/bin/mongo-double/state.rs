@@ -41,6 +41,18 @@ pub struct State {
     pub topology_counter: i64,
     /// The `lsid.uid` the server adds: SHA-256 of `<user>@admin` (of "" without auth).
     pub lsid_uid: Vec<u8>,
+    /// The majority-committed optime held back by the test command
+    /// `pitrHoldMajority` (as when secondaries lag); `None`: the newest entry,
+    /// as on a one-member set.
+    pub majority_hold: Option<(bson::Timestamp, i64)>,
+}
+
+impl State {
+    /// The majority-committed optime `(ts, term)`.
+    pub fn majority(&self) -> (bson::Timestamp, i64) {
+        self.majority_hold
+            .unwrap_or((self.oplog.last_ts(), self.term))
+    }
 }
 
 /// Shared by all connections.

@@ -1,6 +1,8 @@
 //! Handshake and replica-set commands: `hello` / `isMaster`, `buildInfo`,
 //! `getParameter`, `serverStatus`, `hostInfo`, `replSetGetStatus`, `replSetStepDown`, and
-//! the no-op entries a primary writes (`new primary`, `periodic noop`).
+//! the no-op entries a primary writes (`new primary`, `periodic noop`); and the
+//! double's own test command `pitrHoldMajority` (not a server command: it holds
+//! the majority-committed optime where it is, as lagging secondaries would).
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime, Document, Timestamp};
@@ -35,6 +37,8 @@ pub fn hello(
     let host = shared.config.host.clone();
     let last = st.oplog.last_ts();
     let optime = doc! {"ts": last, "t": st.term};
+    let (maj_ts, maj_t) = st.majority();
+    let majority = doc! {"ts": maj_ts, "t": maj_t};
     let mut d = doc! {
         "topologyVersion": {"processId": shared.process_id, "counter": st.topology_counter},
         "hosts": [host.clone()],
@@ -54,8 +58,8 @@ pub fn hello(
         "lastWrite": {
             "opTime": optime.clone(),
             "lastWriteDate": ts_date(last),
-            "majorityOpTime": optime,
-            "majorityWriteDate": ts_date(last),
+            "majorityOpTime": majority,
+            "majorityWriteDate": ts_date(maj_ts),
         },
         "maxBsonObjectSize": 16_777_216,
         "maxMessageSizeBytes": 48_000_000,
@@ -120,6 +124,18 @@ pub fn server_status(shared: &Shared, st: &State) -> Document {
     }
 }
 
+/// `{pitrHoldMajority: true}` holds the majority-committed optime at the
+/// newest entry; `false` lets it follow the oplog again.
+pub fn hold_majority(st: &mut State, body: &Document) -> Document {
+    st.majority_hold = if crate::state::truthy(body.get("pitrHoldMajority")) {
+        Some((st.oplog.last_ts(), st.term))
+    } else {
+        None
+    };
+    let (ts, t) = st.majority();
+    doc! {"majorityOpTime": {"ts": ts, "t": t}, "ok": 1.0}
+}
+
 pub fn host_info() -> Document {
     doc! {"system": {"hostname": "127.0.0.1", "numCores": 1}, "os": {"type": "Linux"}, "extra": {}, "ok": 1.0}
 }
@@ -134,7 +150,7 @@ pub fn repl_set_get_status(shared: &Shared, st: &State) -> Document {
         "term": st.term,
         "heartbeatIntervalMillis": 2000i64,
         "optimes": {
-            "lastCommittedOpTime": optime.clone(),
+            "lastCommittedOpTime": {"ts": st.majority().0, "t": st.majority().1},
             "appliedOpTime": optime.clone(),
             "durableOpTime": optime.clone(),
         },
