@@ -488,3 +488,57 @@ fn an_unreachable_server_fails_in_one_sentence_and_writes_nothing() {
         assert!(files.is_empty(), "{verb} wrote {files:?}");
     }
 }
+
+/// A rollback behind the archive is no gap: the last archived entry is gone from an oplog
+/// that still reaches back before it (the double's `pitrRollback` truncates it, as the
+/// server's rollback does). The next archiver stops in one sentence instead of going on
+/// from the new entries (which would keep the undone writes as history) and records no gap.
+#[test]
+fn a_rollback_behind_the_archive_stops_the_archiver_and_records_no_gap() {
+    let db = MongoDouble::start(quiet()).unwrap();
+    let url = db.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ledger(&url, 3, "kept");
+    let common = ts_of(server_oplog(&url).last().unwrap());
+    ledger(&url, 3, "undone");
+    let a = Archiver::start(&url, &repo, "main", tmp.path(), &[]);
+    wait_caught_up(&url, &repo);
+    a.terminate();
+    rt().block_on(async {
+        let c = client(&url).await;
+        let r = c
+            .database("admin")
+            .run_command(
+                doc! {"pitrRollback": bson::Timestamp { time: common.secs, increment: common.inc }},
+            )
+            .await
+            .unwrap();
+        assert!(r.get_i64("removed").unwrap() > 0, "{r}");
+    });
+    ledger(&url, 2, "after");
+    let mut child = Command::new(pitr_bin())
+        .args(["archive", &url, "--repo"])
+        .arg(&repo)
+        .args(["--name", "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = pitr_integration::archiver::wait_child(&mut child, Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rolled back writes pitr had archived"),
+        "{err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        !walk(&repo)
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/gaps/")),
+        "a gap was recorded"
+    );
+}

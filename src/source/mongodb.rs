@@ -377,6 +377,14 @@ impl Archiver {
                 }
                 cursor
             }
+            Opened::Diverged { last, oldest } => {
+                return Err(anyhow!(
+                    "the server's oplog no longer holds {last}, the last archived entry, though it \
+                     still reaches back to {oldest}: the replica set rolled back writes pitr had \
+                     archived, and the archive would keep what the cluster undid; archive it under \
+                     a new --name and take a new base backup (pitr backup)"
+                ));
+            }
             Opened::Empty => {
                 return match self.resume {
                     StartFrom::After(t) => Err(anyhow!(

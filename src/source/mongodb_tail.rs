@@ -191,6 +191,10 @@ pub enum Opened {
         cursor: Cursor<RawDocumentBuf>,
         first_doc: RawDocumentBuf,
     },
+    /// `After(ts)`: the oplog no longer holds `ts` although it reaches back
+    /// before it (its oldest entry is `oldest`): the entry was rolled back, not
+    /// dropped by the cap. The archive holds writes the replica set undid.
+    Diverged { last: OplogTs, oldest: OplogTs },
     /// The oplog holds nothing to start from.
     Empty,
 }
@@ -220,6 +224,11 @@ pub async fn open(client: &Client, from: StartFrom) -> anyhow::Result<Opened> {
             .map_err(|e| anyhow!("an oplog entry cannot be read: {e}"))?
             .ts();
         if fts != last {
+            if let Some(oldest) = edge_ts(client, false).await? {
+                if oldest < last {
+                    return Ok(Opened::Diverged { last, oldest });
+                }
+            }
             return Ok(Opened::RolledOver {
                 first: fts,
                 cursor,

@@ -154,6 +154,29 @@ impl Oplog {
         }
     }
 
+    /// Removes every entry after `ts` (a rollback, as the server's
+    /// `rollback_impl.cpp` truncates the oplog after the common point); the
+    /// newest timestamp stays, so later entries follow the removed ones, as a
+    /// new primary's do. Returns how many were removed. The documents are not
+    /// touched: the double models the oplog side of a rollback only.
+    pub fn rollback_after(&mut self, ts: Timestamp) -> usize {
+        let mut n = 0;
+        while let Some(e) = self.entries.back() {
+            let newer = e
+                .raw
+                .get_timestamp("ts")
+                .is_ok_and(|t| (t.time, t.increment) > (ts.time, ts.increment));
+            if !newer {
+                break;
+            }
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= e.raw.as_bytes().len() as u64;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The next timestamp: the wall-clock second, counting up within a second, always
     /// after the newest entry.
     pub fn next_ts(&mut self) -> Timestamp {

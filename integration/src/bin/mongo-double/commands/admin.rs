@@ -1,8 +1,10 @@
 //! Handshake and replica-set commands: `hello` / `isMaster`, `buildInfo`,
 //! `getParameter`, `serverStatus`, `hostInfo`, `replSetGetStatus`, `replSetStepDown`, and
 //! the no-op entries a primary writes (`new primary`, `periodic noop`); and the
-//! double's own test command `pitrHoldMajority` (not a server command: it holds
-//! the majority-committed optime where it is, as lagging secondaries would).
+//! double's own test commands (not server commands): `pitrHoldMajority` holds
+//! the majority-committed optime where it is, as lagging secondaries would;
+//! `pitrRollback: <Timestamp>` removes the oplog entries after it, as a rollback
+//! does.
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime, Document, Timestamp};
@@ -134,6 +136,17 @@ pub fn hold_majority(st: &mut State, body: &Document) -> Document {
     };
     let (ts, t) = st.majority();
     doc! {"majorityOpTime": {"ts": ts, "t": t}, "ok": 1.0}
+}
+
+/// `{pitrRollback: Timestamp(..)}`: removes the oplog entries after it.
+pub fn rollback(st: &mut State, body: &Document) -> Document {
+    match body.get_timestamp("pitrRollback") {
+        Ok(ts) => {
+            let removed = st.oplog.rollback_after(ts);
+            doc! {"removed": removed as i64, "ok": 1.0}
+        }
+        Err(_) => doc! {"ok": 0.0, "errmsg": "pitrRollback takes a Timestamp", "code": 2},
+    }
 }
 
 pub fn host_info() -> Document {

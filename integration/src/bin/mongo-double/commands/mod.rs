@@ -138,6 +138,7 @@ fn dispatch(
         }
         "replSetGetStatus" => doc(admin::repl_set_get_status(shared, st)),
         "pitrHoldMajority" => doc(admin::hold_majority(st, body)),
+        "pitrRollback" => doc(admin::rollback(st, body)),
         "replSetStepDown" | "replSetStepUp" => doc(admin::step_down(st)),
         "insert" => crud::insert(st, db, body, &mode).map(|d| Some(Reply::Doc(d))),
         "update" => crud::update(st, db, body, &mode).map(|d| Some(Reply::Doc(d))),
