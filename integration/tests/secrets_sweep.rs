@@ -31,6 +31,33 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Everything searched: a place and its bytes.
+#[derive(Default)]
+struct Places(Vec<(String, Vec<u8>)>);
+
+impl Places {
+    /// Runs `pitr args` and keeps what it printed.
+    fn run(&mut self, args: &[&str]) -> std::process::Output {
+        let o = Command::new(pitr_bin()).args(args).output().unwrap();
+        let what = args.join(" ");
+        self.0.push((format!("{what} (stdout)"), o.stdout.clone()));
+        self.0.push((format!("{what} (stderr)"), o.stderr.clone()));
+        o
+    }
+
+    /// Fails when `password` appears anywhere; at least `min` places searched.
+    fn assert_absent(&self, password: &str, min: usize) {
+        assert!(self.0.len() > min, "{} places searched", self.0.len());
+        for (place, bytes) in &self.0 {
+            assert!(
+                !contains(bytes, password.as_bytes()),
+                "the password appears in {place}: {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -49,15 +76,8 @@ fn no_verb_prints_logs_or_stores_the_password() {
     std::fs::create_dir_all(&logs).unwrap();
     let pwfile = logs.join("pw");
     let archiver = Archiver::start(&src.url(), &repo, "s", &logs, &["-vv"]);
-    let mut printed: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut run = |args: &[&str]| {
-        let o = Command::new(pitr_bin()).args(args).output().unwrap();
-        let what = args.join(" ");
-        printed.push((format!("{what} (stdout)"), o.stdout.clone()));
-        printed.push((format!("{what} (stderr)"), o.stderr.clone()));
-        o
-    };
-    let o = run(&[
+    let mut printed = Places::default();
+    let o = printed.run(&[
         "-vv",
         "backup",
         &src.url(),
@@ -71,17 +91,17 @@ fn no_verb_prints_logs_or_stores_the_password() {
     src.sql("INSERT INTO s.t VALUES (2)").unwrap();
     let target = MySqlServer::start(Flavor::MariaDb).unwrap();
     wait_archived(&repo_s, &target.url(), &binlog_position(&src));
-    run(&["-vv", "status", "--repo", &repo_s, "--json"]);
-    run(&["-vv", "status", "--repo", &repo_s]);
-    run(&["-vv", "verify", "--repo", &repo_s]);
+    printed.run(&["-vv", "status", "--repo", &repo_s, "--json"]);
+    printed.run(&["-vv", "status", "--repo", &repo_s]);
+    printed.run(&["-vv", "verify", "--repo", &repo_s]);
     // A wrong password for the restore target: the error names the target, not its secret.
     let wrong = target.url().replace(PASSWORD, "wrongpass");
-    run(&[
+    printed.run(&[
         "-vv", "restore", "--repo", &repo_s, "--latest", "--target", &wrong,
     ]);
     std::fs::write(&pwfile, PASSWORD).unwrap();
     let bare = target.url().replace(&format!(":{PASSWORD}@"), "@");
-    let o = run(&[
+    let o = printed.run(&[
         "-vv",
         "restore",
         "--repo",
@@ -96,7 +116,7 @@ fn no_verb_prints_logs_or_stores_the_password() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(target.sql("SELECT COUNT(*) FROM s.t").unwrap().trim(), "2");
     // A second archiver of the source, refused by the writer lease.
-    run(&[
+    printed.run(&[
         "-vv",
         "archive",
         &src.url(),
@@ -107,21 +127,14 @@ fn no_verb_prints_logs_or_stores_the_password() {
         "--no-wait",
     ]);
     let log = archiver.terminate();
-    printed.push(("archive log".into(), log.into_bytes()));
-    printed.extend(files(&repo));
-    printed.extend(
+    printed.0.push(("archive log".into(), log.into_bytes()));
+    printed.0.extend(files(&repo));
+    printed.0.extend(
         files(&logs)
             .into_iter()
             .filter(|(p, _)| !p.ends_with("/pw")),
     );
-    assert!(printed.len() > 10, "{} places searched", printed.len());
-    for (place, bytes) in &printed {
-        assert!(
-            !contains(bytes, PASSWORD.as_bytes()),
-            "the password appears in {place}: {}",
-            String::from_utf8_lossy(bytes)
-        );
-    }
+    printed.assert_absent(PASSWORD, 10);
 }
 
 #[test]
@@ -143,26 +156,19 @@ fn postgres_no_verb_prints_logs_or_stores_the_password() {
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let archiver = Archiver::start(&url, &repo, "p", &logs, &["-vv"]);
-    let mut printed: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut run = |args: &[&str]| {
-        let o = Command::new(pitr_bin()).args(args).output().unwrap();
-        let what = args.join(" ");
-        printed.push((format!("{what} (stdout)"), o.stdout.clone()));
-        printed.push((format!("{what} (stderr)"), o.stderr.clone()));
-        o
-    };
-    let o = run(&[
+    let mut printed = Places::default();
+    let o = printed.run(&[
         "-vv", "backup", &kv, "--repo", &repo_s, "--name", "p", "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     src.psql("INSERT INTO t VALUES (2)").unwrap();
-    run(&["-vv", "status", "--repo", &repo_s, "--json"]);
-    run(&["-vv", "verify", "--repo", &repo_s]);
+    printed.run(&["-vv", "status", "--repo", &repo_s, "--json"]);
+    printed.run(&["-vv", "verify", "--repo", &repo_s]);
     let wrong = url.replace(PG_PASSWORD, "wrongpass");
-    let o = run(&["-vv", "backup", &wrong, "--repo", &repo_s, "--name", "p"]);
+    let o = printed.run(&["-vv", "backup", &wrong, "--repo", &repo_s, "--name", "p"]);
     assert!(!o.status.success(), "a wrong password was accepted");
     let target = tmp.path().join("restored");
-    let o = run(&[
+    let o = printed.run(&[
         "-vv",
         "restore",
         "--repo",
@@ -176,7 +182,7 @@ fn postgres_no_verb_prints_logs_or_stores_the_password() {
         "postgres",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    run(&[
+    printed.run(&[
         "-vv",
         "archive",
         &url,
@@ -187,9 +193,9 @@ fn postgres_no_verb_prints_logs_or_stores_the_password() {
         "--no-wait",
     ]);
     let log = archiver.terminate();
-    printed.push(("archive log".into(), log.into_bytes()));
-    printed.extend(files(&repo));
-    printed.extend(files(&logs));
+    printed.0.push(("archive log".into(), log.into_bytes()));
+    printed.0.extend(files(&repo));
+    printed.0.extend(files(&logs));
     let restored = files(&target);
     assert!(
         restored
@@ -197,13 +203,6 @@ fn postgres_no_verb_prints_logs_or_stores_the_password() {
             .any(|(p, _)| p.ends_with("postgresql.auto.conf")),
         "the restore wrote its settings"
     );
-    printed.extend(restored);
-    assert!(printed.len() > 20, "{} places searched", printed.len());
-    for (place, bytes) in &printed {
-        assert!(
-            !contains(bytes, PG_PASSWORD.as_bytes()),
-            "the password appears in {place}: {}",
-            String::from_utf8_lossy(bytes)
-        );
-    }
+    printed.0.extend(restored);
+    printed.assert_absent(PG_PASSWORD, 20);
 }

@@ -174,20 +174,30 @@ pub async fn ensure_identity(
     }
 }
 
+/// The sources of the repository (its top-level folders that are source
+/// names), sorted.
+pub async fn list_sources(repo: &Repo) -> Result<Vec<SourceName>, StorageError> {
+    let mut names: Vec<SourceName> = repo
+        .list_dirs("")
+        .await?
+        .into_iter()
+        .map(|d| d.trim_end_matches('/').to_string())
+        .filter(|d| !d.starts_with('.'))
+        .filter_map(|d| SourceName::new(&d).ok())
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(names)
+}
+
 /// The `--name` given, or the only source in the repository.
 pub async fn resolve_source(repo: &Repo, name: Option<&str>) -> anyhow::Result<SourceName> {
     if let Some(n) = name {
         return SourceName::new(n).map_err(|e| anyhow::anyhow!("invalid --name: {e}"));
     }
-    let dirs = repo.list_dirs("").await?;
-    let mut names: Vec<String> = dirs
-        .into_iter()
-        .map(|d| d.trim_end_matches('/').to_string())
-        .filter(|d| !d.starts_with('.') && SourceName::new(d).is_ok())
-        .collect();
-    names.sort();
+    let mut sources = list_sources(repo).await?;
+    let names: Vec<&str> = sources.iter().map(|s| s.as_str()).collect();
     match names.len() {
-        1 => Ok(SourceName::new(&names[0])?),
+        1 => Ok(sources.remove(0)),
         0 => Err(anyhow::anyhow!(
             "the repository holds no source yet; check --repo or run `pitr archive` first"
         )),

@@ -21,7 +21,7 @@
 use anyhow::anyhow;
 use pitr_segment::TimestampMicros;
 
-use crate::archive::identity::read_identity;
+use crate::archive::identity::{list_sources as sources, read_identity};
 use crate::archive::keys::SourceName;
 use crate::engine::{self, EngineOps};
 use crate::storage::Repo;
@@ -30,21 +30,6 @@ use crate::storage::Repo;
 pub const NOT_ARCHIVED: i32 = 1;
 /// Exit status of any other failure.
 pub const FAILED: i32 = 126;
-
-/// The sources of the repository (its top-level folders that are source
-/// names), sorted.
-async fn sources(repo: &Repo) -> anyhow::Result<Vec<SourceName>> {
-    let mut names: Vec<SourceName> = repo
-        .list_dirs("")
-        .await?
-        .into_iter()
-        .map(|d| d.trim_end_matches('/').to_string())
-        .filter(|d| !d.starts_with('.'))
-        .filter_map(|d| SourceName::new(&d).ok())
-        .collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    Ok(names)
-}
 
 /// The engine that recorded `source` (`None`: no identity stored yet).
 async fn engine_of(
@@ -139,7 +124,10 @@ pub async fn open(
 ) -> anyhow::Result<(Repo, SourceName)> {
     let repo = Repo::open_existing(repo_arg).await?;
     let source = resolve(&repo, name, engine).await?;
-    confirm(&repo, &source, engine).await?;
+    // A source found by its engine needs no second look.
+    if name.is_some() {
+        confirm(&repo, &source, engine).await?;
+    }
     Ok((repo, source))
 }
 

@@ -34,7 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, MysqlError, Result};
-use crate::tls::{TlsParams, Transport, CLIENT_SSL};
+use crate::tls::{TlsParams, CLIENT_SSL};
+use pitr_tls::Stream;
 
 const MAX_PAYLOAD: usize = 0xff_ffff;
 /// Largest logical packet accepted (the servers' max_allowed_packet limit).
@@ -329,7 +330,7 @@ fn io_err(e: std::io::Error) -> MysqlError {
 /// One authenticated connection.
 #[derive(Debug)]
 pub struct Conn {
-    stream: Transport,
+    stream: Stream,
     seq: u8,
     server_version: String,
 }
@@ -356,7 +357,7 @@ impl Conn {
                 .map_err(io_err)?;
             let _ = stream.set_nodelay(true);
             let mut c = Conn {
-                stream: Transport::Tcp(stream),
+                stream: Stream::Tcp(stream),
                 seq: 0,
                 server_version: String::new(),
             };
@@ -431,14 +432,13 @@ impl Conn {
             req.push(CHARSET);
             req.extend_from_slice(&[0u8; 23]);
             self.write_packet(&req).await?;
-            let Transport::Tcp(tcp) = std::mem::replace(&mut self.stream, Transport::Switching)
-            else {
+            let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
                 return Err(MysqlError::new(
                     ErrorKind::Protocol,
                     "internal error: TLS requested twice",
                 ));
             };
-            self.stream = Transport::Tls(Box::new(p.tls.handshake(&p.host, tcp).await?));
+            self.stream = Stream::Tls(Box::new(p.tls.handshake(&p.host, tcp).await?));
         }
         let mut plugin = hs.auth_plugin.clone();
         if !matches!(

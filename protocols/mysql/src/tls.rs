@@ -25,12 +25,9 @@
 //! so a wrong path is reported before anything connects.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use pitr_tls::{Names, Roots, TlsSettings, TlsStream, Verify};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{ErrorKind, MysqlError, Result};
@@ -91,17 +88,6 @@ impl std::fmt::Debug for TlsParams {
             .field("server_public_key", &self.server_public_key.is_some())
             .field("get_server_public_key", &self.get_server_public_key)
             .finish_non_exhaustive()
-    }
-}
-
-impl Default for TlsParams {
-    fn default() -> Self {
-        TlsParams {
-            mode: SslMode::Preferred,
-            config: pitr_tls::client_config(&settings(Verify::Nothing, None, None)).ok(),
-            server_public_key: None,
-            get_server_public_key: false,
-        }
     }
 }
 
@@ -269,72 +255,6 @@ impl TlsParams {
                     format!("TLS handshake with the server failed ({io}); it will be retried"),
                 ),
             })
-    }
-}
-
-/// The socket of a connection: TCP, or TLS over TCP.
-#[derive(Debug)]
-pub(crate) enum Transport {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream>),
-    /// Between taking the TCP socket out and putting the TLS one in.
-    Switching,
-}
-
-impl Transport {
-    pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
-    }
-}
-
-fn switching() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "the connection is switching to TLS",
-    )
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Switching => Poll::Ready(Err(switching())),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Switching => Poll::Ready(Err(switching())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Switching => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Switching => Poll::Ready(Ok(())),
-        }
     }
 }
 

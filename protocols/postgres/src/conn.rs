@@ -17,15 +17,13 @@
 //! `Bytes`, so WAL payloads are never copied after the socket read.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::conninfo::{AuthMethod, ChannelBindingMode, Config, Host, SslMode};
@@ -44,53 +42,7 @@ pub enum StartupMode {
     PhysicalReplication,
 }
 
-enum Transport {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+use pitr_tls::Stream;
 
 /// One backend message: its type tag and body (without tag and length).
 #[derive(Debug, Clone)]
@@ -140,7 +92,7 @@ impl Row {
 
 /// An authenticated connection, ready for simple queries.
 pub struct Connection {
-    io: Transport,
+    io: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     address: String,
@@ -180,21 +132,21 @@ impl Connection {
                     .map_err(|e| PgError::io(e, "could not connect", address))?;
                 let _ = s.set_nodelay(true);
                 if cfg.sslmode == SslMode::Disable {
-                    Transport::Tcp(s)
+                    Stream::Tcp(s)
                 } else {
                     negotiate_tls(s, cfg, h, address).await?
                 }
             }
             Host::Unix(_) => {
                 let path = cfg.socket_path().unwrap_or_default();
-                Transport::Unix(
+                Stream::Unix(
                     UnixStream::connect(&path)
                         .await
                         .map_err(|e| PgError::io(e, "could not connect", address))?,
                 )
             }
         };
-        let tls = matches!(io, Transport::Tls(_));
+        let tls = matches!(io, Stream::Tls(_));
         let mut conn = Connection {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -406,7 +358,7 @@ impl Connection {
 
     /// The `tls-server-end-point` binding data of a TLS connection's server certificate.
     fn tls_end_point(&self) -> Option<Vec<u8>> {
-        let Transport::Tls(t) = &self.io else {
+        let Stream::Tls(t) = &self.io else {
             return None;
         };
         let cert = t.get_ref().1.peer_certificates()?.first()?;
@@ -595,7 +547,7 @@ async fn negotiate_tls(
     cfg: &Config,
     host: &str,
     address: &str,
-) -> Result<Transport> {
+) -> Result<Stream> {
     let mut req = BytesMut::with_capacity(8);
     frontend::ssl_request(&mut req);
     tcp.write_all(&req)
@@ -613,7 +565,7 @@ async fn negotiate_tls(
                 .connect(name, tcp)
                 .await
             {
-                Ok(tls) => Ok(Transport::Tls(Box::new(tls))),
+                Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(PgError::new(
                     ErrorKind::Definite,
                     format!("TLS handshake failed: {e}"),
@@ -623,7 +575,7 @@ async fn negotiate_tls(
                 Err(e) => Err(PgError::io(e, "TLS handshake failed", address)),
             }
         }
-        b'N' if cfg.sslmode == SslMode::Prefer => Ok(Transport::Tcp(tcp)),
+        b'N' if cfg.sslmode == SslMode::Prefer => Ok(Stream::Tcp(tcp)),
         b'N' => Err(PgError::new(
             ErrorKind::Definite,
             format!(
