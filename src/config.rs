@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! repo = "s3://backups/pitr"          # PITR_REPO in the environment overrides it
+//! kek = "file:/run/secrets/pitr-kek"  # encrypted repository: its key-encryption key
+//!                                     # (file:PATH, env:NAME or cmd:COMMAND; --kek / PITR_KEK override)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9187"           # /metrics and /healthz; omit to disable
@@ -111,12 +113,15 @@ pub struct Config {
     /// for a live lease, restarting through its supervisor).
     pub lease: crate::archive::lease::LeaseOptions,
     pub sources: Vec<SourceConfig>,
+    /// Key-encryption key of an encrypted repository.
+    pub kek: Option<crate::crypto::kek::KekSource>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     repo: Option<String>,
+    kek: Option<String>,
     metrics: Option<RawMetrics>,
     retention: Option<RawRetention>,
     lease: Option<RawLease>,
@@ -277,6 +282,19 @@ impl Config {
             }
         };
 
+        let kek = match raw
+            .kek
+            .as_deref()
+            .map(str::parse::<crate::crypto::kek::KekSource>)
+        {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                problems.push(format!("kek: {e}"));
+                None
+            }
+        };
+
         let metrics_listen = raw
             .metrics
             .and_then(|m| match m.listen.parse::<SocketAddr>() {
@@ -427,6 +445,7 @@ impl Config {
                 retention,
                 lease,
                 sources,
+                kek,
             })
         } else {
             Err(ConfigError { problems })

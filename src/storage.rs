@@ -205,6 +205,9 @@ struct RepoInner {
     /// The directory of a `file://` repository (conditional updates are
     /// done by the repo itself there, see `cas`).
     local_root: Option<std::path::PathBuf>,
+    /// The data keys its objects are sealed and opened with (none until
+    /// `crypto::unlock`: a plain repository).
+    keys: std::sync::RwLock<Arc<crate::crypto::RepoKeys>>,
 }
 
 impl fmt::Debug for Repo {
@@ -397,7 +400,24 @@ impl Repo {
                 conditional: OnceCell::new(),
                 conditional_updates: OnceCell::new(),
                 local_root: None,
+                keys: Default::default(),
             }),
+        }
+    }
+
+    /// The data keys objects are sealed and opened with.
+    pub fn keys(&self) -> Arc<crate::crypto::RepoKeys> {
+        match self.inner.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sets the data keys (see `crypto::unlock`).
+    pub fn set_keys(&self, keys: crate::crypto::RepoKeys) {
+        match self.inner.keys.write() {
+            Ok(mut k) => *k = Arc::new(keys),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
         }
     }
 

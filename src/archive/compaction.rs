@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitr_segment::{encode, SegmentHeader, TimestampMicros, WriterOptions};
+use pitr_segment::{encode, Seal, SegmentHeader, TimestampMicros, WriterOptions};
 
 use crate::archive::catalog::{Catalog, CatalogError, EpochCatalog, SegmentEntry};
 use crate::archive::index::{self, IndexError, IndexView};
@@ -34,7 +34,7 @@ use crate::archive::segment_read::{read_segment, SegmentReadError};
 use crate::storage::{Repo, StorageError};
 
 /// Compaction settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CompactionOptions {
     /// Upper bound on the stored size of a merged segment.
     pub target_size: u64,
@@ -67,6 +67,8 @@ pub enum CompactionError {
     Pins(String),
     #[error("segment {key} failed verification: {reason}; it was left untouched")]
     Invalid { key: String, reason: String },
+    #[error("segment {key} was left untouched: {reason}")]
+    KeyMissing { key: String, reason: String },
 }
 
 /// What a compaction run did.
@@ -200,6 +202,9 @@ async fn merge(
             SegmentReadError::Storage(e) => CompactionError::Storage(e),
             SegmentReadError::Gone { key } => StorageError::NotFound { key }.into(),
             SegmentReadError::Corrupt { reason, .. } => invalid(k, reason),
+            SegmentReadError::KeyMissing { key, reason } => {
+                CompactionError::KeyMissing { key, reason }
+            }
             SegmentReadError::Mismatch { .. } => {
                 invalid(k, "header/footer positions differ from the key")
             }
@@ -232,7 +237,21 @@ async fn merge(
         });
     };
     let end = last.key.end;
-    let bytes = encode(header, &payload, end, tmin, tmax, records, opts.writer)
+    // Merged segments are sealed with the repository's current data key
+    // (plain in a plain repository), whatever their inputs were sealed with.
+    let header = SegmentHeader {
+        key_id: 0,
+        ..header
+    };
+    let writer = WriterOptions {
+        seal: repo
+            .keys()
+            .current
+            .clone()
+            .map(|key| Seal::for_payload(key, &header, [&payload[..]])),
+        ..opts.writer.clone()
+    };
+    let bytes = encode(header, &payload, end, tmin, tmax, records, writer)
         .map_err(|e| invalid(&first.key, format!("re-encoding failed: {e}")))?;
     // The output carries the newest writer generation of its inputs, so it
     // is fenced exactly when one of them would be (see `lease`).

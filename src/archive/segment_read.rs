@@ -3,9 +3,10 @@
 //! restore, the MySQL archiver's resume check and compaction.
 //!
 //! A read is: GET the object under the segment's key; decode it on the
-//! blocking pool with `pitr_segment::decode`, which verifies every checksum
-//! (header, each frame, footer) and that the frames decode to the lengths
-//! the footer records; then check that the object holds what its key says:
+//! blocking pool with `pitr_segment::decode_with` and the repository's data
+//! keys, which verifies every checksum (header, each frame, footer), opens
+//! sealed frames, and checks that the frames decode to the lengths the
+//! footer records; then check that the object holds what its key says:
 //! the header's epoch and start and the footer's end equal the key's (every
 //! writer, the archivers' sink and compaction, writes them from the same
 //! values). An object that fails either check is damaged and never used.
@@ -25,6 +26,9 @@ pub enum SegmentReadError {
     Storage(StorageError),
     #[error("segment {key} is corrupt: {reason}; run `pitr verify`")]
     Corrupt { key: String, reason: String },
+    /// The object is sealed with a data key this process does not hold.
+    #[error("segment {key} cannot be read: {reason}")]
+    KeyMissing { key: String, reason: String },
     #[error("segment {key} holds {start}..{end} of epoch {epoch}, not what its name says; the repository is damaged")]
     Mismatch {
         key: String,
@@ -53,16 +57,25 @@ pub async fn read_segment(
         Err(StorageError::NotFound { .. }) => return Err(SegmentReadError::Gone { key: name }),
         Err(e) => return Err(SegmentReadError::Storage(e)),
     };
-    let (meta, payload) = tokio::task::spawn_blocking(move || pitr_segment::decode(&object))
-        .await
-        .map_err(|e| SegmentReadError::Corrupt {
-            key: name.clone(),
-            reason: format!("decoding stopped: {e}"),
-        })?
-        .map_err(|e| SegmentReadError::Corrupt {
-            key: name.clone(),
-            reason: e.to_string(),
-        })?;
+    let keys = repo.keys();
+    let all = keys.all.clone();
+    let (meta, payload) =
+        tokio::task::spawn_blocking(move || pitr_segment::decode_with(&object, &all))
+            .await
+            .map_err(|e| SegmentReadError::Corrupt {
+                key: name.clone(),
+                reason: format!("decoding stopped: {e}"),
+            })?
+            .map_err(|e| match e {
+                pitr_segment::SegmentError::KeyNeeded { key_id } => SegmentReadError::KeyMissing {
+                    key: name.clone(),
+                    reason: keys.missing(key_id),
+                },
+                e => SegmentReadError::Corrupt {
+                    key: name.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
     check(key, &meta).map(|()| (meta, payload))
 }
 

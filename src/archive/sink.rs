@@ -23,7 +23,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use pitr_segment::{Codec, Engine, Epoch, LogPos, SegmentHeader, SegmentWriter, WriterOptions};
+use pitr_segment::{
+    Codec, Engine, Epoch, LogPos, Seal, SegmentHeader, SegmentWriter, WriterOptions,
+};
 
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::LeaseGuard;
@@ -92,12 +94,18 @@ impl SegmentSink for RepoSink {
             let (end, first, last, records) =
                 (seg.end, seg.first_commit, seg.last_commit, seg.records);
             let estimate = seg.raw_len() / 4 + 4096;
+            let seal_key = self.repo.keys().current.clone();
             let object = tokio::task::spawn_blocking(move || {
-                let mut w = SegmentWriter::new(
-                    Vec::with_capacity(estimate),
-                    header,
-                    WriterOptions::default(),
-                )?;
+                // Sealed with the repository's current data key, if it is
+                // encrypted; the salt depends only on key, header and log,
+                // so a retry writes identical bytes.
+                let seal =
+                    seal_key.map(|key| Seal::for_payload(key, &header, raw.iter().map(|c| &c[..])));
+                let opts = WriterOptions {
+                    seal,
+                    ..WriterOptions::default()
+                };
+                let mut w = SegmentWriter::new(Vec::with_capacity(estimate), header, opts)?;
                 for chunk in &raw {
                     w.write_all(chunk)?;
                 }

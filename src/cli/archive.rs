@@ -76,7 +76,10 @@ impl ArchiveArgs {
     }
 }
 
-pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: ArchiveArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let engine = engine::by_url(&args.url).ok_or_else(|| {
         anyhow!(
             "cannot tell which database {:?} is: use a postgres://, mysql://, mariadb:// or mongodb:// URL",
@@ -89,6 +92,7 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<i32> {
         "--password-file",
     )?;
     let repo = Repo::open(&args.repo).await?;
+    crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Write).await?;
     let lease = args.lease();
     let req = ArchiveRequest {
         slot: args.slot,

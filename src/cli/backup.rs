@@ -48,7 +48,10 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
-pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: BackupArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let engine = engine::by_url(&args.url).ok_or_else(|| {
         anyhow!(
             "base backups are available for PostgreSQL, MySQL/MariaDB and MongoDB; {:?} is not a postgres://, mysql:// or mongodb:// URL",
@@ -61,6 +64,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<i32> {
         "--password-file",
     )?;
     let repo = Repo::open(&args.repo).await?;
+    crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Write).await?;
     let (cancel, signal) = shutdown_signal();
     let req = BackupRequest {
         part_size: args.part_size_mib.max(1) << 20,

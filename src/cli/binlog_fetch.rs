@@ -36,8 +36,12 @@ pub struct BinlogFetchArgs {
     pub parallel: usize,
 }
 
-pub async fn run(args: BinlogFetchArgs) -> anyhow::Result<i32> {
-    let (repo, source) = fetch::open(&args.repo, args.name.as_deref(), &MySql).await?;
+pub async fn run(
+    args: BinlogFetchArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
+    let (repo, source) =
+        fetch::open(&args.repo, args.name.as_deref(), &MySql, kek.as_ref()).await?;
     if args.list {
         for f in list_binlog_files(&repo, &source).await? {
             println!(

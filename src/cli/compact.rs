@@ -70,8 +70,12 @@ pub async fn maintain(
     }))
 }
 
-pub async fn run(args: CompactArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: CompactArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let repo = Repo::open_existing(&args.repo).await?;
+    crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Write).await?;
     let names: Vec<SourceName> = match &args.name {
         Some(n) => vec![SourceName::new(n).map_err(|e| anyhow!("invalid --name: {e}"))?],
         None => list_sources(&repo).await?,

@@ -13,6 +13,7 @@ pub mod backup;
 pub mod binlog_fetch;
 pub mod common;
 pub mod compact;
+pub mod key;
 pub mod oplog_fetch;
 pub mod prune;
 pub mod restore;
@@ -33,6 +34,17 @@ pub struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Key-encryption key of an encrypted repository (see `pitr key`):
+    /// file:PATH, env:NAME or cmd:COMMAND (its output), holding 32 bytes as
+    /// 64 hex digits or base64.
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_KEK",
+        hide_env_values = true,
+        value_name = "SOURCE"
+    )]
+    pub kek: Option<crate::crypto::kek::KekSource>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,23 +85,30 @@ pub enum Command {
     /// Merge small segments into larger ones and refresh the roll-up index
     /// (repository maintenance; `pitr run` does it on a schedule).
     Compact(compact::CompactArgs),
+    /// Encryption at rest: encrypt a repository (init), start a new data
+    /// key (rotate), move the data keys to a new key-encryption key
+    /// (rewrap), or list the keys.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 /// Runs the parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     common::init_logging(cli.verbose);
+    let kek = cli.kek;
     match cli.command {
-        Command::Archive(a) => archive::run(a).await,
-        Command::WalFetch(a) => fetch_status("wal-fetch", wal_fetch::run(a).await),
-        Command::BinlogFetch(a) => fetch_status("binlog-fetch", binlog_fetch::run(a).await),
-        Command::OplogFetch(a) => fetch_status("oplog-fetch", oplog_fetch::run(a).await),
-        Command::Backup(a) => backup::run(a).await,
-        Command::Restore(a) => restore::run(a).await,
+        Command::Archive(a) => archive::run(a, kek).await,
+        Command::WalFetch(a) => fetch_status("wal-fetch", wal_fetch::run(a, kek).await),
+        Command::BinlogFetch(a) => fetch_status("binlog-fetch", binlog_fetch::run(a, kek).await),
+        Command::OplogFetch(a) => fetch_status("oplog-fetch", oplog_fetch::run(a, kek).await),
+        Command::Backup(a) => backup::run(a, kek).await,
+        Command::Restore(a) => restore::run(a, kek).await,
         Command::Status(a) => status::run(a).await,
-        Command::Verify(a) => verify::run(a).await,
-        Command::Run(a) => run::run(a).await,
+        Command::Verify(a) => verify::run(a, kek).await,
+        Command::Run(a) => run::run(a, kek).await,
         Command::Prune(a) => prune::run(a).await,
-        Command::Compact(a) => compact::run(a).await,
+        Command::Compact(a) => compact::run(a, kek).await,
+        Command::Key(a) => key::run(a, kek).await,
     }
 }
 

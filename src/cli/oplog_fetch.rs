@@ -41,8 +41,12 @@ pub struct OplogFetchArgs {
     pub parallel: usize,
 }
 
-pub async fn run(args: OplogFetchArgs) -> anyhow::Result<i32> {
-    let (repo, source) = fetch::open(&args.repo, args.name.as_deref(), &MongoDb).await?;
+pub async fn run(
+    args: OplogFetchArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
+    let (repo, source) =
+        fetch::open(&args.repo, args.name.as_deref(), &MongoDb, kek.as_ref()).await?;
     if args.list {
         for s in list_oplog(&repo, &source).await? {
             let (term, first, last) = stretch_bounds(&s);

@@ -100,7 +100,10 @@ pub struct RestoreArgs {
     pub skip_target_binlog: bool,
 }
 
-pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: RestoreArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let target = target_of(&args);
     let into = match (&args.target_dir, &args.target) {
         (Some(d), _) => RestoreInto::Dir(d.clone()),
@@ -112,6 +115,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
         (None, None) => RestoreInto::Nowhere,
     };
     let repo = Repo::open_existing(&args.repo).await?;
+    crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Read).await?;
     let source = resolve_source(&repo, args.name.as_deref()).await?;
     let recorded = read_identity(&repo, &source)
         .await?
@@ -120,6 +124,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<i32> {
     let req = RestoreRequest {
         repo,
         repo_arg: args.repo,
+        kek,
         source,
         target,
         into,

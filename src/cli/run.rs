@@ -39,7 +39,7 @@ pub struct RunArgs {
     pub check: bool,
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub async fn run(args: RunArgs, kek: Option<crate::crypto::kek::KekSource>) -> anyhow::Result<i32> {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -62,6 +62,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    let kek = kek.or(cfg.kek.clone());
+    if let Err(e) = crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Write).await {
+        eprintln!("error: {e}");
+        return Ok(2);
+    }
     let cancel = shutdown_token();
     let mut sources = Vec::new();
     for s in &cfg.sources {

@@ -26,9 +26,17 @@ pub struct VerifyArgs {
     pub parallel: usize,
 }
 
-pub async fn run(args: VerifyArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: VerifyArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let report = match Repo::open_existing(&args.repo).await {
-        Ok(repo) => verify_repo(&repo, args.name.as_deref(), args.parallel).await,
+        Ok(repo) => {
+            match crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Read).await {
+                Ok(()) => verify_repo(&repo, args.name.as_deref(), args.parallel).await,
+                Err(e) => Err(e.into()),
+            }
+        }
         Err(e) => Err(e.into()),
     };
     let report = match report {
@@ -57,6 +65,13 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<i32> {
             report.backup_parts,
             report.problems.len()
         );
+        if !report.key_ids.is_empty() {
+            let ids: Vec<String> = report.key_ids.iter().map(u32::to_string).collect();
+            println!(
+                "encrypted with data key(s) {}: the repository still needs them",
+                ids.join(", ")
+            );
+        }
     }
     Ok(if report.problems.is_empty() { 0 } else { 1 })
 }

@@ -75,8 +75,12 @@ pub struct WalFetchArgs {
     pub pin_ttl: Duration,
 }
 
-pub async fn run(args: WalFetchArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: WalFetchArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let repo = Repo::open_existing(&args.repo).await?;
+    crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Read).await?;
     let source = fetch::resolve(&repo, args.name.as_deref(), &Postgres).await?;
     let opts = FetchOptions {
         wal_segment_size: args.wal_segment_size,

@@ -75,6 +75,16 @@ impl Kek {
     }
 }
 
+impl std::fmt::Display for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KekSource::File(p) => write!(f, "file:{}", p.display()),
+            KekSource::Env(n) => write!(f, "env:{n}"),
+            KekSource::Command(c) => write!(f, "cmd:{c}"),
+        }
+    }
+}
+
 impl std::str::FromStr for KekSource {
     type Err = KekError;
 

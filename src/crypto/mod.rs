@@ -8,12 +8,18 @@
 //!   key id (the `key_id` of the objects it encrypts), stored only wrapped
 //!   under a KEK (AES-256-GCM). Rotation adds a data key; rewrapping wraps
 //!   every data key under a new KEK without touching the data.
+//! * [`unlock`]: a command's KEK and the keyring give the data keys a
+//!   [`crate::storage::Repo`] seals new objects with and opens old ones
+//!   with (segments: `pitr_segment::seal`).
 //!
 //! The AEAD is AES-256-GCM from aws-lc-rs, the crypto library the TLS
 //! stack of the binary already uses.
 
 pub mod kek;
 pub mod keyring;
+pub mod unlock;
+
+pub use unlock::{unlock, Access, RepoKeys, UnlockError};
 
 /// Length of every key (AES-256).
 pub const KEY_LEN: usize = 32;

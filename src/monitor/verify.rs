@@ -61,6 +61,9 @@ pub struct VerifyReport {
     pub backups: usize,
     pub backup_parts: usize,
     pub problems: Vec<Problem>,
+    /// Data key ids the checked segments are sealed with (empty when none
+    /// is encrypted): the keys the repository still needs.
+    pub key_ids: std::collections::BTreeSet<u32>,
     /// Objects that are not wrong but worth knowing about (e.g. incomplete
     /// backups, compaction leftovers, objects outside the key layout).
     pub notes: Vec<String>,
@@ -209,10 +212,11 @@ async fn verify_source(
         async move { check_segment(repo, &s, identity.as_ref()).await }
     }))
     .buffer_unordered(parallelism);
-    let results: Vec<(u64, Vec<Found>)> = checks.collect().await;
-    for (bytes, probs) in results {
+    let results: Vec<(u64, Option<u32>, Vec<Found>)> = checks.collect().await;
+    for (bytes, key_id, probs) in results {
         report.segments += 1;
         report.segment_bytes += bytes;
+        report.key_ids.extend(key_id.filter(|&id| id != 0));
         for (k, p, m) in probs {
             report.problems.push(problem(source, &k, p, m));
         }
@@ -227,32 +231,48 @@ async fn verify_source(
 /// A problem found in one object: key, position, message.
 type Found = (String, Option<String>, String);
 
-/// Reads and checks one segment; returns its size and problems.
+/// Reads and checks one segment (opening it with the repository's data
+/// keys); returns its size, the data key id its header names, and problems.
 async fn check_segment(
     repo: &Repo,
     s: &SegmentEntry,
     identity: Option<&SourceIdentity>,
-) -> (u64, Vec<Found>) {
+) -> (u64, Option<u32>, Vec<Found>) {
     let key = s.key.to_key();
     let at = Some(format!("{}/{}", s.key.epoch.to_hex(), s.key.start.to_hex()));
     let body = match repo.get(&key).await {
         Ok(b) => b,
-        Err(e) => return (0, vec![(key, at, format!("cannot read: {e}"))]),
+        Err(e) => return (0, None, vec![(key, at, format!("cannot read: {e}"))]),
     };
     let len = body.len() as u64;
+    let key_id = pitr_segment::parse_header(&body)
+        .ok()
+        .map(|(h, _)| h.key_id);
     let expect = s.key.clone();
     let engine_id = identity.map(|i| (i.engine, i.system_id.clone()));
+    let keys = repo.keys();
+    let all = keys.all.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let mut r = SegmentReader::new(&body[..]).map_err(|e| e.to_string())?;
+        let mut r = SegmentReader::with_keys(&body[..], &all)?;
         let header = r.header().clone();
-        let meta = r.verify_to_end().map_err(|e| e.to_string())?.clone();
-        Ok::<_, String>((header, meta))
+        let meta = r.verify_to_end()?.clone();
+        Ok::<_, pitr_segment::SegmentError>((header, meta))
     })
     .await;
     let (header, meta) = match checked {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => return (len, vec![(key, at, format!("corrupt segment: {e}"))]),
-        Err(e) => return (len, vec![(key, at, format!("check failed: {e}"))]),
+        Ok(Err(pitr_segment::SegmentError::KeyNeeded { key_id })) => {
+            let why = format!("cannot be checked: {}", keys.missing(key_id));
+            return (len, Some(key_id), vec![(key, at, why)]);
+        }
+        Ok(Err(e)) => {
+            return (
+                len,
+                key_id,
+                vec![(key, at, format!("corrupt segment: {e}"))],
+            )
+        }
+        Err(e) => return (len, key_id, vec![(key, at, format!("check failed: {e}"))]),
     };
     let mut out = Vec::new();
     let mut mismatch = |what: String| out.push((key.clone(), at.clone(), what));
@@ -307,7 +327,7 @@ async fn check_segment(
             s.size, len
         ));
     }
-    (len, out)
+    (len, Some(header.key_id), out)
 }
 
 async fn verify_backup(

@@ -121,8 +121,10 @@ pub async fn open(
     repo_arg: &str,
     name: Option<&str>,
     engine: &'static dyn EngineOps,
+    kek: Option<&crate::crypto::kek::KekSource>,
 ) -> anyhow::Result<(Repo, SourceName)> {
     let repo = Repo::open_existing(repo_arg).await?;
+    crate::crypto::unlock(&repo, kek, crate::crypto::Access::Read).await?;
     let source = resolve(&repo, name, engine).await?;
     // A source found by its engine needs no second look.
     if name.is_some() {

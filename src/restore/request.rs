@@ -115,6 +115,8 @@ pub struct RestoreRequest {
     pub repo: Repo,
     /// The repository as the user named it (PostgreSQL's `restore_command` opens it again).
     pub repo_arg: String,
+    /// The key-encryption key given (PostgreSQL's `restore_command` needs it too).
+    pub kek: Option<crate::crypto::kek::KekSource>,
     pub source: SourceName,
     pub target: RestoreTarget,
     pub into: RestoreInto,

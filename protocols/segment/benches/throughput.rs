@@ -13,7 +13,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use pitr_segment::{
-    decode, Codec, Engine, LogPos, SegmentReader, SegmentWriter, WriterOptions, DEFAULT_FRAME_SIZE,
+    decode, decode_with, Codec, Engine, KeySet, LogPos, Seal, SealKey, SegmentReader,
+    SegmentWriter, WriterOptions, DEFAULT_FRAME_SIZE,
 };
 
 fn best<T>(iters: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
@@ -147,6 +148,27 @@ fn main() {
     });
     let (t_decode, _) = best(iters, || decode(&seg).expect("decode"));
 
+    // sealed (AES-256-GCM) segments: the salt pass over the payload
+    // (HMAC-SHA256) is part of writing, as in the archiver
+    let key = SealKey::new(1, [7; 32]).expect("key");
+    let (t_sealed_w, sealed) = best(iters, || {
+        let seal = Seal::for_payload(key.clone(), &header, input.chunks(64 << 10));
+        let opts = WriterOptions {
+            seal: Some(seal),
+            ..WriterOptions::default()
+        };
+        let mut w =
+            SegmentWriter::new(Vec::with_capacity(n / 2), header.clone(), opts).expect("writer");
+        for b in input.chunks(64 << 10) {
+            w.write_all(b).expect("write");
+        }
+        w.finish(end, None, None, 0).expect("finish").0
+    });
+    let keys = KeySet::new([key.clone()]);
+    let (t_sealed_d, _) = best(iters, || {
+        decode_with(&sealed, &keys).expect("decode sealed")
+    });
+
     let ratio = |len: usize| n as f64 / len as f64;
     println!();
     println!("| operation | MB/s | vs raw bulk | ratio |");
@@ -178,6 +200,12 @@ fn main() {
         Some(seg.len()),
     );
     row(
+        "compress + seal: SegmentWriter, AES-256-GCM",
+        t_sealed_w,
+        t_bulk_c,
+        Some(sealed.len()),
+    );
+    row(
         "decompress: zstd::bulk, 1 MiB blocks",
         t_bulk_d,
         t_bulk_d,
@@ -205,6 +233,12 @@ fn main() {
     row(
         "decompress: segment decode() into Vec",
         t_decode,
+        t_bulk_d,
+        None,
+    );
+    row(
+        "open + decompress: sealed decode_with() into Vec",
+        t_sealed_d,
         t_bulk_d,
         None,
     );

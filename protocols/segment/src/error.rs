@@ -130,6 +130,13 @@ pub enum SegmentError {
         range: ByteRange,
         reason: String,
     },
+    /// A sealed frame did not authenticate: its bytes were altered, or the
+    /// data key given under its key id is not the one it was sealed with.
+    #[error("{part}: the encrypted bytes at {range} do not authenticate: they were altered, or the data key is not the one they were sealed with")]
+    NotAuthentic { part: Part, range: ByteRange },
+    /// The object is sealed with a data key the reader was not given.
+    #[error("the segment is encrypted with data key {key_id}, which was not given")]
+    KeyNeeded { key_id: u32 },
     /// Bytes follow the trailer.
     #[error("object: unexpected data after the trailer at {range}")]
     TrailingData { range: ByteRange },
@@ -173,8 +180,10 @@ impl SegmentError {
             | SegmentError::Unsupported { part, .. }
             | SegmentError::ChecksumMismatch { part, .. }
             | SegmentError::Invalid { part, .. }
-            | SegmentError::Decompress { part, .. } => Some(*part),
+            | SegmentError::Decompress { part, .. }
+            | SegmentError::NotAuthentic { part, .. } => Some(*part),
             SegmentError::TrailingData { .. } => Some(Part::Object),
+            SegmentError::KeyNeeded { .. } => Some(Part::Header),
             SegmentError::NeedMoreTail { .. }
             | SegmentError::InvalidInput(_)
             | SegmentError::Io { .. } => None,
@@ -191,9 +200,12 @@ impl SegmentError {
             | SegmentError::ChecksumMismatch { range, .. }
             | SegmentError::Invalid { range, .. }
             | SegmentError::Decompress { range, .. }
+            | SegmentError::NotAuthentic { range, .. }
             | SegmentError::TrailingData { range } => Some(*range),
             SegmentError::Io { offset, .. } => Some(ByteRange::at(*offset, 0)),
-            SegmentError::NeedMoreTail { .. } | SegmentError::InvalidInput(_) => None,
+            SegmentError::KeyNeeded { .. }
+            | SegmentError::NeedMoreTail { .. }
+            | SegmentError::InvalidInput(_) => None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Byte layout of a segment object, format version 1.
+//! Byte layout of a segment object, format versions 1 (plain) and 2
+//! (sealed: encrypted frames, see [`crate::seal`]).
 //!
 //! A segment is one immutable object: a header, zero or more payload frames,
 //! a footer with the frame index, and a fixed-size trailer at the very end.
@@ -10,20 +11,21 @@
 //! `protocols/segment/FORMAT.md`.
 //!
 //! ```text
-//! HEADER (49 + n bytes)
+//! HEADER (49 + n bytes in v1, 81 + n in v2)
 //!   off  len  field
 //!   0    8    magic "PITRSEG\0"
-//!   8    2    format version (u16) = 1
+//!   8    2    format version (u16) = 1 or 2
 //!   10   1    engine code (1 postgres, 2 mysql, 3 mariadb, 4 mongodb)
 //!   11   1    flags (none defined in v1: 0)
 //!   12   1    codec id (0 none, 1 zstd)
 //!   13   3    reserved (0)
-//!   16   4    key_id (u32; 0 = unencrypted, the only value v1 allows)
+//!   16   4    key_id (u32; 0 in v1 = unencrypted; non-zero in v2 = the data key)
 //!   20   8    epoch (u64)
 //!   28   16   start LogPos
 //!   44   1    n = source identity length (0..=255)
 //!   45   n    source identity, UTF-8
-//!   45+n 4    CRC-32C of header bytes [0, 45+n)
+//!   45+n 32   v2 only: salt of the object key (see crate::seal)
+//!   ...  4    CRC-32C of all header bytes before it
 //!
 //! FRAME (32 + c bytes), repeated; never empty (u >= 1)
 //!   0    4    magic "PFRM"
@@ -35,7 +37,9 @@
 //!   24   4    CRC-32C of the c stored bytes
 //!   28   4    CRC-32C of frame bytes [0, 28)
 //!   32   c    stored bytes: codec none = the raw bytes (c == u);
-//!             zstd = one zstd frame decoding to exactly u bytes
+//!             zstd = one zstd frame decoding to exactly u bytes;
+//!             v2: those bytes sealed with AES-256-GCM, tag appended
+//!             (c = their length + 16)
 //!
 //! FOOTER (64 + 28 * k bytes), starts right after the last frame
 //!   0    4    magic "PFTR"
@@ -58,7 +62,7 @@
 //! TRAILER (28 bytes, TRAILER_LEN), the last bytes of the object
 //!   0    8    footer offset (u64)
 //!   8    4    footer length (u32)
-//!   12   2    format version (u16) = 1
+//!   12   2    format version (u16), equal to the header's
 //!   14   2    reserved (0)
 //!   16   4    CRC-32C of every object byte before the trailer
 //!   20   8    magic "PITREND\0"
@@ -78,9 +82,12 @@
 use crate::error::{ByteRange, Part, Result, SegmentError};
 use crate::meta::{Codec, FrameInfo, SegmentFooter, SegmentHeader};
 use crate::position::{Engine, Epoch, LogPos, TimestampMicros};
+use crate::seal::SALT_LEN;
 
-/// Current (and only) format version.
+/// Format version of plain (unencrypted) objects.
 pub const FORMAT_VERSION: u16 = 1;
+/// Format version of sealed (encrypted) objects.
+pub const SEALED_FORMAT_VERSION: u16 = 2;
 /// Magic at the start of every segment.
 pub const MAGIC: [u8; 8] = *b"PITRSEG\0";
 /// Magic at the start of every frame.
@@ -98,7 +105,7 @@ pub const MAX_SOURCE_ID_LEN: usize = 255;
 pub const HEADER_MIN_LEN: usize = HEADER_FIXED_LEN + 4;
 /// Longest possible header: reading this many leading bytes (or the whole
 /// object if shorter) always suffices for [`parse_header`].
-pub const HEADER_MAX_LEN: usize = HEADER_MIN_LEN + MAX_SOURCE_ID_LEN;
+pub const HEADER_MAX_LEN: usize = HEADER_MIN_LEN + MAX_SOURCE_ID_LEN + SALT_LEN;
 /// Length of a frame header.
 pub const FRAME_HEADER_LEN: usize = 32;
 /// Footer bytes before the frame index.
@@ -187,9 +194,10 @@ fn check_crc(part: Part, covered: &[u8], stored: u32, base: u64) -> Result<()> {
 
 // ---- header ----
 
-/// Encodes a header. Fails if the source identity is longer than
-/// [`MAX_SOURCE_ID_LEN`] bytes or the key id is non-zero.
-pub fn encode_header(h: &SegmentHeader) -> Result<Vec<u8>> {
+/// Encodes a header: version 1 without a salt (key id 0), version 2 with
+/// one (non-zero key id). Fails if the source identity is longer than
+/// [`MAX_SOURCE_ID_LEN`] bytes or key id and salt do not go together.
+pub(crate) fn encode_header(h: &SegmentHeader, salt: Option<&[u8; SALT_LEN]>) -> Result<Vec<u8>> {
     let sid = h.source_id.as_bytes();
     if sid.len() > MAX_SOURCE_ID_LEN {
         return Err(SegmentError::InvalidInput(format!(
@@ -197,15 +205,19 @@ pub fn encode_header(h: &SegmentHeader) -> Result<Vec<u8>> {
             sid.len()
         )));
     }
-    if h.key_id != 0 {
-        return Err(SegmentError::InvalidInput(format!(
-            "key_id {} requested but encryption is not implemented (key_id must be 0)",
-            h.key_id
-        )));
-    }
-    let mut out = Vec::with_capacity(HEADER_MIN_LEN + sid.len());
+    let version = match (h.key_id, salt) {
+        (0, None) => FORMAT_VERSION,
+        (id, Some(_)) if id != 0 => SEALED_FORMAT_VERSION,
+        (id, _) => {
+            return Err(SegmentError::InvalidInput(format!(
+                "key_id {id} needs {} data key",
+                if id == 0 { "no" } else { "a" }
+            )))
+        }
+    };
+    let mut out = Vec::with_capacity(HEADER_MIN_LEN + sid.len() + SALT_LEN);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(h.engine.code());
     out.push(0); // flags
     out.push(h.codec.id());
@@ -215,6 +227,9 @@ pub fn encode_header(h: &SegmentHeader) -> Result<Vec<u8>> {
     put_pos(&mut out, h.start);
     out.push(sid.len() as u8);
     out.extend_from_slice(sid);
+    if let Some(salt) = salt {
+        out.extend_from_slice(salt);
+    }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -236,20 +251,30 @@ pub(crate) fn header_len_from_fixed(fixed: &[u8]) -> Result<usize> {
             range: ByteRange::new(0, 8),
         });
     }
-    let version = u16_at(fixed, 8);
-    if version != FORMAT_VERSION {
-        return Err(SegmentError::UnsupportedVersion {
-            part: Part::Header,
-            version,
-            range: ByteRange::new(8, 10),
-        });
-    }
-    Ok(HEADER_MIN_LEN + usize::from(fixed[44]))
+    let salt = match u16_at(fixed, 8) {
+        FORMAT_VERSION => 0,
+        SEALED_FORMAT_VERSION => SALT_LEN,
+        version => {
+            return Err(SegmentError::UnsupportedVersion {
+                part: Part::Header,
+                version,
+                range: ByteRange::new(8, 10),
+            })
+        }
+    };
+    Ok(HEADER_MIN_LEN + usize::from(fixed[44]) + salt)
 }
 
 /// Parses and verifies a header from the leading bytes of an object
 /// (`bytes` may extend past the header). Returns the header and its length.
 pub fn parse_header(bytes: &[u8]) -> Result<(SegmentHeader, usize)> {
+    parse_header_salted(bytes).map(|(h, len, _salt)| (h, len))
+}
+
+/// As [`parse_header`], also returning a version 2 header's salt.
+pub(crate) fn parse_header_salted(
+    bytes: &[u8],
+) -> Result<(SegmentHeader, usize, Option<[u8; SALT_LEN]>)> {
     let len = header_len_from_fixed(bytes)?;
     if bytes.len() < len {
         return Err(SegmentError::Truncated {
@@ -280,18 +305,25 @@ pub fn parse_header(bytes: &[u8]) -> Result<(SegmentHeader, usize)> {
     })?;
     check_zero(Part::Header, b, 13, 3, 0)?;
     let key_id = u32_at(b, 16);
-    if key_id != 0 {
-        return Err(SegmentError::Unsupported {
-            part: Part::Header,
-            range: range(0, 16, 4),
-            what: format!("encryption (key_id {key_id})"),
-        });
+    let sealed = u16_at(b, 8) == SEALED_FORMAT_VERSION;
+    if sealed == (key_id == 0) {
+        return Err(SegmentError::invalid(
+            Part::Header,
+            range(0, 16, 4),
+            format!("key_id {key_id} in a version {} header", u16_at(b, 8)),
+        ));
     }
-    let source_id = std::str::from_utf8(&b[HEADER_FIXED_LEN..body])
+    let sid_end = HEADER_FIXED_LEN + usize::from(b[44]);
+    let salt = sealed.then(|| {
+        let mut s = [0u8; SALT_LEN];
+        s.copy_from_slice(&b[sid_end..sid_end + SALT_LEN]);
+        s
+    });
+    let source_id = std::str::from_utf8(&b[HEADER_FIXED_LEN..sid_end])
         .map_err(|e| {
             SegmentError::invalid(
                 Part::Header,
-                range(0, HEADER_FIXED_LEN, body - HEADER_FIXED_LEN),
+                range(0, HEADER_FIXED_LEN, sid_end - HEADER_FIXED_LEN),
                 format!("source identity is not UTF-8: {e}"),
             )
         })?
@@ -304,7 +336,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<(SegmentHeader, usize)> {
         codec,
         key_id,
     };
-    Ok((header, len))
+    Ok((header, len, salt))
 }
 
 // ---- footer ----
@@ -523,11 +555,12 @@ pub(crate) fn encode_trailer(
     footer_offset: u64,
     footer_len: u32,
     object_crc: u32,
+    version: u16,
 ) -> [u8; TRAILER_LEN] {
     let mut out = [0u8; TRAILER_LEN];
     out[0..8].copy_from_slice(&footer_offset.to_le_bytes());
     out[8..12].copy_from_slice(&footer_len.to_le_bytes());
-    out[12..14].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[12..14].copy_from_slice(&version.to_le_bytes());
     out[16..20].copy_from_slice(&object_crc.to_le_bytes());
     out[20..28].copy_from_slice(&TRAILER_MAGIC);
     out
@@ -551,7 +584,7 @@ pub(crate) fn parse_trailer(b: &[u8], base: u64) -> Result<Trailer> {
         });
     }
     let version = u16_at(b, 12);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != SEALED_FORMAT_VERSION {
         return Err(SegmentError::UnsupportedVersion {
             part: Part::Trailer,
             version,
@@ -614,7 +647,7 @@ mod tests {
 
     #[test]
     fn header_layout_is_exact() {
-        let b = encode_header(&header()).unwrap();
+        let b = encode_header(&header(), None).unwrap();
         assert_eq!(b.len(), HEADER_MIN_LEN + 9);
         assert_eq!(&b[..8], b"PITRSEG\0");
         assert_eq!(&b[8..10], &[1, 0]);
@@ -635,18 +668,31 @@ mod tests {
         let mut h = header();
         h.source_id = "x".repeat(256);
         assert!(matches!(
-            encode_header(&h),
+            encode_header(&h, None),
             Err(SegmentError::InvalidInput(_))
         ));
         h.source_id = "x".repeat(255);
-        assert_eq!(encode_header(&h).unwrap().len(), HEADER_MAX_LEN);
+        assert_eq!(
+            encode_header(&h, None).unwrap().len(),
+            HEADER_MAX_LEN - SALT_LEN
+        );
         h.key_id = 9;
         assert!(matches!(
-            encode_header(&h),
+            encode_header(&h, None),
             Err(SegmentError::InvalidInput(_))
         ));
+        let sealed = encode_header(&h, Some(&[5; SALT_LEN])).unwrap();
+        assert_eq!(sealed.len(), HEADER_MAX_LEN);
+        assert_eq!(&sealed[8..10], &[2, 0]);
+        let (back, len, salt) = parse_header_salted(&sealed).unwrap();
+        assert_eq!(
+            (back, len, salt),
+            (h.clone(), HEADER_MAX_LEN, Some([5; SALT_LEN]))
+        );
+        h.key_id = 0;
+        assert!(encode_header(&h, Some(&[5; SALT_LEN])).is_err());
 
-        let b = encode_header(&header()).unwrap();
+        let b = encode_header(&header(), None).unwrap();
         let err = parse_header(&b[..b.len() - 1]).unwrap_err();
         assert!(
             matches!(
@@ -658,22 +704,22 @@ mod tests {
             ),
             "{err}"
         );
-        let mut v2 = b.clone();
-        v2[8] = 2;
+        let mut v3 = b.clone();
+        v3[8] = 3;
         assert!(matches!(
-            parse_header(&v2),
-            Err(SegmentError::UnsupportedVersion { version: 2, .. })
+            parse_header(&v3),
+            Err(SegmentError::UnsupportedVersion { version: 3, .. })
         ));
     }
 
     #[test]
     fn trailer_checks_footer_placement() {
-        let t = encode_trailer(100, 64, 0xdead_beef);
+        let t = encode_trailer(100, 64, 0xdead_beef, FORMAT_VERSION);
         let p = parse_trailer(&t, 164).unwrap();
         assert_eq!(p.footer_offset, 100);
         assert_eq!(p.object_crc, 0xdead_beef);
         assert!(parse_trailer(&t, 165).is_err());
-        let t = encode_trailer(100, 65, 0);
+        let t = encode_trailer(100, 65, 0, FORMAT_VERSION);
         assert!(parse_trailer(&t, 165).is_err(), "65 is not a footer length");
     }
 }

@@ -1,7 +1,8 @@
 //! Payload frames: the 32-byte frame header and the codec that turns raw
 //! log bytes into stored bytes and back (see [`crate::format`] for the
-//! layout). Used by the streaming writer and reader and by the range-read
-//! path ([`decode_frame`]).
+//! layout): compression, then in sealed objects AES-256-GCM
+//! ([`crate::seal`]). Used by the streaming writer and reader and by the
+//! range-read path ([`decode_frame`], [`decode_sealed_frame`]).
 
 use zstd::bulk::{Compressor, Decompressor};
 
@@ -10,6 +11,7 @@ use crate::format::{
     u32_at, u64_at, FRAME_HEADER_LEN, FRAME_MAGIC, MAX_COMPRESSED_FRAME_LEN, MAX_FRAME_LEN,
 };
 use crate::meta::{Codec, FrameInfo};
+use crate::seal::{FrameCipher, KeySet, TAG_LEN};
 
 /// A decoded, verified frame header (its object offset is known to the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +48,17 @@ impl FrameHeader {
         b
     }
 
+    /// The frame header bytes a sealed frame's tag covers.
+    pub fn aad(&self) -> [u8; 24] {
+        let mut a = [0u8; 24];
+        a.copy_from_slice(&self.encode()[..24]);
+        a
+    }
+
     /// Parses and verifies the frame header of frame `index` at object
     /// offset `base`: magic, header checksum, reserved bytes, codec and
-    /// length bounds.
-    pub fn parse(b: &[u8], base: u64, index: u32) -> Result<FrameHeader> {
+    /// length bounds (`tag_len` is 0, or [`TAG_LEN`] in a sealed object).
+    pub fn parse(b: &[u8], base: u64, index: u32, tag_len: usize) -> Result<FrameHeader> {
         let part = Part::Frame(index);
         let at = |off: u64, len: u64| ByteRange::at(base.saturating_add(off), len);
         if b.len() < FRAME_HEADER_LEN {
@@ -114,25 +123,40 @@ impl FrameHeader {
                 ),
             ));
         }
-        if codec == Codec::None && h.compressed_len != h.uncompressed_len {
+        if codec == Codec::None
+            && h.compressed_len as usize != h.uncompressed_len as usize + tag_len
+        {
             return Err(SegmentError::invalid(
                 part,
                 at(8, 8),
                 "uncompressed frame with different stored and raw lengths",
             ));
         }
+        if (h.compressed_len as usize) <= tag_len {
+            return Err(SegmentError::invalid(
+                part,
+                at(8, 4),
+                format!(
+                    "stored length {} leaves no room for a sealed frame",
+                    h.compressed_len
+                ),
+            ));
+        }
         Ok(h)
     }
 }
 
-/// Compresses frames with one reusable context.
+/// Compresses (and in sealed objects encrypts) frames with one reusable
+/// context.
 pub(crate) struct FrameEncoder {
+    codec_id: u8,
     compressor: Option<Compressor<'static>>,
+    cipher: Option<FrameCipher>,
     out: Vec<u8>,
 }
 
 impl FrameEncoder {
-    pub fn new(codec: Codec) -> Result<FrameEncoder> {
+    pub fn new(codec: Codec, cipher: Option<FrameCipher>) -> Result<FrameEncoder> {
         let compressor = match codec {
             Codec::None => None,
             Codec::Zstd { level } if !zstd::compression_level_range().contains(&level) => {
@@ -146,26 +170,60 @@ impl FrameEncoder {
             })?),
         };
         Ok(FrameEncoder {
+            codec_id: codec.id(),
             compressor,
+            cipher,
             out: Vec::new(),
         })
     }
 
-    /// Returns the stored bytes for `raw` (borrowing `raw` itself for codec none).
-    pub fn encode<'a>(&'a mut self, raw: &'a [u8], offset: u64) -> Result<&'a [u8]> {
+    /// Returns the header and stored bytes of frame `index` holding `raw`
+    /// (borrowing `raw` itself for codec none in a plain object); `offset`
+    /// is the frame's object offset, for errors.
+    pub fn encode<'a>(
+        &'a mut self,
+        raw: &'a [u8],
+        index: u32,
+        raw_offset: u64,
+        offset: u64,
+    ) -> Result<(FrameHeader, &'a [u8])> {
+        let mut h = FrameHeader {
+            codec_id: self.codec_id,
+            compressed_len: 0,
+            uncompressed_len: raw.len() as u32,
+            raw_offset,
+            crc: 0,
+        };
         match &mut self.compressor {
             Some(c) => {
                 self.out.clear();
-                self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                self.out
+                    .reserve(zstd::zstd_safe::compress_bound(raw.len()) + TAG_LEN);
                 c.compress_to_buffer(raw, &mut self.out)
                     .map_err(|source| SegmentError::Io {
                         offset,
                         cause: source,
                     })?;
-                Ok(&self.out)
             }
-            None => Ok(raw),
+            None if self.cipher.is_some() => {
+                self.out.clear();
+                self.out.reserve(raw.len() + TAG_LEN);
+                self.out.extend_from_slice(raw);
+            }
+            None => {}
         }
+        if let Some(cipher) = &self.cipher {
+            h.compressed_len = (self.out.len() + TAG_LEN) as u32;
+            cipher.seal(index, &h.aad(), &mut self.out)?;
+        }
+        let stored: &[u8] = if self.compressor.is_some() || self.cipher.is_some() {
+            &self.out
+        } else {
+            raw
+        };
+        h.compressed_len = stored.len() as u32;
+        h.crc = crc32c::crc32c(stored);
+        Ok((h, stored))
     }
 }
 
@@ -173,9 +231,56 @@ impl FrameEncoder {
 #[derive(Default)]
 pub(crate) struct FrameDecoder {
     decompressor: Option<Decompressor<'static>>,
+    /// The object key of a sealed object.
+    cipher: Option<FrameCipher>,
+    /// Opened (decrypted) bytes of the current frame.
+    opened: Vec<u8>,
+}
+
+/// The codec bytes of a frame: `stored` itself in a plain object, else
+/// `stored` opened into `opened`.
+fn open_frame<'a>(
+    cipher: &Option<FrameCipher>,
+    opened: &'a mut Vec<u8>,
+    h: &FrameHeader,
+    stored: &'a [u8],
+    base: u64,
+    index: u32,
+) -> Result<&'a [u8]> {
+    let Some(cipher) = cipher else {
+        return Ok(stored);
+    };
+    opened.clear();
+    opened.extend_from_slice(stored);
+    match cipher.open(index, &h.aad(), opened) {
+        Some(n) => Ok(&opened[..n]),
+        None => Err(SegmentError::NotAuthentic {
+            part: Part::Frame(index),
+            range: ByteRange::at(
+                base.saturating_add(FRAME_HEADER_LEN as u64),
+                stored.len() as u64,
+            ),
+        }),
+    }
 }
 
 impl FrameDecoder {
+    pub fn new(cipher: Option<FrameCipher>) -> FrameDecoder {
+        FrameDecoder {
+            cipher,
+            ..FrameDecoder::default()
+        }
+    }
+
+    /// Length of the tag each stored frame carries.
+    pub fn tag_len(&self) -> usize {
+        if self.cipher.is_some() {
+            TAG_LEN
+        } else {
+            0
+        }
+    }
+
     /// Decodes the verified stored bytes of frame `index` (header `h` at
     /// object offset `base`) into `out`, replacing its contents. Fails unless
     /// they decode to exactly `h.uncompressed_len` bytes.
@@ -193,13 +298,19 @@ impl FrameDecoder {
             stored.len() as u64,
         );
         let want = h.uncompressed_len as usize;
+        let FrameDecoder {
+            decompressor,
+            cipher,
+            opened,
+        } = self;
+        let stored = open_frame(cipher, opened, h, stored, base, index)?;
         out.clear();
         match Codec::from_id(h.codec_id) {
             Some(Codec::None) => {
                 out.extend_from_slice(stored);
             }
             Some(Codec::Zstd { .. }) => {
-                let d = self.decompressor(base)?;
+                let d = decompressor_in(decompressor, base)?;
                 out.reserve_exact(want);
                 d.decompress_to_buffer(stored, out)
                     .map_err(|e| SegmentError::Decompress {
@@ -243,14 +354,19 @@ impl FrameDecoder {
             base.saturating_add(FRAME_HEADER_LEN as u64),
             stored.len() as u64,
         );
+        let FrameDecoder {
+            decompressor,
+            cipher,
+            opened,
+        } = self;
+        let stored = open_frame(cipher, opened, h, stored, base, index)?;
         let n = match Codec::from_id(h.codec_id) {
             Some(Codec::None) if stored.len() == out.len() => {
                 out.copy_from_slice(stored);
                 out.len()
             }
             Some(Codec::None) => stored.len(),
-            Some(Codec::Zstd { .. }) => self
-                .decompressor(base)?
+            Some(Codec::Zstd { .. }) => decompressor_in(decompressor, base)?
                 .decompress_to_buffer(stored, out)
                 .map_err(|e| SegmentError::Decompress {
                     part,
@@ -277,24 +393,63 @@ impl FrameDecoder {
         }
         Ok(())
     }
+}
 
-    fn decompressor(&mut self, base: u64) -> Result<&mut Decompressor<'static>> {
-        match &mut self.decompressor {
-            Some(d) => Ok(d),
-            slot => Ok(
-                slot.insert(Decompressor::new().map_err(|e| SegmentError::Io {
-                    offset: base,
-                    cause: e,
-                })?),
-            ),
-        }
+fn decompressor_in<'a>(
+    slot: &'a mut Option<Decompressor<'static>>,
+    base: u64,
+) -> Result<&'a mut Decompressor<'static>> {
+    match slot {
+        Some(d) => Ok(d),
+        slot => Ok(
+            slot.insert(Decompressor::new().map_err(|e| SegmentError::Io {
+                offset: base,
+                cause: e,
+            })?),
+        ),
     }
 }
 
-/// Range read of one frame: verifies `frame_bytes` (the object bytes
-/// `info.range()`, frame header included) against the frame index entry
-/// `info` and returns its raw log bytes.
+/// Range read of one frame of a plain (version 1) object: verifies
+/// `frame_bytes` (the object bytes `info.range()`, frame header included)
+/// against the frame index entry `info` and returns its raw log bytes.
 pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
+    decode_frame_in(frame_bytes, info, FrameDecoder::default())
+}
+
+/// The key of one sealed object, for range reads of its frames.
+pub struct ObjectKey(FrameCipher);
+
+impl ObjectKey {
+    /// The object key from the object's leading bytes (at least its header;
+    /// see [`crate::parse_header`]) and the data keys held. `None` for a
+    /// plain object; an error naming the key id when it is not in `keys`.
+    pub fn from_header(header_bytes: &[u8], keys: &KeySet) -> Result<Option<ObjectKey>> {
+        let (h, _len, salt) = crate::format::parse_header_salted(header_bytes)?;
+        let Some(salt) = salt else {
+            return Ok(None);
+        };
+        let key = keys
+            .get(h.key_id)
+            .ok_or(SegmentError::KeyNeeded { key_id: h.key_id })?;
+        Ok(Some(ObjectKey(FrameCipher::new(key, &salt)?)))
+    }
+}
+
+/// As [`decode_frame`], for a frame of the sealed object `key` belongs to.
+pub fn decode_sealed_frame(
+    frame_bytes: &[u8],
+    info: &FrameInfo,
+    key: ObjectKey,
+) -> Result<Vec<u8>> {
+    decode_frame_in(frame_bytes, info, FrameDecoder::new(Some(key.0)))
+}
+
+fn decode_frame_in(
+    frame_bytes: &[u8],
+    info: &FrameInfo,
+    mut decoder: FrameDecoder,
+) -> Result<Vec<u8>> {
     let index = info.index;
     let part = Part::Frame(index);
     let expect_len = FRAME_HEADER_LEN as u64 + u64::from(info.compressed_len);
@@ -317,7 +472,7 @@ pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
             )
         });
     }
-    let h = FrameHeader::parse(frame_bytes, info.offset, index)?;
+    let h = FrameHeader::parse(frame_bytes, info.offset, index, decoder.tag_len())?;
     if h.info(index, info.offset) != *info {
         return Err(SegmentError::invalid(
             part,
@@ -328,7 +483,7 @@ pub fn decode_frame(frame_bytes: &[u8], info: &FrameInfo) -> Result<Vec<u8>> {
     let stored = &frame_bytes[FRAME_HEADER_LEN..];
     check_stored_crc(&h, crc32c::crc32c(stored), stored.len(), info.offset, index)?;
     let mut out = Vec::new();
-    FrameDecoder::default().decode(&h, stored, info.offset, index, &mut out)?;
+    decoder.decode(&h, stored, info.offset, index, &mut out)?;
     Ok(out)
 }
 
@@ -366,10 +521,10 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(&b[..4], b"PFRM");
-        assert_eq!(FrameHeader::parse(&b, 0, 0).unwrap(), h);
+        assert_eq!(FrameHeader::parse(&b, 0, 0, 0).unwrap(), h);
         let mut bad = b;
         bad[13] ^= 1;
-        let err = FrameHeader::parse(&bad, 1000, 4).unwrap_err();
+        let err = FrameHeader::parse(&bad, 1000, 4, 0).unwrap_err();
         match err {
             SegmentError::ChecksumMismatch { part, range, .. } => {
                 assert_eq!(part, Part::Frame(4));
@@ -378,21 +533,28 @@ mod tests {
             other => panic!("unexpected {other}"),
         }
         let none = FrameHeader { codec_id: 0, ..h }.encode();
-        assert!(FrameHeader::parse(&none, 0, 0).is_err(), "none with c != u");
+        assert!(
+            FrameHeader::parse(&none, 0, 0, 0).is_err(),
+            "none with c != u"
+        );
+        let sealed_none = FrameHeader {
+            codec_id: 0,
+            compressed_len: 20 + TAG_LEN as u32,
+            ..h
+        }
+        .encode();
+        assert!(FrameHeader::parse(&sealed_none, 0, 0, TAG_LEN).is_ok());
+        assert!(FrameHeader::parse(&sealed_none, 0, 0, 0).is_err());
     }
 
     #[test]
     fn zstd_frame_decodes_exactly() {
         let raw: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
-        let mut enc = FrameEncoder::new(Codec::Zstd { level: 1 }).unwrap();
-        let stored = enc.encode(&raw, 0).unwrap().to_vec();
-        let h = FrameHeader {
-            codec_id: 1,
-            compressed_len: stored.len() as u32,
-            uncompressed_len: raw.len() as u32,
-            raw_offset: 0,
-            crc: crc32c::crc32c(&stored),
-        };
+        let mut enc = FrameEncoder::new(Codec::Zstd { level: 1 }, None).unwrap();
+        let (h, stored) = enc.encode(&raw, 0, 0, 0).unwrap();
+        let stored = stored.to_vec();
+        assert_eq!(h.compressed_len as usize, stored.len());
+        assert_eq!(h.crc, crc32c::crc32c(&stored));
         let mut out = Vec::new();
         FrameDecoder::default()
             .decode(&h, &stored, 0, 0, &mut out)

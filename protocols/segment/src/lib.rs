@@ -14,6 +14,9 @@
 //!   [`decode`] (in memory); both verify every checksum.
 //! * Range reads: [`parse_tail`] on the end of an object, then
 //!   [`decode_frame`] on one frame's bytes, [`parse_header`] on its start.
+//! * Encryption at rest ([`seal`]): [`WriterOptions::seal`] writes a sealed
+//!   (version 2) object; [`SegmentReader::with_keys`] / [`decode_with`]
+//!   read one with its data key ([`KeySet`]).
 //!
 //! The crate is synchronous (`std::io`); async callers wrap it.
 
@@ -24,18 +27,20 @@ mod meta;
 pub mod position;
 mod range;
 mod reader;
+pub mod seal;
 mod sealed;
 mod writer;
 
 pub use error::{ByteRange, Part, Result, SegmentError};
 pub use format::{
     parse_header, DEFAULT_FRAME_SIZE, FORMAT_VERSION, HEADER_MAX_LEN, MAX_FRAMES, MAX_FRAME_LEN,
-    TRAILER_LEN,
+    SEALED_FORMAT_VERSION, TRAILER_LEN,
 };
-pub use frame::decode_frame;
+pub use frame::{decode_frame, decode_sealed_frame, ObjectKey};
 pub use meta::{Codec, FrameInfo, SegmentFooter, SegmentHeader, SegmentMeta, SegmentTail};
 pub use position::{Engine, Epoch, LogPos, TimestampMicros};
 pub use range::{parse_tail, SUGGESTED_TAIL_LEN};
-pub use reader::{decode, SegmentReader};
+pub use reader::{decode, decode_with, SegmentReader};
+pub use seal::{KeySet, Seal, SealKey};
 pub use sealed::SealedSegment;
 pub use writer::{encode, SegmentWriter, WriterOptions};

@@ -14,17 +14,22 @@
 //! stored buffer grows only as bytes actually arrive) plus the frame index.
 //! The inner reader should be blocking; after any error the reader is
 //! finished and returns that error again (re-fetch the object to retry).
+//!
+//! A sealed (version 2) object needs its data key: [`SegmentReader::with_keys`]
+//! opens every frame (checksum first, then the AEAD tag) before handing out
+//! its bytes; without the key the reader fails at once, naming the key id.
 
 use std::io::{self, BufRead, Read};
 
 use crate::error::{ByteRange, Part, Result, SegmentError};
 use crate::format::{
-    footer_len_from_fixed, header_len_from_fixed, parse_footer, parse_header, parse_trailer,
-    FOOTER_FIXED_LEN, FOOTER_MAGIC, FRAME_HEADER_LEN, FRAME_MAGIC, HEADER_FIXED_LEN, MAX_FRAMES,
-    TRAILER_LEN,
+    footer_len_from_fixed, header_len_from_fixed, parse_footer, parse_header_salted, parse_trailer,
+    FOOTER_FIXED_LEN, FOOTER_MAGIC, FORMAT_VERSION, FRAME_HEADER_LEN, FRAME_MAGIC,
+    HEADER_FIXED_LEN, MAX_FRAMES, SEALED_FORMAT_VERSION, TRAILER_LEN,
 };
 use crate::frame::{check_stored_crc, FrameDecoder, FrameHeader};
 use crate::meta::{FrameInfo, SegmentHeader, SegmentMeta};
+use crate::seal::{FrameCipher, KeySet};
 
 /// Growth step of the stored-bytes buffer: it never runs ahead of the
 /// bytes actually received by more than this or its current size.
@@ -58,8 +63,15 @@ pub struct SegmentReader<R: Read> {
 }
 
 impl<R: Read> SegmentReader<R> {
-    /// Reads and verifies the header.
+    /// Reads and verifies the header of a plain object (a sealed one fails
+    /// with [`SegmentError::KeyNeeded`]).
     pub fn new(inner: R) -> Result<SegmentReader<R>> {
+        SegmentReader::with_keys(inner, &KeySet::default())
+    }
+
+    /// Reads and verifies the header; a sealed object's data key must be
+    /// in `keys`.
+    pub fn with_keys(inner: R, keys: &KeySet) -> Result<SegmentReader<R>> {
         let mut r = SegmentReader {
             inner,
             pos: 0,
@@ -87,7 +99,13 @@ impl<R: Read> SegmentReader<R> {
         let len = header_len_from_fixed(&hb)?;
         hb.resize(len, 0);
         r.read_tracked(&mut hb[HEADER_FIXED_LEN..], Part::Header, true)?;
-        let (header, header_len) = parse_header(&hb)?;
+        let (header, header_len, salt) = parse_header_salted(&hb)?;
+        if let Some(salt) = salt {
+            let key = keys.get(header.key_id).ok_or(SegmentError::KeyNeeded {
+                key_id: header.key_id,
+            })?;
+            r.decoder = FrameDecoder::new(Some(FrameCipher::new(key, &salt)?));
+        }
         r.header = header;
         r.header_len = header_len;
         Ok(r)
@@ -229,7 +247,7 @@ impl<R: Read> SegmentReader<R> {
         append_to: Option<&mut Vec<u8>>,
     ) -> Result<()> {
         let part = Part::Frame(index);
-        let h = FrameHeader::parse(fh, start, index)?;
+        let h = FrameHeader::parse(fh, start, index, self.decoder.tag_len())?;
         if self.frames.len() >= MAX_FRAMES {
             return Err(SegmentError::invalid(
                 part,
@@ -366,6 +384,21 @@ impl<R: Read> SegmentReader<R> {
         let mut tb = [0u8; TRAILER_LEN];
         self.read_tracked(&mut tb, Part::Trailer, false)?;
         let t = parse_trailer(&tb, trailer_at)?;
+        let header_version = if self.header.key_id == 0 {
+            FORMAT_VERSION
+        } else {
+            SEALED_FORMAT_VERSION
+        };
+        if t.version != header_version {
+            return Err(SegmentError::invalid(
+                Part::Trailer,
+                ByteRange::at(trailer_at + 12, 2),
+                format!(
+                    "trailer says format version {} but the header {header_version}",
+                    t.version
+                ),
+            ));
+        }
         if t.footer_offset != start {
             return Err(SegmentError::invalid(
                 Part::Trailer,
@@ -475,9 +508,15 @@ impl<R: Read> BufRead for SegmentReader<R> {
     }
 }
 
-/// Decodes and verifies a whole segment held in memory.
+/// Decodes and verifies a whole plain segment held in memory.
 pub fn decode(object: &[u8]) -> Result<(SegmentMeta, Vec<u8>)> {
-    let mut r = SegmentReader::new(object)?;
+    decode_with(object, &KeySet::default())
+}
+
+/// Decodes and verifies a whole segment held in memory, opening a sealed
+/// one with its data key from `keys`.
+pub fn decode_with(object: &[u8], keys: &KeySet) -> Result<(SegmentMeta, Vec<u8>)> {
+    let mut r = SegmentReader::with_keys(object, keys)?;
     // Size hint from the footer, if it parses; bounded so that a lying
     // footer cannot make us reserve much more than the object suggests.
     let hint = crate::parse_tail(object, object.len() as u64)

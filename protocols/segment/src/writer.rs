@@ -11,21 +11,26 @@ use std::io::Write;
 
 use crate::error::{Result, SegmentError};
 use crate::format::{
-    encode_footer, encode_header, encode_trailer, DEFAULT_FRAME_SIZE, FRAME_HEADER_LEN,
-    MAX_COMPRESSED_FRAME_LEN, MAX_FRAMES, MAX_FRAME_LEN, TRAILER_LEN,
+    encode_footer, encode_header, encode_trailer, DEFAULT_FRAME_SIZE, FORMAT_VERSION,
+    FRAME_HEADER_LEN, MAX_COMPRESSED_FRAME_LEN, MAX_FRAMES, MAX_FRAME_LEN, SEALED_FORMAT_VERSION,
+    TRAILER_LEN,
 };
-use crate::frame::{FrameEncoder, FrameHeader};
+use crate::frame::FrameEncoder;
 use crate::meta::{Codec, FrameInfo, SegmentFooter, SegmentHeader, SegmentMeta};
 use crate::position::{LogPos, TimestampMicros};
+use crate::seal::{FrameCipher, Seal};
 
 /// Writer settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Raw bytes per frame (1..=[`MAX_FRAME_LEN`]); default 1 MiB.
     pub frame_size: usize,
     /// zstd level overriding the one in the header's [`Codec::Zstd`]; ignored
     /// for [`Codec::None`]. Default: `None` (use the header's level).
     pub zstd_level: Option<i32>,
+    /// Seal (encrypt) the object: format version 2, the header's `key_id`
+    /// becomes the key's id. Default: `None` (a plain version 1 object).
+    pub seal: Option<Seal>,
 }
 
 impl Default for WriterOptions {
@@ -33,6 +38,7 @@ impl Default for WriterOptions {
         WriterOptions {
             frame_size: DEFAULT_FRAME_SIZE,
             zstd_level: None,
+            seal: None,
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct SegmentWriter<W: Write> {
     /// CRC-32C of all object bytes written so far.
     crc: u32,
     raw_total: u64,
+    /// Format version written (1 plain, 2 sealed).
+    version: u16,
     failed: bool,
 }
 
@@ -68,12 +76,33 @@ impl<W: Write> SegmentWriter<W> {
             (Codec::Zstd { .. }, Some(level)) => Codec::Zstd { level },
             (c, _) => c,
         };
-        let encoder = FrameEncoder::new(codec)?;
+        let key_id = match &opts.seal {
+            Some(seal) if header.key_id != 0 && header.key_id != seal.key.id() => {
+                return Err(SegmentError::InvalidInput(format!(
+                    "header key_id {} but sealing with data key {}",
+                    header.key_id,
+                    seal.key.id()
+                )))
+            }
+            Some(seal) => seal.key.id(),
+            None => header.key_id,
+        };
+        let cipher = match &opts.seal {
+            Some(seal) => Some(FrameCipher::new(&seal.key, &seal.salt)?),
+            None => None,
+        };
+        let version = if cipher.is_some() {
+            SEALED_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        };
+        let encoder = FrameEncoder::new(codec, cipher)?;
         let stored_header = SegmentHeader {
             codec: codec.stored(),
+            key_id,
             ..header
         };
-        let bytes = encode_header(&stored_header)?;
+        let bytes = encode_header(&stored_header, opts.seal.as_ref().map(|s| &s.salt))?;
         let mut sw = SegmentWriter {
             w,
             header: stored_header,
@@ -84,6 +113,7 @@ impl<W: Write> SegmentWriter<W> {
             pos: 0,
             crc: 0,
             raw_total: 0,
+            version,
             failed: false,
         };
         sw.put(&bytes)?;
@@ -150,7 +180,12 @@ impl<W: Write> SegmentWriter<W> {
         let footer_bytes = encode_footer(&footer);
         let footer_offset = self.pos;
         self.put(&footer_bytes)?;
-        let trailer = encode_trailer(footer_offset, footer_bytes.len() as u32, self.crc);
+        let trailer = encode_trailer(
+            footer_offset,
+            footer_bytes.len() as u32,
+            self.crc,
+            self.version,
+        );
         self.put(&trailer)?;
         let offset = self.pos;
         self.w.flush().map_err(|source| SegmentError::Io {
@@ -221,7 +256,8 @@ impl<W: Write> SegmentWriter<W> {
             )));
         }
         let offset = self.pos;
-        let stored = match self.encoder.encode(raw, offset) {
+        let index = self.frames.len() as u32;
+        let (h, stored) = match self.encoder.encode(raw, index, self.raw_total, offset) {
             Ok(s) => s,
             Err(e) => {
                 self.failed = true;
@@ -235,13 +271,6 @@ impl<W: Write> SegmentWriter<W> {
                 stored.len()
             )));
         }
-        let h = FrameHeader {
-            codec_id: self.header.codec.id(),
-            compressed_len: stored.len() as u32,
-            uncompressed_len: raw.len() as u32,
-            raw_offset: self.raw_total,
-            crc: crc32c::crc32c(stored),
-        };
         let hb = h.encode();
         let r = write_tracked(&mut self.w, &mut self.pos, &mut self.crc, &hb).and_then(|()| {
             let offset = self.pos;

@@ -24,6 +24,7 @@ fn object(codec: Codec, payload: &[u8], frame_size: usize) -> (Vec<u8>, SegmentM
         WriterOptions {
             frame_size,
             zstd_level: None,
+            seal: None,
         },
     )
     .unwrap();

@@ -81,6 +81,7 @@ fn bases() -> Vec<(Vec<u8>, SegmentMeta)> {
             WriterOptions {
                 frame_size,
                 zstd_level: None,
+                seal: None,
             },
         )
         .unwrap();

@@ -138,6 +138,7 @@ fn build(g: &Golden, payload: &[u8]) -> Vec<u8> {
         WriterOptions {
             frame_size: g.frame_size,
             zstd_level: None,
+            seal: None,
         },
     )
     .unwrap()

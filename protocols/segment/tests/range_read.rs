@@ -51,7 +51,7 @@ proptest! {
             key_id: 0,
         };
         let end = LogPos::new(0, (seed >> 2) + len as u64);
-        let obj = encode(h.clone(), &payload, end, Some(TimestampMicros(-5)), None, 3, WriterOptions { frame_size, zstd_level: None }).unwrap();
+        let obj = encode(h.clone(), &payload, end, Some(TimestampMicros(-5)), None, 3, WriterOptions { frame_size, zstd_level: None, seal: None }).unwrap();
         let (meta, _) = decode(&obj).unwrap();
         let (tail, fetches) = fetch_tail(&obj, first_tail);
         prop_assert!(fetches <= 3);
@@ -85,6 +85,7 @@ fn decode_frame_rejects_mismatched_inputs() {
         WriterOptions {
             frame_size: 10_000,
             zstd_level: None,
+            seal: None,
         },
     )
     .unwrap();

@@ -57,8 +57,8 @@ proptest! {
         last in proptest::option::of(any::<i64>()),
         record_count in any::<u64>(),
     ) {
-        let opts = WriterOptions { frame_size, zstd_level: None };
-        let mut w = SegmentWriter::new(Vec::new(), header.clone(), opts).unwrap();
+        let opts = WriterOptions { frame_size, zstd_level: None, seal: None };
+        let mut w = SegmentWriter::new(Vec::new(), header.clone(), opts.clone()).unwrap();
         let mut rest = &payload[..];
         let mut i = 0;
         while !rest.is_empty() {
@@ -117,6 +117,7 @@ fn bufread_and_next_chunk_yield_frame_sized_runs() {
     let opts = WriterOptions {
         frame_size: 30_000,
         zstd_level: Some(3),
+        seal: None,
     };
     let obj = encode(
         header(Engine::Postgres, Codec::default(), "sys-1"),
@@ -200,7 +201,8 @@ fn writer_rejects_what_the_format_cannot_hold() {
             h.clone(),
             WriterOptions {
                 frame_size: 0,
-                zstd_level: None
+                zstd_level: None,
+                seal: None,
             }
         ),
         Some(SegmentError::InvalidInput(_))
@@ -210,7 +212,8 @@ fn writer_rejects_what_the_format_cannot_hold() {
             h.clone(),
             WriterOptions {
                 frame_size: (64 << 20) + 1,
-                zstd_level: None
+                zstd_level: None,
+                seal: None,
             }
         ),
         Some(SegmentError::InvalidInput(_))
@@ -240,7 +243,8 @@ fn writer_rejects_what_the_format_cannot_hold() {
             h.clone(),
             WriterOptions {
                 frame_size: 10,
-                zstd_level: Some(1000)
+                zstd_level: Some(1000),
+                seal: None,
             }
         ),
         Some(SegmentError::InvalidInput(_))
@@ -293,6 +297,7 @@ fn end_frame_cuts_early_and_io_errors_carry_offsets() {
         WriterOptions {
             frame_size: 8,
             zstd_level: None,
+            seal: None,
         },
     )
     .unwrap();

@@ -190,6 +190,16 @@ async fn unpack_and_recover(c: &PgRestore<'_>) -> anyhow::Result<serde_json::Val
             .into_owned()
     };
     let mut extra: Vec<String> = Vec::new();
+    // recovery runs `pitr wal-fetch` in PostgreSQL's environment, not ours:
+    // it is given the key-encryption key's source, never the key
+    if let (Some(kek), true) = (&req.kek, !req.repo.keys().all.is_empty()) {
+        if matches!(kek, crate::crypto::kek::KekSource::Env(_)) && !req.pg.recover {
+            anyhow::bail!(
+                "the restored PostgreSQL fetches WAL itself, without this environment: give the key-encryption key as --kek file:PATH or cmd:COMMAND"
+            );
+        }
+        extra.extend(["--kek".into(), kek.to_string()]);
+    }
     for r in planned::pg_ranges(&p.segments)? {
         extra.push("--plan-range".into());
         extra.push(r.to_string());
