@@ -240,3 +240,17 @@ fn a_syntax_error_never_prints_the_password() {
         assert!(e.contains("line 4"), "no line named: {e}");
     }
 }
+
+#[test]
+fn kek_source_is_parsed_and_checked() {
+    let with = |kek: &str| format!("kek = \"{kek}\"\n{GOOD}");
+    let c = Config::parse(&with("file:/run/secrets/kek"), &env(&[("PGPASS", "x")])).unwrap();
+    assert_eq!(
+        c.kek.map(|k| k.to_string()).as_deref(),
+        Some("file:/run/secrets/kek")
+    );
+    let c = Config::parse(GOOD, &env(&[("PGPASS", "x")])).unwrap();
+    assert!(c.kek.is_none());
+    let e = err(&with("vault:secret/pitr"), &[("PGPASS", "x")]);
+    assert!(e.contains("kek:") && e.contains("file:PATH"), "{e}");
+}

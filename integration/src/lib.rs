@@ -12,6 +12,7 @@
 //! prints where it is.
 
 pub mod archiver;
+pub mod at_rest;
 pub mod benchmarks_md;
 pub mod certs;
 pub mod header_proxy;

@@ -53,6 +53,7 @@ pub async fn read_json(repo: &Repo, key: &BackupKey) -> anyhow::Result<Option<se
         Err(StorageError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    let body = crate::crypto::open_object(repo, &k, body)?;
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| anyhow!("backup manifest {k} is not valid JSON: {e}"))

@@ -79,6 +79,7 @@ impl<'a> StreamWriter<'a> {
     async fn put(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
         let part = format!("{}.zst.{:03}", self.name, self.parts.len());
         let key = self.key.part_key(&part)?;
+        let data = crate::crypto::seal_object(self.repo, &key, data)?;
         let sha = hex::encode(Sha256::digest(&data));
         let size = data.len() as u64;
         self.repo

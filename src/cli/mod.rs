@@ -103,10 +103,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::OplogFetch(a) => fetch_status("oplog-fetch", oplog_fetch::run(a, kek).await),
         Command::Backup(a) => backup::run(a, kek).await,
         Command::Restore(a) => restore::run(a, kek).await,
-        Command::Status(a) => status::run(a).await,
+        Command::Status(a) => status::run(a, kek).await,
         Command::Verify(a) => verify::run(a, kek).await,
         Command::Run(a) => run::run(a, kek).await,
-        Command::Prune(a) => prune::run(a).await,
+        Command::Prune(a) => prune::run(a, kek).await,
         Command::Compact(a) => compact::run(a, kek).await,
         Command::Key(a) => key::run(a, kek).await,
     }

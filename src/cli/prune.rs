@@ -49,7 +49,10 @@ pub struct PruneArgs {
     pub wal_segment_size: u64,
 }
 
-pub async fn run(args: PruneArgs) -> anyhow::Result<i32> {
+pub async fn run(
+    args: PruneArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
     let policy = Policy {
         keep_backups: args.keep_backups.map(|n| n as usize),
         recovery_window: args.recovery_window,
@@ -69,6 +72,11 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    // backup manifests are sealed in an encrypted repository
+    if let Err(e) = crate::crypto::unlock(&repo, kek.as_ref(), crate::crypto::Access::Read).await {
+        eprintln!("error: {e}");
+        return Ok(2);
+    }
     let sources = match &args.name {
         Some(n) => match SourceName::new(n) {
             Ok(s) => vec![s],

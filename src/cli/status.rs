@@ -42,8 +42,11 @@ pub struct StatusArgs {
     pub incomplete_grace: Duration,
 }
 
-pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
-    let status = match load(&args).await {
+pub async fn run(
+    args: StatusArgs,
+    kek: Option<crate::crypto::kek::KekSource>,
+) -> anyhow::Result<i32> {
+    let status = match load(&args, kek.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -75,8 +78,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
     Ok(if problems.is_empty() { 0 } else { 1 })
 }
 
-async fn load(args: &StatusArgs) -> anyhow::Result<RepoStatus> {
+async fn load(
+    args: &StatusArgs,
+    kek: Option<&crate::crypto::kek::KekSource>,
+) -> anyhow::Result<RepoStatus> {
     let repo = Repo::open_existing(&args.repo).await?;
+    // backup manifests are sealed in an encrypted repository
+    crate::crypto::unlock(&repo, kek, crate::crypto::Access::Read).await?;
     repo_status(&repo, args.name.as_deref()).await
 }
 

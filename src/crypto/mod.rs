@@ -17,8 +17,10 @@
 
 pub mod kek;
 pub mod keyring;
+pub mod objects;
 pub mod unlock;
 
+pub use objects::{open_object, seal_object, OpenError};
 pub use unlock::{unlock, Access, RepoKeys, UnlockError};
 
 /// Length of every key (AES-256).

@@ -20,6 +20,7 @@
 //!
 //! The crate is synchronous (`std::io`); async callers wrap it.
 
+mod blob;
 pub mod error;
 pub mod format;
 mod frame;
@@ -31,6 +32,7 @@ pub mod seal;
 mod sealed;
 mod writer;
 
+pub use blob::{blob_key_id, is_sealed_blob, open_blob, seal_blob, BLOB_MAGIC};
 pub use error::{ByteRange, Part, Result, SegmentError};
 pub use format::{
     parse_header, DEFAULT_FRAME_SIZE, FORMAT_VERSION, HEADER_MAX_LEN, MAX_FRAMES, MAX_FRAME_LEN,

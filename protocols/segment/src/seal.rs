@@ -77,6 +77,17 @@ impl SealKey {
     pub fn id(&self) -> u32 {
         self.id
     }
+
+    /// A content-bound salt: keyed BLAKE3 (the key derived from the data
+    /// key) of `parts`, each preceded by its length.
+    pub(crate) fn salt_of<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; SALT_LEN] {
+        let mut ctx = blake3::Hasher::new_keyed(&self.salt_key);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_le_bytes());
+            ctx.update(p);
+        }
+        *ctx.finalize().as_bytes()
+    }
 }
 
 /// The data keys a reader may need, by id.
@@ -164,10 +175,19 @@ fn nonce(index: u32) -> Nonce {
 
 impl FrameCipher {
     pub fn new(key: &SealKey, salt: &[u8; SALT_LEN]) -> Result<FrameCipher> {
+        FrameCipher::derive(key, salt, KEY_INFO)
+    }
+
+    /// The object key HKDF-SHA256(data key, salt, `label` ‖ key id).
+    pub(crate) fn derive(
+        key: &SealKey,
+        salt: &[u8; SALT_LEN],
+        label: &[u8],
+    ) -> Result<FrameCipher> {
         let failed = |_| SegmentError::InvalidInput("deriving the object key failed".into());
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&key.bytes);
         let id = key.id.to_le_bytes();
-        let info = [KEY_INFO, &id[..]];
+        let info = [label, &id[..]];
         let okm = prk.expand(&info, &AES_256_GCM).map_err(failed)?;
         let unbound = UnboundKey::from(okm);
         Ok(FrameCipher {

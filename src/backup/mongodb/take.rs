@@ -155,12 +155,9 @@ pub async fn take_mongo_backup_with(
         roles: Some(roles),
         collections,
     };
-    let stored = repo
-        .put_if_absent(
-            &key.to_key(),
-            Bytes::from(serde_json::to_vec_pretty(&manifest)?),
-        )
-        .await;
+    let json =
+        crate::crypto::seal_object(repo, &key.to_key(), serde_json::to_vec_pretty(&manifest)?)?;
+    let stored = repo.put_if_absent(&key.to_key(), Bytes::from(json)).await;
     if let Err(e) = stored {
         remove_parts(repo, &key).await;
         return Err(anyhow!("storing the backup manifest: {e}"));

@@ -286,12 +286,11 @@ pub async fn take_mysql_backup(
         schema: schema_stream,
         tables: tables.into_iter().map(|(_, t)| t).collect(),
     };
-    repo.put_if_absent(
-        &key.to_key(),
-        Bytes::from(serde_json::to_vec_pretty(&manifest)?),
-    )
-    .await
-    .map_err(|e| anyhow!("storing the backup manifest: {e}"))?;
+    let json =
+        crate::crypto::seal_object(repo, &key.to_key(), serde_json::to_vec_pretty(&manifest)?)?;
+    repo.put_if_absent(&key.to_key(), Bytes::from(json))
+        .await
+        .map_err(|e| anyhow!("storing the backup manifest: {e}"))?;
     Ok(MysqlBackupReport { key, manifest })
 }
 

@@ -136,6 +136,7 @@ impl Store<'_> {
             .key
             .part_key(&name)
             .map_err(|e| anyhow!("archive name {:?} from the server: {e}", info.name))?;
+        let data = crate::crypto::seal_object(self.repo, &key, data)?;
         let sha = hex::encode(Sha256::digest(&data));
         let size = data.len() as u64;
         self.repo
@@ -311,7 +312,8 @@ pub async fn take_backup(
         archives,
         backup_manifest: manifest_archive,
     };
-    let json = serde_json::to_vec_pretty(&manifest)?;
+    let json =
+        crate::crypto::seal_object(repo, &key.to_key(), serde_json::to_vec_pretty(&manifest)?)?;
     repo.put_if_absent(&key.to_key(), Bytes::from(json))
         .await
         .map_err(|e| anyhow!("storing {}: {e}", key.to_key()))?;

@@ -119,6 +119,7 @@ impl<'a> StreamReader<'a> {
                 "backup part {k} does not match its manifest entry (size or SHA-256); the backup is damaged"
             ));
         }
+        let body = crate::crypto::open_object(self.repo, &k, body)?;
         self.dec
             .write_all(&body)
             .with_context(|| format!("decompressing {k}"))?;

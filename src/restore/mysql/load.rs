@@ -72,6 +72,7 @@ where
                 "backup part {k} does not match its manifest entry (size or SHA-256); the backup is damaged"
             ));
         }
+        let body = crate::crypto::open_object(repo, &k, body)?;
         for chunk in body.chunks(256 << 10) {
             dec.write_all(chunk)
                 .with_context(|| format!("decompressing {k}"))?;

@@ -183,6 +183,13 @@ async fn unpack_archive(
             ));
             break;
         }
+        let data = match crate::crypto::open_object(repo, &k, data) {
+            Ok(d) => d,
+            Err(e) => {
+                send_err = Some(e.into());
+                break;
+            }
+        };
         let tx2 = tx.clone();
         if tokio::task::spawn_blocking(move || tx2.send(data))
             .await?

@@ -1,91 +1,28 @@
-//! Encryption at rest against a real PostgreSQL 15: `pitr key init`, then
-//! archive and back up with the key-encryption key; a marker string the
-//! workload writes appears in no stored object; restore without the key is
-//! refused in one sentence and writes nothing; restore with it is exact.
-//! Then `key rotate` (new segments use data key 2, old ones still restore),
-//! `key rewrap` to a second KEK (the first one is no longer accepted, the
-//! restore still works with the second alone), and a flipped byte in a
-//! sealed segment that `verify` reports.
+//! Encryption at rest against a real PostgreSQL 15 and a real MariaDB:
+//! `pitr key init`, then archive and back up with the key-encryption key; a
+//! marker string the workload writes before and after the backup appears in
+//! no stored object, not even after zstd-decoding every frame found in it
+//! (while a plain repository of the same source shows it: the control);
+//! restore without the key is refused in one sentence and writes nothing;
+//! restore with it is exact. PostgreSQL also: `key rotate` (new segments
+//! use data key 2, old ones still restore), `key rewrap` to a second KEK
+//! (the first one is no longer accepted, the restore works with the second
+//! alone after the first is deleted), and a flipped byte in a sealed
+//! segment that `verify` reports.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pitr_integration::archiver::Archiver;
+use pitr_integration::archiver::{wait_for, Archiver};
+use pitr_integration::at_rest::{contains, files, is_part, kek_file, readable, segments, shows};
+use pitr_integration::mysql_restore_util::{binlog_position, dump, same};
 use pitr_integration::restore_util::{id, pitr, query_restored, text};
-use pitr_integration::{pg, require, PgServer, PgVersion};
+use pitr_integration::{mysql, pg, require, Flavor, MySqlServer, PgServer, PgVersion};
 
 const MARKER: &str = "MARKER-5b0c-secret-ledger-note";
-
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// What someone holding the bucket reads in an object without any key:
-/// its bytes, and the output of every zstd frame found in it (zstd codes
-/// literals, so a marker need not appear in compressed bytes as such).
-fn readable(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Read as _;
-    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    let mut out = bytes.to_vec();
-    for (i, w) in bytes.windows(4).enumerate() {
-        if w == ZSTD_MAGIC {
-            if let Ok(d) = zstd::stream::read::Decoder::new(&bytes[i..]) {
-                let mut plain = Vec::new();
-                let _ = d.single_frame().read_to_end(&mut plain);
-                out.extend_from_slice(&plain);
-            }
-        }
-    }
-    out
-}
-
-fn shows_marker(p: &Path) -> bool {
-    contains(
-        &readable(&fs::read(p).unwrap_or_default()),
-        MARKER.as_bytes(),
-    )
-}
-
-/// Stored segments: (path, format version, key id).
-fn segments(repo: &Path) -> Vec<(PathBuf, u16, u32)> {
-    files(repo)
-        .into_iter()
-        .filter_map(|p| {
-            let b = fs::read(&p).ok()?;
-            (b.len() > 20 && &b[..8] == b"PITRSEG\0").then(|| {
-                let version = u16::from_le_bytes([b[8], b[9]]);
-                let key = u32::from_le_bytes(b[16..20].try_into().unwrap());
-                (p, version, key)
-            })
-        })
-        .collect()
-}
-
-fn kek_file(dir: &Path, name: &str, byte: u8) -> String {
-    let p = dir.join(name);
-    let hex: String = [byte; 32].iter().map(|b| format!("{b:02x}")).collect();
-    fs::write(&p, format!("{hex}\n")).unwrap();
-    // the restored PostgreSQL (user postgres) runs wal-fetch with it
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-    format!("file:{}", p.display())
-}
 
 struct Env {
     server: PgServer,
@@ -212,7 +149,9 @@ fn encrypted_repository_postgres() {
         .psql("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
         .unwrap();
     env.server
-        .psql("INSERT INTO ledger SELECT g, 'before' FROM generate_series(1, 3) g")
+        .psql(&format!(
+            "INSERT INTO ledger SELECT g, '{MARKER}-' || g FROM generate_series(1, 3) g"
+        ))
         .unwrap();
     // A writer without the key is refused before it connects.
     let o = pitr(&[
@@ -235,6 +174,8 @@ fn encrypted_repository_postgres() {
     env.pitr_ok(&[
         "backup", &url, "--repo", &env.repo, "--name", "src", "--kek", &a,
     ]);
+    let plain_s = plain.to_str().unwrap();
+    env.pitr_ok(&["backup", &url, "--repo", plain_s, "--name", "plain"]);
     for i in 4..=10 {
         env.server
             .psql(&format!("INSERT INTO ledger VALUES ({i}, '{MARKER}-{i}')"))
@@ -243,19 +184,23 @@ fn encrypted_repository_postgres() {
     env.wait_archived(&a);
     let want = env.server.psql(ROWS).unwrap();
     assert!(want.contains(MARKER));
-    pitr_integration::archiver::wait_for(
-        "the plain control archive",
-        Duration::from_secs(60),
-        || files(&plain).iter().any(|p| shows_marker(p)),
-    );
+    wait_for("the plain control archive", Duration::from_secs(60), || {
+        files(&plain)
+            .iter()
+            .any(|p| !is_part(p) && shows(p, MARKER))
+    });
     plain_archiver.terminate();
+    assert!(
+        files(&plain).iter().any(|p| is_part(p) && shows(p, MARKER)),
+        "the control: a plain base backup shows the marker"
+    );
 
     // Nothing stored holds the marker; every segment is sealed with key 1.
     let all = files(&repo);
     assert!(all.len() > 3, "{all:?}");
     for p in &all {
         assert!(
-            !shows_marker(p),
+            !shows(p, MARKER),
             "the marker is readable in {}",
             p.display()
         );
@@ -325,4 +270,124 @@ fn encrypted_repository_postgres() {
     let o = pitr(&["verify", "--repo", &env.repo, "--kek", &b]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("PROBLEM"), "{}", text(&o));
+}
+
+/// `restore --dry-run --to-position` with the key, until it plans.
+fn wait_mysql_archived(repo: &str, target: &str, position: &str, kek: &str) {
+    wait_for(
+        "the encrypted binlog archive",
+        Duration::from_secs(60),
+        || {
+            pitr(&[
+                "restore",
+                "--repo",
+                repo,
+                "--to-position",
+                position,
+                "--target",
+                target,
+                "--dry-run",
+                "--kek",
+                kek,
+            ])
+            .status
+            .success()
+        },
+    );
+}
+
+#[test]
+fn encrypted_repository_mariadb() {
+    require!(mysql::available(Flavor::MariaDb));
+    let src = MySqlServer::start(Flavor::MariaDb).unwrap();
+    let target = MySqlServer::start(Flavor::MariaDb).unwrap();
+    src.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, note VARCHAR(100))")
+        .unwrap();
+    src.sql(&format!(
+        "INSERT INTO s.t VALUES (1, '{MARKER}-1'), (2, '{MARKER}-2')"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let plain = tmp.path().join("plain");
+    let plain_s = plain.to_str().unwrap().to_string();
+    let a = kek_file(tmp.path(), "kek-a", 0x5c);
+    let ok = |args: &[&str]| {
+        let o = pitr(args);
+        assert!(o.status.success(), "pitr {args:?}: {}", text(&o));
+    };
+    ok(&["key", "init", "--repo", &repo_s, "--kek", &a]);
+
+    let archiver = Archiver::start(&src.url(), &repo, "s", tmp.path(), &["--kek", &a]);
+    // another name: another replica server id
+    let plain_archiver = Archiver::start(&src.url(), &plain, "plain", tmp.path(), &[]);
+    ok(&[
+        "backup",
+        &src.url(),
+        "--repo",
+        &repo_s,
+        "--name",
+        "s",
+        "--kek",
+        &a,
+    ]);
+    ok(&["backup", &src.url(), "--repo", &plain_s, "--name", "plain"]);
+    for i in 3..=6 {
+        src.sql(&format!("INSERT INTO s.t VALUES ({i}, '{MARKER}-{i}')"))
+            .unwrap();
+    }
+    let pos = binlog_position(&src);
+    wait_mysql_archived(&repo_s, &target.url(), &pos, &a);
+    let last = format!("{MARKER}-6");
+    wait_for("the plain control archive", Duration::from_secs(60), || {
+        files(&plain).iter().any(|p| {
+            !is_part(p) && contains(&readable(&fs::read(p).unwrap_or_default()), last.as_bytes())
+        })
+    });
+    archiver.terminate();
+    plain_archiver.terminate();
+    assert!(
+        files(&plain).iter().any(|p| is_part(p) && shows(p, MARKER)),
+        "the control: a plain dump shows the marker"
+    );
+    let all = files(&repo);
+    assert!(all.iter().any(|p| is_part(p)), "{all:?}");
+    for p in &all {
+        assert!(
+            !shows(p, MARKER),
+            "the marker is readable in {}",
+            p.display()
+        );
+    }
+    for (p, version, key) in segments(&repo) {
+        assert_eq!((version, key), (2, 1), "{}", p.display());
+    }
+
+    // Without the key: one sentence, nothing loaded.
+    let o = pitr(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        "--latest",
+        "--target",
+        &target.url(),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("encrypted") && err.contains("--kek"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(target.sql("SHOW DATABASES LIKE 's'").unwrap().trim(), "");
+    // With it: exact.
+    ok(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        "--latest",
+        "--target",
+        &target.url(),
+        "--kek",
+        &a,
+    ]);
+    same(&dump(&target, "s"), &dump(&src, "s"), "restored database s");
 }
