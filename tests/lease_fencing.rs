@@ -411,6 +411,7 @@ async fn a_put_that_lands_after_the_lease_deadline_does_not_count() {
         zstd_level: 1,
         lease: lease.guard(),
         reuse: Default::default(),
+        keys_checked: Default::default(),
     };
     let seg = SealedSegment {
         epoch: Epoch(1),

@@ -390,4 +390,30 @@ fn encrypted_repository_mariadb() {
         &a,
     ]);
     same(&dump(&target, "s"), &dump(&src, "s"), "restored database s");
+
+    // One flipped byte in a sealed segment: verify reports it, restore
+    // refuses it.
+    let (victim, _, _) = segments(&repo)
+        .into_iter()
+        .max_by_key(|(p, _, _)| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x04;
+    fs::write(&victim, bytes).unwrap();
+    let o = pitr(&["verify", "--repo", &repo_s, "--kek", &a]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = pitr(&[
+        "restore",
+        "--repo",
+        &repo_s,
+        "--latest",
+        "--target",
+        &target.url(),
+        "--replace",
+        "--kek",
+        &a,
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("corrupt"), "{}", text(&o));
 }

@@ -111,6 +111,7 @@ impl Held {
             zstd_level: w.zstd_level,
             lease: self.guard.clone(),
             reuse: reuse_map(w.reuse),
+            keys_checked: Default::default(),
         });
         self.uploader = Some(Uploader::start(
             sink,

@@ -44,7 +44,12 @@ pub struct RepoSink {
     pub lease: LeaseGuard,
     /// Segments already stored beyond the resume point, by range.
     pub reuse: HashMap<(Epoch, LogPos, LogPos), SegmentKey>,
+    /// When the keyring was last checked for a rotation.
+    pub keys_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a running archiver looks for a `pitr key rotate`.
+pub const KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The `reuse` map of a [`RepoSink`] from the keys stored beyond the resume point.
 pub fn reuse_map(
@@ -56,6 +61,32 @@ pub fn reuse_map(
 }
 
 impl RepoSink {
+    /// At most every [`KEY_REFRESH`]: picks up a key rotation, so new
+    /// segments use the new data key without a restart. A failed check
+    /// keeps the key in use (it is still valid) and is logged.
+    async fn refresh_keys(&self) {
+        let due = match self.keys_checked.lock() {
+            Ok(mut at) => {
+                let due = at.is_none_or(|t| t.elapsed() >= KEY_REFRESH);
+                if due {
+                    *at = Some(std::time::Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if !due || self.repo.keys().kek.is_none() {
+            return;
+        }
+        match crate::crypto::refresh(&self.repo).await {
+            Ok(Some(id)) => {
+                tracing::info!(key_id = id, "new segments are sealed with data key {id}")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("checking the keyring for a rotation failed: {e}"),
+        }
+    }
+
     /// The object key a sealed segment is stored under.
     pub fn key_of(&self, seg: &SealedSegment) -> SegmentKey {
         if let Some(k) = self.reuse.get(&(seg.epoch, seg.start, seg.end)) {
@@ -94,6 +125,7 @@ impl SegmentSink for RepoSink {
             let (end, first, last, records) =
                 (seg.end, seg.first_commit, seg.last_commit, seg.records);
             let estimate = seg.raw_len() / 4 + 4096;
+            self.refresh_keys().await;
             let seal_key = self.repo.keys().current.clone();
             let object = tokio::task::spawn_blocking(move || {
                 // Sealed with the repository's current data key, if it is

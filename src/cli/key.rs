@@ -15,9 +15,9 @@ pub enum KeyCommand {
     /// keyring with data key 1, wrapped by the key-encryption key given.
     /// Objects written before stay readable as they are.
     Init(KeyArgs),
-    /// Start a new data key: new objects use it at once (restart running
-    /// archivers to pick it up); objects sealed with older keys stay
-    /// readable while the keyring holds them.
+    /// Start a new data key: new objects use it at once (running archivers
+    /// within a minute); objects sealed with older keys stay readable while
+    /// the keyring holds them.
     Rotate(KeyArgs),
     /// Wrap every data key under a new key-encryption key (--new-kek); no
     /// data is rewritten, and the old key-encryption key is no longer needed
@@ -72,7 +72,7 @@ pub async fn run(cmd: KeyCommand, kek: Option<KekSource>) -> anyhow::Result<i32>
             let repo = Repo::open_existing(&args.repo).await?;
             let ring = Keyring::rotate(&repo, &kek).await?;
             let what = format!(
-                "new objects are sealed with data key {} from now on (running archivers after their restart); older keys stay in the keyring",
+                "new objects are sealed with data key {} from now on (running archivers pick it up within a minute); older keys stay in the keyring",
                 ring.current
             );
             (ring, args, what)

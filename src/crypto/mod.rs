@@ -21,7 +21,7 @@ pub mod objects;
 pub mod unlock;
 
 pub use objects::{open_object, seal_object, OpenError};
-pub use unlock::{unlock, Access, RepoKeys, UnlockError};
+pub use unlock::{refresh, unlock, Access, RepoKeys, UnlockError};
 
 /// Length of every key (AES-256).
 pub const KEY_LEN: usize = 32;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use pitr_segment::{KeySet, SealKey};
 
-use super::kek::{KekError, KekSource};
+use super::kek::{Kek, KekError, KekSource};
 use super::keyring::{KeyError, Keyring};
 use crate::storage::Repo;
 
@@ -36,6 +36,8 @@ pub struct RepoKeys {
     /// Key ids the KEK given does not unwrap, with the fingerprint of the
     /// KEK that does.
     pub locked: BTreeMap<u32, String>,
+    /// The KEK given, kept to pick up a rotation ([`refresh`]).
+    pub kek: Option<Kek>,
 }
 
 impl RepoKeys {
@@ -87,6 +89,13 @@ pub async fn unlock(
         });
     };
     let kek = source.load()?;
+    let keys = keys_of(&ring, kek, access)?;
+    repo.set_keys(keys);
+    Ok(())
+}
+
+/// The keys `kek` unwraps from `ring` (see [`unlock`]).
+fn keys_of(ring: &Keyring, kek: Kek, access: Access) -> Result<RepoKeys, UnlockError> {
     let mut keys = RepoKeys::default();
     let mut all = Vec::new();
     for w in &ring.keys {
@@ -105,8 +114,30 @@ pub async fn unlock(
         (Err(_), Access::Read) => {}
     }
     keys.all = KeySet::new(all);
-    repo.set_keys(keys);
-    Ok(())
+    keys.kek = Some(kek);
+    Ok(keys)
+}
+
+/// Picks up a `pitr key rotate` made since the repository was unlocked:
+/// when the keyring's current key is another one, the keys are unwrapped
+/// again (with the KEK kept in memory) and new objects use the new key.
+/// Returns the new current key id when it changed. A plain repository, or
+/// one unlocked without a KEK, is left alone.
+pub async fn refresh(repo: &Repo) -> Result<Option<u32>, UnlockError> {
+    let keys = repo.keys();
+    let Some(kek) = keys.kek.clone() else {
+        return Ok(None);
+    };
+    let Some((ring, _)) = Keyring::load(repo).await? else {
+        return Ok(None);
+    };
+    if keys.current.as_ref().map(SealKey::id) == Some(ring.current) {
+        return Ok(None);
+    }
+    let fresh = keys_of(&ring, kek, Access::Write)?;
+    let id = fresh.current.as_ref().map(SealKey::id);
+    repo.set_keys(fresh);
+    Ok(id)
 }
 
 fn seal_key(k: &super::keyring::DataKey) -> Result<SealKey, KeyError> {
@@ -154,5 +185,12 @@ mod tests {
         assert_eq!(keys.current.as_ref().map(SealKey::id), Some(1));
         assert_eq!(keys.all.ids().collect::<Vec<_>>(), vec![1]);
         assert!(keys.missing(7).contains("does not hold"));
+
+        // a rotation by another process is picked up
+        assert_eq!(refresh(&repo).await.unwrap(), None);
+        Keyring::rotate(&repo, &a).await.unwrap();
+        assert_eq!(refresh(&repo).await.unwrap(), Some(2));
+        assert_eq!(repo.keys().current.as_ref().map(SealKey::id), Some(2));
+        assert_eq!(repo.keys().all.ids().collect::<Vec<_>>(), vec![1, 2]);
     }
 }
