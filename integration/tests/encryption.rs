@@ -5,7 +5,8 @@
 //! (while a plain repository of the same source shows it: the control);
 //! restore without the key is refused in one sentence and writes nothing;
 //! restore with it is exact. PostgreSQL also: `key rotate` (new segments
-//! use data key 2, old ones still restore), `key rewrap` to a second KEK
+//! use data key 2, old ones still restore), `key rotate --reencrypt` (every
+//! object rewritten under data key 3), `key rewrap` to a second KEK
 //! (the first one is no longer accepted, the restore works with the second
 //! alone after the first is deleted), and a flipped byte in a sealed
 //! segment that `verify` reports.
@@ -240,6 +241,35 @@ fn encrypted_repository_postgres() {
     let out = env.pitr_ok(&["verify", "--repo", &env.repo, "--kek", &a]);
     assert!(out.contains("data key(s) 1, 2:"), "{out}");
     archiver.terminate();
+
+    // Rotate with re-encryption: every segment, part and manifest is
+    // rewritten under data key 3, and the backup still restores.
+    let out = env.pitr_ok(&[
+        "key",
+        "rotate",
+        "--reencrypt",
+        "--repo",
+        &env.repo,
+        "--kek",
+        &a,
+    ]);
+    assert!(out.contains("re-encrypted under data key 3"), "{out}");
+    let segs = segments(&repo);
+    assert!(segs.iter().all(|s| s.2 == 3), "{segs:?}");
+    let blobs: Vec<u32> = files(&repo)
+        .iter()
+        .filter_map(|p| {
+            let b = fs::read(p).unwrap();
+            b.starts_with(b"PITRBLOB")
+                .then(|| u32::from_le_bytes(b[12..16].try_into().unwrap()))
+        })
+        .collect();
+    assert!(
+        blobs.len() >= 2 && blobs.iter().all(|&k| k == 3),
+        "{blobs:?}"
+    );
+    let out = env.pitr_ok(&["verify", "--repo", &env.repo, "--kek", &a]);
+    assert!(out.contains("data key(s) 3:"), "{out}");
 
     // Rewrap under B: A no longer opens anything, B alone restores all.
     let out = env.pitr_ok(&[

@@ -17,8 +17,10 @@ pub enum KeyCommand {
     Init(KeyArgs),
     /// Start a new data key: new objects use it at once (running archivers
     /// within a minute); objects sealed with older keys stay readable while
-    /// the keyring holds them.
-    Rotate(KeyArgs),
+    /// the keyring holds them. With --reencrypt, every object sealed with
+    /// an older key is then rewritten under the new one (for a data key
+    /// that may be compromised; run it when no restore is in progress).
+    Rotate(RotateArgs),
     /// Wrap every data key under a new key-encryption key (--new-kek); no
     /// data is rewritten, and the old key-encryption key is no longer needed
     /// afterwards.
@@ -36,6 +38,16 @@ pub struct KeyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub base: KeyArgs,
+    /// Also rewrite every object sealed with an older data key under the
+    /// new one.
+    #[arg(long)]
+    pub reencrypt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -67,15 +79,40 @@ pub async fn run(cmd: KeyCommand, kek: Option<KekSource>) -> anyhow::Result<i32>
             );
             (ring, args, what)
         }
-        KeyCommand::Rotate(args) => {
-            let kek = need(kek)?.load()?;
-            let repo = Repo::open_existing(&args.repo).await?;
+        KeyCommand::Rotate(a) => {
+            let source = need(kek)?;
+            let kek = source.load()?;
+            let repo = Repo::open_existing(&a.base.repo).await?;
             let ring = Keyring::rotate(&repo, &kek).await?;
-            let what = format!(
+            let mut what = format!(
                 "new objects are sealed with data key {} from now on (running archivers pick it up within a minute); older keys stay in the keyring",
                 ring.current
             );
-            (ring, args, what)
+            if a.reencrypt {
+                crate::crypto::unlock(&repo, Some(&source), crate::crypto::Access::Write).await?;
+                let r = crate::crypto::reencrypt::reencrypt(&repo).await?;
+                if a.base.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"current": ring.current, "reencrypted": r})
+                        )?
+                    );
+                    return Ok(0);
+                }
+                what += &format!(
+                    "\nre-encrypted under data key {}: {} segment(s), {} part(s), {} manifest(s)",
+                    ring.current, r.segments, r.parts, r.manifests
+                );
+                if !r.skipped.is_empty() {
+                    what += &format!(
+                        "\n{} object(s) changed meanwhile and were left as they were; run it again: {}",
+                        r.skipped.len(),
+                        r.skipped.join(", ")
+                    );
+                }
+            }
+            (ring, a.base, what)
         }
         KeyCommand::Rewrap(a) => {
             let old = need(kek)?.load()?;

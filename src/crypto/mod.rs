@@ -18,6 +18,7 @@
 pub mod kek;
 pub mod keyring;
 pub mod objects;
+pub mod reencrypt;
 pub mod unlock;
 
 pub use objects::{open_object, seal_object, OpenError};
