@@ -8,7 +8,8 @@
 //! * `pg_receivewal --synchronous` into a local directory: the baseline. `--synchronous`
 //!   fsyncs every received chunk and reports it as flushed at once, which is what
 //!   `flush` means for pitr too (reported only once durable in the repository);
-//! * `pitr archive` into a local-directory repository;
+//! * `pitr archive` into a local-directory repository, plain and encrypted (`pitr key
+//!   init`: every segment sealed with AES-256-GCM);
 //! * `pitr archive` into S3 (moto, and s3s-fs when installed).
 //!
 //! Default (`--mode separate`): one run per pitr configuration, each with its own
@@ -141,7 +142,7 @@ fn run() -> Result<()> {
     pg.psql("CHECKPOINT")?;
 
     let mut plans: Vec<Vec<Config>> = Vec::new();
-    let mut pitr_configs = vec![Config::PitrLocal];
+    let mut pitr_configs = vec![Config::PitrLocal, Config::PitrLocalSealed];
     pitr_configs.extend(s3_impls.iter().map(|i| Config::PitrS3(*i)));
     if settings.together {
         let mut all = vec![Config::ReceiveWal];
@@ -174,6 +175,7 @@ fn run() -> Result<()> {
 enum Config {
     ReceiveWal,
     PitrLocal,
+    PitrLocalSealed,
     PitrS3(S3Impl),
 }
 
@@ -254,6 +256,34 @@ fn start_archiver(
                 &slot,
                 Some(repo),
                 dir.join("pitr-local.log"),
+                &mut cmd,
+            )
+        }
+        Config::PitrLocalSealed => {
+            let slot = format!("bench_pitr_sealed_{run}");
+            let repo = dir.join("repo-sealed");
+            let kek = dir.join("kek");
+            std::fs::write(&kek, "a1".repeat(32))?;
+            let kek = format!("file:{}", kek.display());
+            let init = Command::new(pitr)
+                .args(["key", "init", "--repo"])
+                .arg(&repo)
+                .args(["--kek", &kek])
+                .output()
+                .context("pitr key init")?;
+            if !init.status.success() {
+                bail!("pitr key init: {}", String::from_utf8_lossy(&init.stderr));
+            }
+            let mut cmd = Command::new(pitr);
+            cmd.args(["archive", &pg.url(), "--repo"])
+                .arg(&repo)
+                .args(["--name", "bench", "--slot", &slot, "--kek", &kek])
+                .args(["--flush-interval", &settings.flush_interval]);
+            Archiver::spawn(
+                Kind::PitrLocalSealed,
+                &slot,
+                Some(repo),
+                dir.join("pitr-local-sealed.log"),
                 &mut cmd,
             )
         }

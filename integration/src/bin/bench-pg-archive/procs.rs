@@ -20,6 +20,8 @@ pub enum Kind {
     ReceiveWal,
     /// `pitr archive` into a local-directory repository.
     PitrLocal,
+    /// `pitr archive` into an encrypted local-directory repository.
+    PitrLocalSealed,
     /// `pitr archive` into an S3 server (label: moto, s3s-fs).
     PitrS3(String),
 }
@@ -29,6 +31,7 @@ impl Kind {
         match self {
             Kind::ReceiveWal => "pg_receivewal → local dir".into(),
             Kind::PitrLocal => "pitr → local dir".into(),
+            Kind::PitrLocalSealed => "pitr → local dir, encrypted".into(),
             Kind::PitrS3(s) => format!("pitr → S3 ({s})"),
         }
     }
