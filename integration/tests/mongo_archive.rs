@@ -542,3 +542,53 @@ fn a_rollback_behind_the_archive_stops_the_archiver_and_records_no_gap() {
         "a gap was recorded"
     );
 }
+
+/// Only majority-committed entries are archived: with the majority held
+/// back (the double's `pitrHoldMajority`, as when secondaries lag), the
+/// archive stops at the held optime although newer entries are in the
+/// oplog; once the majority moves on, they are archived, byte for byte.
+#[test]
+fn only_majority_committed_entries_are_archived() {
+    if pitr_integration::mongo::real_mongod().is_some() {
+        return; // The hold is the double's own command.
+    }
+    let db = MongoDouble::start(quiet()).unwrap();
+    let url = db.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    ledger(&url, 3, "committed");
+    let a = Archiver::start(&url, &repo, "main", tmp.path(), &[]);
+    wait_caught_up(&url, &repo);
+    let held = rt().block_on(async {
+        let r = client(&url)
+            .await
+            .database("admin")
+            .run_command(doc! {"pitrHoldMajority": true})
+            .await
+            .unwrap();
+        OplogTs::from_bson(
+            r.get_document("majorityOpTime")
+                .unwrap()
+                .get_timestamp("ts")
+                .unwrap(),
+        )
+    });
+    ledger(&url, 3, "pending");
+    let newest = ts_of(server_oplog(&url).last().unwrap());
+    assert!(newest > held);
+    // Ten flush intervals: without the gate the new entries would be stored.
+    std::thread::sleep(Duration::from_secs(2));
+    let last = archived_last(&repo).unwrap();
+    assert!(last <= held, "archived {last}, beyond the majority {held}");
+    rt().block_on(async {
+        client(&url)
+            .await
+            .database("admin")
+            .run_command(doc! {"pitrHoldMajority": false})
+            .await
+            .unwrap();
+    });
+    wait_caught_up(&url, &repo);
+    a.terminate();
+    assert_same(&fetch_all(&repo, &[]), &server_oplog(&url));
+}

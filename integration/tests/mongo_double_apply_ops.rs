@@ -1,7 +1,9 @@
 //! `applyOps` on the MongoDB test double with real oplog entries: the time-series `$v: 2`
 //! updates (nested sub-diffs) replayed onto the dumped bucket documents, checked field by
-//! field against what the entries set; catalog entries (create, createIndexes, collMod)
-//! and a vectored-insert `applyOps`.
+//! field against what the entries set; catalog entries (create, createIndexes, collMod),
+//! replayed the way a restore sends them (`pitr_mongodb::apply::plan`: a `create` alone, an
+//! index build as the `createIndexes` command: the double refuses them inside a batch, as a
+//! server does), and a vectored-insert `applyOps`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +19,32 @@ fn start() -> MongoDouble {
         MongoOptions::default(),
     )
     .expect("start mongo-double")
+}
+
+/// Replays `entries` as a restore does: the planner's requests, in order, each on its
+/// database (collection UUIDs kept).
+async fn replay(c: &Client, entries: &[Document]) {
+    let raw: Vec<RawDocumentBuf> = entries
+        .iter()
+        .map(|d| RawDocumentBuf::from_document(d).expect("raw"))
+        .collect();
+    let parsed: Vec<pitr_mongodb::OplogEntryRef> = raw
+        .iter()
+        .map(|r| pitr_mongodb::OplogEntryRef::parse(r).expect("entry"))
+        .collect();
+    let target = parsed.iter().map(|e| e.ts()).max().expect("entries");
+    let opts = pitr_mongodb::apply::ApplyOptions {
+        preserve_uuid: true,
+        ..pitr_mongodb::apply::ApplyOptions::new(target)
+    };
+    let (requests, _) = pitr_mongodb::apply::plan(parsed, opts).expect("plan");
+    for r in requests {
+        let cmd = r.command.to_document().expect("command");
+        c.database(&r.db)
+            .run_command(cmd.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    }
 }
 
 fn docs(path: &str) -> Vec<Document> {
@@ -186,11 +214,14 @@ async fn catalog_and_vectored_insert_entries_replay() {
             .collect::<Vec<Document>>()
     };
     // Up to `unique: true` on a_1 (entry 8): a_1 is unique, its prepareUnique phase over.
+    // Sent as one batch, as a lenient double would take it, the create is refused.
     let ops: Vec<Bson> = entries[..9].iter().cloned().map(Bson::Document).collect();
-    admin
+    let refused = admin
         .run_command(doc! {"applyOps": ops})
         .await
-        .expect("applyOps catalog");
+        .expect_err("create among other operations");
+    assert!(refused.to_string().contains("Unauthorized"), "{refused}");
+    replay(&c, &entries[..9]).await;
     let r = db
         .run_command(doc! {"listCollections": 1, "filter": {"name": "coll1"}})
         .await
@@ -229,11 +260,7 @@ async fn catalog_and_vectored_insert_entries_replay() {
         doc! {"v": 2, "key": {"c": 1}, "name": "c_1", "expireAfterSeconds": 100000}
     );
     // The rest: every index made unique, then non-unique again.
-    let ops: Vec<Bson> = entries[9..].iter().cloned().map(Bson::Document).collect();
-    admin
-        .run_command(doc! {"applyOps": ops})
-        .await
-        .expect("applyOps catalog");
+    replay(&c, &entries[9..]).await;
     let idx = indexes().await;
     assert_eq!(idx[1], doc! {"v": 2, "key": {"a": 1}, "name": "a_1"});
     assert_eq!(

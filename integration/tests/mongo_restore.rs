@@ -593,7 +593,9 @@ async fn restore_pins_its_backup_and_oplog_under_prune_and_compaction() {
 
 /// The backup starts at the majority-committed optime, never above it: with the majority held
 /// back (as when secondaries lag; the double's `pitrHoldMajority`, absent on a real server),
-/// the manifest's start is the held optime, not the newest entry, and `--latest` is exact.
+/// the manifest's start is the held optime, not the newest entry; the backup waits for the
+/// majority to reach its end (the archive holds only majority-committed entries); `--latest`
+/// is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_starts_at_the_majority_committed_optime() {
     if pitr_integration::mongo::real_mongod().is_some() {
@@ -629,8 +631,10 @@ async fn backup_starts_at_the_majority_committed_optime() {
     }
     let newest_ts = newest(&src).await.0;
     assert!(newest_ts > (held_ts.time, held_ts.increment));
-    let b: serde_json::Value = serde_json::from_str(
-        ok(&pitr(&[
+    // The archiver archives only majority-committed entries, so the backup waits for the
+    // majority to reach its end: it is released once the backup says it waits.
+    let mut child = Command::new(pitr_bin())
+        .args([
             "backup",
             &source.url(),
             "--repo",
@@ -638,19 +642,38 @@ async fn backup_starts_at_the_majority_committed_optime() {
             "--name",
             "src",
             "--json",
-        ]))
-        .trim(),
-    )
-    .unwrap();
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(
+            n > 0,
+            "the backup ended without waiting for the archive: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("waiting for the archiver") {
+            break;
+        }
+    }
+    src.database("admin")
+        .run_command(doc! {"pitrHoldMajority": false})
+        .await
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{seen}");
+    let b: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(
         b["start"].as_str(),
         Some(format!("{}:{}", held_ts.time, held_ts.increment).as_str()),
         "{b}"
     );
-    src.database("admin")
-        .run_command(doc! {"pitrHoldMajority": false})
-        .await
-        .unwrap();
     for n in 11..=15 {
         transfer(&src, n).await;
     }

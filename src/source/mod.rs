@@ -2,6 +2,7 @@
 //! into sealed segments for the uploader.
 
 pub mod mongodb;
+pub mod mongodb_majority;
 pub mod mongodb_tail;
 pub mod mysql;
 pub mod mysql_meta;

@@ -26,6 +26,11 @@
 //! boundaries and nowhere else below their end, so the same keys get the
 //! same bytes (create-if-absent accepts them as identical).
 //!
+//! Only majority-committed entries are archived: entries read wait in a
+//! [`MajorityGate`] until the replica set's majority-committed optime
+//! reaches them (see [`super::mongodb_majority`]), so no archived write can
+//! be rolled back.
+//!
 //! Watermarks: *received* (entries read), *submitted* (sealed up to the
 //! last safe boundary; where a reconnect resumes), *durable* (stored). Bytes
 //! of a transaction still open when the connection fails are dropped and
@@ -52,6 +57,7 @@ use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::start_failure;
 use crate::archive::pipeline::Durable;
 use crate::archive::progress::ArchiveProgress;
+use crate::source::mongodb_majority::MajorityGate;
 use crate::source::mongodb_tail::{connect, is_transient, open, Opened, Reader, StartFrom};
 use crate::storage::Repo;
 
@@ -333,6 +339,28 @@ async fn prepare(
     })
 }
 
+/// The end of every sentence about a rollback behind the archive.
+const ROLLED_BACK: &str = "the replica set rolled back writes pitr had archived, and the archive \
+     would keep what the cluster undid; archive it under a new --name and take a new base backup \
+     (pitr backup)";
+
+/// Checks that the entry a resume found at `last` has the term it was
+/// archived under (`archived`, the tail segment's epoch): the same `ts`
+/// under another term is another entry, written by a new primary after the
+/// archived one was rolled back (mongo: `src/mongo/db/repl/rollback_impl.cpp`
+/// finds the common point by optime, `ts` and term). Entries without a
+/// term, or an archive of term 0, are not compared.
+fn same_optime(last: OplogTs, archived: Epoch, found: Option<i64>) -> anyhow::Result<()> {
+    match found {
+        Some(t) if archived.0 != 0 && u64::try_from(t).ok() != Some(archived.0) => Err(anyhow!(
+            "the server's oplog holds {last}, the last archived entry, under term {t}, but pitr \
+             archived it under term {}: {ROLLED_BACK}",
+            archived.0
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Connection for Archiver {
     async fn session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
         self.engine_session(cancel).await
@@ -363,26 +391,31 @@ impl Archiver {
     async fn engine_session(&mut self, cancel: &CancellationToken) -> anyhow::Result<Ended> {
         let opened = open(&self.client, self.resume).await?;
         self.setup_repository().await?;
+        let mut gate = MajorityGate::default();
+        gate.refresh(&self.client).await?;
         let cursor = match opened {
-            Opened::Tailing(c) => c,
+            Opened::Tailing {
+                cursor,
+                resumed_term,
+            } => {
+                if let StartFrom::After(last) = self.resume {
+                    same_optime(last, self.tail_epoch, resumed_term)?;
+                }
+                cursor
+            }
             Opened::RolledOver {
                 first,
                 cursor,
                 first_doc,
             } => {
                 self.record_gap(first).await?;
-                if let Some(end) = self.on_entry(first_doc).await? {
-                    self.seal().await?;
-                    return Ok(end);
-                }
+                gate.push(first_doc)?;
                 cursor
             }
             Opened::Diverged { last, oldest } => {
                 return Err(anyhow!(
                     "the server's oplog no longer holds {last}, the last archived entry, though it \
-                     still reaches back to {oldest}: the replica set rolled back writes pitr had \
-                     archived, and the archive would keep what the cluster undid; archive it under \
-                     a new --name and take a new base backup (pitr backup)"
+                     still reaches back to {oldest}: {ROLLED_BACK}"
                 ));
             }
             Opened::Empty => {
@@ -409,6 +442,15 @@ impl Archiver {
                     break self.seal().await.map(|()| Ended::Shutdown);
                 }
                 _ = ticker.tick() => {
+                    if gate.waiting() {
+                        let step = match gate.refresh(&self.client).await {
+                            Ok(()) => self.release(&mut gate).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Some(end) = self.after_step(step).await {
+                            break end;
+                        }
+                    }
                     if !self.replaying()
                         && self.seg.should_cut(self.opts.common.max_segment_bytes, self.opts.common.flush_interval, Instant::now())
                     {
@@ -420,30 +462,56 @@ impl Archiver {
                         self.held.progress.note_durable(&d);
                     }
                 }
-                d = reader.rx.recv() => {
+                // entries wait for the majority (bounded: when full, the
+                // cursor is left unread and the server keeps the oplog)
+                d = reader.rx.recv(), if gate.has_room() => {
                     let step = match d {
-                        Some(Ok(doc)) => self.on_entry(doc).await,
+                        Some(Ok(doc)) => match gate.push(doc) {
+                            Ok(()) => self.release(&mut gate).await,
+                            Err(e) => Err(e),
+                        },
                         Some(Err(e)) => Err(e.into()),
                         None => Err(Transient("the server ended the oplog cursor".into()).into()),
                     };
-                    match step {
-                        Ok(None) => {}
-                        Ok(Some(end)) => break self.seal().await.map(|()| end),
-                        Err(e) => {
-                            // Keep every complete unit received; the rest is re-read.
-                            let r = self.seal().await;
-                            self.seg.discard_unsafe();
-                            break match r {
-                                Ok(()) => Err(e),
-                                Err(seal) => Err(seal.context(format!("{e:#}"))),
-                            };
-                        }
+                    if let Some(end) = self.after_step(step).await {
+                        break end;
                     }
                 }
             }
         };
         reader.stop();
         result
+    }
+
+    /// Feeds every held entry the majority has to the segment builder.
+    async fn release(&mut self, gate: &mut MajorityGate) -> anyhow::Result<Option<Ended>> {
+        while let Some(doc) = gate.pop_committed() {
+            if let Some(end) = self.on_entry(doc).await? {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What a step of the session means: go on (`None`), or how it ends.
+    /// On an error every complete unit received is kept and the rest
+    /// (held entries included) is read again after reconnecting.
+    async fn after_step(
+        &mut self,
+        step: anyhow::Result<Option<Ended>>,
+    ) -> Option<anyhow::Result<Ended>> {
+        match step {
+            Ok(None) => None,
+            Ok(Some(end)) => Some(self.seal().await.map(|()| end)),
+            Err(e) => {
+                let r = self.seal().await;
+                self.seg.discard_unsafe();
+                Some(match r {
+                    Ok(()) => Err(e),
+                    Err(seal) => Err(seal.context(format!("{e:#}"))),
+                })
+            }
+        }
     }
 
     /// First successful read: identity and uploader.
@@ -572,6 +640,21 @@ impl Archiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_entry_under_another_term_is_a_rollback() {
+        let last = OplogTs { secs: 100, inc: 3 };
+        assert!(same_optime(last, Epoch(4), Some(4)).is_ok());
+        assert!(same_optime(last, Epoch(4), None).is_ok());
+        assert!(same_optime(last, Epoch(0), Some(7)).is_ok());
+        let e = same_optime(last, Epoch(4), Some(5))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("under term 5") && e.contains("rolled back"),
+            "{e}"
+        );
+    }
     use crate::archive::catalog::SegmentEntry;
     use crate::archive::keys::{GapKey, SegmentKey};
 

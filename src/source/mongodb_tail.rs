@@ -7,7 +7,8 @@
 //!
 //! * `After(ts)`: resume after the last archived entry `ts`. The query is
 //!   `{ts: {$gte: ts}}` and the first entry returned must be `ts` itself
-//!   (it is then skipped). A later first entry means the capped oplog
+//!   (it is then skipped; its term is returned, for the caller to check
+//!   against the archived entry's: an optime is `ts` and term). A later first entry means the capped oplog
 //!   dropped `ts` and everything up to the entry returned: a gap
 //!   ([`Opened::RolledOver`]).
 //! * `From(ts)`: every entry with `ts >= ts` (`--start-at SECS:INC`).
@@ -182,8 +183,12 @@ pub async fn edge_ts(client: &Client, newest: bool) -> Result<Option<OplogTs>, M
 
 /// How a read of the oplog began.
 pub enum Opened {
-    /// Entries follow (the resume entry of `After` already consumed).
-    Tailing(Cursor<RawDocumentBuf>),
+    /// Entries follow (the resume entry of `After` already consumed; its
+    /// term, when it has one, is `resumed_term`).
+    Tailing {
+        cursor: Cursor<RawDocumentBuf>,
+        resumed_term: Option<i64>,
+    },
     /// `After(ts)`: the oplog no longer holds `ts`; its first entry after
     /// it is `first` (the cursor is positioned before `first`).
     RolledOver {
@@ -215,14 +220,16 @@ pub async fn open(client: &Client, from: StartFrom) -> anyhow::Result<Opened> {
         .max_await_time(Duration::from_secs(1))
         .no_cursor_timeout(true)
         .await?;
+    let mut resumed_term = None;
     if let StartFrom::After(last) = from {
         let first = match cursor.next().await {
             Some(d) => d?,
             None => return Ok(Opened::Empty),
         };
-        let fts = OplogEntryRef::parse(&first)
-            .map_err(|e| anyhow!("an oplog entry cannot be read: {e}"))?
-            .ts();
+        let entry = OplogEntryRef::parse(&first)
+            .map_err(|e| anyhow!("an oplog entry cannot be read: {e}"))?;
+        let fts = entry.ts();
+        resumed_term = entry.term();
         if fts != last {
             if let Some(oldest) = edge_ts(client, false).await? {
                 if oldest < last {
@@ -236,7 +243,10 @@ pub async fn open(client: &Client, from: StartFrom) -> anyhow::Result<Opened> {
             });
         }
     }
-    Ok(Opened::Tailing(cursor))
+    Ok(Opened::Tailing {
+        cursor,
+        resumed_term,
+    })
 }
 
 /// Reads a cursor in its own task and hands entries over a bounded channel

@@ -16,8 +16,10 @@
 //! * **CRUD** (`i`, `u`, `d`) entries batch together into one
 //!   `{applyOps: [...]}`, bounded by [`ApplyLimits`] (operations and request
 //!   bytes; 16 MiB by default, the server's command size limit).
-//! * **Transactions** (and user `applyOps`, linked batches): their inner
-//!   operations are flattened in order into ONE request (the server applies
+//! * **Transactions** (and user `applyOps`, linked batches): DDL among
+//!   their inner operations (`create`, `createIndexes`) runs first, each
+//!   alone (see `ApplyPlanner::apply_group`); the other inner operations
+//!   are flattened in order into ONE request (the server applies
 //!   an `applyOps` of CRUD operations atomically); one whose operations are
 //!   all CRUD joins the current CRUD batch when it fits whole, otherwise it
 //!   is sent alone. Only a transaction larger than the bounds by itself is
@@ -267,9 +269,9 @@ impl ApplyPlanner {
             OpKind::Command if m.is_txn() => self.txn_entry(e)?,
             OpKind::Command if m.command == Some(CommandKind::ApplyOps) => {
                 // Linked batches and user applyOps: an atomic group.
-                let (ops, crud) = self.inner_ops(e)?;
+                let (ops, _) = self.inner_ops(e)?;
                 self.stats.txns_applied += 1;
-                self.add_group(ops, 1, ts, crud);
+                self.apply_group(ops, 1, ts)?;
             }
             OpKind::Command => self.command(e)?,
         }
@@ -292,14 +294,14 @@ impl ApplyPlanner {
                 } else {
                     let mut t = self.open.remove(&id).unwrap_or_default();
                     t.ops.extend(ops);
-                    self.commit(t, e.ts());
+                    self.commit(t, e.ts())?;
                 }
             }
             Some(CommandKind::CommitTransaction) => {
                 // Without its prepare entry (before the archive's start) the
                 // operations are unknown; nothing to apply.
                 if let Some(t) = self.open.remove(&id) {
-                    self.commit(t, e.ts());
+                    self.commit(t, e.ts())?;
                 } else {
                     self.stats.txns_dropped += 1;
                 }
@@ -312,10 +314,71 @@ impl ApplyPlanner {
         Ok(())
     }
 
-    fn commit(&mut self, t: OpenTxn, ts: OplogTs) {
+    fn commit(&mut self, t: OpenTxn, ts: OplogTs) -> Result<(), DecodeError> {
         self.stats.txns_applied += 1;
-        let crud = t.ops.iter().all(|op| is_crud_op(op));
-        self.add_group(t.ops, t.entries + 1, ts, crud);
+        self.apply_group(t.ops, t.entries + 1, ts)
+    }
+
+    /// Applies the inner operations of a committed transaction, a user
+    /// `applyOps` or a linked batch. DDL among them (since 4.4 a
+    /// transaction that creates a collection logs `create`, and
+    /// `createIndexes`, inside its `applyOps`) runs first, each alone, the
+    /// only way a server takes it: `create` (and `renameCollection`) in an
+    /// `applyOps` of more than one operation needs the `__system` role
+    /// (mongo: `src/mongo/db/commands/apply_ops_cmd.cpp`,
+    /// `validateApplyOpsCommand`), and `createIndexes` is not applied
+    /// through `applyOps` at all (`src/mongo/db/repl/oplog.cpp`,
+    /// CommandNotSupported), so it runs as the `createIndexes` command. The
+    /// rest follows as one atomic group. Moving the DDL first is safe: the
+    /// transaction's writes to a collection it creates come after the create
+    /// anyway, and an index it builds was satisfied by its own writes.
+    fn apply_group(
+        &mut self,
+        ops: Vec<Vec<u8>>,
+        entries: usize,
+        ts: OplogTs,
+    ) -> Result<(), DecodeError> {
+        let (ddl, rest): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            ops.into_iter().partition(|op| ddl_name(op).is_some());
+        let crud = rest.iter().all(|op| is_crud_op(op));
+        let n = ddl.len();
+        for (i, op) in ddl.into_iter().enumerate() {
+            // the group's entries count with its last request
+            let owns = rest.is_empty() && i + 1 == n;
+            self.ddl_alone(op, if owns { entries } else { 0 }, ts)?;
+        }
+        self.add_group(rest, entries, ts, crud);
+        Ok(())
+    }
+
+    /// One DDL operation of a group, alone (see [`Self::apply_group`]).
+    fn ddl_alone(&mut self, op: Vec<u8>, entries: usize, ts: OplogTs) -> Result<(), DecodeError> {
+        self.flush();
+        let doc = RawDocument::from_bytes(&op)
+            .map_err(|e| DecodeError::new(format!("malformed BSON: {e}")).at_ts(ts))?;
+        let (db, command) = match ddl_name(&op) {
+            Some("createIndexes") => {
+                let o = doc
+                    .get_document("o")
+                    .map_err(|_| bad("createIndexes", ts))?;
+                let ns = doc.get_str("ns").unwrap_or("");
+                let db = ns.split('.').next().unwrap_or("").to_string();
+                (db, create_indexes_command(o, ts)?)
+            }
+            _ => (
+                "admin".to_string(),
+                build_apply_ops(&[op], self.opts.bypass_document_validation),
+            ),
+        };
+        self.emit(ApplyRequest {
+            kind: BatchKind::Command,
+            db,
+            command,
+            entries,
+            ops: 1,
+            last_ts: ts,
+        });
+        Ok(())
     }
 
     /// The filtered inner operations of an `applyOps` entry, skipped
@@ -451,22 +514,7 @@ impl ApplyPlanner {
                 c.append_ref("indexes", RawBsonRef::Array(indexes));
                 c
             }
-            "createIndexes" => {
-                let coll = o.get_str(name).map_err(|_| bad(name, ts))?;
-                let mut spec = RawDocumentBuf::new();
-                for el in o.iter() {
-                    let (k, v) = el.map_err(|_| bad(name, ts))?;
-                    if k != "createIndexes" {
-                        spec.append_ref(k, v);
-                    }
-                }
-                let mut arr = bson::RawArrayBuf::new();
-                arr.push(spec);
-                let mut c = RawDocumentBuf::new();
-                c.append("createIndexes", coll);
-                c.append("indexes", arr);
-                c
-            }
+            "createIndexes" => create_indexes_command(o, ts)?,
             _ => {
                 let op = self.filtered(e.doc()).map_err(|r| r.at_ts(ts))?;
                 self.flush();
@@ -509,6 +557,40 @@ impl ApplyPlanner {
             }
         }
         Ok(d.into_bytes())
+    }
+}
+
+/// The `createIndexes` command for the oplog form `{createIndexes: coll,
+/// <index spec fields>}` of one index.
+fn create_indexes_command(o: &RawDocument, ts: OplogTs) -> Result<RawDocumentBuf, DecodeError> {
+    let name = "createIndexes";
+    let coll = o.get_str(name).map_err(|_| bad(name, ts))?;
+    let mut spec = RawDocumentBuf::new();
+    for el in o.iter() {
+        let (k, v) = el.map_err(|_| bad(name, ts))?;
+        if k != name {
+            spec.append_ref(k, v);
+        }
+    }
+    let mut arr = bson::RawArrayBuf::new();
+    arr.push(spec);
+    let mut c = RawDocumentBuf::new();
+    c.append(name, coll);
+    c.append("indexes", arr);
+    Ok(c)
+}
+
+/// `create` or `createIndexes` for an inner DDL operation of a group.
+fn ddl_name(op: &[u8]) -> Option<&'static str> {
+    let d = RawDocument::from_bytes(op).ok()?;
+    if d.get_str("op").ok()? != "c" {
+        return None;
+    }
+    let o = d.get_document("o").ok()?;
+    match o.iter().next()?.ok()?.0 {
+        "create" => Some("create"),
+        "createIndexes" => Some("createIndexes"),
+        _ => None,
     }
 }
 
@@ -645,5 +727,56 @@ mod tests {
         ] {
             assert!(!skip_ns(ns), "{ns}");
         }
+    }
+
+    /// A transaction that creates a collection and an index (logged inside
+    /// its `applyOps` since 4.4): the create alone in its own `applyOps`,
+    /// the index as a `createIndexes` command, then the writes atomically.
+    #[test]
+    fn ddl_inside_a_transaction_runs_alone_first() {
+        let ops = vec![
+            doc! {"op": "i", "ns": "a.x", "ui": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }, "o": {"_id": 1}},
+            doc! {"op": "c", "ns": "a.$cmd", "o": {"create": "y", "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}},
+            doc! {"op": "i", "ns": "a.y", "o": {"_id": 2}},
+            doc! {"op": "c", "ns": "a.$cmd", "o": {"createIndexes": "y", "v": 2, "key": {"k": 1}, "name": "k_1"}},
+        ];
+        let entry = doc! {
+            "lsid": {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![9; 16] }},
+            "txnNumber": 1i64, "op": "c", "ns": "admin.$cmd", "o": {"applyOps": ops},
+            "ts": bson::Timestamp { time: 10, increment: 1 }, "t": 1i64, "v": 2,
+            "wall": bson::DateTime::from_millis(0), "prevOpTime": {"ts": bson::Timestamp { time: 0, increment: 0 }, "t": -1i64},
+        };
+        let raw = RawDocumentBuf::from_document(&entry).unwrap();
+        let e = OplogEntryRef::parse(&raw).unwrap();
+        let (reqs, stats) = plan([e], ApplyOptions::new(OplogTs { secs: 10, inc: 1 })).unwrap();
+        let docs: Vec<bson::Document> = reqs
+            .iter()
+            .map(|r| r.command.to_document().unwrap())
+            .collect();
+        assert_eq!(reqs.len(), 3, "{docs:?}");
+        let first = docs[0].get_array("applyOps").unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            first[0]
+                .as_document()
+                .unwrap()
+                .get_document("o")
+                .unwrap()
+                .get_str("create")
+                .unwrap(),
+            "y"
+        );
+        assert_eq!(
+            (
+                reqs[1].db.as_str(),
+                docs[1].get_str("createIndexes").unwrap()
+            ),
+            ("a", "y")
+        );
+        assert_eq!(docs[1].get_array("indexes").unwrap().len(), 1);
+        let writes = docs[2].get_array("applyOps").unwrap();
+        assert_eq!(writes.len(), 2, "both inserts, together");
+        assert_eq!(reqs.iter().map(|r| r.entries).sum::<usize>(), 1);
+        assert_eq!(stats.applied_entries, 1);
     }
 }

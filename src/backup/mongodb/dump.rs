@@ -48,30 +48,13 @@ pub struct OplogTop {
 pub async fn majority_point(client: &Client) -> anyhow::Result<OplogTop> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let hello = client
-            .database("admin")
-            .run_command(doc! {"hello": 1})
-            .await
-            .context("asking the server for its majority-committed optime (hello)")?;
-        let last = hello.get_document("lastWrite").ok();
-        let optime = last.and_then(|l| l.get_document("majorityOpTime").ok());
-        let ts = optime
-            .and_then(|o| o.get_timestamp("ts").ok())
-            .map(OplogTs::from_bson);
-        let term = optime
-            .and_then(|o| o.get("t"))
-            .and_then(|t| match t {
-                Bson::Int64(t) => Some(*t),
-                Bson::Int32(t) => Some(i64::from(*t)),
-                _ => None,
-            })
-            .unwrap_or(0);
-        let wall_ms = last
-            .and_then(|l| l.get_datetime("majorityWriteDate").ok())
-            .map(|d| d.timestamp_millis());
-        match ts {
-            Some(ts) if ts != (OplogTs { secs: 0, inc: 0 }) => {
-                return Ok(OplogTop { ts, term, wall_ms })
+        match crate::source::mongodb_majority::majority_optime(client).await? {
+            Some(m) => {
+                return Ok(OplogTop {
+                    ts: m.ts,
+                    term: m.term,
+                    wall_ms: m.wall_ms,
+                })
             }
             _ if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -12,6 +12,15 @@
 //!
 //! The collection is found by `ui` when a collection has that UUID, else by `ns`. Each
 //! applied operation writes its own oplog entry, as the server logs a non-atomic applyOps.
+//!
+//! Refused as the server refuses them:
+//! - `create` or `renameCollection` in an `applyOps` (or nested `applyOps`) of more than
+//!   one operation: Unauthorized (13), it needs the `__system` role, which no user of the
+//!   double has (mongo: `src/mongo/db/commands/apply_ops_cmd.cpp`,
+//!   `validateApplyOpsCommand`, checked before anything is applied);
+//! - `createIndexes`, `startIndexBuild`, `commitIndexBuild`: CommandNotSupported (115),
+//!   "not supported in applyOps mode" (`src/mongo/db/repl/oplog.cpp`, the command map);
+//!   a restore runs them as the `createIndexes` command.
 
 use bson::{doc, Bson, Document};
 
@@ -29,6 +38,7 @@ pub fn apply_ops(st: &mut State, body: &Document) -> CmdResult<Document> {
             "applyOps needs an array of operations",
         ));
     };
+    validate(ops, 0)?;
     let mut results = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let Bson::Document(op) = op else {
@@ -43,6 +53,54 @@ pub fn apply_ops(st: &mut State, body: &Document) -> CmdResult<Document> {
         results.push(Bson::Boolean(true));
     }
     Ok(doc! {"applied": results.len() as i32, "results": results, "ok": 1.0})
+}
+
+/// The name of a command operation (`op: c`), the first key of its `o`.
+fn command_name(op: &Bson) -> Option<&str> {
+    let Bson::Document(op) = op else { return None };
+    if op.get_str("op").ok()? != "c" {
+        return None;
+    }
+    op.get_document("o").ok()?.keys().next().map(String::as_str)
+}
+
+/// The server's checks of an `applyOps` array before it applies anything (see the module
+/// docs), nested `applyOps` included.
+fn validate(ops: &[Bson], depth: usize) -> CmdResult<()> {
+    if depth >= 10 {
+        return Err(CmdError::failed_to_parse("Too many nested applyOps"));
+    }
+    if ops.len() > 1
+        && ops
+            .iter()
+            .any(|op| matches!(command_name(op), Some("create" | "renameCollection")))
+    {
+        return Err(CmdError::new(
+            13,
+            "Unauthorized",
+            "not authorized on admin to execute command applyOps with create or renameCollection among other operations",
+        ));
+    }
+    for op in ops {
+        match command_name(op) {
+            Some(name @ ("createIndexes" | "startIndexBuild" | "commitIndexBuild")) => {
+                return Err(CmdError::new(
+                    115,
+                    "CommandNotSupported",
+                    format!("The {name} operation is not supported in applyOps mode"),
+                ))
+            }
+            Some("applyOps") => {
+                if let Some(Bson::Document(op)) = Some(op) {
+                    if let Ok(inner) = op.get_document("o").and_then(|o| o.get_array("applyOps")) {
+                        validate(inner, depth + 1)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn ui_of(op: &Document) -> Option<[u8; 16]> {
