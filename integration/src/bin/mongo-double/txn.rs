@@ -124,6 +124,12 @@ pub fn finish(st: &mut State, mode: &Mode, log: WriteLog) {
         Mode::Retryable(info) => {
             let key = session_key(&info.lsid);
             for op in log.ops {
+                if op.op == "c" {
+                    // an implicit create is no statement of the retryable write
+                    st.oplog
+                        .append(term, |ts, wall| crud_entry(&op, None, ts, term, wall));
+                    continue;
+                }
                 let s = st.sessions.entry(key.clone()).or_default();
                 let stmt = s.retry_stmt;
                 let prev = s.retry_prev.unwrap_or(OpTime::NULL);
@@ -205,8 +211,21 @@ pub fn abort(st: &mut State, info: &SessionInfo) -> CmdResult<()> {
         return Err(no_such_txn(info.txn_number));
     }
     s.in_txn = false;
+    // collections the transaction created go with it
+    let created: Vec<(String, String)> = s
+        .ops
+        .iter()
+        .filter(|op| op.op == "c")
+        .filter_map(|op| {
+            let db = op.ns.split_once('.')?.0.to_string();
+            Some((db, op.o.get_str("create").ok()?.to_string()))
+        })
+        .collect();
     s.ops.clear();
     let undo = std::mem::take(&mut s.undo);
     write::undo(st, undo);
+    for (db, coll) in created {
+        st.store.remove_collection(&db, &coll);
+    }
     Ok(())
 }

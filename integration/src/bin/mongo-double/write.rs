@@ -1,7 +1,11 @@
 //! Document writes on the store. Each write records the oplog operation it stands for
 //! ([`Op`]) and how to undo it (for aborted transactions); the caller decides how the
 //! operations reach the oplog (own entries, retryable-write entries, or one `applyOps`
-//! at commit). Creating a collection implicitly logs its `create` command at once.
+//! at commit). Creating a collection implicitly by a write records its `create` command
+//! among the write's operations, so inside a transaction it is logged in the transaction's
+//! `applyOps`, as servers 4.4+ do (mongo: `src/mongo/db/op_observer/op_observer_impl.cpp`,
+//! `onCreateCollection` appends to the transaction's operations when one is open);
+//! otherwise it is logged at once, before the write.
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
@@ -70,6 +74,31 @@ fn not_on_view(db: &str, coll: &str) -> CmdError {
     )
 }
 
+/// The UUID of `db.coll`, creating it when missing and recording its `create` among the
+/// operations of `log` (see the module docs).
+fn ensure_collection_for(
+    st: &mut State,
+    db: &str,
+    coll: &str,
+    log: &mut WriteLog,
+) -> CmdResult<[u8; 16]> {
+    if st.store.get(db, coll).is_some() || db == "local" {
+        return ensure_collection(st, db, coll);
+    }
+    check_names(db, coll)?;
+    let c = Collection::new(Kind::Collection, Document::new(), None);
+    let uuid = c.uuid;
+    st.store.insert_collection(db, coll, c);
+    log.ops.push(Op {
+        op: "c",
+        ns: format!("{db}.$cmd"),
+        ui: uuid,
+        o: doc! {"create": coll, "idIndex": id_index()},
+        o2: None,
+    });
+    Ok(uuid)
+}
+
 /// The UUID of `db.coll`, creating it (and logging `create`) when missing.
 pub fn ensure_collection(st: &mut State, db: &str, coll: &str) -> CmdResult<[u8; 16]> {
     if let Some(c) = st.store.get(db, coll) {
@@ -121,7 +150,7 @@ pub fn insert(
     mut d: Document,
     log: &mut WriteLog,
 ) -> CmdResult<()> {
-    let ui = ensure_collection(st, db, coll)?;
+    let ui = ensure_collection_for(st, db, coll, log)?;
     if !d.contains_key("_id") {
         let mut with_id = doc! {"_id": ObjectId::new()};
         with_id.extend(d);
@@ -365,7 +394,7 @@ pub fn put(
     logged_o: Option<Document>,
     log: &mut WriteLog,
 ) -> CmdResult<()> {
-    let ui = ensure_collection(st, db, coll)?;
+    let ui = ensure_collection_for(st, db, coll, log)?;
     let id = new.get("_id").cloned().unwrap_or(Bson::Null);
     let Some(c) = st.store.get_mut(db, coll) else {
         return Err(CmdError::ns_not_found(format!("{db}.{coll} not found")));
