@@ -778,3 +778,67 @@ async fn encrypted_repository_restores_exactly_and_shows_nothing() {
     ));
     assert_eq!(state(&client(&target.url()).await).await, want);
 }
+
+/// A rename over an existing collection (what `$out` ends with: `renameCollection` with
+/// `dropTarget: <UUID of the old target>`), replayed into a target that gives collections
+/// new UUIDs (its user lacks the `useUUID`/`forceUUID` actions: the double's
+/// `pitrDenyUuidPrivileges`): the rename drops the target's collection by name, and the
+/// restore equals the source (no refused operation, no `tmpXXXXX.rename` left over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_over_an_existing_collection_restores_exactly_with_new_uuids() {
+    if pitr_integration::mongo::real_mongod().is_some() {
+        return; // The privilege switch is the double's own command.
+    }
+    let source = start();
+    let target = start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo_s = repo.to_str().unwrap().to_string();
+    let src = client(&source.url()).await;
+    let bank = src.database("bank");
+    bank.collection::<Document>("report")
+        .insert_many((0..5).map(|i| doc! {"_id": i, "total": i}))
+        .await
+        .unwrap();
+    let archiver = Archiver::start(&source.url(), &repo, "src", dir.path(), &[]);
+    ok(&pitr(&[
+        "backup",
+        &source.url(),
+        "--repo",
+        &repo_s,
+        "--name",
+        "src",
+    ]));
+    bank.collection::<Document>("staging")
+        .insert_many((0..3).map(|i| doc! {"_id": i, "total": 10 * i}))
+        .await
+        .unwrap();
+    src.database("admin")
+        .run_command(
+            doc! {"renameCollection": "bank.staging", "to": "bank.report", "dropTarget": true},
+        )
+        .await
+        .unwrap();
+    bank.collection::<Document>("report")
+        .insert_one(doc! {"_id": 9, "total": 99})
+        .await
+        .unwrap();
+    let want = state(&src).await;
+    let last = newest(&src).await.0;
+    wait_for("the archive to catch up", Duration::from_secs(30), || {
+        archived_last(&repo).is_some_and(|t| {
+            t >= OplogTs {
+                secs: last.0,
+                inc: last.1,
+            }
+        })
+    });
+    archiver.terminate();
+    let dst = client(&target.url()).await;
+    dst.database("admin")
+        .run_command(doc! {"pitrDenyUuidPrivileges": true})
+        .await
+        .unwrap();
+    let out = ok(&restore(&repo_s, &["--latest"], &target.url(), &[]));
+    assert_eq!(state(&dst).await, want, "{out}");
+}

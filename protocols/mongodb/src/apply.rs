@@ -51,6 +51,9 @@
 //! rejects or would turn into bogus retryable-write records), and `ui` by
 //! default (a base backup loaded by `mongorestore` gives collections new
 //! UUIDs; `applyOps` resolves `ns` then).
+//! Without `ui`, a `renameCollection` that names the
+//! target to drop by UUID (`dropTarget: <UUID>`, as `$out` logs it) is sent
+//! with `dropTarget: true` (see `drop_target_by_name`).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -552,8 +555,19 @@ impl ApplyPlanner {
                 "ui" => self.opts.preserve_uuid,
                 _ => false,
             };
-            if keep {
-                d.append_ref(k, v);
+            if !keep {
+                continue;
+            }
+            match (k, v) {
+                ("o", RawBsonRef::Document(o))
+                    if !self.opts.preserve_uuid && src.get_str("op").ok() == Some("c") =>
+                {
+                    match drop_target_by_name(o)? {
+                        Some(o) => d.append("o", o),
+                        None => d.append_ref(k, v),
+                    }
+                }
+                _ => d.append_ref(k, v),
             }
         }
         Ok(d.into_bytes())
@@ -578,6 +592,41 @@ fn create_indexes_command(o: &RawDocument, ts: OplogTs) -> Result<RawDocumentBuf
     c.append(name, coll);
     c.append("indexes", arr);
     Ok(c)
+}
+
+/// A `renameCollection` whose `dropTarget` names the target's UUID, with
+/// `dropTarget: true` instead: without kept UUIDs the target's collection
+/// has another UUID, and a server then moves it aside to a `tmpXXXXX.rename`
+/// collection instead of dropping it (mongo:
+/// `src/mongo/db/catalog/rename_collection.cpp`, `renameTargetCollectionToTmp`);
+/// a user without the `useUUID` action is refused the operation at all
+/// (`apply_ops_cmd.cpp`, `operationContainsUUID`). `None` when `o` is no such
+/// rename.
+fn drop_target_by_name(o: &RawDocument) -> Result<Option<RawDocumentBuf>, DecodeError> {
+    let malformed = |e| DecodeError::new(format!("malformed BSON: {e}"));
+    let is_rename = o
+        .iter()
+        .next()
+        .transpose()
+        .map_err(malformed)?
+        .is_some_and(|(k, _)| k == "renameCollection");
+    let by_uuid = matches!(
+        o.get("dropTarget").map_err(malformed)?,
+        Some(RawBsonRef::Binary(_))
+    );
+    if !is_rename || !by_uuid {
+        return Ok(None);
+    }
+    let mut out = RawDocumentBuf::new();
+    for el in o.iter() {
+        let (k, v) = el.map_err(malformed)?;
+        if k == "dropTarget" {
+            out.append(k, true);
+        } else {
+            out.append_ref(k, v);
+        }
+    }
+    Ok(Some(out))
 }
 
 /// `create` or `createIndexes` for an inner DDL operation of a group.

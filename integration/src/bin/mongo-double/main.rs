@@ -116,6 +116,7 @@ async fn run(args: Args) -> Result<()> {
         term: 1,
         topology_counter: 0,
         majority_hold: None,
+        deny_uuid_privileges: false,
         lsid_uid: {
             use sha2::Digest;
             let who = args

@@ -45,6 +45,9 @@ pub struct State {
     /// `pitrHoldMajority` (as when secondaries lag); `None`: the newest entry,
     /// as on a one-member set.
     pub majority_hold: Option<(bson::Timestamp, i64)>,
+    /// Set by the test command `pitrDenyUuidPrivileges`: the user lacks the
+    /// `useUUID`/`forceUUID` actions, so `applyOps` operations naming a UUID are refused.
+    pub deny_uuid_privileges: bool,
 }
 
 impl State {

@@ -18,6 +18,11 @@
 //!   one operation: Unauthorized (13), it needs the `__system` role, which no user of the
 //!   double has (mongo: `src/mongo/db/commands/apply_ops_cmd.cpp`,
 //!   `validateApplyOpsCommand`, checked before anything is applied);
+//! - with the test command `{pitrDenyUuidPrivileges: true}` (a user without the `useUUID` and
+//!   `forceUUID` actions, as a role without them has): an operation with a UUID among its
+//!   top-level fields, or, for a command, among the top-level fields of its `o` (`ui`,
+//!   `dropTarget`), Unauthorized (13) (`apply_ops_cmd.cpp`, `operationContainsUUID`;
+//!   `oplog_application_checks.cpp`);
 //! - `createIndexes`, `startIndexBuild`, `commitIndexBuild`: CommandNotSupported (115),
 //!   "not supported in applyOps mode" (`src/mongo/db/repl/oplog.cpp`, the command map);
 //!   a restore runs them as the `createIndexes` command.
@@ -39,6 +44,13 @@ pub fn apply_ops(st: &mut State, body: &Document) -> CmdResult<Document> {
         ));
     };
     validate(ops, 0)?;
+    if st.deny_uuid_privileges && ops.iter().any(names_uuid) {
+        return Err(CmdError::new(
+            13,
+            "Unauthorized",
+            "not authorized on admin to execute command applyOps with operations naming a UUID",
+        ));
+    }
     let mut results = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let Bson::Document(op) = op else {
@@ -62,6 +74,19 @@ fn command_name(op: &Bson) -> Option<&str> {
         return None;
     }
     op.get_document("o").ok()?.keys().next().map(String::as_str)
+}
+
+fn is_uuid(v: &Bson) -> bool {
+    matches!(v, Bson::Binary(b) if b.subtype == bson::spec::BinarySubtype::Uuid)
+}
+
+/// An operation with a UUID among its top-level fields or, for a command, among those of
+/// its `o` (`apply_ops_cmd.cpp`, `operationContainsUUID`).
+fn names_uuid(op: &Bson) -> bool {
+    let Bson::Document(op) = op else { return false };
+    op.values().any(is_uuid)
+        || (op.get_str("op") == Ok("c")
+            && op.get_document("o").is_ok_and(|o| o.values().any(is_uuid)))
 }
 
 /// The server's checks of an `applyOps` array before it applies anything (see the module

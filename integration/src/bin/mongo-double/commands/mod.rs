@@ -138,6 +138,10 @@ fn dispatch(
         }
         "replSetGetStatus" => doc(admin::repl_set_get_status(shared, st)),
         "pitrHoldMajority" => doc(admin::hold_majority(st, body)),
+        "pitrDenyUuidPrivileges" => {
+            st.deny_uuid_privileges = crate::state::truthy(body.get("pitrDenyUuidPrivileges"));
+            doc(bson::doc! {"ok": 1.0})
+        }
         "pitrRollback" => doc(admin::rollback(st, body)),
         "replSetStepDown" | "replSetStepUp" => doc(admin::step_down(st)),
         "insert" => crud::insert(st, db, body, &mode).map(|d| Some(Reply::Doc(d))),
