@@ -690,6 +690,29 @@ async fn backup_starts_at_the_majority_committed_optime() {
     archiver.terminate();
     ok(&restore(&repo_s, &["--latest"], &target.url(), &[]));
     assert_eq!(state(&client(&target.url()).await).await, want);
+    // The _id index is the source's (v:2): the loader's create gives its idIndex.
+    let specs = |c: Client| async move {
+        let r = c
+            .database("bank")
+            .run_command(doc! {"listIndexes": "accounts"})
+            .await
+            .unwrap();
+        r.get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .clone()
+    };
+    let got = specs(client(&target.url()).await).await;
+    assert_eq!(got, specs(src).await);
+    assert_eq!(
+        got[0]
+            .as_document()
+            .unwrap()
+            .get("v")
+            .map(|v| v.to_string()),
+        Some("2".to_string())
+    );
 }
 
 /// Encryption at rest (against the double): with `pitr key init` and the

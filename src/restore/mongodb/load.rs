@@ -240,6 +240,18 @@ fn uuid_of(c: &CollectionDump) -> anyhow::Result<Option<Binary>> {
     }))
 }
 
+/// The `_id` index spec the backup recorded for `c` (without the old `ns` field).
+fn id_index_of(c: &CollectionDump) -> anyhow::Result<Option<Document>> {
+    for spec in &c.indexes {
+        if spec.get("name").and_then(|n| n.as_str()) == Some("_id_") {
+            let mut d = to_doc(spec, &format!("{}.{} _id index", c.db, c.name))?;
+            d.remove("ns");
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
+}
+
 fn create_cmd(c: &CollectionDump) -> anyhow::Result<Document> {
     let mut cmd = doc! {"create": c.name.as_str()};
     for (k, v) in to_doc(&c.options, &format!("{}.{} options", c.db, c.name))? {
@@ -272,7 +284,13 @@ async fn create_collections(client: &Client, m: &MongoManifest) -> anyhow::Resul
             uuid_of(c)?
         };
         if let Some(ui) = ui {
-            let op = doc! {"op": "c", "ns": format!("{}.$cmd", c.db), "ui": ui, "o": cmd.clone()};
+            // Without idIndex an applied create builds a v:1 _id index (a primary logs
+            // idIndex only for v:2 and later): give the source's.
+            let mut o = cmd.clone();
+            if let Some(spec) = id_index_of(c)? {
+                o.insert("idIndex", spec);
+            }
+            let op = doc! {"op": "c", "ns": format!("{}.$cmd", c.db), "ui": ui, "o": o};
             match client
                 .database("admin")
                 .run_command(doc! {"applyOps": [op]})

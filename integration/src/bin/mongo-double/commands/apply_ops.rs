@@ -6,7 +6,7 @@
 //!   applies it, nested sub-diffs included), a `$set`/`$unset`-style update, or a whole
 //!   replacement; a missing document is created from `{_id}` first (`alwaysUpsert`);
 //! - `d`: deletes by `_id` (a missing document is fine); `n`: nothing;
-//! - `c`: `create`, `createIndexes`, `commitIndexBuild` (`startIndexBuild` and
+//! - `c`: `create` (its `_id` index as its `idIndex` says, v:1 without one), `createIndexes`, `commitIndexBuild` (`startIndexBuild` and
 //!   `abortIndexBuild` change nothing), `dropIndexes`, `collMod`, `drop`,
 //!   `dropDatabase`, `renameCollection`, and nested `applyOps` (transactions).
 //!
@@ -217,6 +217,19 @@ fn apply_command(st: &mut State, op: &Document) -> CmdResult<()> {
     match name.as_str() {
         "create" => {
             ddl::create_with_uuid(st, &db, o, ui_of(op))?;
+            // The entry's idIndex, or a v:1 _id index when it has none: primaries log
+            // idIndex only for v:2 and later (`oplog_entry.cpp`, `makeCreateCollCmdObj`),
+            // and applying the entry builds what it stands for (`oplog.cpp`, `create`).
+            let id_index = match o.get_document("idIndex") {
+                Ok(spec) => spec.clone(),
+                Err(_) => doc! {"v": 1, "key": {"_id": 1}, "name": "_id_"},
+            };
+            let name = o.get_str("create").unwrap_or_default().to_string();
+            if let Some(c) = st.store.get_mut(&db, &name) {
+                if let Some(first) = c.indexes.first_mut() {
+                    *first = id_index;
+                }
+            }
         }
         "createIndexes" => {
             let mut spec = o.clone();
