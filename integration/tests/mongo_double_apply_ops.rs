@@ -22,8 +22,8 @@ fn start() -> MongoDouble {
 }
 
 /// Replays `entries` as a restore does: the planner's requests, in order, each on its
-/// database (collection UUIDs kept).
-async fn replay(c: &Client, entries: &[Document]) {
+/// database; collection UUIDs kept when `keep_uuids`. Returns the operations applied.
+async fn replay_with(c: &Client, entries: &[Document], keep_uuids: bool) -> i64 {
     let raw: Vec<RawDocumentBuf> = entries
         .iter()
         .map(|d| RawDocumentBuf::from_document(d).expect("raw"))
@@ -34,17 +34,25 @@ async fn replay(c: &Client, entries: &[Document]) {
         .collect();
     let target = parsed.iter().map(|e| e.ts()).max().expect("entries");
     let opts = pitr_mongodb::apply::ApplyOptions {
-        preserve_uuid: true,
+        preserve_uuid: keep_uuids,
         ..pitr_mongodb::apply::ApplyOptions::new(target)
     };
     let (requests, _) = pitr_mongodb::apply::plan(parsed, opts).expect("plan");
+    let mut applied = 0;
     for r in requests {
         let cmd = r.command.to_document().expect("command");
-        c.database(&r.db)
+        let out = c
+            .database(&r.db)
             .run_command(cmd.clone())
             .await
             .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        applied += out.get_i32("applied").map_or(1, i64::from);
     }
+    applied
+}
+
+async fn replay(c: &Client, entries: &[Document]) {
+    replay_with(c, entries, true).await;
 }
 
 fn docs(path: &str) -> Vec<Document> {
@@ -102,13 +110,20 @@ async fn time_series_diffs_replay_onto_the_dumped_buckets() {
 
     let entries = docs(&format!("{TS}oplog.part1.bson"));
     assert_eq!(entries.len(), 300);
+    // The buckets were loaded with a new UUID (as a time-series create gives them): sent
+    // as recorded, with their `ui`, the entries are refused; the restore's requests
+    // resolve them by namespace.
     let ops: Vec<Bson> = entries.iter().cloned().map(Bson::Document).collect();
-    let r = c
+    let refused = c
         .database("admin")
         .run_command(doc! {"applyOps": ops})
         .await
-        .expect("applyOps");
-    assert_eq!(r.get_i32("applied"), Ok(300));
+        .expect_err("unknown ui");
+    assert!(
+        refused.to_string().contains("NamespaceNotFound"),
+        "{refused}"
+    );
+    assert_eq!(replay_with(&c, &entries, true).await, 300);
 
     // Expected, from the entries alone: the last value each entry sets at each path.
     let mut expected: BTreeMap<(String, String), Bson> = BTreeMap::new();
@@ -268,14 +283,9 @@ async fn catalog_and_vectored_insert_entries_replay() {
         doc! {"v": 2, "hidden": true, "key": {"d": 1}, "name": "d_1", "expireAfterSeconds": 100000}
     );
 
+    // Recorded on another server: its UUIDs are not this collection's.
     let vectored = docs("mongorestore/testdata/oplogs/bson/vectored_insert.bson");
-    for e in vectored {
-        let inner = e.get_document("o").expect("o").clone();
-        admin
-            .run_command(inner)
-            .await
-            .expect("applyOps vectored insert");
-    }
+    replay_with(&c, &vectored, false).await;
     let coll = db.collection::<Document>("coll1");
     let mut got = Vec::new();
     let mut cur = coll

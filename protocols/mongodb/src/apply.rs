@@ -44,7 +44,9 @@
 //! Each operation sent is a new document holding only the fields
 //! `applyOps` needs, copied value for value from the entry: `op`, `ns`,
 //! `o`, `o2`, `b` (old upsert flag) and, with
-//! [`ApplyOptions::preserve_uuid`], `ui`. Dropped: `ts`, `t`, `h`, `v`,
+//! [`ApplyOptions::preserve_uuid`], `ui` (except for the namespaces whose
+//! UUID the target chooses itself: time-series buckets, `system.views`, the
+//! target's own users and roles; see `target_owns_uuid`). Dropped: `ts`, `t`, `h`, `v`,
 //! `wall` (the target writes its own oplog entries), `lsid`, `txnNumber`,
 //! `stmtId`, `prevOpTime`, `multiOpType`, `partialTxn`, `fromMigrate`
 //! (session and migration history of the source, which `applyOps` either
@@ -552,7 +554,10 @@ impl ApplyPlanner {
             let (k, v) = el.map_err(|e| DecodeError::new(format!("malformed BSON: {e}")))?;
             let keep = match k {
                 "op" | "ns" | "o" | "o2" | "b" => true,
-                "ui" => self.opts.preserve_uuid,
+                "ui" => {
+                    self.opts.preserve_uuid
+                        && !target_owns_uuid(src.get_str("ns").unwrap_or_default())
+                }
                 _ => false,
             };
             if !keep {
@@ -627,6 +632,21 @@ fn drop_target_by_name(o: &RawDocument) -> Result<Option<RawDocumentBuf>, Decode
         }
     }
     Ok(Some(out))
+}
+
+/// Namespaces whose collection UUID the target chooses itself even when the
+/// restore keeps UUIDs: time-series buckets (created by the time-series
+/// `create`), `system.views` (created with the first view) and the target's
+/// own `admin.system.users` / `admin.system.roles`. Their operations are
+/// resolved by `ns`: a `ui` the target does not have fails the operation
+/// (NamespaceNotFound; mongo: `src/mongo/db/repl/oplog.cpp`, the operation's
+/// namespace is looked up by its UUID when it has one).
+fn target_owns_uuid(ns: &str) -> bool {
+    let coll = ns.split_once('.').map_or("", |(_, c)| c);
+    coll.starts_with("system.buckets.")
+        || coll == "system.views"
+        || ns == "admin.system.users"
+        || ns == "admin.system.roles"
 }
 
 /// `create` or `createIndexes` for an inner DDL operation of a group.
@@ -827,5 +847,56 @@ mod tests {
         assert_eq!(writes.len(), 2, "both inserts, together");
         assert_eq!(reqs.iter().map(|r| r.entries).sum::<usize>(), 1);
         assert_eq!(stats.applied_entries, 1);
+    }
+
+    /// With UUIDs kept, operations on namespaces whose UUID the target chooses itself lose
+    /// their `ui`; others keep it.
+    #[test]
+    fn target_owned_namespaces_are_resolved_by_name() {
+        let ui = bson::Binary {
+            subtype: bson::spec::BinarySubtype::Uuid,
+            bytes: vec![7; 16],
+        };
+        let mut entries = Vec::new();
+        for (i, ns) in [
+            "d.c",
+            "d.system.buckets.m",
+            "d.system.views",
+            "admin.system.users",
+            "admin.system.roles",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let e = doc! {
+                "op": "i", "ns": *ns, "ui": ui.clone(), "o": {"_id": i as i32},
+                "ts": bson::Timestamp { time: 10, increment: i as u32 + 1 }, "t": 1i64, "v": 2,
+                "wall": bson::DateTime::from_millis(0),
+            };
+            entries.push(RawDocumentBuf::from_document(&e).unwrap());
+        }
+        let parsed = entries.iter().map(|r| OplogEntryRef::parse(r).unwrap());
+        let opts = ApplyOptions {
+            preserve_uuid: true,
+            ..ApplyOptions::new(OplogTs { secs: 10, inc: 5 })
+        };
+        let (reqs, _) = plan(parsed, opts).unwrap();
+        let ops: Vec<bson::Document> = reqs
+            .iter()
+            .flat_map(|r| {
+                r.command
+                    .to_document()
+                    .unwrap()
+                    .get_array("applyOps")
+                    .unwrap()
+                    .clone()
+            })
+            .map(|b| b.as_document().unwrap().clone())
+            .collect();
+        assert_eq!(ops.len(), 5);
+        assert!(ops[0].contains_key("ui"), "{:?}", ops[0]);
+        for op in &ops[1..] {
+            assert!(!op.contains_key("ui"), "{op:?}");
+        }
     }
 }

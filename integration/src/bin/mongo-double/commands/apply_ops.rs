@@ -10,7 +10,8 @@
 //!   `abortIndexBuild` change nothing), `dropIndexes`, `collMod`, `drop`,
 //!   `dropDatabase`, `renameCollection`, and nested `applyOps` (transactions).
 //!
-//! The collection is found by `ui` when a collection has that UUID, else by `ns`. Each
+//! The collection is found by `ui` when the entry has one (NamespaceNotFound when no
+//! collection has it), else by `ns`. Each
 //! applied operation writes its own oplog entry, as the server logs a non-atomic applyOps.
 //!
 //! Refused as the server refuses them:
@@ -135,12 +136,17 @@ fn ui_of(op: &Document) -> Option<[u8; 16]> {
     }
 }
 
-/// `(db, coll)` of a CRUD entry: by `ui` when known, else by `ns`.
+/// `(db, coll)` of a CRUD entry: by `ui` when it has one (a `ui` no collection has is
+/// NamespaceNotFound, as servers 7.0+ answer in `applyOps`: `src/mongo/db/repl/oplog.cpp`
+/// looks the namespace up by UUID), else by `ns`.
 fn target(st: &State, op: &Document) -> CmdResult<(String, String)> {
     if let Some(ui) = ui_of(op) {
-        if let Some(found) = st.store.ns_of_uuid(&ui) {
-            return Ok(found);
-        }
+        return st.store.ns_of_uuid(&ui).ok_or_else(|| {
+            CmdError::ns_not_found(format!(
+                "No namespace with UUID {}",
+                bson::Uuid::from_bytes(ui)
+            ))
+        });
     }
     let ns = op
         .get_str("ns")
