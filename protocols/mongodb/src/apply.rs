@@ -31,7 +31,8 @@
 //!   `createIndexes` oplog form become a `createIndexes` command on the
 //!   entry's database (servers 4.4+ refuse to apply them through `applyOps`).
 //! * **No-ops** (`n`) and newer servers' internal ops (`ci`, `cu`, `cd`,
-//!   `km`) are skipped; any other unknown `op` is an error.
+//!   `km`, `xi`, `xd`), also inside transactions, are skipped; any other
+//!   unknown `op` is an error.
 //!
 //! Namespaces skipped (counted in [`ApplyStats::skipped_ns`]): `local.*`
 //! (never replicated), `config.*` (sessions — `config.system.sessions` —,
@@ -255,7 +256,7 @@ impl ApplyPlanner {
         match m.op {
             OpKind::Noop => self.stats.skipped_noops += 1,
             OpKind::Other => match e.op_str() {
-                "ci" | "cu" | "cd" | "km" => self.stats.skipped_internal += 1,
+                op if is_internal_op(op) => self.stats.skipped_internal += 1,
                 other => {
                     return Err(DecodeError::new(format!(
                         "op {other:?} is unknown to this version of pitr and cannot be restored"
@@ -394,6 +395,10 @@ impl ApplyPlanner {
         for op in e.apply_ops()? {
             let ns = op.get_str("ns").unwrap_or("");
             let kind = op.get_str("op").unwrap_or("");
+            if is_internal_op(kind) {
+                self.stats.skipped_internal += 1;
+                continue;
+            }
             let target_ns = if kind == "c" {
                 command_ns(ns, op)
             } else {
@@ -649,6 +654,15 @@ fn target_owns_uuid(ns: &str) -> bool {
         || ns == "admin.system.roles"
 }
 
+/// Operations a restore never replays: newer servers' internal ones (`ci`,
+/// `cu`, `cd` container operations, `km` key management, `xi`/`xd` global
+/// index keys, logged inside transactions by sharding: mongo
+/// `src/mongo/db/repl/oplog_entry.cpp`, `OpTypeEnum`) and, inside a group,
+/// no-ops.
+fn is_internal_op(op: &str) -> bool {
+    matches!(op, "ci" | "cu" | "cd" | "km" | "xi" | "xd" | "n")
+}
+
 /// `create` or `createIndexes` for an inner DDL operation of a group.
 fn ddl_name(op: &[u8]) -> Option<&'static str> {
     let d = RawDocument::from_bytes(op).ok()?;
@@ -898,5 +912,37 @@ mod tests {
         for op in &ops[1..] {
             assert!(!op.contains_key("ui"), "{op:?}");
         }
+    }
+
+    /// Global index key operations (`xi`, `xd`) inside a transaction are skipped; its
+    /// writes are applied.
+    #[test]
+    fn global_index_keys_in_a_transaction_are_skipped() {
+        let ops = vec![
+            doc! {"op": "xi", "ns": "d.$cmd", "ui": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![1; 16] }, "o": {"ik": {"a": 1}, "dk": {"_id": 1}}},
+            doc! {"op": "i", "ns": "d.c", "o": {"_id": 1}},
+            doc! {"op": "xd", "ns": "d.$cmd", "o": {"ik": {"a": 0}, "dk": {"_id": 0}}},
+        ];
+        let entry = doc! {
+            "lsid": {"id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![9; 16] }},
+            "txnNumber": 1i64, "op": "c", "ns": "admin.$cmd", "o": {"applyOps": ops},
+            "ts": bson::Timestamp { time: 10, increment: 1 }, "t": 1i64, "v": 2,
+            "wall": bson::DateTime::from_millis(0), "prevOpTime": {"ts": bson::Timestamp { time: 0, increment: 0 }, "t": -1i64},
+        };
+        let raw = RawDocumentBuf::from_document(&entry).unwrap();
+        let (reqs, stats) = plan(
+            [OplogEntryRef::parse(&raw).unwrap()],
+            ApplyOptions::new(OplogTs { secs: 10, inc: 1 }),
+        )
+        .unwrap();
+        assert_eq!(reqs.len(), 1);
+        let d = reqs[0].command.to_document().unwrap();
+        let applied = d.get_array("applyOps").unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(
+            applied[0].as_document().unwrap().get_str("op").unwrap(),
+            "i"
+        );
+        assert_eq!(stats.skipped_internal, 2);
     }
 }
