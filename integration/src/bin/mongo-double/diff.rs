@@ -8,7 +8,11 @@
 //! `u<index>: value` and `s<index>: <sub-diff>` entries.
 //!
 //! [`compute`] produces a diff between a document before and after an update (`d`, `u`,
-//! `i`, then the `s` entries, the order the server writes); [`apply`] applies one.
+//! `i`, then the `s` entries, the order the server writes); [`apply`] applies one the way
+//! the server does when a diff meets a document it was not computed against (mongo:
+//! `src/mongo/db/update/document_diff_applier.cpp`): a sub-diff for a field the document
+//! lacks is ignored; one for a field of another type (object vs array vs scalar), or for an
+//! array element past the array's end or of another type, writes null there.
 
 use bson::{doc, Bson, Document};
 
@@ -105,9 +109,7 @@ pub fn apply(doc: &mut Document, diff: &Document) -> CmdResult<()> {
                     )));
                 };
                 let sub = section(k, v)?;
-                if !doc.contains_key(field) {
-                    doc.insert(field.to_string(), Bson::Null);
-                }
+                // a field the document lacks: ignored
                 if let Some(slot) = doc.get_mut(field) {
                     apply_sub(slot, sub)?;
                 }
@@ -126,8 +128,8 @@ fn section<'a>(k: &str, v: &'a Bson) -> CmdResult<&'a Document> {
     }
 }
 
-/// Applies a sub-diff to a field or element; a missing or mismatched target is made an
-/// empty object (or array) first, as the server does when it replays a diff.
+/// Applies a sub-diff to a field or element; a target of another type becomes null (see
+/// the module docs).
 fn apply_sub(slot: &mut Bson, sub: &Document) -> CmdResult<()> {
     let is_array = truthy(sub.get("a"));
     let fits = matches!(
@@ -135,11 +137,8 @@ fn apply_sub(slot: &mut Bson, sub: &Document) -> CmdResult<()> {
         (Bson::Array(_), true) | (Bson::Document(_), false)
     );
     if !fits {
-        *slot = if is_array {
-            Bson::Array(Vec::new())
-        } else {
-            Bson::Document(Document::new())
-        };
+        *slot = Bson::Null;
+        return Ok(());
     }
     match slot {
         Bson::Array(arr) => apply_array(arr, sub),
@@ -169,6 +168,7 @@ fn apply_array(arr: &mut Vec<Bson>, diff: &Document) -> CmdResult<()> {
         match kind {
             "u" => arr[idx] = v.clone(),
             "s" => {
+                // an element past the end was padded with null above: it stays null
                 apply_sub(&mut arr[idx], section(k, v)?)?;
             }
             _ => {
@@ -179,4 +179,40 @@ fn apply_array(arr: &mut Vec<Bson>, diff: &Document) -> CmdResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_diffs_on_missing_or_mistyped_targets_follow_the_server() {
+        let sub = doc! {"u": {"x": 1}};
+        // missing field: ignored
+        let mut d = doc! {"_id": 1};
+        apply(&mut d, &doc! {"sa": sub.clone()}).unwrap();
+        assert_eq!(d, doc! {"_id": 1});
+        // another type: null
+        let mut d = doc! {"_id": 1, "a": 5};
+        apply(&mut d, &doc! {"sa": sub.clone()}).unwrap();
+        assert_eq!(d, doc! {"_id": 1, "a": Bson::Null});
+        let mut d = doc! {"_id": 1, "a": [1]};
+        apply(&mut d, &doc! {"sa": sub.clone()}).unwrap();
+        assert_eq!(d, doc! {"_id": 1, "a": Bson::Null});
+        // matching type: applied
+        let mut d = doc! {"_id": 1, "a": {"y": 2}};
+        apply(&mut d, &doc! {"sa": sub.clone()}).unwrap();
+        assert_eq!(d, doc! {"_id": 1, "a": {"y": 2, "x": 1}});
+        // array element past the end, or of another type: null
+        let mut d = doc! {"_id": 1, "arr": [{"x": 0}, 7]};
+        apply(
+            &mut d,
+            &doc! {"sarr": {"a": true, "s1": sub.clone(), "s3": sub.clone(), "s0": sub}},
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            doc! {"_id": 1, "arr": [{"x": 1}, Bson::Null, Bson::Null, Bson::Null]}
+        );
+    }
 }
