@@ -15,7 +15,12 @@
 //!   `ts`.
 //! * **CRUD** (`i`, `u`, `d`) entries batch together into one
 //!   `{applyOps: [...]}`, bounded by [`ApplyLimits`] (operations and request
-//!   bytes; 16 MiB by default, the server's command size limit).
+//!   bytes). The default byte bound leaves room for the strictest server:
+//!   6.0 applies a CRUD-only `applyOps` atomically and logs it as ONE oplog
+//!   entry in which every operation gains a `ui`, and that entry must fit the
+//!   16 MiB document limit (TransactionTooLarge otherwise; mongo
+//!   `src/mongo/db/repl/apply_ops.cpp`, 6.0), so requests stay
+//!   [`ENTRY_HEADROOM`] below it.
 //! * **Transactions** (and user `applyOps`, linked batches): DDL among
 //!   their inner operations (`create`, `createIndexes`) runs first, each
 //!   alone (see `ApplyPlanner::apply_group`); the other inner operations
@@ -75,11 +80,20 @@ pub struct ApplyLimits {
     pub max_bytes: usize,
 }
 
+/// The largest BSON document a server stores (an oplog entry included).
+pub const MAX_DOCUMENT: usize = 16 * 1024 * 1024;
+/// Bytes a `ui` adds to one operation (`"ui"`: type, name, length, subtype,
+/// 16 bytes).
+pub const UI_BYTES: usize = 1 + 3 + 4 + 1 + 16;
+/// How far below [`MAX_DOCUMENT`] a default request stays: a `ui` per
+/// operation (at most 5,000) plus the oplog entry's own fields.
+pub const ENTRY_HEADROOM: usize = 128 * 1024;
+
 impl Default for ApplyLimits {
     fn default() -> Self {
         ApplyLimits {
             max_ops: 5000,
-            max_bytes: 16 * 1024 * 1024,
+            max_bytes: MAX_DOCUMENT - ENTRY_HEADROOM,
         }
     }
 }
@@ -944,5 +958,34 @@ mod tests {
             "i"
         );
         assert_eq!(stats.skipped_internal, 2);
+    }
+
+    /// A default request that 6.0 logs as one atomic entry (every op gaining a `ui`, the
+    /// entry's own fields around it) still fits the 16 MiB document limit.
+    #[test]
+    fn default_requests_fit_a_six_oh_atomic_entry() {
+        let lim = ApplyLimits::default();
+        let entry_fields = 512;
+        assert!(lim.max_bytes + lim.max_ops * UI_BYTES + entry_fields <= MAX_DOCUMENT);
+        // and the planner keeps to the bound with ops just under it
+        let big = "x".repeat(60_000);
+        let ops: Vec<RawDocumentBuf> = (0..600)
+            .map(|i| {
+                let e = doc! {"op": "i", "ns": "d.c", "o": {"_id": i, "p": &big},
+                    "ts": bson::Timestamp { time: 10, increment: i as u32 + 1 }, "t": 1i64, "v": 2,
+                    "wall": bson::DateTime::from_millis(0)};
+                RawDocumentBuf::from_document(&e).unwrap()
+            })
+            .collect();
+        let (reqs, _) = plan(
+            ops.iter().map(|r| OplogEntryRef::parse(r).unwrap()),
+            ApplyOptions::new(OplogTs { secs: 10, inc: 600 }),
+        )
+        .unwrap();
+        assert!(reqs.len() >= 3);
+        for r in &reqs {
+            assert!(r.command.as_bytes().len() <= lim.max_bytes);
+            assert!(r.command.as_bytes().len() + r.ops * UI_BYTES + entry_fields <= MAX_DOCUMENT);
+        }
     }
 }

@@ -193,7 +193,7 @@ fn archive_run(url: &str, dir: &Path, entries: u64) -> Result<Run> {
     }
     let secs = started.elapsed().as_secs_f64();
     let (cpu, rss) = (bg.cpu_seconds()?, bg.peak_rss()?);
-    let _ = bg.stop("-TERM");
+    let _ = bg.stop("TERM");
     eprintln!("pitr archive: {entries} entries in {secs:.1} s");
     Ok(Run {
         what: "pitr archive (file:// repository)",
@@ -221,7 +221,7 @@ fn tail_run(url: &str, dir: &Path, entries: u64) -> Result<Run> {
     }
     let secs = started.elapsed().as_secs_f64();
     let (cpu, rss) = (cpu_seconds(bg.pid())?, peak_rss(bg.pid())?);
-    let _ = bg.stop("-TERM");
+    let _ = bg.stop("TERM");
     Ok(Run {
         what: "driver tail, nothing kept (floor)",
         secs,
