@@ -972,8 +972,8 @@ mod tests {
         let ops: Vec<RawDocumentBuf> = (0..600)
             .map(|i| {
                 let e = doc! {"op": "i", "ns": "d.c", "o": {"_id": i, "p": &big},
-                    "ts": bson::Timestamp { time: 10, increment: i as u32 + 1 }, "t": 1i64, "v": 2,
-                    "wall": bson::DateTime::from_millis(0)};
+                "ts": bson::Timestamp { time: 10, increment: i as u32 + 1 }, "t": 1i64, "v": 2,
+                "wall": bson::DateTime::from_millis(0)};
                 RawDocumentBuf::from_document(&e).unwrap()
             })
             .collect();
