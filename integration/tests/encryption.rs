@@ -240,6 +240,8 @@ fn encrypted_repository_postgres() {
     assert!(segs.iter().any(|s| s.2 == 1), "{segs:?}");
     let out = env.pitr_ok(&["verify", "--repo", &env.repo, "--kek", &a]);
     assert!(out.contains("data key(s) 1, 2:"), "{out}");
+    // Objects of both data keys restore together.
+    assert_eq!(env.restore(&["--kek", &a]).unwrap(), want);
     archiver.terminate();
 
     // Rotate with re-encryption: every segment, part and manifest is
