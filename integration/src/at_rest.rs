@@ -84,3 +84,26 @@ pub fn kek_file(dir: &Path, name: &str, byte: u8) -> String {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
     format!("file:{}", p.display())
 }
+
+/// Asserts that `marker` is readable in no file under `repo` (see [`shows`]).
+pub fn assert_hidden(repo: &Path, marker: &str) {
+    for p in files(repo) {
+        assert!(
+            !shows(&p, marker),
+            "the marker is readable in {}",
+            p.display()
+        );
+    }
+}
+
+/// Flips `mask` in the middle byte of the largest stored segment under `repo`.
+pub fn flip_byte_in_largest_segment(repo: &Path, mask: u8) {
+    let (victim, _, _) = segments(repo)
+        .into_iter()
+        .max_by_key(|(p, _, _)| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= mask;
+    fs::write(&victim, bytes).unwrap();
+}

@@ -33,9 +33,14 @@ pub fn restore_latest(repo: &str, target_url: &str, extra: &[&str]) -> Output {
 /// Waits (up to 60 s) until `repo` holds the binlog up to `position`: a
 /// `restore --dry-run --to-position` plans without error.
 pub fn wait_archived(repo: &str, url: &str, position: &str) {
+    wait_archived_with(repo, url, position, &[]);
+}
+
+/// As [`wait_archived`], with `extra` arguments (e.g. `--kek`).
+pub fn wait_archived_with(repo: &str, url: &str, position: &str, extra: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let o = pitr(&[
+        let mut args = vec![
             "restore",
             "--repo",
             repo,
@@ -44,7 +49,9 @@ pub fn wait_archived(repo: &str, url: &str, position: &str) {
             "--target",
             url,
             "--dry-run",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = pitr(&args);
         if o.status.success() {
             return;
         }

@@ -18,8 +18,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pitr_integration::archiver::{wait_for, Archiver};
-use pitr_integration::at_rest::{contains, files, is_part, kek_file, readable, segments, shows};
-use pitr_integration::mysql_restore_util::{binlog_position, dump, same};
+use pitr_integration::at_rest::{
+    assert_hidden, contains, files, flip_byte_in_largest_segment, is_part, kek_file, readable,
+    segments, shows,
+};
+use pitr_integration::mysql_restore_util::{binlog_position, dump, same, wait_archived_with};
 use pitr_integration::restore_util::{id, pitr, query_restored, text};
 use pitr_integration::{mysql, pg, require, Flavor, MySqlServer, PgServer, PgVersion};
 
@@ -199,13 +202,7 @@ fn encrypted_repository_postgres() {
     // Nothing stored holds the marker; every segment is sealed with key 1.
     let all = files(&repo);
     assert!(all.len() > 3, "{all:?}");
-    for p in &all {
-        assert!(
-            !shows(p, MARKER),
-            "the marker is readable in {}",
-            p.display()
-        );
-    }
+    assert_hidden(&repo, MARKER);
     let segs = segments(&repo);
     assert!(!segs.is_empty());
     for (p, version, key) in &segs {
@@ -291,41 +288,10 @@ fn encrypted_repository_postgres() {
     assert_eq!(env.restore(&["--kek", &b]).unwrap(), want);
 
     // A flipped byte in a sealed segment is reported by verify.
-    let (victim, _, _) = segments(&repo)
-        .into_iter()
-        .max_by_key(|(p, _, _)| fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = fs::read(&victim).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    fs::write(&victim, bytes).unwrap();
+    flip_byte_in_largest_segment(&repo, 0x01);
     let o = pitr(&["verify", "--repo", &env.repo, "--kek", &b]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("PROBLEM"), "{}", text(&o));
-}
-
-/// `restore --dry-run --to-position` with the key, until it plans.
-fn wait_mysql_archived(repo: &str, target: &str, position: &str, kek: &str) {
-    wait_for(
-        "the encrypted binlog archive",
-        Duration::from_secs(60),
-        || {
-            pitr(&[
-                "restore",
-                "--repo",
-                repo,
-                "--to-position",
-                position,
-                "--target",
-                target,
-                "--dry-run",
-                "--kek",
-                kek,
-            ])
-            .status
-            .success()
-        },
-    );
 }
 
 #[test]
@@ -370,7 +336,7 @@ fn encrypted_repository_mariadb() {
             .unwrap();
     }
     let pos = binlog_position(&src);
-    wait_mysql_archived(&repo_s, &target.url(), &pos, &a);
+    wait_archived_with(&repo_s, &target.url(), &pos, &["--kek", &a]);
     let last = format!("{MARKER}-6");
     wait_for("the plain control archive", Duration::from_secs(60), || {
         files(&plain).iter().any(|p| {
@@ -385,13 +351,7 @@ fn encrypted_repository_mariadb() {
     );
     let all = files(&repo);
     assert!(all.iter().any(|p| is_part(p)), "{all:?}");
-    for p in &all {
-        assert!(
-            !shows(p, MARKER),
-            "the marker is readable in {}",
-            p.display()
-        );
-    }
+    assert_hidden(&repo, MARKER);
     for (p, version, key) in segments(&repo) {
         assert_eq!((version, key), (2, 1), "{}", p.display());
     }
@@ -425,14 +385,7 @@ fn encrypted_repository_mariadb() {
 
     // One flipped byte in a sealed segment: verify reports it, restore
     // refuses it.
-    let (victim, _, _) = segments(&repo)
-        .into_iter()
-        .max_by_key(|(p, _, _)| fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = fs::read(&victim).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x04;
-    fs::write(&victim, bytes).unwrap();
+    flip_byte_in_largest_segment(&repo, 0x04);
     let o = pitr(&["verify", "--repo", &repo_s, "--kek", &a]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let o = pitr(&[

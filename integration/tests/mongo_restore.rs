@@ -60,6 +60,18 @@ fn archived_last_with(repo: &Path, extra: &[&str]) -> Option<OplogTs> {
         .max()
 }
 
+/// Waits (up to 30 s) until the archive holds the entry at `ts` (`(secs, inc)`); `extra`
+/// goes to `oplog-fetch` (e.g. `--kek`).
+fn wait_archived_to(repo: &Path, ts: (u32, u32), extra: &[&str]) {
+    let want = OplogTs {
+        secs: ts.0,
+        inc: ts.1,
+    };
+    wait_for("the archive to catch up", Duration::from_secs(30), || {
+        archived_last_with(repo, extra).is_some_and(|t| t >= want)
+    });
+}
+
 async fn client(url: &str) -> Client {
     Client::with_uri_str(url).await.expect("client")
 }
@@ -320,13 +332,7 @@ async fn backup_mid_workload_and_exact_restores_across_a_step_down() {
     let last = point(&src).await;
     assert!(a.ts < b_point.ts && b_point.ts < last.ts);
     // Let the archiver store everything, then stop it.
-    let newest_ts = OplogTs {
-        secs: last.ts.0,
-        inc: last.ts.1,
-    };
-    wait_for("the archive to catch up", Duration::from_secs(30), || {
-        archived_last(&repo).is_some_and(|t| t >= newest_ts)
-    });
+    wait_archived_to(&repo, last.ts, &[]);
     archiver.terminate();
 
     // --dry-run: the plan, nothing changed.
@@ -679,14 +685,7 @@ async fn backup_starts_at_the_majority_committed_optime() {
     }
     let want = state(&src).await;
     let last = newest(&src).await.0;
-    wait_for("the archive to catch up", Duration::from_secs(30), || {
-        archived_last(&repo).is_some_and(|t| {
-            t >= OplogTs {
-                secs: last.0,
-                inc: last.1,
-            }
-        })
-    });
+    wait_archived_to(&repo, last, &[]);
     archiver.terminate();
     ok(&restore(&repo_s, &["--latest"], &target.url(), &[]));
     assert_eq!(state(&client(&target.url()).await).await, want);
@@ -722,7 +721,7 @@ async fn backup_starts_at_the_majority_committed_optime() {
 /// nothing; with it the target equals the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_repository_restores_exactly_and_shows_nothing() {
-    use pitr_integration::at_rest::{files, kek_file, segments, shows};
+    use pitr_integration::at_rest::{assert_hidden, files, kek_file, segments};
     const MARKER: &str = "MARKER-77e1-secret-account-owner";
     let source = start();
     let target = start();
@@ -762,14 +761,7 @@ async fn encrypted_repository_restores_exactly_and_shows_nothing() {
     }
     let want = state(&src).await;
     let last = newest(&src).await.0;
-    wait_for("the archive to catch up", Duration::from_secs(30), || {
-        archived_last_with(&repo, &["--kek", &kek]).is_some_and(|t| {
-            t >= OplogTs {
-                secs: last.0,
-                inc: last.1,
-            }
-        })
-    });
+    wait_archived_to(&repo, last, &["--kek", &kek]);
     archiver.terminate();
     let all = files(&repo);
     assert!(
@@ -777,13 +769,7 @@ async fn encrypted_repository_restores_exactly_and_shows_nothing() {
             .any(|p| p.to_string_lossy().contains(".bson.zst.")),
         "{all:?}"
     );
-    for p in &all {
-        assert!(
-            !shows(p, MARKER),
-            "the marker is readable in {}",
-            p.display()
-        );
-    }
+    assert_hidden(&repo, MARKER);
     let segs = segments(&repo);
     assert!(!segs.is_empty());
     assert!(segs.iter().all(|s| (s.1, s.2) == (2, 1)), "{segs:?}");
@@ -848,14 +834,7 @@ async fn a_rename_over_an_existing_collection_restores_exactly_with_new_uuids() 
         .unwrap();
     let want = state(&src).await;
     let last = newest(&src).await.0;
-    wait_for("the archive to catch up", Duration::from_secs(30), || {
-        archived_last(&repo).is_some_and(|t| {
-            t >= OplogTs {
-                secs: last.0,
-                inc: last.1,
-            }
-        })
-    });
+    wait_archived_to(&repo, last, &[]);
     archiver.terminate();
     let dst = client(&target.url()).await;
     dst.database("admin")

@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitr_segment::{encode, Seal, SegmentHeader, TimestampMicros, WriterOptions};
+use pitr_segment::{encode, SegmentHeader, TimestampMicros, WriterOptions};
 
 use crate::archive::catalog::{Catalog, CatalogError, EpochCatalog, SegmentEntry};
 use crate::archive::index::{self, IndexError, IndexView};
@@ -243,14 +243,10 @@ async fn merge(
         key_id: 0,
         ..header
     };
-    let writer = WriterOptions {
-        seal: repo
-            .keys()
-            .current
+    let writer =
+        opts.writer
             .clone()
-            .map(|key| Seal::for_payload(key, &header, [&payload[..]])),
-        ..opts.writer.clone()
-    };
+            .sealed_with(repo.keys().current.clone(), &header, [&payload[..]]);
     let bytes = encode(header, &payload, end, tmin, tmax, records, writer)
         .map_err(|e| invalid(&first.key, format!("re-encoding failed: {e}")))?;
     // The output carries the newest writer generation of its inputs, so it

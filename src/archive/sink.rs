@@ -23,9 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use pitr_segment::{
-    Codec, Engine, Epoch, LogPos, Seal, SegmentHeader, SegmentWriter, WriterOptions,
-};
+use pitr_segment::{Codec, Engine, Epoch, LogPos, SegmentHeader, SegmentWriter, WriterOptions};
 
 use crate::archive::keys::{SegmentKey, SourceName};
 use crate::archive::lease::LeaseGuard;
@@ -131,12 +129,11 @@ impl SegmentSink for RepoSink {
                 // Sealed with the repository's current data key, if it is
                 // encrypted; the salt depends only on key, header and log,
                 // so a retry writes identical bytes.
-                let seal =
-                    seal_key.map(|key| Seal::for_payload(key, &header, raw.iter().map(|c| &c[..])));
-                let opts = WriterOptions {
-                    seal,
-                    ..WriterOptions::default()
-                };
+                let opts = WriterOptions::default().sealed_with(
+                    seal_key,
+                    &header,
+                    raw.iter().map(|c| &c[..]),
+                );
                 let mut w = SegmentWriter::new(Vec::with_capacity(estimate), header, opts)?;
                 for chunk in &raw {
                     w.write_all(chunk)?;

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
-use pitr_segment::{Codec, Seal, SealKey, SegmentHeader, WriterOptions};
+use pitr_segment::{Codec, SealKey, SegmentHeader, WriterOptions};
 use sha2::{Digest, Sha256};
 
 use crate::archive::identity::list_sources;
@@ -131,10 +131,7 @@ fn reseal_segment(
         },
         ..h.clone()
     };
-    let opts = WriterOptions {
-        seal: Some(Seal::for_payload(current.clone(), &header, [&payload[..]])),
-        ..WriterOptions::default()
-    };
+    let opts = WriterOptions::default().sealed_with(Some(current.clone()), &header, [&payload[..]]);
     let bytes = pitr_segment::encode(
         header,
         &payload,

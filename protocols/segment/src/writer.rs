@@ -43,6 +43,22 @@ impl Default for WriterOptions {
     }
 }
 
+impl WriterOptions {
+    /// These options sealing with `key` when one is given (its salt bound to
+    /// `header` and `payload`, see [`Seal::for_payload`]); unchanged without.
+    pub fn sealed_with<'a>(
+        self,
+        key: Option<crate::SealKey>,
+        header: &SegmentHeader,
+        payload: impl IntoIterator<Item = &'a [u8]>,
+    ) -> WriterOptions {
+        WriterOptions {
+            seal: key.map(|k| Seal::for_payload(k, header, payload)),
+            ..self
+        }
+    }
+}
+
 /// Streams raw log bytes into a segment object.
 pub struct SegmentWriter<W: Write> {
     w: W,
